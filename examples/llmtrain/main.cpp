@@ -1,0 +1,42 @@
+// llmtrain: the command-line front end of the library.
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "llmtrain/commands.h"
+
+namespace {
+
+constexpr char kUsage[] =
+    "usage: llmtrain <command> [args]\n"
+    "\n"
+    "commands:\n"
+    "  inspect PATH [--json]      format, metadata, model config and tensors of a .safetensors\n"
+    "                             file, a sharded index, a model folder or a .gguf\n"
+    "  convert IN OUT.safetensors [--dtype f32|bf16|f16]\n"
+    "                             dequantize or cast every tensor of IN into safetensors\n"
+    "\n"
+    "run `llmtrain <command> --help` for the options of one command\n";
+
+}  // namespace
+
+namespace llmtrain::cli {
+int Fail(const std::string& command, const std::string& message, int code) {
+  std::fprintf(stderr, "llmtrain %s: %s\n", command.c_str(), message.c_str());
+  return code;
+}
+}  // namespace llmtrain::cli
+
+int main(int argc, char** argv) {
+  if (argc < 2 || std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "-h") == 0) {
+    std::fputs(kUsage, argc < 2 ? stderr : stdout);
+    return argc < 2 ? 2 : 0;
+  }
+  const std::string command = argv[1];
+  const std::vector<std::string> args(argv + 2, argv + argc);
+  if (command == "inspect") return llmtrain::cli::RunInspect(args);
+  if (command == "convert") return llmtrain::cli::RunConvert(args);
+  std::fprintf(stderr, "llmtrain: unknown command \"%s\"\n\n%s", command.c_str(), kUsage);
+  return 2;
+}

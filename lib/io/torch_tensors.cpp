@@ -1,0 +1,141 @@
+#include <ATen/ATen.h>
+
+#include <cstring>
+#include <memory>
+
+#include "absl/strings/str_cat.h"
+#include "llmtrain/core/status.h"
+#include "llmtrain/io/tensors.h"
+
+#if LLMTRAIN_WITH_CUDA
+#include <c10/cuda/CUDAStream.h>
+
+#include "io/gguf_quants_cuda.h"
+#endif
+
+namespace llmtrain::io {
+
+c10::ScalarType ToScalarType(Dtype dtype) {
+  switch (dtype) {
+    case Dtype::kBool: return at::kBool;
+    case Dtype::kU8: return at::kByte;
+    case Dtype::kI8: return at::kChar;
+    case Dtype::kI16: return at::kShort;
+    case Dtype::kU16: return at::kUInt16;
+    case Dtype::kF16: return at::kHalf;
+    case Dtype::kBf16: return at::kBFloat16;
+    case Dtype::kI32: return at::kInt;
+    case Dtype::kU32: return at::kUInt32;
+    case Dtype::kF32: return at::kFloat;
+    case Dtype::kF64: return at::kDouble;
+    case Dtype::kI64: return at::kLong;
+    case Dtype::kU64: return at::kUInt64;
+    case Dtype::kF8E4M3: return at::kFloat8_e4m3fn;
+    case Dtype::kF8E5M2: return at::kFloat8_e5m2;
+  }
+  return at::kFloat;
+}
+
+absl::StatusOr<Dtype> FromScalarType(c10::ScalarType type) {
+  for (Dtype d : kAllDtypes) {
+    if (ToScalarType(d) == type) return d;
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("dtype ", c10::toString(type), " cannot be stored in safetensors"));
+}
+
+at::Tensor TensorView(const SafetensorsFile& file, const TensorInfo& tensor) {
+  const absl::Span<const uint8_t> bytes = file.Data(tensor);
+  const auto options = at::TensorOptions().dtype(ToScalarType(tensor.dtype));
+  const size_t item_bytes = ElementBits(tensor.dtype) / 8;
+  if (bytes.empty() || reinterpret_cast<uintptr_t>(bytes.data()) % item_bytes != 0) {
+    // Other writers need not align tensors; copy so the tensor's data is aligned.
+    at::Tensor t = at::empty(tensor.shape, options);
+    if (!bytes.empty()) std::memcpy(t.data_ptr(), bytes.data(), bytes.size());
+    return t;
+  }
+  // Zero-copy: the deleter holds the mapping, so the bytes outlive the reader if needed.
+  auto keep = new std::shared_ptr<const MappedFile>(file.mapping());
+  return at::from_blob(
+      const_cast<uint8_t*>(bytes.data()), tensor.shape,
+      [keep](void*) { delete keep; }, options);
+}
+
+absl::StatusOr<at::Tensor> LoadTensor(const Checkpoint& checkpoint, absl::string_view name) {
+  LLMTRAIN_ASSIGN_OR_RETURN(auto found, checkpoint.Find(name));
+  return TensorView(*found.first, *found.second);
+}
+
+absl::StatusOr<at::Tensor> LoadGgufTensor(const GgufFile& file, const GgufTensorInfo& tensor) {
+  const absl::Span<const uint8_t> bytes = file.Data(tensor);
+  c10::ScalarType int_type = at::kFloat;
+  switch (tensor.type) {
+    case GgmlType::kI8: int_type = at::kChar; break;
+    case GgmlType::kI16: int_type = at::kShort; break;
+    case GgmlType::kI32: int_type = at::kInt; break;
+    case GgmlType::kI64: int_type = at::kLong; break;
+    default: break;
+  }
+  if (int_type != at::kFloat) {
+    at::Tensor t = at::empty(tensor.shape, at::TensorOptions().dtype(int_type));
+    if (!bytes.empty()) std::memcpy(t.data_ptr(), bytes.data(), bytes.size());
+    return t;
+  }
+  at::Tensor out = at::empty(tensor.shape, at::TensorOptions().dtype(at::kFloat));
+  auto status = DequantizeTensor(file, tensor,
+                                 absl::Span<float>(out.data_ptr<float>(), out.numel()));
+  if (!status.ok()) return status;
+  return out;
+}
+
+absl::StatusOr<at::Tensor> LoadGgufTensorTo(const GgufFile& file, const GgufTensorInfo& tensor,
+                                            c10::Device device) {
+  if (device.is_cpu()) return LoadGgufTensor(file, tensor);
+#if LLMTRAIN_WITH_CUDA
+  if (device.is_cuda() && detail::CanDequantizeCuda(tensor.type)) {
+    const absl::Span<const uint8_t> bytes = file.Data(tensor);
+    // Copy the packed bytes (4.5-8.5 bits per weight) and expand them on the device.
+    at::Tensor packed = at::empty({static_cast<int64_t>(bytes.size())}, at::kByte);
+    std::memcpy(packed.data_ptr(), bytes.data(), bytes.size());
+    packed = packed.to(device);
+    at::Tensor out = at::empty(tensor.shape, at::TensorOptions().dtype(at::kFloat).device(device));
+    const auto traits = GetGgmlTypeTraits(static_cast<uint32_t>(tensor.type));
+    const std::string error = detail::DequantizeCuda(
+        tensor.type, packed.data_ptr<uint8_t>(), out.data_ptr<float>(),
+        tensor.n_elems() / traits->block_elems,
+        c10::cuda::getCurrentCUDAStream(device.index()).stream());
+    if (!error.empty()) {
+      return absl::InternalError(absl::StrCat(file.path(), ": tensor \"", tensor.name,
+                                              "\": CUDA dequantization failed: ", error));
+    }
+    return out;
+  }
+#else
+  if (device.is_cuda()) {
+    return absl::FailedPreconditionError("this llmtrain build has no CUDA support");
+  }
+#endif
+  LLMTRAIN_ASSIGN_OR_RETURN(at::Tensor cpu, LoadGgufTensor(file, tensor));
+  return cpu.to(device);
+}
+
+absl::Status SaveSafetensors(absl::string_view path,
+                             const std::vector<std::pair<std::string, at::Tensor>>& tensors,
+                             const std::map<std::string, std::string>& metadata) {
+  std::vector<at::Tensor> cpu;  // keeps contiguous CPU copies alive while writing
+  std::vector<TensorToWrite> to_write;
+  cpu.reserve(tensors.size());
+  to_write.reserve(tensors.size());
+  for (const auto& [name, tensor] : tensors) {
+    auto dtype = FromScalarType(tensor.scalar_type());
+    if (!dtype.ok()) return Annotate(dtype.status(), absl::StrCat(path, ": tensor \"", name, "\""));
+    cpu.push_back(tensor.to(at::kCPU).contiguous());
+    const at::Tensor& t = cpu.back();
+    to_write.push_back({name, *dtype, t.sizes().vec(),
+                        absl::Span<const uint8_t>(static_cast<const uint8_t*>(t.data_ptr()),
+                                                  t.nbytes())});
+  }
+  return WriteSafetensors(path, to_write, metadata);
+}
+
+}  // namespace llmtrain::io
