@@ -44,12 +44,17 @@ inline float F16ToFloat(uint16_t h) {
   return BitsToFloat(sign | ((exp + 112u) << 23) | (mant << 13));
 }
 
-// binary32 → binary16, round to nearest even; overflow gives inf, NaN stays NaN.
+// binary32 → binary16 exactly as numpy's astype(float16): round to nearest even, overflow
+// gives inf, NaN stays NaN.
 inline uint16_t FloatToF16(float f) {
   const uint32_t bits = FloatToBits(f);
   const uint16_t sign = static_cast<uint16_t>((bits >> 16) & 0x8000u);
   const uint32_t abs = bits & 0x7fffffffu;
-  if (abs > 0x7f800000u) return static_cast<uint16_t>(sign | 0x7e00u | ((abs >> 13) & 0x3ffu));
+  if (abs > 0x7f800000u) {
+    // NaN: keep the top payload bits and never turn into inf (numpy's rule: no quiet bit forced).
+    const uint16_t payload = static_cast<uint16_t>((abs >> 13) & 0x3ffu);
+    return static_cast<uint16_t>(sign | 0x7c00u | (payload == 0 ? 1u : payload));
+  }
   if (abs >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);  // rounds to inf
   if (abs < 0x38800000u) {
     // Result is subnormal or zero: add 0.5 (as a float) so the FPU rounds to the 2^-24 grid.

@@ -287,7 +287,12 @@ absl::Status ResolveText(const std::string& where, const std::string& model_type
                                                      " entries for num_hidden_layers ", n_layers));
     }
   }
-  if (model_type == "gemma3_text") o["_sliding_window_pattern"] = input.value("_sliding_window_pattern", json(6));
+  if (model_type == "gemma3_text") {
+    // Gemma3TextConfig keeps the pattern it used (default 6); a stored _sliding_window_pattern
+    // overwrites it without changing layer_types.
+    o["_sliding_window_pattern"] =
+        input.value("_sliding_window_pattern", input.value("sliding_window_pattern", json(6)));
+  }
 
   // RoPE (transformers `convert_rope_params_to_dict`): legacy keys are consumed.
   const auto legacy = [&](const char* key) -> const json* {

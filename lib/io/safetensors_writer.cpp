@@ -14,6 +14,30 @@
 namespace llmtrain::io {
 namespace {
 
+// Position of a dtype in the reference implementation's Dtype enum (safetensors tensor.rs:
+// BOOL, F4, F6_E2M3, F6_E3M2, U8, I8, F8_E5M2, F8_E4M3, F8_E8M0, I16, U16, F16, BF16, I32, U32,
+// F32, C64, F64, I64, U64), on which its writer sorts.
+int ReferenceDtypeRank(Dtype dtype) {
+  switch (dtype) {
+    case Dtype::kBool: return 0;
+    case Dtype::kU8: return 4;
+    case Dtype::kI8: return 5;
+    case Dtype::kF8E5M2: return 6;
+    case Dtype::kF8E4M3: return 7;
+    case Dtype::kI16: return 9;
+    case Dtype::kU16: return 10;
+    case Dtype::kF16: return 11;
+    case Dtype::kBf16: return 12;
+    case Dtype::kI32: return 13;
+    case Dtype::kU32: return 14;
+    case Dtype::kF32: return 15;
+    case Dtype::kF64: return 17;
+    case Dtype::kI64: return 18;
+    case Dtype::kU64: return 19;
+  }
+  return 0;
+}
+
 std::string JsonString(const std::string& s) { return nlohmann::json(s).dump(); }
 
 absl::Status CheckTensor(const TensorToWrite& t) {
@@ -51,10 +75,11 @@ absl::StatusOr<std::string> BuildSafetensorsHeader(absl::Span<const TensorToWrit
   }
   order->resize(tensors.size());
   std::iota(order->begin(), order->end(), 0);
-  // Descending alignment (= item size), then name: every tensor lands naturally aligned.
+  // The reference writer's order: dtype descending in its enum order (which sorts by alignment
+  // first), then name. Every tensor lands naturally aligned, and our offsets equal its offsets.
   std::sort(order->begin(), order->end(), [&](size_t a, size_t b) {
-    const int ba = ElementBits(tensors[a].dtype), bb = ElementBits(tensors[b].dtype);
-    return ba != bb ? ba > bb : tensors[a].name < tensors[b].name;
+    const int ra = ReferenceDtypeRank(tensors[a].dtype), rb = ReferenceDtypeRank(tensors[b].dtype);
+    return ra != rb ? ra > rb : tensors[a].name < tensors[b].name;
   });
   std::string json = "{";
   bool first = true;

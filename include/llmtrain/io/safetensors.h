@@ -108,8 +108,9 @@ struct TensorToWrite {
 };
 
 /// Builds the header (u64 length + JSON, padded with spaces to a multiple of 8) and the data
-/// order exactly as the reference writer does: tensors sorted by descending dtype alignment,
-/// then by name. Returns the header bytes; `order` receives indices into `tensors` in data order.
+/// order exactly as the reference writer does: tensors sorted by dtype (descending, in the
+/// reference's enum order, which puts larger alignments first), then by name. Only the sizes of
+/// the `data` spans are read. Returns the header bytes; `order` receives indices into `tensors` in data order.
 absl::StatusOr<std::string> BuildSafetensorsHeader(absl::Span<const TensorToWrite> tensors,
                                                    const std::map<std::string, std::string>& metadata,
                                                    std::vector<size_t>* order);

@@ -1,0 +1,175 @@
+// io_bench: safetensors loading against Python safetensors, and GGUF K-quant dequantization
+// against memcpy, on this machine, in one run. Prints one ratio line per pair at the end.
+//
+//   build/bin/io_bench [--size_mib=1024] [google benchmark flags]
+#include <ATen/ATen.h>
+#include <benchmark/benchmark.h>
+
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "llmtrain/core/threads.h"
+#include "llmtrain/io/gguf.h"
+#include "llmtrain/io/safetensors.h"
+#include "llmtrain/io/tensors.h"
+
+namespace {
+
+using namespace llmtrain;
+
+int64_t g_size_mib = 1024;
+std::string g_file;
+
+// A checkpoint-shaped file: bf16 tensors of 16 MiB each, g_size_mib in all. Written once.
+std::string MakeSafetensorsFile() {
+  const std::string path = absl::StrCat("bench_data/io_bench_", g_size_mib, "mib.safetensors");
+  if (io::SafetensorsFile::Open(path).ok()) return path;
+  std::system("mkdir -p bench_data");
+  const int64_t tensor_bytes = 16 << 20;
+  const int64_t n_tensors = g_size_mib / 16;
+  std::vector<uint8_t> data(tensor_bytes);
+  std::mt19937 rng(1);
+  for (auto& b : data) b = static_cast<uint8_t>(rng());
+  std::vector<io::TensorToWrite> tensors;
+  for (int64_t i = 0; i < n_tensors; ++i) {
+    tensors.push_back({absl::StrCat("model.layers.", i, ".weight"), Dtype::kBf16, {4096, 2048},
+                       absl::MakeConstSpan(data)});
+  }
+  if (!io::WriteSafetensors(path, tensors).ok()) std::abort();
+  return path;
+}
+
+// Ours: open (mmap + validate), then materialize every tensor as an owned at::Tensor, which is
+// what safetensors.torch.load_file returns.
+void BM_SafetensorsLoad(benchmark::State& state) {
+  for (auto _ : state) {
+    auto file = io::SafetensorsFile::Open(g_file);
+    if (!file.ok()) state.SkipWithError(std::string(file.status().message()).c_str());
+    std::vector<at::Tensor> tensors;
+    std::vector<std::pair<const io::TensorInfo*, at::Tensor>> jobs;
+    for (const io::TensorInfo& t : (*file)->tensors()) {
+      jobs.emplace_back(&t, at::empty(t.shape, at::TensorOptions().dtype(io::ToScalarType(t.dtype))));
+    }
+    ParallelFor(static_cast<int64_t>(jobs.size()), 1, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const auto bytes = (*file)->Data(*jobs[i].first);
+        std::memcpy(jobs[i].second.data_ptr(), bytes.data(), bytes.size());
+      }
+    });
+    benchmark::DoNotOptimize(jobs.data());
+  }
+  state.SetBytesProcessed(state.iterations() * g_size_mib * (int64_t{1} << 20));
+}
+
+// Random K-quant blocks with finite f16 scales: n_blocks of `type`.
+std::vector<uint8_t> RandomBlocks(io::GgmlType type, int64_t n_blocks) {
+  const auto traits = *io::GetGgmlTypeTraits(static_cast<uint32_t>(type));
+  std::vector<uint8_t> bytes(n_blocks * traits.block_bytes);
+  std::mt19937 rng(7);
+  for (auto& b : bytes) b = static_cast<uint8_t>(rng());
+  const uint16_t scale = 0x2000;  // a small finite f16
+  for (int64_t b = 0; b < n_blocks; ++b) {
+    uint8_t* block = bytes.data() + b * traits.block_bytes;
+    if (type == io::GgmlType::kQ6_K) {
+      std::memcpy(block + 208, &scale, 2);
+    } else {
+      std::memcpy(block, &scale, 2);
+      std::memcpy(block + 2, &scale, 2);
+    }
+  }
+  return bytes;
+}
+
+constexpr int64_t kDequantElems = int64_t{64} << 20;  // 64 Mi floats out = 256 MiB
+
+void BM_Dequantize(benchmark::State& state, io::GgmlType type) {
+  const auto src = RandomBlocks(type, kDequantElems / 256);
+  std::vector<float> dst(kDequantElems);
+  for (auto _ : state) {
+    if (!io::Dequantize(type, src, absl::MakeSpan(dst)).ok()) state.SkipWithError("dequantize failed");
+    benchmark::DoNotOptimize(dst.data());
+  }
+  state.SetBytesProcessed(state.iterations() * kDequantElems * 4);  // float32 bytes written
+}
+
+// The bandwidth reference: copying the same number of output bytes, on all cores.
+void BM_Memcpy(benchmark::State& state) {
+  std::vector<float> src(kDequantElems, 1.0f), dst(kDequantElems);
+  for (auto _ : state) {
+    ParallelFor(kDequantElems, 1 << 20, [&](int64_t begin, int64_t end) {
+      std::memcpy(dst.data() + begin, src.data() + begin, (end - begin) * 4);
+    });
+    benchmark::DoNotOptimize(dst.data());
+  }
+  state.SetBytesProcessed(state.iterations() * kDequantElems * 4);
+}
+
+// Collects each benchmark's bytes per second for the ratio lines.
+class RatioReporter : public benchmark::ConsoleReporter {
+ public:
+  void ReportRuns(const std::vector<Run>& runs) override {
+    ConsoleReporter::ReportRuns(runs);
+    for (const Run& run : runs) {
+      if (run.run_type == Run::RT_Iteration && run.counters.count("bytes_per_second")) {
+        bytes_per_second[run.benchmark_name()] = run.counters.at("bytes_per_second");
+        seconds[run.benchmark_name()] = run.GetAdjustedRealTime() / 1e3;  // ms → s
+      }
+    }
+  }
+  std::map<std::string, double> bytes_per_second;
+  std::map<std::string, double> seconds;
+};
+
+double PythonLoadSeconds(const std::string& file) {
+  const std::string command = absl::StrCat("'", LLMTRAIN_PYTHON, "' '", LLMTRAIN_SOURCE_DIR,
+                                           "/bench/io_bench_ref.py' '", file, "' 5");
+  FILE* pipe = ::popen(command.c_str(), "r");
+  if (pipe == nullptr) return -1;
+  char buf[128] = {};
+  const bool ok = std::fgets(buf, sizeof(buf), pipe) != nullptr;
+  ::pclose(pipe);
+  return ok ? std::atof(buf) : -1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<char*> args;
+  for (int i = 0; i < argc; ++i) {
+    if (std::strncmp(argv[i], "--size_mib=", 11) == 0) {
+      g_size_mib = std::atoll(argv[i] + 11);
+    } else {
+      args.push_back(argv[i]);
+    }
+  }
+  int n_args = static_cast<int>(args.size());
+  benchmark::Initialize(&n_args, args.data());
+  g_file = MakeSafetensorsFile();
+  benchmark::RegisterBenchmark("safetensors_load/llmtrain", BM_SafetensorsLoad)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(5);
+  benchmark::RegisterBenchmark("dequant/Q4_K", BM_Dequantize, io::GgmlType::kQ4_K)->Unit(benchmark::kMillisecond)->UseRealTime();
+  benchmark::RegisterBenchmark("dequant/Q6_K", BM_Dequantize, io::GgmlType::kQ6_K)->Unit(benchmark::kMillisecond)->UseRealTime();
+  benchmark::RegisterBenchmark("memcpy", BM_Memcpy)->Unit(benchmark::kMillisecond)->UseRealTime();
+  RatioReporter reporter;
+  benchmark::RunSpecifiedBenchmarks(&reporter);
+
+  const double python_s = PythonLoadSeconds(g_file);
+  const double ours_s = reporter.seconds["safetensors_load/llmtrain"];
+  std::printf("\nthreads %d, file %s (%lld MiB)\n", NumThreads(), g_file.c_str(),
+              static_cast<long long>(g_size_mib));
+  std::printf("safetensors_load/%lldMiB  reference(python safetensors.torch.load_file) %.1f ms  "
+              "llmtrain %.1f ms  ratio %.2fx\n",
+              static_cast<long long>(g_size_mib), python_s * 1e3, ours_s * 1e3, python_s / ours_s);
+  const double memcpy_bps = reporter.bytes_per_second["memcpy"];
+  for (const char* type : {"Q4_K", "Q6_K"}) {
+    const double bps = reporter.bytes_per_second[absl::StrCat("dequant/", type)];
+    std::printf("dequant/%s  memcpy %.2f GB/s  llmtrain %.2f GB/s (float32 out)  ratio %.2f of memcpy\n",
+                type, memcpy_bps / 1e9, bps / 1e9, bps / memcpy_bps);
+  }
+  benchmark::Shutdown();
+  return 0;
+}

@@ -1,0 +1,21 @@
+# ctest driver: install the build into a fresh prefix, then configure, build and run
+# tests/consumer against it with find_package(llmtrain).
+set(prefix "${BINARY_DIR}/consumer_test/prefix")
+set(build "${BINARY_DIR}/consumer_test/build")
+file(REMOVE_RECURSE "${BINARY_DIR}/consumer_test")
+function(run)
+  execute_process(COMMAND ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "failed (${rc}): ${ARGN}\n${out}\n${err}")
+  endif()
+  set(last_output "${out}" PARENT_SCOPE)
+endfunction()
+run(${CMAKE_COMMAND} --install "${BINARY_DIR}" --prefix "${prefix}")
+run(${CMAKE_COMMAND} -S "${SOURCE_DIR}/tests/consumer" -B "${build}" -G "${GENERATOR}"
+    -DCMAKE_CXX_COMPILER=${CXX_COMPILER} -DCMAKE_PREFIX_PATH=${prefix} -DCMAKE_BUILD_TYPE=Release)
+run(${CMAKE_COMMAND} --build "${build}")
+run("${build}/consumer" "${build}/w.safetensors")
+if(NOT last_output MATCHES "consumer: w F32 sum=15")
+  message(FATAL_ERROR "unexpected consumer output: ${last_output}")
+endif()
+message(STATUS "${last_output}")

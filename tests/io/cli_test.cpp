@@ -1,0 +1,108 @@
+// `llmtrain inspect` and `llmtrain convert`, run as a user runs them.
+#include <ATen/ATen.h>
+
+#include <catch2/catch.hpp>
+
+#include "llmtrain/io/safetensors.h"
+#include "llmtrain/io/tensors.h"
+#include "testing/json_util.h"
+#include "testing/reference.h"
+
+namespace llmtrain {
+namespace {
+
+using nlohmann::json;
+using testing::LastJsonLine;
+using testing::RunCommand;
+using testing::ShellQuote;
+
+std::string GgufModelPath() { return std::string(LLMTRAIN_SOURCE_DIR) + "/.venv/models/gemma-3-270m-q4_k_m.gguf"; }
+
+TEST_CASE("cli: inspect --json on the real Gemma 3 GGUF matches gguf-py", "[io][cli][reference]") {
+  if (!testing::ReferenceStackAvailable()) return;
+  const auto run = RunCommand(ShellQuote(testing::CliPath()) + " inspect --json " + ShellQuote(GgufModelPath()));
+  REQUIRE(run.exit_code == 0);
+  const json ours = json::parse(run.out);
+  CHECK(ours["format"] == "gguf");
+  CHECK(ours["metadata"]["general.architecture"] == "gemma3");
+  CHECK(ours["metadata"]["tokenizer.ggml.tokens"].size() == 262144);
+  CHECK(ours["config"]["model_type"] == "gemma3_text");
+  CHECK(ours["config"]["hidden_size"] == 640);
+  const json theirs = LastJsonLine(testing::RunReference("gguf_ref.py", {"describe", GgufModelPath()}).out);
+  REQUIRE(ours["tensors"].size() == theirs["tensors"].size());
+  for (const json& t : ours["tensors"]) {
+    INFO("tensor " << t["name"]);
+    const json& want = theirs["tensors"][t["name"].get<std::string>()];
+    CHECK(t["dtype"] == want[0]);
+    CHECK(t["shape"] == want[1]);
+  }
+  // The text form prints the same tensors, one per line.
+  const auto text = RunCommand(ShellQuote(testing::CliPath()) + " inspect " + ShellQuote(GgufModelPath()));
+  CHECK(text.exit_code == 0);
+  CHECK(text.out.find("tensors (" + std::to_string(theirs["tensors"].size()) + "):") != std::string::npos);
+  CHECK(text.out.find("token_embd.weight") != std::string::npos);
+}
+
+TEST_CASE("cli: convert of the real Gemma 3 GGUF equals gguf dequantization", "[io][cli][reference]") {
+  if (!testing::ReferenceStackAvailable()) return;
+  const std::string out = testing::TempDir("cli_convert") + "/gemma3.safetensors";
+  const auto run = RunCommand(ShellQuote(testing::CliPath()) + " convert " + ShellQuote(GgufModelPath()) + " " +
+                              ShellQuote(out) + " 2>&1");
+  INFO(run.out);
+  REQUIRE(run.exit_code == 0);
+  const json result = LastJsonLine(testing::RunReference("gguf_ref.py", {"check_convert", GgufModelPath(), out}).out);
+  INFO(result.dump());
+  CHECK(result["equal"] == true);
+  CHECK(result["n_tensors"].get<int>() > 200);
+  RunCommand("rm -f " + ShellQuote(out));
+}
+
+TEST_CASE("cli: inspect and convert of a sharded transformers checkpoint", "[io][cli][reference]") {
+  if (!testing::ReferenceStackAvailable()) return;
+  const std::string dir = testing::TempDir("cli_sharded");
+  REQUIRE(testing::RunReference("safetensors_ref.py", {"sharded", dir + "/model", "9"}).exit_code == 0);
+  const auto run = RunCommand(ShellQuote(testing::CliPath()) + " inspect --json " + ShellQuote(dir + "/model"));
+  REQUIRE(run.exit_code == 0);
+  const json ours = json::parse(run.out);
+  CHECK(ours["format"] == "safetensors-sharded");
+  CHECK(ours["config"]["model_type"] == "qwen2");
+  CHECK(ours["metadata"]["format"] == "pt");
+  CHECK(ours["tensors"][0]["dtype"] == "BF16");
+
+  const std::string out = dir + "/f32.safetensors";
+  REQUIRE(RunCommand(ShellQuote(testing::CliPath()) + " convert " + ShellQuote(dir + "/model") + " " +
+                     ShellQuote(out) + " --dtype f32 2>/dev/null").exit_code == 0);
+  auto converted = io::SafetensorsFile::Open(out);
+  auto source = io::Checkpoint::Open(dir + "/model");
+  REQUIRE(converted.ok());
+  REQUIRE(source.ok());
+  CHECK((*converted)->tensors().size() == (*source)->Names().size());
+  for (const io::TensorInfo& t : (*converted)->tensors()) {
+    INFO("tensor " << t.name);
+    CHECK(t.dtype == Dtype::kF32);
+    auto original = io::LoadTensor(**source, t.name);
+    REQUIRE(original.ok());
+    CHECK(at::equal(io::TensorView(**converted, t), original->to(at::kFloat)));
+  }
+}
+
+TEST_CASE("cli: usage errors exit 2, bad files exit 1 naming the file", "[io][cli]") {
+  const std::string cli = ShellQuote(testing::CliPath());
+  CHECK(RunCommand(cli + " 2>/dev/null").exit_code == 2);
+  CHECK(RunCommand(cli + " frobnicate 2>/dev/null").exit_code == 2);
+  CHECK(RunCommand(cli + " inspect 2>/dev/null").exit_code == 2);
+  CHECK(RunCommand(cli + " convert a.gguf 2>/dev/null").exit_code == 2);
+  CHECK(RunCommand(cli + " convert a.gguf b.safetensors --dtype int4 2>/dev/null").exit_code == 2);
+  const auto missing = RunCommand(cli + " inspect /no/such/model.gguf 2>&1");
+  CHECK(missing.exit_code == 1);
+  CHECK(missing.out.find("/no/such/model.gguf") != std::string::npos);
+  const std::string dir = testing::TempDir("cli_bad");
+  RunCommand("printf 'GGUF\\003\\000\\000\\000' > " + ShellQuote(dir + "/trunc.gguf"));
+  const auto truncated = RunCommand(cli + " inspect " + ShellQuote(dir + "/trunc.gguf") + " 2>&1");
+  CHECK(truncated.exit_code == 1);
+  CHECK(truncated.out.find("trunc.gguf") != std::string::npos);
+  CHECK(truncated.out.find("truncated") != std::string::npos);
+}
+
+}  // namespace
+}  // namespace llmtrain

@@ -1,0 +1,196 @@
+// io/gguf against the `gguf` package (gguf-py), at test time, and on the real Gemma 3 270M.
+#include <ATen/ATen.h>
+
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <cstring>
+#include <random>
+
+#include "llmtrain/io/gguf.h"
+#include "llmtrain/io/hf_config.h"
+#include "llmtrain/io/safetensors.h"
+#include "llmtrain/io/tensors.h"
+#include "testing/json_util.h"
+#include "testing/reference.h"
+
+namespace llmtrain {
+namespace {
+
+using nlohmann::json;
+using testing::LastJsonLine;
+using testing::RunReference;
+
+// Our metadata value as [[type names], value], the shape gguf_ref.py prints.
+json Describe(const io::GgufValue& v) {
+  json types = json::array({std::string(io::GgufValueTypeName(v.type))});
+  json value;
+  if (v.type == io::GgufValueType::kArray) {
+    types.push_back(std::string(io::GgufValueTypeName(v.array_type)));
+    value = json::array();
+    for (const auto& s : v.strings) value.push_back(s);
+    for (auto u : v.uints) value.push_back(u);
+    for (auto i : v.ints) value.push_back(i);
+    for (auto d : v.floats) value.push_back(d);
+    for (bool b : v.bools) value.push_back(b);
+  } else if (auto s = v.AsString()) {
+    value = *s;
+  } else if (auto b = v.AsBool()) {
+    value = *b;
+  } else if (const auto* u = std::get_if<uint64_t>(&v.scalar)) {
+    value = *u;
+  } else if (const auto* i = std::get_if<int64_t>(&v.scalar)) {
+    value = *i;
+  } else {
+    value = std::get<double>(v.scalar);
+  }
+  return json::array({types, value});
+}
+
+std::string GgufModelPath() { return std::string(LLMTRAIN_SOURCE_DIR) + "/.venv/models/gemma-3-270m-q4_k_m.gguf"; }
+
+TEST_CASE("gguf: files written by gguf-py parse, and every type dequantizes bit-identically",
+          "[io][gguf][reference]") {
+  if (!testing::ReferenceStackAvailable()) return;
+  const std::string dir = testing::TempDir("gguf_read");
+  const std::string path = dir + "/ref.gguf";
+  const auto ref = RunReference("gguf_ref.py", {"write", path, "3"});
+  REQUIRE(ref.exit_code == 0);
+  const json manifest = LastJsonLine(ref.out);
+  auto file = io::GgufFile::Open(path);
+  REQUIRE(file.ok());
+  CHECK((*file)->version() == 3);
+  REQUIRE((*file)->metadata().size() == manifest["metadata"].size());
+  for (const auto& [key, value] : (*file)->metadata()) {
+    INFO("metadata " << key);
+    REQUIRE(manifest["metadata"].contains(key));
+    CHECK(Describe(value) == manifest["metadata"][key]);
+  }
+  auto expected = io::SafetensorsFile::Open(path + ".expected.safetensors");
+  REQUIRE(expected.ok());
+  REQUIRE((*file)->tensors().size() == manifest["tensors"].size());
+  std::set<std::string> types;
+  for (const io::GgufTensorInfo& t : (*file)->tensors()) {
+    INFO("tensor " << t.name);
+    CHECK(std::string(io::GgmlTypeName(t.type)) == manifest["tensors"][t.name][0].get<std::string>());
+    CHECK(t.shape == manifest["tensors"][t.name][1].get<std::vector<int64_t>>());
+    const io::TensorInfo* want = (*expected)->Find(t.name);
+    REQUIRE(want != nullptr);
+    CHECK(want->shape == t.shape);
+    std::vector<float> got(t.n_elems());
+    REQUIRE(io::DequantizeTensor(**file, t, absl::MakeSpan(got)).ok());
+    // Bit-identical: compare the float bits, not the values.
+    CHECK(std::memcmp(got.data(), (*expected)->Data(*want).data(), got.size() * 4) == 0);
+    types.insert(std::string(io::GgmlTypeName(t.type)));
+  }
+  CHECK(types == std::set<std::string>{"F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0",
+                                       "Q5_1", "Q4_K", "Q5_K", "Q6_K"});
+}
+
+TEST_CASE("gguf: files we write load in gguf-py unchanged", "[io][gguf][reference]") {
+  if (!testing::ReferenceStackAvailable()) return;
+  const std::string dir = testing::TempDir("gguf_write");
+  std::mt19937 rng(17);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> x(4 * 64);
+  for (float& v : x) v = normal(rng);
+  // Edge values: f16/bf16 rounding ties, f16 subnormals and overflow, exact zeros.
+  x[0] = 1.0f + std::ldexp(1.0f, -11);
+  x[1] = 1.0f + 3 * std::ldexp(1.0f, -11);
+  x[2] = std::ldexp(3.0f, -26);
+  x[3] = 70000.0f;
+  x[4] = -0.0f;
+  for (int j = 32; j < 64; ++j) x[j] = 0.0f;  // an all-zero Q8_0 block
+  x[64] = 0.5f;                               // Q8_0 ties: x · (127 / 0.5) hits .5 exactly
+  x[65] = 0.5f * 3.5f / 127.0f;
+
+  io::GgufWriter w;
+  w.AddString("general.architecture", "llmtrain_test");
+  w.AddUint32("test.u32", 4000000000u);
+  w.AddFloat32("test.f32", 0.1f);
+  w.AddBool("test.bool", false);
+  io::GgufValue strings;
+  strings.type = io::GgufValueType::kArray;
+  strings.array_type = io::GgufValueType::kString;
+  strings.strings = {"<pad>", "", "héllo"};
+  w.Add("test.strings", strings);
+  io::GgufValue i64;
+  i64.type = io::GgufValueType::kInt64;
+  i64.scalar = int64_t{-5};
+  w.Add("test.i64", i64);
+  std::vector<io::TensorToWrite> values;
+  for (auto [name, type] : {std::pair{"f32", io::GgmlType::kF32}, std::pair{"f16", io::GgmlType::kF16},
+                            std::pair{"bf16", io::GgmlType::kBF16}, std::pair{"q8_0", io::GgmlType::kQ8_0}}) {
+    REQUIRE(w.AddTensor(name, type, {4, 64}, x).ok());
+    values.push_back({name, Dtype::kF32, {4, 64},
+                      absl::Span<const uint8_t>(reinterpret_cast<const uint8_t*>(x.data()), x.size() * 4)});
+  }
+  CHECK(!w.AddTensor("q8_0_bad", io::GgmlType::kQ8_0, {2, 10}, absl::MakeConstSpan(x.data(), 20)).ok());
+  CHECK(w.AddTensor("q4_k", io::GgmlType::kQ4_K, {4, 64}, x).code() == absl::StatusCode::kUnimplemented);
+  const std::string path = dir + "/ours.gguf";
+  REQUIRE(w.Write(path).ok());
+  REQUIRE(io::WriteSafetensors(dir + "/values.safetensors", values).ok());
+
+  const json result = LastJsonLine(RunReference("gguf_ref.py", {"read", path, dir + "/values.safetensors"}).out);
+  INFO(result.dump());
+  CHECK(result["ok"] == true);
+  CHECK(result["metadata"]["test.u32"] == json::parse(R"([["UINT32"], 4000000000])"));
+  CHECK(result["metadata"]["test.bool"] == json::parse(R"([["BOOL"], false])"));
+  CHECK(result["metadata"]["test.i64"] == json::parse(R"([["INT64"], -5])"));
+  CHECK(result["metadata"]["test.strings"] == json::parse(R"([["ARRAY", "STRING"], ["<pad>", "", "héllo"]])"));
+  CHECK(result["tensors"]["q8_0"] == json::parse(R"(["Q8_0", [4, 64]])"));
+  // And our reader reads our file back the same.
+  auto back = io::GgufFile::Open(path);
+  REQUIRE(back.ok());
+  CHECK((*back)->tensors().size() == 4);
+  std::vector<float> f32(x.size());
+  REQUIRE(io::DequantizeTensor(**back, *(*back)->FindTensor("f32"), absl::MakeSpan(f32)).ok());
+  CHECK(std::memcmp(f32.data(), x.data(), x.size() * 4) == 0);
+}
+
+TEST_CASE("gguf: the real Gemma 3 270M Q4_K_M file", "[io][gguf][reference]") {
+  if (!testing::ReferenceStackAvailable()) return;
+  auto file = io::GgufFile::Open(GgufModelPath());
+  REQUIRE(file.ok());
+  const io::GgufFile& gguf = **file;
+  CHECK(*gguf.FindMetadata("general.architecture")->AsString() == "gemma3");
+  CHECK(gguf.FindMetadata("tokenizer.ggml.tokens")->array_size() == 262144);
+  std::map<std::string, int> type_counts;
+  for (const auto& t : gguf.tensors()) ++type_counts[std::string(io::GgmlTypeName(t.type))];
+  CHECK(type_counts["Q4_K"] > 0);
+  CHECK(type_counts["Q6_K"] > 0);
+  const io::GgufTensorInfo* embed = gguf.FindTensor("token_embd.weight");
+  REQUIRE(embed != nullptr);
+  CHECK(embed->shape == std::vector<int64_t>{262144, 640});  // row-major: [vocab, hidden]
+
+  SECTION("config equals transformers' config from the same file") {
+    auto config = io::HfConfigFromGguf(gguf);
+    REQUIRE(config.ok());
+    CHECK(config->text.num_hidden_layers == 18);
+    CHECK(config->text.tie_word_embeddings);
+    const json ours = json::parse(config->resolved_json);
+    const json theirs = LastJsonLine(RunReference("hf_config_ref.py", {"gguf", GgufModelPath()}).out);
+    REQUIRE(theirs.is_object());
+    for (auto it = ours.begin(); it != ours.end(); ++it) {
+      INFO("key " << it.key());
+      REQUIRE(theirs.contains(it.key()));
+      CHECK(*it == theirs[it.key()]);
+    }
+  }
+  SECTION("the CUDA kernels equal the CPU path (needs a GPU)") {
+    if (!at::hasCUDA()) {
+      WARN("SKIPPED: no CUDA device; the CUDA dequantization is compiled and linked only");
+      return;
+    }
+    for (const auto& t : gguf.tensors()) {
+      INFO("tensor " << t.name);
+      auto cpu = io::LoadGgufTensor(gguf, t);
+      auto gpu = io::LoadGgufTensorTo(gguf, t, c10::Device(c10::kCUDA, 0));
+      REQUIRE(cpu.ok());
+      REQUIRE(gpu.ok());
+      CHECK(at::equal(cpu->view(at::kInt), gpu->cpu().view(at::kInt)));
+    }
+  }
+}
+
+}  // namespace
+}  // namespace llmtrain
