@@ -26,7 +26,8 @@ std::string FormatCount(double value) {
     value /= 1000.0;
     ++i;
   }
-  return absl::StrFormat(i == 0 ? "%.1f%s" : "%.2f%s", value, prefixes[i]);
+  if (i == 0) return absl::StrFormat("%.1f", value);
+  return absl::StrFormat("%.2f%s", value, prefixes[i]);
 }
 
 ProgressReporter::ProgressReporter(ProgressOptions options) : options_(std::move(options)) {

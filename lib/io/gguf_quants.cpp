@@ -3,6 +3,9 @@
 // each. This file is compiled with -ffp-contract=off so no multiply-add gets fused.
 // It is also the oracle the CUDA kernels (gguf_quants.cu) are tested against.
 #include <algorithm>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 #include <cmath>
 #include <cstring>
 
@@ -17,19 +20,24 @@ namespace {
 
 using ::llmtrain::detail::F16ToFloat;
 
+// GCC/clang vector extensions: portable code that becomes ymm instructions in the AVX2 clone
+// and pairs of xmm instructions in the baseline one. Each lane computes what gguf-py computes.
+typedef float Float8 __attribute__((vector_size(32)));
+typedef int8_t Int8x8 __attribute__((vector_size(8)));
+
 inline float LoadHalf(const uint8_t* p) {
   uint16_t h;
   std::memcpy(&h, p, 2);
   return F16ToFloat(h);
 }
 
-void BlockQ8_0(const uint8_t* b, float* y) {
+inline void BlockQ8_0(const uint8_t* b, float* y) {
   const float d = LoadHalf(b);
   const auto* qs = reinterpret_cast<const int8_t*>(b + 2);
   for (int j = 0; j < 32; ++j) y[j] = static_cast<float>(qs[j]) * d;
 }
 
-void BlockQ4_0(const uint8_t* b, float* y) {
+inline void BlockQ4_0(const uint8_t* b, float* y) {
   const float d = LoadHalf(b);
   const uint8_t* qs = b + 2;
   for (int j = 0; j < 16; ++j) {
@@ -38,7 +46,7 @@ void BlockQ4_0(const uint8_t* b, float* y) {
   }
 }
 
-void BlockQ4_1(const uint8_t* b, float* y) {
+inline void BlockQ4_1(const uint8_t* b, float* y) {
   const float d = LoadHalf(b);
   const float m = LoadHalf(b + 2);
   const uint8_t* qs = b + 4;
@@ -48,7 +56,7 @@ void BlockQ4_1(const uint8_t* b, float* y) {
   }
 }
 
-void BlockQ5_0(const uint8_t* b, float* y) {
+inline void BlockQ5_0(const uint8_t* b, float* y) {
   const float d = LoadHalf(b);
   uint32_t qh;
   std::memcpy(&qh, b + 2, 4);
@@ -61,7 +69,7 @@ void BlockQ5_0(const uint8_t* b, float* y) {
   }
 }
 
-void BlockQ5_1(const uint8_t* b, float* y) {
+inline void BlockQ5_1(const uint8_t* b, float* y) {
   const float d = LoadHalf(b);
   const float m = LoadHalf(b + 2);
   uint32_t qh;
@@ -75,108 +83,213 @@ void BlockQ5_1(const uint8_t* b, float* y) {
   }
 }
 
-void BlockQ4_K(const uint8_t* b, float* y) {
-  const float d = LoadHalf(b);
-  const float dmin = LoadHalf(b + 2);
-  uint8_t sc[8], mn[8];
-  detail::UnpackKScales(b + 4, sc, mn);
-  const uint8_t* qs = b + 16;
-  for (int c = 0; c < 4; ++c) {
-    // gguf-py: d * sc and dmin * m per sub-block first, then (d·sc)·q − dmin·m.
-    const float d_lo = d * static_cast<float>(sc[2 * c]), m_lo = dmin * static_cast<float>(mn[2 * c]);
-    const float d_hi = d * static_cast<float>(sc[2 * c + 1]);
-    const float m_hi = dmin * static_cast<float>(mn[2 * c + 1]);
-    for (int l = 0; l < 32; ++l) {
-      y[64 * c + l] = d_lo * static_cast<float>(qs[32 * c + l] & 0x0f) - m_lo;
-      y[64 * c + 32 + l] = d_hi * static_cast<float>(qs[32 * c + l] >> 4) - m_hi;
-    }
-  }
-}
-
-void BlockQ5_K(const uint8_t* b, float* y) {
+// Q4_K and Q5_K: 8 sub-blocks of 32 with 6-bit scales and mins; Q5_K adds a fifth bit per
+// value from qh (bit s of qh[l] for sub-block s).
+template <bool kFiveBit>
+inline void BlockQK(const uint8_t* b, float* y) {
   const float d = LoadHalf(b);
   const float dmin = LoadHalf(b + 2);
   uint8_t sc[8], mn[8];
   detail::UnpackKScales(b + 4, sc, mn);
   const uint8_t* qh = b + 16;
-  const uint8_t* qs = b + 48;
-  for (int c = 0; c < 4; ++c) {
-    const float d_lo = d * static_cast<float>(sc[2 * c]), m_lo = dmin * static_cast<float>(mn[2 * c]);
-    const float d_hi = d * static_cast<float>(sc[2 * c + 1]);
-    const float m_hi = dmin * static_cast<float>(mn[2 * c + 1]);
+  const uint8_t* qs = b + (kFiveBit ? 48 : 16);
+  for (int sub = 0; sub < 8; ++sub) {
+    // gguf-py: d * sc and dmin * m per sub-block first, then (d·sc)·q − dmin·m.
+    const float scale = d * static_cast<float>(sc[sub]);
+    const float offset = dmin * static_cast<float>(mn[sub]);
+    const uint8_t* q = qs + 32 * (sub / 2);
+    const int shift = 4 * (sub % 2);  // even sub-blocks: low nibbles; odd: high nibbles
+    float* out = y + 32 * sub;
     for (int l = 0; l < 32; ++l) {
-      const int lo = (qs[32 * c + l] & 0x0f) | (((qh[l] >> (2 * c)) & 1) << 4);
-      const int hi = (qs[32 * c + l] >> 4) | (((qh[l] >> (2 * c + 1)) & 1) << 4);
-      y[64 * c + l] = d_lo * static_cast<float>(lo) - m_lo;
-      y[64 * c + 32 + l] = d_hi * static_cast<float>(hi) - m_hi;
+      int v = (q[l] >> shift) & 0x0f;
+      if (kFiveBit) v |= ((qh[l] >> sub) & 1) << 4;
+      out[l] = scale * static_cast<float>(v) - offset;
     }
   }
 }
 
-void BlockQ6_K(const uint8_t* b, float* y) {
+inline void BlockQ6_K(const uint8_t* b, float* y) {
   const uint8_t* ql = b;
   const uint8_t* qh = b + 128;
   const auto* scales = reinterpret_cast<const int8_t*>(b + 192);
   const float d = LoadHalf(b + 208);
+  // Two passes, each a plain loop the compiler vectorizes: the 6-bit codes as int8 first
+  // (byte operations), then (d · scale) · q in float32, as gguf-py computes it.
+  int8_t q[256];
   for (int h = 0; h < 2; ++h) {
     const uint8_t* L = ql + 64 * h;
     const uint8_t* H = qh + 32 * h;
-    const int8_t* S = scales + 8 * h;
-    float* Y = y + 128 * h;
+    int8_t* Q = q + 128 * h;
+    // All in uint8 (v − 32 wraps; the int8 view of the byte is the signed code).
     for (int l = 0; l < 32; ++l) {
-      const int g = l / 16;
-      const int q1 = ((L[l] & 0x0f) | (((H[l] >> 0) & 3) << 4)) - 32;
-      const int q2 = ((L[l + 32] & 0x0f) | (((H[l] >> 2) & 3) << 4)) - 32;
-      const int q3 = ((L[l] >> 4) | (((H[l] >> 4) & 3) << 4)) - 32;
-      const int q4 = ((L[l + 32] >> 4) | (((H[l] >> 6) & 3) << 4)) - 32;
-      // gguf-py: (d · scale) first, then · q.
-      Y[l] = (d * static_cast<float>(S[g + 0])) * static_cast<float>(q1);
-      Y[l + 32] = (d * static_cast<float>(S[g + 2])) * static_cast<float>(q2);
-      Y[l + 64] = (d * static_cast<float>(S[g + 4])) * static_cast<float>(q3);
-      Y[l + 96] = (d * static_cast<float>(S[g + 6])) * static_cast<float>(q4);
+      const uint8_t hl = H[l];
+      Q[l] = static_cast<int8_t>(static_cast<uint8_t>(((L[l] & 0x0f) | ((hl << 4) & 0x30)) - 32));
+      Q[l + 32] = static_cast<int8_t>(static_cast<uint8_t>(((L[l + 32] & 0x0f) | ((hl << 2) & 0x30)) - 32));
+      Q[l + 64] = static_cast<int8_t>(static_cast<uint8_t>(((L[l] >> 4) | (hl & 0x30)) - 32));
+      Q[l + 96] = static_cast<int8_t>(static_cast<uint8_t>(((L[l + 32] >> 4) | ((hl >> 2) & 0x30)) - 32));
+    }
+  }
+  // Output e belongs to sub-block e / 16: half h = e / 128, quarter, then l / 16 within it,
+  // which is scales[8h + 2·quarter + l/16] = scales[e / 16].
+  for (int s = 0; s < 16; ++s) {
+    const float ds = d * static_cast<float>(scales[s]);
+    for (int half = 0; half < 2; ++half) {
+      // Eight lanes at a time with GCC/clang vector extensions: ymm in the AVX2 clone.
+      Int8x8 q8;
+      std::memcpy(&q8, q + 16 * s + 8 * half, sizeof(q8));
+      const Float8 out = Float8{ds, ds, ds, ds, ds, ds, ds, ds} * __builtin_convertvector(q8, Float8);
+      std::memcpy(y + 16 * s + 8 * half, &out, sizeof(out));
     }
   }
 }
 
-void BlockF32(const uint8_t* b, float* y) { std::memcpy(y, b, 4); }
-void BlockF16(const uint8_t* b, float* y) { *y = LoadHalf(b); }
-void BlockBF16(const uint8_t* b, float* y) {
+inline void BlockF32(const uint8_t* b, float* y) { std::memcpy(y, b, 4); }
+inline void BlockF16(const uint8_t* b, float* y) { *y = LoadHalf(b); }
+inline void BlockBF16(const uint8_t* b, float* y) {
   uint16_t h;
   std::memcpy(&h, b, 2);
   *y = ::llmtrain::detail::Bf16ToFloat(h);
 }
-void BlockF64(const uint8_t* b, float* y) {
+inline void BlockF64(const uint8_t* b, float* y) {
   double v;
   std::memcpy(&v, b, 8);
   *y = static_cast<float>(v);
 }
 template <typename T>
-void BlockInt(const uint8_t* b, float* y) {
+inline void BlockInt(const uint8_t* b, float* y) {
   T v;
   std::memcpy(&v, b, sizeof(T));
   *y = static_cast<float>(v);
 }
 
-using BlockFn = void (*)(const uint8_t*, float*);
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define LLMTRAIN_HAVE_AVX2_PATH 1
+// Q6_K with AVX2 intrinsics: the baseline compiler output shuffles bytes poorly. Same arithmetic
+// per lane as BlockQ6_K: 6-bit code − 32 as int8, then (d · scale) · q in float32.
+__attribute__((target("avx2"))) void RangeQ6_KAvx2(const uint8_t* src, float* dst, int64_t n_blocks) {
+  const __m256i low4 = _mm256_set1_epi8(0x0f), bits45 = _mm256_set1_epi8(0x30);
+  const __m256i bias = _mm256_set1_epi8(32);
+  alignas(32) int8_t q[256];
+  for (int64_t b = 0; b < n_blocks; ++b) {
+    const uint8_t* block = src + b * 210;
+    float* y = dst + b * 256;
+    for (int h = 0; h < 2; ++h) {
+      const __m256i l0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(block + 64 * h));
+      const __m256i l1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(block + 64 * h + 32));
+      const __m256i hb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(block + 128 + 32 * h));
+      // 16-bit shifts move bits across bytes; the masks keep only each byte's own bits.
+      const __m256i q0 = _mm256_or_si256(_mm256_and_si256(l0, low4), _mm256_and_si256(_mm256_slli_epi16(hb, 4), bits45));
+      const __m256i q1 = _mm256_or_si256(_mm256_and_si256(l1, low4), _mm256_and_si256(_mm256_slli_epi16(hb, 2), bits45));
+      const __m256i q2 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low4), _mm256_and_si256(hb, bits45));
+      const __m256i q3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low4), _mm256_and_si256(_mm256_srli_epi16(hb, 2), bits45));
+      __m256i* out = reinterpret_cast<__m256i*>(q + 128 * h);
+      _mm256_store_si256(out + 0, _mm256_sub_epi8(q0, bias));
+      _mm256_store_si256(out + 1, _mm256_sub_epi8(q1, bias));
+      _mm256_store_si256(out + 2, _mm256_sub_epi8(q2, bias));
+      _mm256_store_si256(out + 3, _mm256_sub_epi8(q3, bias));
+    }
+    const auto* scales = reinterpret_cast<const int8_t*>(block + 192);
+    const float d = LoadHalf(block + 208);
+    for (int s = 0; s < 16; ++s) {
+      const __m256 ds = _mm256_set1_ps(d * static_cast<float>(scales[s]));
+      for (int k = 0; k < 2; ++k) {
+        const __m128i codes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(q + 16 * s + 8 * k));
+        const __m256 v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(codes));
+        _mm256_storeu_ps(y + 16 * s + 8 * k, _mm256_mul_ps(ds, v));
+      }
+    }
+  }
+}
 
-BlockFn FindBlockFn(GgmlType type) {
+// Q4_K with AVX2 intrinsics: (d · sc) · q − dmin · m per lane, as BlockQK<false>.
+__attribute__((target("avx2"))) void RangeQ4_KAvx2(const uint8_t* src, float* dst, int64_t n_blocks) {
+  const __m128i low4 = _mm_set1_epi8(0x0f);
+  for (int64_t b = 0; b < n_blocks; ++b) {
+    const uint8_t* block = src + b * 144;
+    float* y = dst + b * 256;
+    const float d = LoadHalf(block);
+    const float dmin = LoadHalf(block + 2);
+    uint8_t sc[8], mn[8];
+    detail::UnpackKScales(block + 4, sc, mn);
+    for (int c = 0; c < 4; ++c) {
+      for (int half = 0; half < 2; ++half) {
+        const int sub = 2 * c + half;
+        const __m256 scale = _mm256_set1_ps(d * static_cast<float>(sc[sub]));
+        const __m256 offset = _mm256_set1_ps(dmin * static_cast<float>(mn[sub]));
+        for (int k = 0; k < 2; ++k) {
+          __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(block + 16 + 32 * c + 16 * k));
+          bytes = half == 0 ? _mm_and_si128(bytes, low4) : _mm_and_si128(_mm_srli_epi16(bytes, 4), low4);
+          const __m256 lo = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes));
+          const __m256 hi = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(bytes, 8)));
+          float* out = y + 64 * c + 32 * half + 16 * k;
+          _mm256_storeu_ps(out, _mm256_sub_ps(_mm256_mul_ps(scale, lo), offset));
+          _mm256_storeu_ps(out + 8, _mm256_sub_ps(_mm256_mul_ps(scale, hi), offset));
+        }
+      }
+    }
+  }
+}
+#endif
+
+// One function per type that walks a range of blocks, with the block function inlined so the
+// compiler vectorizes it. On x86-64 each is also built for AVX2 and picked at load time
+// (target_clones); the arithmetic is the same, one rounding per operation, no FMA.
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(__SANITIZE_ADDRESS__)
+#define LLMTRAIN_MULTIVERSION __attribute__((target_clones("avx2", "default")))
+#else
+#define LLMTRAIN_MULTIVERSION
+#endif
+
+using RangeFn = void (*)(const uint8_t*, float*, int64_t);
+
+#define LLMTRAIN_DEQUANT_RANGE(NAME, BLOCK, ELEMS, BYTES)                            \
+  LLMTRAIN_MULTIVERSION void NAME(const uint8_t* src, float* dst, int64_t n_blocks) { \
+    for (int64_t b = 0; b < n_blocks; ++b) BLOCK(src + b * (BYTES), dst + b * (ELEMS)); \
+  }
+
+LLMTRAIN_DEQUANT_RANGE(RangeF32, BlockF32, 1, 4)
+LLMTRAIN_DEQUANT_RANGE(RangeF16, BlockF16, 1, 2)
+LLMTRAIN_DEQUANT_RANGE(RangeBF16, BlockBF16, 1, 2)
+LLMTRAIN_DEQUANT_RANGE(RangeF64, BlockF64, 1, 8)
+LLMTRAIN_DEQUANT_RANGE(RangeI8, BlockInt<int8_t>, 1, 1)
+LLMTRAIN_DEQUANT_RANGE(RangeI16, BlockInt<int16_t>, 1, 2)
+LLMTRAIN_DEQUANT_RANGE(RangeI32, BlockInt<int32_t>, 1, 4)
+LLMTRAIN_DEQUANT_RANGE(RangeI64, BlockInt<int64_t>, 1, 8)
+LLMTRAIN_DEQUANT_RANGE(RangeQ8_0, BlockQ8_0, 32, 34)
+LLMTRAIN_DEQUANT_RANGE(RangeQ4_0, BlockQ4_0, 32, 18)
+LLMTRAIN_DEQUANT_RANGE(RangeQ4_1, BlockQ4_1, 32, 20)
+LLMTRAIN_DEQUANT_RANGE(RangeQ5_0, BlockQ5_0, 32, 22)
+LLMTRAIN_DEQUANT_RANGE(RangeQ5_1, BlockQ5_1, 32, 24)
+LLMTRAIN_DEQUANT_RANGE(RangeQ4_K, BlockQK<false>, 256, 144)
+LLMTRAIN_DEQUANT_RANGE(RangeQ5_K, BlockQK<true>, 256, 176)
+LLMTRAIN_DEQUANT_RANGE(RangeQ6_K, BlockQ6_K, 256, 210)
+
+RangeFn FindRangeFn(GgmlType type, bool allow_intrinsics = true) {
   switch (type) {
-    case GgmlType::kF32: return BlockF32;
-    case GgmlType::kF16: return BlockF16;
-    case GgmlType::kBF16: return BlockBF16;
-    case GgmlType::kF64: return BlockF64;
-    case GgmlType::kI8: return BlockInt<int8_t>;
-    case GgmlType::kI16: return BlockInt<int16_t>;
-    case GgmlType::kI32: return BlockInt<int32_t>;
-    case GgmlType::kI64: return BlockInt<int64_t>;
-    case GgmlType::kQ8_0: return BlockQ8_0;
-    case GgmlType::kQ4_0: return BlockQ4_0;
-    case GgmlType::kQ4_1: return BlockQ4_1;
-    case GgmlType::kQ5_0: return BlockQ5_0;
-    case GgmlType::kQ5_1: return BlockQ5_1;
-    case GgmlType::kQ4_K: return BlockQ4_K;
-    case GgmlType::kQ5_K: return BlockQ5_K;
-    case GgmlType::kQ6_K: return BlockQ6_K;
+    case GgmlType::kF32: return RangeF32;
+    case GgmlType::kF16: return RangeF16;
+    case GgmlType::kBF16: return RangeBF16;
+    case GgmlType::kF64: return RangeF64;
+    case GgmlType::kI8: return RangeI8;
+    case GgmlType::kI16: return RangeI16;
+    case GgmlType::kI32: return RangeI32;
+    case GgmlType::kI64: return RangeI64;
+    case GgmlType::kQ8_0: return RangeQ8_0;
+    case GgmlType::kQ4_0: return RangeQ4_0;
+    case GgmlType::kQ4_1: return RangeQ4_1;
+    case GgmlType::kQ5_0: return RangeQ5_0;
+    case GgmlType::kQ5_1: return RangeQ5_1;
+    case GgmlType::kQ4_K:
+#ifdef LLMTRAIN_HAVE_AVX2_PATH
+      if (allow_intrinsics && __builtin_cpu_supports("avx2")) return RangeQ4_KAvx2;
+#endif
+      return RangeQ4_K;
+    case GgmlType::kQ5_K: return RangeQ5_K;
+    case GgmlType::kQ6_K:
+#ifdef LLMTRAIN_HAVE_AVX2_PATH
+      if (allow_intrinsics && __builtin_cpu_supports("avx2")) return RangeQ6_KAvx2;
+#endif
+      return RangeQ6_K;
     default: return nullptr;
   }
 }
@@ -196,10 +309,15 @@ void UnpackKScales(const uint8_t* s, uint8_t* sc, uint8_t* mn) {
 
 }  // namespace detail
 
-bool CanDequantize(GgmlType type) { return FindBlockFn(type) != nullptr; }
+bool CanDequantize(GgmlType type) { return FindRangeFn(type) != nullptr; }
 
 absl::Status Dequantize(GgmlType type, absl::Span<const uint8_t> src, absl::Span<float> dst) {
-  const BlockFn fn = FindBlockFn(type);
+  return detail::DequantizeWith(type, src, dst, /*allow_intrinsics=*/true);
+}
+
+absl::Status detail::DequantizeWith(GgmlType type, absl::Span<const uint8_t> src,
+                                    absl::Span<float> dst, bool allow_intrinsics) {
+  const RangeFn fn = FindRangeFn(type, allow_intrinsics);
   const auto traits = GetGgmlTypeTraits(static_cast<uint32_t>(type));
   if (fn == nullptr || !traits) {
     return absl::UnimplementedError(
@@ -214,9 +332,7 @@ absl::Status Dequantize(GgmlType type, absl::Span<const uint8_t> src, absl::Span
   const int64_t n_blocks = static_cast<int64_t>(dst.size()) / block_elems;
   // ~64 KiB of output per chunk keeps the threads busy without a start-up cost on small tensors.
   ParallelFor(n_blocks, std::max<int64_t>(1, 16384 / block_elems), [&](int64_t begin, int64_t end) {
-    const uint8_t* s = src.data() + begin * block_bytes;
-    float* y = dst.data() + begin * block_elems;
-    for (int64_t b = begin; b < end; ++b, s += block_bytes, y += block_elems) fn(s, y);
+    fn(src.data() + begin * block_bytes, dst.data() + begin * block_elems, end - begin);
   });
   return absl::OkStatus();
 }

@@ -19,6 +19,8 @@ namespace {
 
 using nlohmann::json;
 
+constexpr int64_t kMaxLayers = 65536;
+
 enum class Kind {
   kInt,            // JSON integer (not bool)
   kIntOrNull,
@@ -235,6 +237,12 @@ absl::Status ResolveText(const std::string& where, const std::string& model_type
     return absl::InvalidArgumentError(absl::StrCat(
         where, "vocab_size, hidden_size, intermediate_size, num_hidden_layers and "
                "num_attention_heads must be positive"));
+  }
+  // layer_types gets one entry per layer: refuse layer counts no model has before allocating
+  // them (a fuzzed GGUF asked for 2^31 layers).
+  if (n_layers > kMaxLayers) {
+    return absl::InvalidArgumentError(absl::StrCat(where, "num_hidden_layers: ", n_layers,
+                                                   " is over the limit of ", kMaxLayers));
   }
   if (gemma && o["hidden_size"].get<int64_t>() % heads != 0) {
     return absl::InvalidArgumentError(absl::StrCat(where, "hidden_size: ", o["hidden_size"].dump(),

@@ -4,8 +4,7 @@
 
 #include <cstdio>
 
-#include "llmtrain/io/safetensors.h"
-#include "llmtrain/io/tensors.h"
+#include "llmtrain/llmtrain.h"  // the one-include API, so the consumer compiles every public header
 
 int main(int argc, char** argv) {
   if (argc != 2) return 2;

@@ -139,6 +139,7 @@ const std::vector<BadFile>& Table() {
       // config.json
       {"config: bad JSON", Parser::kConfig, [] { return Bytes(R"({"model_type": "qwen2",)"); }, absl::StatusCode::kDataLoss, "invalid JSON"},
       {"config: unsupported model_type", Parser::kConfig, [] { return Bytes(R"({"model_type": "llama"})"); }, absl::StatusCode::kUnimplemented, "\"llama\" is not supported"},
+      {"config: a billion layers", Parser::kConfig, [] { return Bytes(R"({"model_type": "qwen3", "num_hidden_layers": 1000000000})"); }, absl::StatusCode::kInvalidArgument, "num_hidden_layers: 1000000000 is over the limit"},
       {"config: wrong type", Parser::kConfig, [] { return Bytes(R"({"model_type": "gemma2", "rms_norm_eps": "tiny"})"); }, absl::StatusCode::kInvalidArgument, "rms_norm_eps: expected a number, found the string \"tiny\""},
   };
   return table;

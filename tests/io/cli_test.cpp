@@ -69,6 +69,20 @@ TEST_CASE("cli: inspect and convert of a sharded transformers checkpoint", "[io]
   CHECK(ours["metadata"]["format"] == "pt");
   CHECK(ours["tensors"][0]["dtype"] == "BF16");
 
+  // The index file itself, and a lone shard (which has no config.json of its own).
+  const json by_index = json::parse(
+      RunCommand(ShellQuote(testing::CliPath()) + " inspect --json " +
+                 ShellQuote(dir + "/model/model.safetensors.index.json")).out);
+  CHECK(by_index["format"] == "safetensors-sharded");
+  CHECK(by_index["tensors"].size() == ours["tensors"].size());
+  CHECK(by_index["config"]["model_type"] == "qwen2");
+  const json by_shard = json::parse(
+      RunCommand(ShellQuote(testing::CliPath()) + " inspect --json " +
+                 ShellQuote(dir + "/model/model-00001-of-00003.safetensors")).out);
+  CHECK(by_shard["format"] == "safetensors");
+  CHECK(by_shard["config"].is_null());
+  CHECK(by_shard["tensors"].size() < ours["tensors"].size());
+
   const std::string out = dir + "/f32.safetensors";
   REQUIRE(RunCommand(ShellQuote(testing::CliPath()) + " convert " + ShellQuote(dir + "/model") + " " +
                      ShellQuote(out) + " --dtype f32 2>/dev/null").exit_code == 0);

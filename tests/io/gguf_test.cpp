@@ -6,6 +6,8 @@
 #include <cstring>
 #include <random>
 
+#include "io/gguf_quants_impl.h"
+#include "llmtrain/core/atomic_file.h"
 #include "llmtrain/io/gguf.h"
 #include "llmtrain/io/hf_config.h"
 #include "llmtrain/io/safetensors.h"
@@ -80,10 +82,24 @@ TEST_CASE("gguf: files written by gguf-py parse, and every type dequantizes bit-
     REQUIRE(io::DequantizeTensor(**file, t, absl::MakeSpan(got)).ok());
     // Bit-identical: compare the float bits, not the values.
     CHECK(std::memcmp(got.data(), (*expected)->Data(*want).data(), got.size() * 4) == 0);
+    // The plain C++ path (no intrinsics) gives the same bits as the dispatched one.
+    std::vector<float> portable(t.n_elems());
+    REQUIRE(io::detail::DequantizeWith(t.type, (*file)->Data(t), absl::MakeSpan(portable), false).ok());
+    CHECK(std::memcmp(portable.data(), got.data(), got.size() * 4) == 0);
     types.insert(std::string(io::GgmlTypeName(t.type)));
   }
   CHECK(types == std::set<std::string>{"F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0",
                                        "Q5_1", "Q4_K", "Q5_K", "Q6_K"});
+
+  // Version 2 has the same layout (64-bit counts); the same bytes with version 2 parse the same.
+  std::string bytes = *ReadFileToString(path);
+  bytes[4] = 2;
+  auto v2 = io::GgufFile::Parse(io::MappedFile::FromBytes(
+      "v2.gguf", absl::Span<const uint8_t>(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size())));
+  REQUIRE(v2.ok());
+  CHECK((*v2)->version() == 2);
+  CHECK((*v2)->tensors().size() == (*file)->tensors().size());
+  CHECK((*v2)->data_start() == (*file)->data_start());
 }
 
 TEST_CASE("gguf: files we write load in gguf-py unchanged", "[io][gguf][reference]") {
@@ -145,6 +161,22 @@ TEST_CASE("gguf: files we write load in gguf-py unchanged", "[io][gguf][referenc
   std::vector<float> f32(x.size());
   REQUIRE(io::DequantizeTensor(**back, *(*back)->FindTensor("f32"), absl::MakeSpan(f32)).ok());
   CHECK(std::memcmp(f32.data(), x.data(), x.size() * 4) == 0);
+
+  // A custom alignment is written as general.alignment and honoured by gguf-py.
+  io::GgufWriter aligned(64);
+  REQUIRE(aligned.AddTensor("a", io::GgmlType::kF32, {3}, absl::MakeConstSpan(x.data(), 3)).ok());
+  REQUIRE(aligned.AddTensor("q8_0", io::GgmlType::kQ8_0, {4, 64}, x).ok());
+  REQUIRE(aligned.Write(dir + "/aligned.gguf").ok());
+  const json aligned_result =
+      LastJsonLine(RunReference("gguf_ref.py", {"read", dir + "/aligned.gguf", dir + "/values.safetensors"}).out);
+  INFO(aligned_result.dump());
+  CHECK(aligned_result["metadata"]["general.alignment"] == json::parse(R"([["UINT32"], 64])"));
+  CHECK(aligned_result["problems"].size() == 1);  // "a" has no values in values.safetensors
+  auto aligned_back = io::GgufFile::Open(dir + "/aligned.gguf");
+  REQUIRE(aligned_back.ok());
+  CHECK((*aligned_back)->alignment() == 64);
+  CHECK((*aligned_back)->data_start() % 64 == 0);
+  CHECK((*aligned_back)->FindTensor("q8_0")->offset == 64);
 }
 
 TEST_CASE("gguf: the real Gemma 3 270M Q4_K_M file", "[io][gguf][reference]") {

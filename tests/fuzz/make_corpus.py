@@ -1,0 +1,50 @@
+"""Writes the seed corpora of the fuzz targets (tests/fuzz/corpus/<target>/) with the reference
+packages: small valid safetensors and GGUF files of several shapes, and config.json variants.
+Run with .venv/bin/python from the repo root; the files are committed."""
+import json
+import os
+
+import numpy as np
+import torch
+from gguf import GGUFWriter, GGMLQuantizationType as T
+from safetensors.torch import save_file
+
+root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus")
+for d in ("safetensors_fuzz", "gguf_fuzz", "json_config_fuzz"):
+    os.makedirs(os.path.join(root, d), exist_ok=True)
+
+save_file({"a": torch.arange(4, dtype=torch.float32)}, f"{root}/safetensors_fuzz/one.safetensors")
+save_file({"w": torch.zeros(2, 3, dtype=torch.bfloat16), "b": torch.ones(3, dtype=torch.int64),
+           "s": torch.tensor(1.5, dtype=torch.float16), "e": torch.zeros(0, 2, dtype=torch.uint8)},
+          f"{root}/safetensors_fuzz/mixed.safetensors", metadata={"format": "pt"})
+
+rng = np.random.default_rng(0)
+for name, arch in (("gemma3", "gemma3"), ("qwen2", "qwen2")):
+    w = GGUFWriter(f"{root}/gguf_fuzz/{name}.gguf", arch=arch)
+    w.add_uint32(f"{arch}.block_count", 2)
+    w.add_uint32(f"{arch}.context_length", 128)
+    w.add_uint32(f"{arch}.embedding_length", 64)
+    w.add_uint32(f"{arch}.feed_forward_length", 128)
+    w.add_uint32(f"{arch}.attention.head_count", 4)
+    w.add_uint32(f"{arch}.attention.head_count_kv", 2)
+    w.add_float32(f"{arch}.attention.layer_norm_rms_epsilon", 1e-6)
+    w.add_array("tokenizer.ggml.tokens", ["<pad>", "<eos>", "a", "b"])
+    w.add_tensor("f32", rng.standard_normal((2, 32)).astype(np.float32))
+    q = rng.integers(0, 256, size=(1, 144), dtype=np.uint8)
+    q[:, 0:4] = np.array([0, 0x20, 0, 0x20], dtype=np.uint8)
+    w.add_tensor("q4_k", q, raw_dtype=T.Q4_K)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+configs = {
+    "qwen2": {"model_type": "qwen2", "hidden_size": 64, "num_key_value_heads": None},
+    "gemma3": {"model_type": "gemma3", "text_config": {"hidden_size": 640, "rope_scaling": {"rope_type": "linear", "factor": 8.0}},
+               "vision_config": {"image_size": [896, 896]}},
+    "gemma2": {"model_type": "gemma2", "layer_types": ["sliding_attention", "full_attention"], "num_hidden_layers": 2},
+    "qwen3": {"model_type": "qwen3", "rope_scaling": {"type": "yarn", "factor": 4.0}, "use_sliding_window": True},
+}
+for name, config in configs.items():
+    with open(f"{root}/json_config_fuzz/{name}.json", "w") as f:
+        json.dump(config, f)
