@@ -102,9 +102,14 @@ TEST_CASE("progress reporter shows rate and ETA, plainly off a terminal", "[core
   CHECK(text.find("10/10") != std::string::npos);
   std::fclose(sink);
 
-  ProgressReporter tty({.label = "load", .total = 4, .stream = sink, .force_tty = 1});
-  tty.Set(2);
-  CHECK(tty.Render().find("[############............]") != std::string::npos);
+  std::FILE* tty_sink = std::tmpfile();
+  REQUIRE(tty_sink != nullptr);
+  {
+    ProgressReporter tty({.label = "load", .total = 4, .stream = tty_sink, .force_tty = 1});
+    tty.Set(2);
+    CHECK(tty.Render().find("[############............]") != std::string::npos);
+  }
+  std::fclose(tty_sink);
   CHECK(FormatDuration(3725) == "1h02m");
   CHECK(FormatDuration(185) == "3m05s");
   CHECK(FormatCount(1234.0) == "1.23k");
