@@ -16,6 +16,8 @@ constexpr char kUsage[] =
     "                             file, a sharded index, a model folder or a .gguf\n"
     "  convert IN OUT.safetensors [--dtype f32|bf16|f16]\n"
     "                             dequantize or cast every tensor of IN into safetensors\n"
+    "  forward --model PATH --input IN.safetensors --output OUT.safetensors [--dtype f32]\n"
+    "                             logits of the decoder for input_ids (and attention_mask)\n"
     "\n"
     "run `llmtrain <command> --help` for the options of one command\n";
 
@@ -37,6 +39,7 @@ int main(int argc, char** argv) {
   const std::vector<std::string> args(argv + 2, argv + argc);
   if (command == "inspect") return llmtrain::cli::RunInspect(args);
   if (command == "convert") return llmtrain::cli::RunConvert(args);
+  if (command == "forward") return llmtrain::cli::RunForward(args);
   std::fprintf(stderr, "llmtrain: unknown command \"%s\"\n\n%s", command.c_str(), kUsage);
   return 2;
 }

@@ -1,0 +1,90 @@
+// The shared decoder-only transformer: embedding, L × (norm → attention → residual → norm → MLP
+// → residual), final norm, LM head. Families (model/family.h) say how each one differs. The math
+// follows transformers' eager path so logits and gradients match it number for number.
+//
+// Shapes: B batch, T tokens, C hidden, H query heads, K kv heads, D head_dim, V vocab, L layers.
+//
+//   LLMTRAIN_ASSIGN_OR_RETURN(auto model, model::Decoder::Load("path/to/model_or.gguf", {}));
+//   at::Tensor logits = model->Forward(input_ids, attention_mask);  // (B, T, V)
+#pragma once
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "llmtrain/core/dtype.h"
+#include "llmtrain/io/hf_config.h"
+#include "llmtrain/model/family.h"
+
+namespace llmtrain::model {
+
+struct DecoderOptions {
+  /// Dtype of the weights and activations: f32, bf16 or f16 (Gemma refuses f16, whose residual
+  /// stream overflows; transformers warns and produces inf/NaN there).
+  Dtype dtype = Dtype::kF32;
+  /// Parameters require grad after loading (for fine-tuning the whole model or for gradient
+  /// checks); LoRA training leaves them frozen.
+  bool requires_grad = false;
+};
+
+class Decoder {
+ public:
+  /// Loads a model from a folder with config.json and safetensors (single or sharded), or from a
+  /// .gguf file (dequantized on load; Gemma norms shifted back from llama.cpp's 1 + w). Every
+  /// tensor the family's table expects must be present with its shape, and every tensor in the
+  /// file must be expected; errors name the tensor.
+  static absl::StatusOr<std::unique_ptr<Decoder>> Load(absl::string_view path,
+                                                       const DecoderOptions& options);
+
+  /// Logits (B, T, V) in the model dtype. input_ids: int64 (B, T), values < V.
+  /// attention_mask: int64/bool (B, T), 1 = token, 0 = padding (left or right); undefined = all 1.
+  /// position_ids: int64 (B, T); undefined = cumsum(mask) − 1 clamped at 0.
+  /// Throws c10::Error on bad shapes or ids ≥ V (use CheckInputs first for a Status).
+  at::Tensor Forward(const at::Tensor& input_ids, const at::Tensor& attention_mask = {},
+                     const at::Tensor& position_ids = {}) const;
+
+  /// InvalidArgument naming the problem if Forward would refuse these inputs.
+  absl::Status CheckInputs(const at::Tensor& input_ids, const at::Tensor& attention_mask) const;
+
+  /// Parameters by HF name ("model.layers.0.self_attn.q_proj.weight"), in load order.
+  const std::vector<std::pair<std::string, at::Tensor>>& named_parameters() const { return params_; }
+  const io::HfConfig& config() const { return config_; }
+  const FamilySpec& spec() const { return spec_; }
+  Dtype dtype() const { return options_.dtype; }
+
+ private:
+  struct Layer;
+  /// Tensors of a checkpoint by name: shapes up front, values materialized on demand.
+  struct TensorSource {
+    std::map<std::string, std::vector<int64_t>> shapes;
+    std::function<absl::StatusOr<at::Tensor>(const std::string&)> load;
+  };
+  Decoder();
+
+ public:
+  ~Decoder();
+
+ private:
+  absl::Status BuildFromTensors(const TensorSource& source, bool from_gguf, absl::string_view where);
+  at::Tensor Attention(const Layer& layer, int64_t index, const at::Tensor& x,
+                       const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& mask) const;
+  at::Tensor Norm(const at::Tensor& x, const at::Tensor& w) const;
+
+  io::HfConfig config_;
+  FamilySpec spec_;
+  DecoderOptions options_;
+  std::vector<std::pair<std::string, at::Tensor>> params_;
+  at::Tensor embed_;     // (V, C)
+  at::Tensor final_norm_;
+  at::Tensor lm_head_;   // (V, C); the embedding when tied
+  std::vector<Layer> layers_;
+  std::vector<at::Tensor> inv_freq_;  // per layer, (D/2) float32
+};
+
+}  // namespace llmtrain::model

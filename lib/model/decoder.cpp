@@ -1,0 +1,361 @@
+// The shared decoder. Forward reads top to bottom like transformers' eager path: embed, then
+// per layer norm → attention → (post-norm) → residual → norm → MLP → (post-norm) → residual,
+// then the final norm and the head. Comments cite the transformers class whose math each step
+// reproduces; parity tests (tests/model/) compare against it at test time.
+#include "llmtrain/model/decoder.h"
+
+#include <ATen/ATen.h>
+#include <sys/stat.h>
+
+#include <cmath>
+#include <limits>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
+#include "llmtrain/core/status.h"
+#include "llmtrain/io/gguf.h"
+#include "llmtrain/io/safetensors.h"
+#include "llmtrain/io/tensors.h"
+
+namespace llmtrain::model {
+
+struct Decoder::Layer {
+  at::Tensor input_norm, post_attn_norm, pre_ffw_norm, post_ffw_norm;  // (C)
+  at::Tensor q, k, v, o;                                                // (H·D, C) … (C, H·D)
+  at::Tensor q_bias, k_bias, v_bias;                                    // (H·D), (K·D)
+  at::Tensor q_norm, k_norm;                                            // (D)
+  at::Tensor gate, up, down;                                            // (I, C), (C, I)
+};
+
+Decoder::Decoder() = default;
+Decoder::~Decoder() = default;
+
+namespace {
+
+bool IsDirectory(const std::string& path) {
+  struct stat st;
+  return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+bool IsNormRole(Role role) {
+  return role == Role::kInputNorm || role == Role::kPostAttnNorm || role == Role::kPreFfwNorm ||
+         role == Role::kPostFfwNorm || role == Role::kFinalNorm || role == Role::kQNorm ||
+         role == Role::kKNorm;
+}
+
+// The shape the family expects for `role` under `config` (row-major, PyTorch order).
+std::vector<int64_t> ExpectedShape(Role role, const io::TextConfig& c) {
+  const int64_t q_dim = c.num_attention_heads * c.head_dim;
+  const int64_t kv_dim = c.num_key_value_heads * c.head_dim;
+  switch (role) {
+    case Role::kEmbed: case Role::kLmHead: return {c.vocab_size, c.hidden_size};
+    case Role::kFinalNorm: case Role::kInputNorm: case Role::kPostAttnNorm:
+    case Role::kPreFfwNorm: case Role::kPostFfwNorm: return {c.hidden_size};
+    case Role::kQ: return {q_dim, c.hidden_size};
+    case Role::kK: case Role::kV: return {kv_dim, c.hidden_size};
+    case Role::kO: return {c.hidden_size, q_dim};
+    case Role::kQBias: return {q_dim};
+    case Role::kKBias: case Role::kVBias: return {kv_dim};
+    case Role::kQNorm: case Role::kKNorm: return {c.head_dim};
+    case Role::kGate: case Role::kUp: return {c.intermediate_size, c.hidden_size};
+    case Role::kDown: return {c.hidden_size, c.intermediate_size};
+  }
+  return {};
+}
+
+std::string ShapeString(at::IntArrayRef shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) absl::StrAppend(&s, i ? ", " : "", shape[i]);
+  return s + "]";
+}
+
+// rotate_half([x1, x2]) = [−x2, x1] over the last dim (transformers rotate_half).
+at::Tensor RotateHalf(const at::Tensor& x) {
+  const int64_t half = x.size(-1) / 2;
+  return at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Decoder>> Decoder::Load(absl::string_view path_view,
+                                                       const DecoderOptions& options) {
+  const std::string path(path_view);
+  std::unique_ptr<Decoder> model(new Decoder());
+  model->options_ = options;
+  // Tensors are materialized one at a time when the name table asks for them (GGUF: dequantized
+  // then, straight into the model dtype), so peak memory stays near the final weights.
+  TensorSource source;
+  std::unique_ptr<io::GgufFile> gguf;
+  std::unique_ptr<io::Checkpoint> checkpoint;
+  const bool from_gguf = absl::EndsWith(path, ".gguf");
+  try {
+    if (from_gguf) {
+      LLMTRAIN_ASSIGN_OR_RETURN(gguf, io::GgufFile::Open(path));
+      LLMTRAIN_ASSIGN_OR_RETURN(model->config_, io::HfConfigFromGguf(*gguf));
+      for (const io::GgufTensorInfo& t : gguf->tensors()) source.shapes[t.name] = t.shape;
+      source.load = [&gguf](const std::string& name) {
+        return io::LoadGgufTensor(*gguf, *gguf->FindTensor(name));
+      };
+    } else {
+      if (!IsDirectory(path)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            path, ": expected a model folder (config.json + safetensors) or a .gguf file"));
+      }
+      LLMTRAIN_ASSIGN_OR_RETURN(model->config_, io::LoadHfConfig(path + "/config.json"));
+      LLMTRAIN_ASSIGN_OR_RETURN(checkpoint, io::Checkpoint::Open(path));
+      for (const std::string& name : checkpoint->Names()) {
+        LLMTRAIN_ASSIGN_OR_RETURN(auto found, checkpoint->Find(name));
+        source.shapes[name] = found.second->shape;
+      }
+      source.load = [&checkpoint](const std::string& name) { return io::LoadTensor(*checkpoint, name); };
+    }
+    if (model->config_.vision.has_value()) {
+      return absl::UnimplementedError(absl::StrCat(
+          path, ": model_type gemma3 (image+text) is not supported by the text decoder yet"));
+    }
+    auto spec = BuildFamilySpec(model->config_.text);
+    if (!spec.ok()) return Annotate(spec.status(), path);
+    model->spec_ = *std::move(spec);
+    if (model->spec_.refuses_fp16 && options.dtype == Dtype::kF16) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          path, ": dtype f16: ", model->spec_.model_type,
+          " overflows float16 in its residual stream (transformers produces inf/NaN); use bf16 or f32"));
+    }
+    LLMTRAIN_RETURN_IF_ERROR(model->BuildFromTensors(source, from_gguf, path));
+  } catch (...) {
+    return StatusFromCurrentException(absl::StrCat("loading ", path));
+  }
+  return model;
+}
+
+absl::Status Decoder::BuildFromTensors(const TensorSource& source, bool from_gguf,
+                                       absl::string_view where) {
+  const io::TextConfig& c = config_.text;
+  const c10::ScalarType dtype = io::ToScalarType(options_.dtype);
+  std::map<std::string, bool> used;
+  for (const auto& [name, unused] : source.shapes) used[name] = false;
+  layers_.assign(c.num_hidden_layers, Layer());
+
+  auto take = [&](const std::string& name, Role role) -> absl::StatusOr<at::Tensor> {
+    const auto it = source.shapes.find(name);
+    if (it == source.shapes.end()) {
+      return absl::NotFoundError(absl::StrCat(where, ": missing tensor \"", name, "\""));
+    }
+    const std::vector<int64_t> want = ExpectedShape(role, c);
+    if (it->second != want) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          where, ": tensor \"", name, "\" has shape ", ShapeString(it->second),
+          ", but the config needs ", ShapeString(want)));
+    }
+    used[name] = true;
+    LLMTRAIN_ASSIGN_OR_RETURN(at::Tensor value, source.load(name));
+    if (from_gguf && IsNormRole(role) && spec_.gguf_norm_offset != 0.0) {
+      value = value.to(at::kFloat) - spec_.gguf_norm_offset;  // undo llama.cpp's 1 + w
+    }
+    // Always a fresh, owned tensor in the model dtype (views of the file stay read-only).
+    value = value.to(dtype).clone().contiguous();
+    value.set_requires_grad(options_.requires_grad);
+    params_.emplace_back(name, value);
+    return value;
+  };
+
+  for (const WeightName& row : spec_.weights) {
+    const std::string& pattern = from_gguf ? row.gguf : row.hf;
+    if (absl::StrContains(pattern, "{i}")) {
+      for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+        const std::string name = absl::StrReplaceAll(pattern, {{"{i}", absl::StrCat(i)}});
+        LLMTRAIN_ASSIGN_OR_RETURN(at::Tensor t, take(name, row.role));
+        Layer& l = layers_[i];
+        switch (row.role) {
+          case Role::kInputNorm: l.input_norm = t; break;
+          case Role::kPostAttnNorm: l.post_attn_norm = t; break;
+          case Role::kPreFfwNorm: l.pre_ffw_norm = t; break;
+          case Role::kPostFfwNorm: l.post_ffw_norm = t; break;
+          case Role::kQ: l.q = t; break;
+          case Role::kK: l.k = t; break;
+          case Role::kV: l.v = t; break;
+          case Role::kO: l.o = t; break;
+          case Role::kQBias: l.q_bias = t; break;
+          case Role::kKBias: l.k_bias = t; break;
+          case Role::kVBias: l.v_bias = t; break;
+          case Role::kQNorm: l.q_norm = t; break;
+          case Role::kKNorm: l.k_norm = t; break;
+          case Role::kGate: l.gate = t; break;
+          case Role::kUp: l.up = t; break;
+          case Role::kDown: l.down = t; break;
+          default: break;
+        }
+      }
+      continue;
+    }
+    if (row.role == Role::kLmHead && spec_.tied_embeddings) {
+      // Tied: the head is the embedding. Some checkpoints store a copy; it must be that copy.
+      if (source.shapes.count(pattern) != 0) {
+        used[pattern] = true;
+        const std::string embed_name = from_gguf ? "token_embd.weight" : "model.embed_tokens.weight";
+        auto head = source.load(pattern);
+        auto embed = source.shapes.count(embed_name) ? source.load(embed_name) : head;
+        if (!head.ok() || !embed.ok() || !at::equal(*head, *embed) || source.shapes.count(embed_name) == 0) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              where, ": tensor \"", pattern, "\" differs from the embedding, but the config ties them "
+              "(tie_word_embeddings = true)"));
+        }
+      }
+      continue;
+    }
+    LLMTRAIN_ASSIGN_OR_RETURN(at::Tensor t, take(pattern, row.role));
+    if (row.role == Role::kEmbed) embed_ = t;
+    if (row.role == Role::kFinalNorm) final_norm_ = t;
+    if (row.role == Role::kLmHead) lm_head_ = t;
+  }
+  if (spec_.tied_embeddings) lm_head_ = embed_;
+  for (const auto& [name, was_used] : used) {
+    if (!was_used) {
+      return absl::InvalidArgumentError(absl::StrCat(where, ": tensor \"", name, "\" is not a weight of ",
+                                                     spec_.model_type, " (no row of its name table maps it)"));
+    }
+  }
+  // RoPE inverse frequencies per layer, float32 as transformers computes them:
+  // 1 / (theta ^ (arange(0, D, 2) / D)), divided by the linear factor.
+  inv_freq_.clear();
+  const at::Tensor exponents =
+      at::arange(0, c.head_dim, 2, at::kLong).to(at::kFloat) / static_cast<double>(c.head_dim);
+  for (const LayerRope& rope : spec_.rope) {
+    at::Tensor inv = 1.0 / at::pow(rope.theta, exponents);
+    if (rope.linear_factor != 1.0) inv = inv / rope.linear_factor;
+    inv_freq_.push_back(inv);
+  }
+  return absl::OkStatus();
+}
+
+at::Tensor Decoder::Norm(const at::Tensor& x, const at::Tensor& w) const {
+  const double eps = config_.text.rms_norm_eps;
+  const at::Tensor xf = x.to(at::kFloat);
+  const at::Tensor normed = xf * at::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps);
+  if (spec_.norm == NormStyle::kGemma) {
+    // Gemma3RMSNorm: (1 + w) in float32, one cast at the end.
+    return (normed * (1.0 + w.to(at::kFloat))).to(x.scalar_type());
+  }
+  // Qwen2RMSNorm: cast to the input dtype, then times w.
+  return w * normed.to(x.scalar_type());
+}
+
+at::Tensor Decoder::Attention(const Layer& l, int64_t index, const at::Tensor& x,
+                              const at::Tensor& cos, const at::Tensor& sin,
+                              const at::Tensor& mask) const {
+  const io::TextConfig& c = config_.text;
+  const int64_t B = x.size(0), T = x.size(1), D = c.head_dim;
+  const int64_t H = c.num_attention_heads, K = c.num_key_value_heads;
+  // (B, T, C) → (B, H|K, T, D)
+  at::Tensor q = at::linear(x, l.q, l.q_bias).view({B, T, H, D}).transpose(1, 2);
+  at::Tensor k = at::linear(x, l.k, l.k_bias).view({B, T, K, D}).transpose(1, 2);
+  at::Tensor v = at::linear(x, l.v, l.v_bias).view({B, T, K, D}).transpose(1, 2);
+  if (spec_.qk_norm) {  // per head, over D, before RoPE
+    q = Norm(q, l.q_norm);
+    k = Norm(k, l.k_norm);
+  }
+  q = q * cos + RotateHalf(q) * sin;  // cos, sin: (B, 1, T, D)
+  k = k * cos + RotateHalf(k) * sin;
+  if (H != K) {  // GQA: query head h reads kv head h / (H / K) (transformers repeat_kv)
+    k = k.unsqueeze(2).expand({B, K, H / K, T, D}).reshape({B, H, T, D});
+    v = v.unsqueeze(2).expand({B, K, H / K, T, D}).reshape({B, H, T, D});
+  }
+  at::Tensor s = at::matmul(q, k.transpose(2, 3)) * spec_.attn_scale;  // (B, H, T, T)
+  if (spec_.attn_softcap) {  // Gemma 2: cap · tanh(s / cap), before the mask
+    s = at::tanh(s / *spec_.attn_softcap) * *spec_.attn_softcap;
+  }
+  s = s + mask;
+  const at::Tensor p = at::softmax(s, -1, at::kFloat).to(q.scalar_type());
+  const at::Tensor o = at::matmul(p, v).transpose(1, 2).reshape({B, T, H * D});
+  (void)index;
+  return at::linear(o, l.o);
+}
+
+absl::Status Decoder::CheckInputs(const at::Tensor& input_ids, const at::Tensor& mask) const {
+  if (!input_ids.defined() || input_ids.dim() != 2) {
+    return absl::InvalidArgumentError("input_ids: expected an int64 tensor of shape (B, T)");
+  }
+  if (input_ids.numel() > 0) {
+    const int64_t max_id = input_ids.max().item<int64_t>();
+    const int64_t min_id = input_ids.min().item<int64_t>();
+    if (max_id >= config_.text.vocab_size || min_id < 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "input_ids: token id ", max_id >= config_.text.vocab_size ? max_id : min_id,
+          " is outside the vocabulary [0, ", config_.text.vocab_size, ")"));
+    }
+  }
+  if (mask.defined() && mask.sizes() != input_ids.sizes()) {
+    return absl::InvalidArgumentError(absl::StrCat("attention_mask: shape ", ShapeString(mask.sizes()),
+                                                   " differs from input_ids ", ShapeString(input_ids.sizes())));
+  }
+  return absl::OkStatus();
+}
+
+at::Tensor Decoder::Forward(const at::Tensor& input_ids, const at::Tensor& attention_mask,
+                            const at::Tensor& position_ids) const {
+  const absl::Status ok = CheckInputs(input_ids, attention_mask);
+  TORCH_CHECK(ok.ok(), std::string(ok.message()));
+  const io::TextConfig& c = config_.text;
+  const c10::ScalarType dtype = io::ToScalarType(options_.dtype);
+  const int64_t B = input_ids.size(0), T = input_ids.size(1);
+  const at::Tensor mask = attention_mask.defined() ? attention_mask.to(at::kLong)
+                                                   : at::ones({B, T}, at::kLong);
+  // Positions: cumsum(mask) − 1, clamped at 0 (what generate() uses under left padding).
+  const at::Tensor positions =
+      position_ids.defined() ? position_ids : (mask.cumsum(-1) - 1).clamp_min(0);
+
+  at::Tensor h = at::embedding(embed_, input_ids);  // (B, T, C)
+  if (spec_.scale_embeddings) {
+    // sqrt(C) as a tensor in the weight dtype: bf16 rounds sqrt(640) = 25.298 to 25.25.
+    h = h * at::scalar_tensor(std::sqrt(static_cast<double>(c.hidden_size)), at::TensorOptions().dtype(dtype));
+  }
+
+  // Masks: key k is visible from query q when k ≤ q, the key is not padding, and on sliding
+  // layers q − W < k. Additive: 0 or the dtype's lowest value (transformers masking_utils).
+  const at::Tensor idx = at::arange(T, at::kLong);
+  const at::Tensor causal = idx.unsqueeze(1) >= idx.unsqueeze(0);           // (T, T) [q, k]
+  const at::Tensor keys = mask.to(at::kBool).view({B, 1, 1, T});
+  const at::Tensor full_allowed = causal.view({1, 1, T, T}) & keys;        // (B, 1, T, T)
+  const double lowest = dtype == at::kFloat ? std::numeric_limits<float>::lowest()
+                                            : (dtype == at::kBFloat16 ? -3.3895313892515355e38 : -65504.0);
+  const auto additive = [&](const at::Tensor& allowed) {
+    return at::where(allowed, at::scalar_tensor(0.0, at::TensorOptions().dtype(dtype)),
+                     at::scalar_tensor(lowest, at::TensorOptions().dtype(dtype)));
+  };
+  const at::Tensor full_mask = additive(full_allowed);
+  at::Tensor sliding_mask;
+  if (spec_.window > 0) {
+    const at::Tensor in_window = (idx.unsqueeze(1) - idx.unsqueeze(0)) < spec_.window;
+    sliding_mask = additive(full_allowed & in_window.view({1, 1, T, T}));
+  }
+
+  // RoPE tables, per distinct layer RoPE: angle in float32, cos/sin cast to the model dtype.
+  const at::Tensor pos_f = positions.to(at::kFloat);  // (B, T)
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    const Layer& l = layers_[i];
+    const at::Tensor freqs = pos_f.unsqueeze(-1) * inv_freq_[i].view({1, 1, -1});  // (B, T, D/2)
+    const at::Tensor emb = at::cat({freqs, freqs}, -1);
+    const at::Tensor cos = emb.cos().to(dtype).unsqueeze(1);  // (B, 1, T, D)
+    const at::Tensor sin = emb.sin().to(dtype).unsqueeze(1);
+    const bool sliding = spec_.sliding[i] && sliding_mask.defined();
+
+    at::Tensor a = Attention(l, static_cast<int64_t>(i), Norm(h, l.input_norm), cos, sin,
+                             sliding ? sliding_mask : full_mask);
+    if (spec_.sandwich_norms) a = Norm(a, l.post_attn_norm);
+    h = h + a;
+    at::Tensor m = Norm(h, spec_.sandwich_norms ? l.pre_ffw_norm : l.post_attn_norm);
+    const at::Tensor gate = at::linear(m, l.gate);
+    const at::Tensor act = spec_.activation == Activation::kGeluTanh ? at::gelu(gate, "tanh")
+                                                                      : at::silu(gate);
+    m = at::linear(act * at::linear(m, l.up), l.down);
+    if (spec_.sandwich_norms) m = Norm(m, l.post_ffw_norm);
+    h = h + m;
+  }
+  h = Norm(h, final_norm_);
+  at::Tensor logits = at::linear(h, lm_head_);  // (B, T, V)
+  if (spec_.final_softcap) logits = at::tanh(logits / *spec_.final_softcap) * *spec_.final_softcap;
+  return logits;
+}
+
+}  // namespace llmtrain::model

@@ -1,0 +1,83 @@
+#include "llmtrain/model/family.h"
+
+#include <algorithm>
+#include <map>
+#include <mutex>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+
+namespace llmtrain::model {
+namespace {
+
+std::map<std::string, FamilyBuilder>& Registry() {
+  static auto* registry = new std::map<std::string, FamilyBuilder>();
+  return *registry;
+}
+
+}  // namespace
+
+bool RegisterFamily(const std::string& model_type, FamilyBuilder builder) {
+  Registry()[model_type] = std::move(builder);
+  return true;
+}
+
+std::vector<std::string> SupportedFamilies() {
+  std::vector<std::string> names;
+  for (const auto& [name, unused] : Registry()) names.push_back(name);
+  return names;
+}
+
+absl::StatusOr<FamilySpec> BuildFamilySpec(const io::TextConfig& config) {
+  const auto it = Registry().find(config.model_type);
+  if (it == Registry().end()) {
+    return absl::UnimplementedError(absl::StrCat("model_type \"", config.model_type,
+                                                 "\" is not supported (supported: ",
+                                                 absl::StrJoin(SupportedFamilies(), ", "), ")"));
+  }
+  return it->second(config);
+}
+
+namespace detail {
+
+std::vector<WeightName> LlamaStyleWeights() {
+  return {
+      {Role::kEmbed, "model.embed_tokens.weight", "token_embd.weight"},
+      {Role::kFinalNorm, "model.norm.weight", "output_norm.weight"},
+      {Role::kLmHead, "lm_head.weight", "output.weight"},
+      {Role::kInputNorm, "model.layers.{i}.input_layernorm.weight", "blk.{i}.attn_norm.weight"},
+      {Role::kQ, "model.layers.{i}.self_attn.q_proj.weight", "blk.{i}.attn_q.weight"},
+      {Role::kK, "model.layers.{i}.self_attn.k_proj.weight", "blk.{i}.attn_k.weight"},
+      {Role::kV, "model.layers.{i}.self_attn.v_proj.weight", "blk.{i}.attn_v.weight"},
+      {Role::kO, "model.layers.{i}.self_attn.o_proj.weight", "blk.{i}.attn_output.weight"},
+      {Role::kGate, "model.layers.{i}.mlp.gate_proj.weight", "blk.{i}.ffn_gate.weight"},
+      {Role::kUp, "model.layers.{i}.mlp.up_proj.weight", "blk.{i}.ffn_up.weight"},
+      {Role::kDown, "model.layers.{i}.mlp.down_proj.weight", "blk.{i}.ffn_down.weight"},
+  };
+}
+
+absl::Status FillLayerPattern(const io::TextConfig& config, FamilySpec* spec) {
+  for (const io::RopeParameters* rope : {&config.rope_full, &config.rope_sliding}) {
+    if (rope->rope_type != "default" && rope->rope_type != "linear") {
+      return absl::UnimplementedError(absl::StrCat("rope_type \"", rope->rope_type,
+                                                   "\" is not supported yet (default and linear are)"));
+    }
+  }
+  spec->sliding.clear();
+  spec->rope.clear();
+  for (const std::string& type : config.layer_types) {
+    const bool sliding = type == "sliding_attention";
+    spec->sliding.push_back(sliding);
+    const io::RopeParameters& rope = sliding ? config.rope_sliding : config.rope_full;
+    LayerRope layer;
+    layer.theta = rope.rope_theta;
+    if (rope.rope_type == "linear" && rope.factor) layer.linear_factor = *rope.factor;
+    spec->rope.push_back(layer);
+  }
+  spec->window = config.sliding_window.value_or(0);
+  spec->tied_embeddings = config.tie_word_embeddings;
+  return absl::OkStatus();
+}
+
+}  // namespace detail
+}  // namespace llmtrain::model
