@@ -56,6 +56,14 @@ std::vector<WeightName> LlamaStyleWeights() {
   };
 }
 
+void AddQkNorm(FamilySpec* spec) {
+  spec->qk_norm = true;
+  spec->weights.push_back({Role::kQNorm, "model.layers.{i}.self_attn.q_norm.weight",
+                           "blk.{i}.attn_q_norm.weight"});
+  spec->weights.push_back({Role::kKNorm, "model.layers.{i}.self_attn.k_norm.weight",
+                           "blk.{i}.attn_k_norm.weight"});
+}
+
 absl::Status FillLayerPattern(const io::TextConfig& config, FamilySpec* spec) {
   for (const io::RopeParameters* rope : {&config.rope_full, &config.rope_sliding}) {
     if (rope->rope_type != "default" && rope->rope_type != "linear") {

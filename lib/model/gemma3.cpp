@@ -9,11 +9,7 @@ namespace {
 
 absl::StatusOr<FamilySpec> Gemma3Text(const io::TextConfig& config) {
   LLMTRAIN_ASSIGN_OR_RETURN(FamilySpec spec, detail::GemmaSpec(config));
-  spec.qk_norm = true;  // Gemma norms over head_dim, before RoPE
-  spec.weights.push_back({Role::kQNorm, "model.layers.{i}.self_attn.q_norm.weight",
-                          "blk.{i}.attn_q_norm.weight"});
-  spec.weights.push_back({Role::kKNorm, "model.layers.{i}.self_attn.k_norm.weight",
-                          "blk.{i}.attn_k_norm.weight"});
+  detail::AddQkNorm(&spec);  // Gemma norms over head_dim, before RoPE
   return spec;
 }
 

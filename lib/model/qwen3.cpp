@@ -9,11 +9,7 @@ namespace {
 absl::StatusOr<FamilySpec> Qwen3(const io::TextConfig& config) {
   LLMTRAIN_ASSIGN_OR_RETURN(FamilySpec spec, detail::QwenSpec(config));
   if (config.attention_bias) detail::AddQkvBiases(&spec);
-  spec.qk_norm = true;  // Qwen-style norms over head_dim, before RoPE
-  spec.weights.push_back({Role::kQNorm, "model.layers.{i}.self_attn.q_norm.weight",
-                          "blk.{i}.attn_q_norm.weight"});
-  spec.weights.push_back({Role::kKNorm, "model.layers.{i}.self_attn.k_norm.weight",
-                          "blk.{i}.attn_k_norm.weight"});
+  detail::AddQkNorm(&spec);  // Qwen-style norms over head_dim, before RoPE
   return spec;
 }
 

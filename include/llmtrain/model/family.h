@@ -81,6 +81,8 @@ std::vector<std::string> SupportedFamilies();
 namespace detail {
 /// The HF/GGUF name table every supported family shares (llama layout); families add or drop rows.
 std::vector<WeightName> LlamaStyleWeights();
+/// Turns on QK-norm and adds the q_norm / k_norm rows to the name table.
+void AddQkNorm(FamilySpec* spec);
 /// Per-layer RoPE and sliding flags from the config's layer_types and rope parameters.
 /// Unimplemented for RoPE types other than default and linear.
 absl::Status FillLayerPattern(const io::TextConfig& config, FamilySpec* spec);
