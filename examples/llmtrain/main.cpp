@@ -18,6 +18,8 @@ constexpr char kUsage[] =
     "                             dequantize or cast every tensor of IN into safetensors\n"
     "  forward --model PATH --input IN.safetensors --output OUT.safetensors [--dtype f32]\n"
     "                             logits of the decoder for input_ids (and attention_mask)\n"
+    "  generate --model PATH --input-ids JSON [--max-new-tokens N] [--temperature T] [--json]\n"
+    "                             new tokens with the KV cache, streamed as produced\n"
     "\n"
     "run `llmtrain <command> --help` for the options of one command\n";
 
@@ -40,6 +42,7 @@ int main(int argc, char** argv) {
   if (command == "inspect") return llmtrain::cli::RunInspect(args);
   if (command == "convert") return llmtrain::cli::RunConvert(args);
   if (command == "forward") return llmtrain::cli::RunForward(args);
+  if (command == "generate") return llmtrain::cli::RunGenerate(args);
   std::fprintf(stderr, "llmtrain: unknown command \"%s\"\n\n%s", command.c_str(), kUsage);
   return 2;
 }

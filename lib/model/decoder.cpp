@@ -7,16 +7,19 @@
 #include <ATen/ATen.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
+#include "llmtrain/core/atomic_file.h"
 #include "llmtrain/core/status.h"
 #include "llmtrain/io/gguf.h"
 #include "llmtrain/io/safetensors.h"
 #include "llmtrain/io/tensors.h"
+#include "nlohmann/json.hpp"
 
 namespace llmtrain::model {
 
@@ -94,6 +97,15 @@ absl::StatusOr<std::unique_ptr<Decoder>> Decoder::Load(absl::string_view path_vi
       LLMTRAIN_ASSIGN_OR_RETURN(gguf, io::GgufFile::Open(path));
       LLMTRAIN_ASSIGN_OR_RETURN(model->config_, io::HfConfigFromGguf(*gguf));
       for (const io::GgufTensorInfo& t : gguf->tensors()) source.shapes[t.name] = t.shape;
+      // Chat models end a turn with a token of their own; generation must stop there too.
+      if (const io::GgufValue* tokens = gguf->FindMetadata("tokenizer.ggml.tokens")) {
+        for (size_t id = 0; id < tokens->strings.size(); ++id) {
+          const std::string& piece = tokens->strings[id];
+          if (piece == "<end_of_turn>" || piece == "<|im_end|>" || piece == "<|endoftext|>") {
+            model->eos_token_ids_.push_back(static_cast<int64_t>(id));
+          }
+        }
+      }
       source.load = [&gguf](const std::string& name) {
         return io::LoadGgufTensor(*gguf, *gguf->FindTensor(name));
       };
@@ -109,6 +121,19 @@ absl::StatusOr<std::unique_ptr<Decoder>> Decoder::Load(absl::string_view path_vi
         source.shapes[name] = found.second->shape;
       }
       source.load = [&checkpoint](const std::string& name) { return io::LoadTensor(*checkpoint, name); };
+      // generation_config.json may list more end tokens than config.json (Gemma: <end_of_turn>).
+      if (auto text = ReadFileToString(path + "/generation_config.json"); text.ok()) {
+        const nlohmann::json generation = nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false);
+        if (generation.is_object() && generation.contains("eos_token_id")) {
+          const nlohmann::json& eos = generation["eos_token_id"];
+          if (eos.is_number_integer()) model->eos_token_ids_.push_back(eos.get<int64_t>());
+          if (eos.is_array()) {
+            for (const auto& e : eos) {
+              if (e.is_number_integer()) model->eos_token_ids_.push_back(e.get<int64_t>());
+            }
+          }
+        }
+      }
     }
     if (model->config_.vision.has_value()) {
       return absl::UnimplementedError(absl::StrCat(
@@ -123,6 +148,10 @@ absl::StatusOr<std::unique_ptr<Decoder>> Decoder::Load(absl::string_view path_vi
           " overflows float16 in its residual stream (transformers produces inf/NaN); use bf16 or f32"));
     }
     LLMTRAIN_RETURN_IF_ERROR(model->BuildFromTensors(source, from_gguf, path));
+    std::vector<int64_t>& eos = model->eos_token_ids_;
+    eos.insert(eos.end(), model->config_.text.eos_token_ids.begin(), model->config_.text.eos_token_ids.end());
+    std::sort(eos.begin(), eos.end());
+    eos.erase(std::unique(eos.begin(), eos.end()), eos.end());
   } catch (...) {
     return StatusFromCurrentException(absl::StrCat("loading ", path));
   }
@@ -242,8 +271,8 @@ at::Tensor Decoder::Norm(const at::Tensor& x, const at::Tensor& w) const {
 }
 
 at::Tensor Decoder::Attention(const Layer& l, int64_t index, const at::Tensor& x,
-                              const at::Tensor& cos, const at::Tensor& sin,
-                              const at::Tensor& mask) const {
+                              const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& mask,
+                              KvCache* cache) const {
   const io::TextConfig& c = config_.text;
   const int64_t B = x.size(0), T = x.size(1), D = c.head_dim;
   const int64_t H = c.num_attention_heads, K = c.num_key_value_heads;
@@ -257,9 +286,18 @@ at::Tensor Decoder::Attention(const Layer& l, int64_t index, const at::Tensor& x
   }
   q = q * cos + RotateHalf(q) * sin;  // cos, sin: (B, 1, T, D)
   k = k * cos + RotateHalf(k) * sin;
+  if (cache != nullptr) {  // keys and values of all tokens so far: (B, K, past + T, D)
+    if (cache->k[index].defined()) {
+      k = at::cat({cache->k[index], k}, 2);
+      v = at::cat({cache->v[index], v}, 2);
+    }
+    cache->k[index] = k;
+    cache->v[index] = v;
+  }
+  const int64_t S = k.size(2);  // keys
   if (H != K) {  // GQA: query head h reads kv head h / (H / K) (transformers repeat_kv)
-    k = k.unsqueeze(2).expand({B, K, H / K, T, D}).reshape({B, H, T, D});
-    v = v.unsqueeze(2).expand({B, K, H / K, T, D}).reshape({B, H, T, D});
+    k = k.unsqueeze(2).expand({B, K, H / K, S, D}).reshape({B, H, S, D});
+    v = v.unsqueeze(2).expand({B, K, H / K, S, D}).reshape({B, H, S, D});
   }
   at::Tensor s = at::matmul(q, k.transpose(2, 3)) * spec_.attn_scale;  // (B, H, T, T)
   if (spec_.attn_softcap) {  // Gemma 2: cap · tanh(s / cap), before the mask
@@ -268,7 +306,6 @@ at::Tensor Decoder::Attention(const Layer& l, int64_t index, const at::Tensor& x
   s = s + mask;
   const at::Tensor p = at::softmax(s, -1, at::kFloat).to(q.scalar_type());
   const at::Tensor o = at::matmul(p, v).transpose(1, 2).reshape({B, T, H * D});
-  (void)index;
   return at::linear(o, l.o);
 }
 
@@ -294,16 +331,45 @@ absl::Status Decoder::CheckInputs(const at::Tensor& input_ids, const at::Tensor&
 
 at::Tensor Decoder::Forward(const at::Tensor& input_ids, const at::Tensor& attention_mask,
                             const at::Tensor& position_ids) const {
+  return ForwardImpl(input_ids, attention_mask, position_ids, nullptr);
+}
+
+at::Tensor Decoder::Forward(const at::Tensor& input_ids, const at::Tensor& attention_mask,
+                            KvCache* cache) const {
+  TORCH_CHECK(cache != nullptr, "Forward: cache is null");
+  return ForwardImpl(input_ids, attention_mask, {}, cache);
+}
+
+at::Tensor Decoder::ForwardImpl(const at::Tensor& input_ids, const at::Tensor& attention_mask,
+                                const at::Tensor& position_ids, KvCache* cache) const {
   const absl::Status ok = CheckInputs(input_ids, attention_mask);
   TORCH_CHECK(ok.ok(), std::string(ok.message()));
   const io::TextConfig& c = config_.text;
   const c10::ScalarType dtype = io::ToScalarType(options_.dtype);
   const int64_t B = input_ids.size(0), T = input_ids.size(1);
-  const at::Tensor mask = attention_mask.defined() ? attention_mask.to(at::kLong)
-                                                   : at::ones({B, T}, at::kLong);
-  // Positions: cumsum(mask) − 1, clamped at 0 (what generate() uses under left padding).
-  const at::Tensor positions =
-      position_ids.defined() ? position_ids : (mask.cumsum(-1) - 1).clamp_min(0);
+  const at::Tensor new_mask = attention_mask.defined() ? attention_mask.to(at::kLong)
+                                                       : at::ones({B, T}, at::kLong);
+  const int64_t past = cache != nullptr ? cache->length() : 0;
+  TORCH_CHECK(past == 0 || cache->mask.size(0) == B, "Forward: the cache holds ", cache->mask.size(0),
+              " rows, the input ", B);
+  // Positions: cumsum(mask) − 1, clamped at 0 (what generate() uses under left padding),
+  // continuing after the tokens already in the cache.
+  at::Tensor positions = position_ids;
+  if (!positions.defined()) {
+    positions = (new_mask.cumsum(-1) - 1).clamp_min(0);
+    if (past > 0) positions = positions + cache->next_position.unsqueeze(1);
+  }
+  // The mask over every key: cached tokens first, then the new ones. (B, S)
+  const at::Tensor mask = past > 0 ? at::cat({cache->mask, new_mask}, 1) : new_mask;
+  const int64_t S = past + T;
+  if (cache != nullptr) {
+    if (cache->k.empty()) {
+      cache->k.resize(layers_.size());
+      cache->v.resize(layers_.size());
+    }
+    cache->mask = mask;
+    cache->next_position = mask.sum(-1);  // real tokens so far
+  }
 
   at::Tensor h = at::embedding(embed_, input_ids);  // (B, T, C)
   if (spec_.scale_embeddings) {
@@ -313,10 +379,12 @@ at::Tensor Decoder::Forward(const at::Tensor& input_ids, const at::Tensor& atten
 
   // Masks: key k is visible from query q when k ≤ q, the key is not padding, and on sliding
   // layers q − W < k. Additive: 0 or the dtype's lowest value (transformers masking_utils).
-  const at::Tensor idx = at::arange(T, at::kLong);
-  const at::Tensor causal = idx.unsqueeze(1) >= idx.unsqueeze(0);           // (T, T) [q, k]
-  const at::Tensor keys = mask.to(at::kBool).view({B, 1, 1, T});
-  const at::Tensor full_allowed = causal.view({1, 1, T, T}) & keys;        // (B, 1, T, T)
+  // Query i is token past + i; keys are tokens 0 … S − 1 (cache indices, not positions).
+  const at::Tensor q_idx = at::arange(past, S, at::kLong);
+  const at::Tensor k_idx = at::arange(S, at::kLong);
+  const at::Tensor causal = q_idx.unsqueeze(1) >= k_idx.unsqueeze(0);       // (T, S) [q, k]
+  const at::Tensor keys = mask.to(at::kBool).view({B, 1, 1, S});
+  const at::Tensor full_allowed = causal.view({1, 1, T, S}) & keys;        // (B, 1, T, S)
   const double lowest = dtype == at::kFloat ? std::numeric_limits<float>::lowest()
                                             : (dtype == at::kBFloat16 ? -3.3895313892515355e38 : -65504.0);
   const auto additive = [&](const at::Tensor& allowed) {
@@ -326,8 +394,8 @@ at::Tensor Decoder::Forward(const at::Tensor& input_ids, const at::Tensor& atten
   const at::Tensor full_mask = additive(full_allowed);
   at::Tensor sliding_mask;
   if (spec_.window > 0) {
-    const at::Tensor in_window = (idx.unsqueeze(1) - idx.unsqueeze(0)) < spec_.window;
-    sliding_mask = additive(full_allowed & in_window.view({1, 1, T, T}));
+    const at::Tensor in_window = (q_idx.unsqueeze(1) - k_idx.unsqueeze(0)) < spec_.window;
+    sliding_mask = additive(full_allowed & in_window.view({1, 1, T, S}));
   }
 
   // RoPE tables, per distinct layer RoPE: angle in float32, cos/sin cast to the model dtype.
@@ -341,7 +409,7 @@ at::Tensor Decoder::Forward(const at::Tensor& input_ids, const at::Tensor& atten
     const bool sliding = spec_.sliding[i] && sliding_mask.defined();
 
     at::Tensor a = Attention(l, static_cast<int64_t>(i), Norm(h, l.input_norm), cos, sin,
-                             sliding ? sliding_mask : full_mask);
+                             sliding ? sliding_mask : full_mask, cache);
     if (spec_.sandwich_norms) a = Norm(a, l.post_attn_norm);
     h = h + a;
     at::Tensor m = Norm(h, spec_.sandwich_norms ? l.pre_ffw_norm : l.post_attn_norm);

@@ -11,6 +11,7 @@
 #include "llmtrain/io/safetensors.h"
 #include "llmtrain/io/tensors.h"
 #include "llmtrain/model/decoder.h"
+#include "llmtrain/model/generate.h"
 #include "testing/json_util.h"
 #include "testing/reference.h"
 
@@ -76,6 +77,18 @@ TEST_CASE("decoder: logits and gradients equal transformers' for every family", 
   }
   std::printf("parity %-12s logits rel err %.2e, worst gradient rel err %.2e over %d parameters\n",
               family.c_str(), logits_error, worst_grad, compared);
+
+  // 32 greedy tokens with the KV cache equal transformers' generate(), with its end tokens.
+  model::GenerationOptions generation;
+  generation.max_new_tokens = 32;
+  generation.eos_token_ids = info["eos"].get<std::vector<int64_t>>();
+  const at::Tensor prompt_row = inputs["input_ids"][0];
+  const std::vector<int64_t> prompt(prompt_row.data_ptr<int64_t>(),
+                                    prompt_row.data_ptr<int64_t>() + prompt_row.numel());
+  auto greedy = model::Generate(**model, prompt, generation);
+  REQUIRE(greedy.ok());
+  const at::Tensor want = ref["greedy"];
+  CHECK(*greedy == std::vector<int64_t>(want.data_ptr<int64_t>(), want.data_ptr<int64_t>() + want.numel()));
   CHECK(compared == info["params"].get<int>());
 }
 
@@ -184,6 +197,38 @@ TEST_CASE("decoder: the real Gemma 3 270M GGUF equals transformers loading the s
   // summation-order differences over a 262k vocabulary.
   CHECK(error <= 1e-4);
   CHECK(at::equal(logits.argmax(-1), ref["logits"].argmax(-1)));
+
+  // 32 greedy tokens equal transformers' generate() on the same file; stream them as produced.
+  const json info = testing::LastJsonLine(ref_run.out);
+  model::GenerationOptions generation;
+  generation.max_new_tokens = 32;
+  generation.eos_token_ids = info["eos"].get<std::vector<int64_t>>();
+  std::vector<int64_t> streamed;
+  generation.on_token = [&](int64_t id) { streamed.push_back(id); };
+  const at::Tensor ids = ref["input_ids"][0];
+  auto greedy = model::Generate(**model, std::vector<int64_t>(ids.data_ptr<int64_t>(), ids.data_ptr<int64_t>() + ids.numel()),
+                                generation);
+  REQUIRE(greedy.ok());
+  const at::Tensor want = ref["greedy"];
+  CHECK(*greedy == std::vector<int64_t>(want.data_ptr<int64_t>(), want.data_ptr<int64_t>() + want.numel()));
+  CHECK(streamed == *greedy);
+  std::printf("gemma3 270M gguf: %zu greedy tokens identical to transformers\n", greedy->size());
+
+  // The CLI gives the same ids, and text decoded from the GGUF vocabulary.
+  std::string ids_json = "[";
+  for (int64_t i = 0; i < ids.numel(); ++i) ids_json += (i ? "," : "") + std::to_string(ids[i].item<int64_t>());
+  ids_json += "]";
+  const auto cli = testing::RunCommand(testing::ShellQuote(testing::CliPath()) + " generate --model " +
+                                       testing::ShellQuote(gguf) + " --input-ids " + testing::ShellQuote(ids_json) +
+                                       " --max-new-tokens 32 --json 2>&1");
+  INFO(cli.out);
+  REQUIRE(cli.exit_code == 0);
+  const json printed = testing::LastJsonLine(cli.out);
+  CHECK(printed["ids"].get<std::vector<int64_t>>() == *greedy);
+  CHECK(!printed["text"].get<std::string>().empty());
+  // The model's own end tokens include Gemma's <end_of_turn> (found in the GGUF vocabulary).
+  CHECK(std::find((*model)->eos_token_ids().begin(), (*model)->eos_token_ids().end(), 106) !=
+        (*model)->eos_token_ids().end());
 }
 
 }  // namespace

@@ -2,11 +2,12 @@
 logits and gradients; the real Gemma 3 270M GGUF through transformers. Usage:
   model_ref.py tiny FAMILY DIR SEED
       Writes DIR/model (save_pretrained), DIR/inputs.safetensors (input_ids, attention_mask,
-      position_ids, loss_weights) and DIR/ref.safetensors (logits, grad.<param>), where the loss
-      is sum(logits * loss_weights * mask). Prints {"params": n, "padding": side, ...}.
+      position_ids, loss_weights) and DIR/ref.safetensors (logits, grad.<param>, greedy: 32
+      tokens of generate() after row 0), where the loss is sum(logits * loss_weights * mask).
+      Prints {"params": n, "padding": side, "eos": [...], ...}.
   model_ref.py gguf FILE.gguf OUT.safetensors PROMPT
       Tokenizes PROMPT with the GGUF's tokenizer, runs transformers (gguf_file=, float32, eager)
-      and writes input_ids and logits.
+      and writes input_ids, logits and greedy (32 tokens of generate()).
 """
 import json
 import os
@@ -76,12 +77,20 @@ def tiny(family, out_dir, seed):
     ref = {"logits": logits.detach().contiguous()}
     for name, p in model.named_parameters():
         ref["grad." + name] = p.grad.detach().contiguous()
+    # 32 greedy tokens after the unpadded row, with transformers' KV-cached generate().
+    with torch.no_grad():
+        prompt = input_ids[:1]
+        out = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=32,
+                             do_sample=False)
+    ref["greedy"] = out[0, prompt.shape[1]:].contiguous()
+    eos = model.generation_config.eos_token_id
     save_file({"input_ids": input_ids, "attention_mask": mask, "position_ids": position_ids,
                "loss_weights": loss_weights}, os.path.join(out_dir, "inputs.safetensors"))
     save_file(ref, os.path.join(out_dir, "ref.safetensors"))
     shards = [f for f in os.listdir(model_dir) if f.endswith(".safetensors")]
     emit({"params": sum(1 for _ in model.named_parameters()), "padding": spec["padding"],
-          "shards": len(shards), "loss": loss.item()})
+          "shards": len(shards), "loss": loss.item(),
+          "eos": [] if eos is None else (eos if isinstance(eos, list) else [eos])})
 
 
 def gguf(path, out, prompt):
@@ -94,8 +103,13 @@ def gguf(path, out, prompt):
     ids = tokenizer(prompt, return_tensors="pt").input_ids
     with torch.no_grad():
         logits = model(input_ids=ids).logits
-    save_file({"input_ids": ids.contiguous(), "logits": logits.contiguous()}, out)
-    emit({"tokens": ids.shape[1], "vocab": logits.shape[-1]})
+        greedy = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=32,
+                                do_sample=False)[0, ids.shape[1]:]
+    save_file({"input_ids": ids.contiguous(), "logits": logits.contiguous(),
+               "greedy": greedy.contiguous()}, out)
+    eos = model.generation_config.eos_token_id
+    emit({"tokens": ids.shape[1], "vocab": logits.shape[-1],
+          "eos": [] if eos is None else (eos if isinstance(eos, list) else [eos])})
 
 
 if __name__ == "__main__":

@@ -33,6 +33,14 @@ struct DecoderOptions {
   bool requires_grad = false;
 };
 
+/// Keys and values of earlier tokens, per layer, for incremental decoding. Filled by Forward.
+struct KvCache {
+  std::vector<at::Tensor> k, v;  ///< per layer (B, K, past, D), after RoPE and QK-norm
+  at::Tensor mask;               ///< (B, past) int64: 1 = token, 0 = padding
+  at::Tensor next_position;      ///< (B) int64: the position the next token gets
+  int64_t length() const { return mask.defined() ? mask.size(1) : 0; }
+};
+
 class Decoder {
  public:
   /// Loads a model from a folder with config.json and safetensors (single or sharded), or from a
@@ -48,6 +56,15 @@ class Decoder {
   /// Throws c10::Error on bad shapes or ids ≥ V (use CheckInputs first for a Status).
   at::Tensor Forward(const at::Tensor& input_ids, const at::Tensor& attention_mask = {},
                      const at::Tensor& position_ids = {}) const;
+
+  /// Forward over new tokens after those in `cache` (which it extends): logits (B, T, V) of the
+  /// new tokens. Positions continue from the cache; sliding layers see the last `window` keys.
+  at::Tensor Forward(const at::Tensor& input_ids, const at::Tensor& attention_mask,
+                     KvCache* cache) const;
+
+  /// Token ids that end generation: the config's eos_token_id(s), generation_config.json's
+  /// (HF folders), and the chat end-of-turn tokens found in a GGUF vocabulary.
+  const std::vector<int64_t>& eos_token_ids() const { return eos_token_ids_; }
 
   /// InvalidArgument naming the problem if Forward would refuse these inputs.
   absl::Status CheckInputs(const at::Tensor& input_ids, const at::Tensor& attention_mask) const;
@@ -73,7 +90,10 @@ class Decoder {
  private:
   absl::Status BuildFromTensors(const TensorSource& source, bool from_gguf, absl::string_view where);
   at::Tensor Attention(const Layer& layer, int64_t index, const at::Tensor& x,
-                       const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& mask) const;
+                       const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& mask,
+                       KvCache* cache) const;
+  at::Tensor ForwardImpl(const at::Tensor& input_ids, const at::Tensor& new_mask,
+                         const at::Tensor& position_ids, KvCache* cache) const;
   at::Tensor Norm(const at::Tensor& x, const at::Tensor& w) const;
 
   io::HfConfig config_;
@@ -85,6 +105,7 @@ class Decoder {
   at::Tensor lm_head_;   // (V, C); the embedding when tied
   std::vector<Layer> layers_;
   std::vector<at::Tensor> inv_freq_;  // per layer, (D/2) float32
+  std::vector<int64_t> eos_token_ids_;
 };
 
 }  // namespace llmtrain::model

@@ -1,0 +1,34 @@
+// Cross-entropy over a large vocabulary without the full logits: hidden states times the LM head,
+// chunk by chunk, in forward and again in backward. For Gemma's 262k vocabulary the full fp32
+// logits take 1 GiB per 1k tokens; chunks of 256 tokens take 256 MiB.
+//
+//   auto [loss_sum, n_tokens] = kernels::ChunkedCrossEntropy(hidden, lm_head, labels, {});
+//   (loss_sum / total_tokens_over_micro_batches).backward();  // token-normalized accumulation
+#pragma once
+
+#include <cstdint>
+#include <optional>
+
+#include <ATen/core/Tensor.h>
+
+namespace llmtrain::kernels {
+
+struct CrossEntropyOptions {
+  int64_t chunk_tokens = 256;           ///< rows of logits materialized at once
+  int64_t ignore_index = -100;          ///< labels equal to this contribute nothing
+  std::optional<double> final_softcap;  ///< Gemma 2: logits = cap · tanh(logits / cap) first
+};
+
+struct CrossEntropyResult {
+  at::Tensor loss_sum;   ///< scalar float32: Σ over counted tokens of −log p(label)
+  int64_t n_tokens = 0;  ///< tokens whose label is not ignore_index
+};
+
+/// hidden: (N, C) in the model dtype; weight: (V, C) the LM head; labels: int64 (N).
+/// Logits are computed in the model dtype and reduced in float32, as transformers' loss does.
+/// Differentiable in hidden and weight (when they require grad). CPU and CUDA (ATen ops).
+/// Throws c10::Error on shape mismatches or labels outside [0, V) other than ignore_index.
+CrossEntropyResult ChunkedCrossEntropy(const at::Tensor& hidden, const at::Tensor& weight,
+                                       const at::Tensor& labels, const CrossEntropyOptions& options = {});
+
+}  // namespace llmtrain::kernels

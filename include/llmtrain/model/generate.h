@@ -1,0 +1,42 @@
+// Text generation with a KV cache: greedy, temperature, top-k, top-p and repetition penalty, in
+// transformers' order (repetition penalty → temperature → top-k → top-p), stopping on any of the
+// model's end tokens or after max_new_tokens.
+//
+//   model::GenerationOptions options;
+//   options.max_new_tokens = 32;                       // temperature 0: greedy
+//   options.on_token = [](int64_t id) { /* stream */ };
+//   LLMTRAIN_ASSIGN_OR_RETURN(std::vector<int64_t> ids, model::Generate(*model, prompt, options));
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "llmtrain/model/decoder.h"
+
+namespace llmtrain::model {
+
+struct GenerationOptions {
+  int64_t max_new_tokens = 32;
+  double temperature = 0.0;        ///< 0 = greedy (argmax); otherwise logits / temperature
+  int64_t top_k = 0;               ///< keep the k most likely tokens; 0 = all
+  double top_p = 1.0;              ///< keep the smallest set whose probability reaches top_p
+  double repetition_penalty = 1.0; ///< CTRL penalty on tokens already in prompt or output
+  uint64_t seed = 0;               ///< sampling seed (same seed, same tokens)
+  /// End tokens; empty = the model's eos_token_ids(). Generation stops after emitting one (it is
+  /// included in the output, as transformers does).
+  std::vector<int64_t> eos_token_ids;
+  /// Called with each new token as soon as it is chosen (streaming).
+  std::function<void(int64_t)> on_token;
+};
+
+/// InvalidArgument naming the field for options that cannot work (negative counts, p ∉ (0, 1]).
+absl::Status Validate(const GenerationOptions& options);
+
+/// The new token ids that follow `prompt` (ids < vocab, at least one). InvalidArgument for an
+/// empty prompt, ids outside the vocabulary or bad options.
+absl::StatusOr<std::vector<int64_t>> Generate(const Decoder& model, const std::vector<int64_t>& prompt,
+                                              const GenerationOptions& options);
+
+}  // namespace llmtrain::model
