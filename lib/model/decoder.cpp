@@ -5,7 +5,10 @@
 #include "llmtrain/model/decoder.h"
 
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 #include <sys/stat.h>
+#include <torch/csrc/autograd/autograd.h>
+#include <torch/csrc/autograd/custom_function.h>
 
 #include <algorithm>
 #include <cmath>
@@ -342,6 +345,18 @@ at::Tensor Decoder::Forward(const at::Tensor& input_ids, const at::Tensor& atten
 
 at::Tensor Decoder::ForwardImpl(const at::Tensor& input_ids, const at::Tensor& attention_mask,
                                 const at::Tensor& position_ids, KvCache* cache) const {
+  at::Tensor logits = at::linear(HiddenImpl(input_ids, attention_mask, position_ids, cache), lm_head_);
+  if (spec_.final_softcap) logits = at::tanh(logits / *spec_.final_softcap) * *spec_.final_softcap;
+  return logits;  // (B, T, V)
+}
+
+at::Tensor Decoder::Hidden(const at::Tensor& input_ids, const at::Tensor& attention_mask,
+                           const at::Tensor& position_ids) const {
+  return HiddenImpl(input_ids, attention_mask, position_ids, nullptr);
+}
+
+at::Tensor Decoder::HiddenImpl(const at::Tensor& input_ids, const at::Tensor& attention_mask,
+                               const at::Tensor& position_ids, KvCache* cache) const {
   const absl::Status ok = CheckInputs(input_ids, attention_mask);
   TORCH_CHECK(ok.ok(), std::string(ok.message()));
   const io::TextConfig& c = config_.text;
@@ -406,24 +421,99 @@ at::Tensor Decoder::ForwardImpl(const at::Tensor& input_ids, const at::Tensor& a
     const at::Tensor emb = at::cat({freqs, freqs}, -1);
     const at::Tensor cos = emb.cos().to(dtype).unsqueeze(1);  // (B, 1, T, D)
     const at::Tensor sin = emb.sin().to(dtype).unsqueeze(1);
-    const bool sliding = spec_.sliding[i] && sliding_mask.defined();
-
-    at::Tensor a = Attention(l, static_cast<int64_t>(i), Norm(h, l.input_norm), cos, sin,
-                             sliding ? sliding_mask : full_mask, cache);
-    if (spec_.sandwich_norms) a = Norm(a, l.post_attn_norm);
-    h = h + a;
-    at::Tensor m = Norm(h, spec_.sandwich_norms ? l.pre_ffw_norm : l.post_attn_norm);
-    const at::Tensor gate = at::linear(m, l.gate);
-    const at::Tensor act = spec_.activation == Activation::kGeluTanh ? at::gelu(gate, "tanh")
-                                                                      : at::silu(gate);
-    m = at::linear(act * at::linear(m, l.up), l.down);
-    if (spec_.sandwich_norms) m = Norm(m, l.post_ffw_norm);
-    h = h + m;
+    const at::Tensor& layer_mask = spec_.sliding[i] && sliding_mask.defined() ? sliding_mask : full_mask;
+    if (options_.activation_checkpointing && cache == nullptr && at::GradMode::is_enabled()) {
+      h = CheckpointedLayer(static_cast<int64_t>(i), h, cos, sin, layer_mask);
+    } else {
+      h = LayerForward(static_cast<int64_t>(i), h, cos, sin, layer_mask, cache);
+    }
   }
-  h = Norm(h, final_norm_);
-  at::Tensor logits = at::linear(h, lm_head_);  // (B, T, V)
-  if (spec_.final_softcap) logits = at::tanh(logits / *spec_.final_softcap) * *spec_.final_softcap;
-  return logits;
+  return Norm(h, final_norm_);
 }
+
+at::Tensor Decoder::LayerForward(int64_t i, const at::Tensor& x, const at::Tensor& cos,
+                                 const at::Tensor& sin, const at::Tensor& mask, KvCache* cache) const {
+  const Layer& l = layers_[i];
+  at::Tensor h = x;
+  at::Tensor a = Attention(l, i, Norm(h, l.input_norm), cos, sin, mask, cache);
+  if (spec_.sandwich_norms) a = Norm(a, l.post_attn_norm);
+  h = h + a;
+  at::Tensor m = Norm(h, spec_.sandwich_norms ? l.pre_ffw_norm : l.post_attn_norm);
+  const at::Tensor gate = at::linear(m, l.gate);
+  const at::Tensor act = spec_.activation == Activation::kGeluTanh ? at::gelu(gate, "tanh")
+                                                                    : at::silu(gate);
+  m = at::linear(act * at::linear(m, l.up), l.down);
+  if (spec_.sandwich_norms) m = Norm(m, l.post_ffw_norm);
+  return h + m;
+}
+
+namespace {
+
+// Activation checkpointing of one decoder layer: forward keeps only the layer's input; backward
+// runs the layer again with autograd on and differentiates that (Chen et al. 2016, "Training deep
+// nets with sublinear memory cost"). The layer's parameters are inputs of the function, so their
+// gradients flow to the model's tensors as without checkpointing.
+class CheckpointFunction : public torch::autograd::Function<CheckpointFunction> {
+ public:
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
+                            at::TensorList params, const at::Tensor& cos, const at::Tensor& sin,
+                            const at::Tensor& mask, int64_t decoder, int64_t index) {
+    ctx->save_for_backward({x, cos, sin, mask});
+    ctx->saved_data["decoder"] = decoder;
+    ctx->saved_data["index"] = index;
+    ctx->saved_data["n_params"] = static_cast<int64_t>(params.size());
+    at::NoGradGuard no_grad;
+    return reinterpret_cast<const Decoder*>(decoder)->RunLayer(index, x, cos, sin, mask);
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const auto* decoder = reinterpret_cast<const Decoder*>(ctx->saved_data["decoder"].toInt());
+    const int64_t index = ctx->saved_data["index"].toInt();
+    const int64_t n_params = ctx->saved_data["n_params"].toInt();
+    const at::Tensor x = saved[0].detach().requires_grad_(true);
+    at::Tensor out;
+    {
+      at::AutoGradMode enable(true);
+      out = decoder->RunLayer(index, x, saved[1], saved[2], saved[3]);
+    }
+    torch::autograd::variable_list wrt = {x};
+    for (const at::Tensor& p : decoder->LayerParameters(index)) wrt.push_back(p);
+    TORCH_CHECK(static_cast<int64_t>(wrt.size()) == n_params + 1, "checkpoint: parameter count changed");
+    torch::autograd::variable_list g = torch::autograd::grad({out}, wrt, {grads[0]},
+                                                            /*retain_graph=*/false,
+                                                            /*create_graph=*/false, /*allow_unused=*/true);
+    // One gradient per forward input: x, each parameter, then cos, sin, mask, decoder, index.
+    for (int i = 0; i < 5; ++i) g.emplace_back();
+    return g;
+  }
+};
+
+}  // namespace
+
+std::vector<at::Tensor> Decoder::LayerParameters(int64_t i) const {
+  const Layer& l = layers_[i];
+  std::vector<at::Tensor> out;
+  for (const at::Tensor* t : {&l.input_norm, &l.post_attn_norm, &l.pre_ffw_norm, &l.post_ffw_norm,
+                              &l.q, &l.k, &l.v, &l.o, &l.q_bias, &l.k_bias, &l.v_bias, &l.q_norm,
+                              &l.k_norm, &l.gate, &l.up, &l.down}) {
+    if (t->defined() && t->requires_grad()) out.push_back(*t);
+  }
+  return out;
+}
+
+at::Tensor Decoder::RunLayer(int64_t i, const at::Tensor& x, const at::Tensor& cos,
+                             const at::Tensor& sin, const at::Tensor& mask) const {
+  return LayerForward(i, x, cos, sin, mask, nullptr);
+}
+
+at::Tensor Decoder::CheckpointedLayer(int64_t i, const at::Tensor& x, const at::Tensor& cos,
+                                      const at::Tensor& sin, const at::Tensor& mask) const {
+  const std::vector<at::Tensor> params = LayerParameters(i);
+  return CheckpointFunction::apply(x, at::TensorList(params), cos, sin, mask,
+                                   reinterpret_cast<int64_t>(this), i);
+}
+
 
 }  // namespace llmtrain::model

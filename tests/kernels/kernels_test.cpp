@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "llmtrain/kernels/cross_entropy.h"
+#include "testing/memory.h"
 
 namespace llmtrain {
 namespace {
@@ -17,43 +18,6 @@ double RelativeError(const at::Tensor& a, const at::Tensor& b) {
   const double scale = b.abs().max().item<double>();
   return (a.to(at::kDouble) - b.to(at::kDouble)).abs().max().item<double>() / (scale > 0 ? scale : 1.0);
 }
-
-// Counts the bytes of live CPU tensors, and their peak, by wrapping ATen's CPU allocator.
-class TrackingAllocator final : public c10::Allocator {
- public:
-  explicit TrackingAllocator(c10::Allocator* base) : base_(base) {}
-  c10::DataPtr allocate(size_t n) override {
-    c10::DataPtr inner = base_->allocate(n);
-    void* data = inner.get();
-    auto* record = new Record{std::move(inner), n, this};
-    const int64_t now = current_.fetch_add(static_cast<int64_t>(n)) + static_cast<int64_t>(n);
-    int64_t peak = peak_.load();
-    while (now > peak && !peak_.compare_exchange_weak(peak, now)) {
-    }
-    return {data, record, &Release, c10::Device(c10::kCPU)};
-  }
-  void copy_data(void* dest, const void* src, std::size_t count) const override {
-    std::memcpy(dest, src, count);
-  }
-  void ResetPeak() { peak_ = current_.load(); }
-  int64_t current() const { return current_; }
-  int64_t peak() const { return peak_; }
-
- private:
-  struct Record {
-    c10::DataPtr inner;
-    size_t size;
-    TrackingAllocator* owner;
-  };
-  static void Release(void* ptr) {
-    auto* record = static_cast<Record*>(ptr);
-    record->owner->current_ -= static_cast<int64_t>(record->size);
-    delete record;
-  }
-  c10::Allocator* base_;
-  std::atomic<int64_t> current_{0};
-  std::atomic<int64_t> peak_{0};
-};
 
 // The full computation: float32 logits (N, V), optional soft-cap, summed cross-entropy.
 at::Tensor FullLoss(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& labels,
@@ -110,7 +74,7 @@ TEST_CASE("chunked cross-entropy peak memory at Gemma 3 270M size, T = 2048", "[
   const at::Tensor labels = at::randint(0, 262144, {2048}, at::kLong);
 
   c10::Allocator* base = c10::GetCPUAllocator();
-  TrackingAllocator tracker(base);
+  testing::TrackingAllocator tracker(base);
   c10::SetCPUAllocator(&tracker, /*priority=*/255);
   auto measure = [&](bool chunked) {
     const at::Tensor h = hidden0.clone().set_requires_grad(true);

@@ -5,6 +5,8 @@ logits and gradients; the real Gemma 3 270M GGUF through transformers. Usage:
       position_ids, loss_weights) and DIR/ref.safetensors (logits, grad.<param>, greedy: 32
       tokens of generate() after row 0), where the loss is sum(logits * loss_weights * mask).
       Prints {"params": n, "padding": side, "eos": [...], ...}.
+  model_ref.py bf16 MODEL_DIR INPUTS.safetensors OUT.safetensors
+      Logits of the saved model loaded with from_pretrained(dtype=bfloat16), eager.
   model_ref.py gguf FILE.gguf OUT.safetensors PROMPT
       Tokenizes PROMPT with the GGUF's tokenizer, runs transformers (gguf_file=, float32, eager)
       and writes input_ids, logits and greedy (32 tokens of generate()).
@@ -93,6 +95,21 @@ def tiny(family, out_dir, seed):
           "eos": [] if eos is None else (eos if isinstance(eos, list) else [eos])})
 
 
+def bf16(model_dir, inputs_path, out):
+    """Logits of a saved model loaded by from_pretrained in bfloat16 (eager)."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16,
+                                                 attn_implementation="eager")
+    model.eval()
+    inputs = load_file(inputs_path)
+    with torch.no_grad():
+        logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                       position_ids=inputs["position_ids"]).logits
+    save_file({"logits": logits.contiguous()}, out)
+    emit({"dtype": str(logits.dtype)})
+
+
 def gguf(path, out, prompt):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     folder, name = os.path.dirname(os.path.abspath(path)), os.path.basename(path)
@@ -115,6 +132,8 @@ def gguf(path, out, prompt):
 if __name__ == "__main__":
     if sys.argv[1] == "tiny":
         tiny(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    elif sys.argv[1] == "bf16":
+        bf16(sys.argv[2], sys.argv[3], sys.argv[4])
     elif sys.argv[1] == "gguf":
         gguf(sys.argv[2], sys.argv[3], sys.argv[4])
     else:

@@ -31,6 +31,10 @@ struct DecoderOptions {
   /// Parameters require grad after loading (for fine-tuning the whole model or for gradient
   /// checks); LoRA training leaves them frozen.
   bool requires_grad = false;
+  /// Keep only each decoder layer's input during forward and run the layer again in backward:
+  /// activation memory drops from all intermediates of every layer to one layer's worth.
+  /// Gradients are identical. Applies when autograd is on and no KV cache is used.
+  bool activation_checkpointing = false;
 };
 
 /// Keys and values of earlier tokens, per layer, for incremental decoding. Filled by Forward.
@@ -66,6 +70,21 @@ class Decoder {
   /// (HF folders), and the chat end-of-turn tokens found in a GGUF vocabulary.
   const std::vector<int64_t>& eos_token_ids() const { return eos_token_ids_; }
 
+  /// The final-normed hidden states (B, T, C) that the LM head turns into logits; with
+  /// lm_head() they feed kernels::ChunkedCrossEntropy without materializing the logits.
+  at::Tensor Hidden(const at::Tensor& input_ids, const at::Tensor& attention_mask = {},
+                    const at::Tensor& position_ids = {}) const;
+  /// The LM head (V, C): the embedding when tied.
+  const at::Tensor& lm_head() const { return lm_head_; }
+  /// Turns activation checkpointing on or off (see DecoderOptions).
+  void set_activation_checkpointing(bool on) { options_.activation_checkpointing = on; }
+
+  /// One decoder layer without a cache (used by activation checkpointing to recompute it).
+  at::Tensor RunLayer(int64_t index, const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
+                      const at::Tensor& mask) const;
+  /// The parameters of layer `index` that require grad, in a fixed order.
+  std::vector<at::Tensor> LayerParameters(int64_t index) const;
+
   /// InvalidArgument naming the problem if Forward would refuse these inputs.
   absl::Status CheckInputs(const at::Tensor& input_ids, const at::Tensor& attention_mask) const;
 
@@ -94,6 +113,12 @@ class Decoder {
                        KvCache* cache) const;
   at::Tensor ForwardImpl(const at::Tensor& input_ids, const at::Tensor& new_mask,
                          const at::Tensor& position_ids, KvCache* cache) const;
+  at::Tensor HiddenImpl(const at::Tensor& input_ids, const at::Tensor& new_mask,
+                        const at::Tensor& position_ids, KvCache* cache) const;
+  at::Tensor LayerForward(int64_t index, const at::Tensor& x, const at::Tensor& cos,
+                          const at::Tensor& sin, const at::Tensor& mask, KvCache* cache) const;
+  at::Tensor CheckpointedLayer(int64_t index, const at::Tensor& x, const at::Tensor& cos,
+                               const at::Tensor& sin, const at::Tensor& mask) const;
   at::Tensor Norm(const at::Tensor& x, const at::Tensor& w) const;
 
   io::HfConfig config_;
