@@ -1,5 +1,4 @@
-// Chunked cross-entropy as a custom autograd function: forward keeps no logits, backward
-// recomputes each chunk's logits and turns them into gradients right away.
+// Chunked cross-entropy as a custom autograd function that keeps no logits.
 //   d loss / d logits = softmax(logits) − onehot(label)   (per counted row, times the upstream grad)
 //   with a soft-cap c·tanh(z/c): times (1 − tanh²(z/c)).
 #include "llmtrain/kernels/cross_entropy.h"
@@ -25,64 +24,56 @@ at::Tensor ChunkLogits(const at::Tensor& hidden, const at::Tensor& weight, int64
   return logits;
 }
 
+// The loss is the last op of a step, so its gradient is linear in one upstream scalar g. Forward
+// therefore computes, chunk by chunk, the loss and the gradients for g = 1 (softmax − onehot,
+// times the head and the hidden states) while each chunk's logits are at hand; backward scales
+// them by g. Three GEMMs per chunk, as with the full logits, and never more than one chunk of
+// logits alive.
 class ChunkedCrossEntropyFunction : public torch::autograd::Function<ChunkedCrossEntropyFunction> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& hidden, const at::Tensor& weight,
                             const at::Tensor& labels, int64_t chunk, int64_t ignore_index,
                             double softcap, bool has_softcap) {
     const std::optional<double> cap = has_softcap ? std::optional<double>(softcap) : std::nullopt;
+    const bool need_hidden = hidden.requires_grad(), need_weight = weight.requires_grad();
     at::Tensor total = at::zeros({}, at::TensorOptions().dtype(at::kFloat).device(hidden.device()));
+    at::Tensor grad_hidden = need_hidden ? at::empty_like(hidden) : at::Tensor();
+    at::Tensor grad_weight =
+        need_weight ? at::zeros(weight.sizes(), weight.options().dtype(at::kFloat)) : at::Tensor();
+    at::NoGradGuard no_grad;
     const int64_t n = hidden.size(0);
     for (int64_t begin = 0; begin < n; begin += chunk) {
       const int64_t end = std::min(n, begin + chunk);
-      const at::Tensor logits = ChunkLogits(hidden, weight, begin, end, cap, nullptr);
+      at::Tensor t;
+      const at::Tensor logits = ChunkLogits(hidden, weight, begin, end, cap, &t);  // (n, V) f32
       const at::Tensor y = labels.slice(0, begin, end);
       const at::Tensor counted = y != ignore_index;
       const at::Tensor safe = at::where(counted, y, at::zeros_like(y));
-      const at::Tensor nll = at::logsumexp(logits, -1) - logits.gather(1, safe.unsqueeze(1)).squeeze(1);
+      const at::Tensor lse = at::logsumexp(logits, -1);
+      const at::Tensor nll = lse - logits.gather(1, safe.unsqueeze(1)).squeeze(1);
       total = total + at::where(counted, nll, at::zeros_like(nll)).sum();
+      if (!need_hidden && !need_weight) continue;
+      // d loss / d logits for g = 1: softmax − onehot on counted rows, through the soft-cap.
+      at::Tensor d = (logits - lse.unsqueeze(1)).exp_();
+      d.scatter_add_(1, safe.unsqueeze(1), at::full({end - begin, 1}, -1.0f, d.options()));
+      d.mul_(counted.to(at::kFloat).unsqueeze(1));
+      if (cap) d.mul_(1 - t.square_());
+      const at::Tensor d_model = d.to(hidden.scalar_type());
+      if (need_hidden) grad_hidden.slice(0, begin, end).copy_(at::matmul(d_model, weight));
+      if (need_weight) grad_weight.add_(at::matmul(d_model.t(), hidden.slice(0, begin, end)).to(at::kFloat));
     }
-    ctx->save_for_backward({hidden, weight, labels});
-    ctx->saved_data["chunk"] = chunk;
-    ctx->saved_data["ignore_index"] = ignore_index;
-    ctx->saved_data["softcap"] = softcap;
-    ctx->saved_data["has_softcap"] = has_softcap;
+    ctx->saved_data["need_hidden"] = need_hidden;
+    ctx->saved_data["need_weight"] = need_weight;
+    ctx->save_for_backward({grad_hidden, need_weight ? grad_weight.to(weight.scalar_type()) : grad_weight});
     return total;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     const auto saved = ctx->get_saved_variables();
-    const at::Tensor& hidden = saved[0];
-    const at::Tensor& weight = saved[1];
-    const at::Tensor& labels = saved[2];
-    const int64_t chunk = ctx->saved_data["chunk"].toInt();
-    const int64_t ignore_index = ctx->saved_data["ignore_index"].toInt();
-    const std::optional<double> cap = ctx->saved_data["has_softcap"].toBool()
-                                          ? std::optional<double>(ctx->saved_data["softcap"].toDouble())
-                                          : std::nullopt;
-    const at::Tensor g = grad_outputs[0].to(at::kFloat);
-    const bool need_hidden = ctx->needs_input_grad(0), need_weight = ctx->needs_input_grad(1);
-    at::Tensor grad_hidden = need_hidden ? at::zeros_like(hidden) : at::Tensor();
-    at::Tensor grad_weight = need_weight ? at::zeros(weight.sizes(), weight.options().dtype(at::kFloat)) : at::Tensor();
-    const int64_t n = hidden.size(0);
-    for (int64_t begin = 0; begin < n; begin += chunk) {
-      const int64_t end = std::min(n, begin + chunk);
-      at::Tensor t;
-      // One (n, V) float32 buffer at a time where possible: softmax replaces the logits, and the
-      // rest is done in place.
-      at::Tensor d = at::softmax(ChunkLogits(hidden, weight, begin, end, cap, &t), -1);
-      const at::Tensor y = labels.slice(0, begin, end);
-      const at::Tensor counted = (y != ignore_index).to(at::kFloat).unsqueeze(1);
-      const at::Tensor safe = at::where(y != ignore_index, y, at::zeros_like(y));
-      d.scatter_add_(1, safe.unsqueeze(1), at::full({end - begin, 1}, -1.0f, d.options()));
-      d.mul_(counted).mul_(g);
-      if (cap) d.mul_(1 - t.square_());
-      const at::Tensor d_model = d.to(hidden.scalar_type());
-      const at::Tensor h = hidden.slice(0, begin, end);
-      if (need_hidden) grad_hidden.slice(0, begin, end).copy_(at::matmul(d_model, weight));
-      if (need_weight) grad_weight.add_(at::matmul(d_model.t(), h).to(at::kFloat));
-    }
-    if (need_weight) grad_weight = grad_weight.to(weight.scalar_type());
+    const at::Tensor& g = grad_outputs[0];
+    at::Tensor grad_hidden, grad_weight;
+    if (ctx->saved_data["need_hidden"].toBool()) grad_hidden = saved[0] * g.to(saved[0].scalar_type());
+    if (ctx->saved_data["need_weight"].toBool()) grad_weight = saved[1] * g.to(saved[1].scalar_type());
     return {grad_hidden, grad_weight, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };

@@ -1,6 +1,8 @@
 // Cross-entropy over a large vocabulary without the full logits: hidden states times the LM head,
-// chunk by chunk, in forward and again in backward. For Gemma's 262k vocabulary the full fp32
-// logits take 1 GiB per 1k tokens; chunks of 256 tokens take 256 MiB.
+// chunk by chunk. Each chunk's gradients are computed while its logits exist (the loss is the last
+// op, so backward only scales them), so it costs the same three GEMMs as the full version. For
+// Gemma's 262k vocabulary the full fp32 logits take 1 GiB per 1k tokens; a chunk of 256 tokens
+// takes 256 MiB.
 //
 //   auto [loss_sum, n_tokens] = kernels::ChunkedCrossEntropy(hidden, lm_head, labels, {});
 //   (loss_sum / total_tokens_over_micro_batches).backward();  // token-normalized accumulation
@@ -26,7 +28,9 @@ struct CrossEntropyResult {
 
 /// hidden: (N, C) in the model dtype; weight: (V, C) the LM head; labels: int64 (N).
 /// Logits are computed in the model dtype and reduced in float32, as transformers' loss does.
-/// Differentiable in hidden and weight (when they require grad). CPU and CUDA (ATen ops).
+/// Differentiable in hidden and weight (when they require grad; gradients for both are held from
+/// forward to backward: (N, C) and, for a trainable head, (V, C)). Not twice differentiable.
+/// CPU and CUDA (ATen ops).
 /// Throws c10::Error on shape mismatches or labels outside [0, V) other than ignore_index.
 CrossEntropyResult ChunkedCrossEntropy(const at::Tensor& hidden, const at::Tensor& weight,
                                        const at::Tensor& labels, const CrossEntropyOptions& options = {});
