@@ -88,6 +88,34 @@ absl::StatusOr<at::Tensor> LoadGgufTensor(const GgufFile& file, const GgufTensor
   return out;
 }
 
+absl::StatusOr<at::Tensor> LoadGgufTensor(const GgufFile& file, const GgufTensorInfo& tensor,
+                                          c10::ScalarType dtype) {
+  const auto traits = GetGgmlTypeTraits(static_cast<uint32_t>(tensor.type));
+  if (dtype == at::kFloat || !at::isFloatingType(dtype) || !traits || tensor.ne.empty() ||
+      !CanDequantize(tensor.type)) {
+    LLMTRAIN_ASSIGN_OR_RETURN(at::Tensor t, LoadGgufTensor(file, tensor));
+    return t.to(dtype);
+  }
+  const int64_t row_elems = tensor.ne[0];
+  const int64_t rows = tensor.n_elems() / std::max<int64_t>(row_elems, 1);
+  const int64_t row_bytes = row_elems / traits->block_elems * traits->block_bytes;
+  const int64_t rows_per_chunk = std::max<int64_t>(1, (int64_t{1} << 20) / std::max<int64_t>(row_elems, 1));
+  at::Tensor out = at::empty({rows, row_elems}, at::TensorOptions().dtype(dtype));
+  at::Tensor scratch = at::empty({std::min(rows, rows_per_chunk), row_elems}, at::kFloat);
+  const absl::Span<const uint8_t> bytes = file.Data(tensor);
+  for (int64_t r = 0; r < rows; r += rows_per_chunk) {
+    const int64_t n = std::min(rows_per_chunk, rows - r);
+    at::Tensor part = scratch.narrow(0, 0, n);
+    const absl::Status status = Dequantize(tensor.type, bytes.subspan(r * row_bytes, n * row_bytes),
+                                           absl::Span<float>(part.data_ptr<float>(), part.numel()));
+    if (!status.ok()) {
+      return Annotate(status, absl::StrCat(file.path(), ": tensor \"", tensor.name, "\""));
+    }
+    out.narrow(0, r, n).copy_(part);
+  }
+  return out.view(tensor.shape);
+}
+
 absl::StatusOr<at::Tensor> LoadGgufTensorTo(const GgufFile& file, const GgufTensorInfo& tensor,
                                             c10::Device device) {
   if (device.is_cpu()) return LoadGgufTensor(file, tensor);

@@ -109,8 +109,9 @@ absl::StatusOr<std::unique_ptr<Decoder>> Decoder::Load(absl::string_view path_vi
           }
         }
       }
-      source.load = [&gguf](const std::string& name) {
-        return io::LoadGgufTensor(*gguf, *gguf->FindTensor(name));
+      source.loads_owned = true;
+      source.load = [&gguf](const std::string& name, c10::ScalarType dtype) {
+        return io::LoadGgufTensor(*gguf, *gguf->FindTensor(name), dtype);
       };
     } else {
       if (!IsDirectory(path)) {
@@ -123,7 +124,9 @@ absl::StatusOr<std::unique_ptr<Decoder>> Decoder::Load(absl::string_view path_vi
         LLMTRAIN_ASSIGN_OR_RETURN(auto found, checkpoint->Find(name));
         source.shapes[name] = found.second->shape;
       }
-      source.load = [&checkpoint](const std::string& name) { return io::LoadTensor(*checkpoint, name); };
+      source.load = [&checkpoint](const std::string& name, c10::ScalarType) {
+        return io::LoadTensor(*checkpoint, name);  // a view of the mapping, in the stored dtype
+      };
       // generation_config.json may list more end tokens than config.json (Gemma: <end_of_turn>).
       if (auto text = ReadFileToString(path + "/generation_config.json"); text.ok()) {
         const nlohmann::json generation = nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false);
@@ -181,12 +184,22 @@ absl::Status Decoder::BuildFromTensors(const TensorSource& source, bool from_ggu
           ", but the config needs ", ShapeString(want)));
     }
     used[name] = true;
-    LLMTRAIN_ASSIGN_OR_RETURN(at::Tensor value, source.load(name));
-    if (from_gguf && IsNormRole(role) && spec_.gguf_norm_offset != 0.0) {
+    // Each weight ends as an owned tensor in the model dtype. Views of a mapped file are copied
+    // (they stay read-only); a fresh tensor is kept as it is, so loading never holds two copies
+    // of a weight and peak memory stays near the final weights.
+    const bool shift = from_gguf && IsNormRole(role) && spec_.gguf_norm_offset != 0.0;
+    LLMTRAIN_ASSIGN_OR_RETURN(at::Tensor value, source.load(name, shift ? at::kFloat : dtype));
+    bool owned = source.loads_owned;
+    if (shift) {
       value = value.to(at::kFloat) - spec_.gguf_norm_offset;  // undo llama.cpp's 1 + w
+      owned = true;
     }
-    // Always a fresh, owned tensor in the model dtype (views of the file stay read-only).
-    value = value.to(dtype).clone().contiguous();
+    if (value.scalar_type() != dtype) {
+      value = value.to(dtype);
+      owned = true;
+    }
+    if (!owned) value = value.clone();
+    value = value.contiguous();
     value.set_requires_grad(options_.requires_grad);
     params_.emplace_back(name, value);
     return value;
@@ -226,8 +239,8 @@ absl::Status Decoder::BuildFromTensors(const TensorSource& source, bool from_ggu
       if (source.shapes.count(pattern) != 0) {
         used[pattern] = true;
         const std::string embed_name = from_gguf ? "token_embd.weight" : "model.embed_tokens.weight";
-        auto head = source.load(pattern);
-        auto embed = source.shapes.count(embed_name) ? source.load(embed_name) : head;
+        auto head = source.load(pattern, at::kFloat);
+        auto embed = source.shapes.count(embed_name) ? source.load(embed_name, at::kFloat) : head;
         if (!head.ok() || !embed.ok() || !at::equal(*head, *embed) || source.shapes.count(embed_name) == 0) {
           return absl::InvalidArgumentError(absl::StrCat(
               where, ": tensor \"", pattern, "\" differs from the embedding, but the config ties them "

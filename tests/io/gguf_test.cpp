@@ -194,6 +194,20 @@ TEST_CASE("gguf: the real Gemma 3 270M Q4_K_M file", "[io][gguf][reference]") {
   REQUIRE(embed != nullptr);
   CHECK(embed->shape == std::vector<int64_t>{262144, 640});  // row-major: [vocab, hidden]
 
+  SECTION("dequantizing straight into bf16 equals dequantizing to f32 then casting") {
+    for (const char* name : {"token_embd.weight", "blk.0.attn_q.weight", "blk.3.ffn_down.weight",
+                             "output_norm.weight"}) {
+      INFO("tensor " << name);
+      const io::GgufTensorInfo* t = gguf.FindTensor(name);
+      REQUIRE(t != nullptr);
+      auto direct = io::LoadGgufTensor(gguf, *t, at::kBFloat16);
+      auto via_f32 = io::LoadGgufTensor(gguf, *t);
+      REQUIRE(direct.ok());
+      REQUIRE(via_f32.ok());
+      CHECK(direct->sizes().vec() == t->shape);
+      CHECK(at::equal(*direct, via_f32->to(at::kBFloat16)));
+    }
+  }
   SECTION("config equals transformers' config from the same file") {
     auto config = io::HfConfigFromGguf(gguf);
     REQUIRE(config.ok());

@@ -121,6 +121,74 @@ TEST_CASE("decoder: bf16 logits against transformers' bf16", "[model][parity][re
   CHECK(error <= 7.8e-3);
 }
 
+TEST_CASE("decoder: loading the GGUF peaks near the size of the final weights", "[model][reference][memory]") {
+  if (!testing::ReferenceStackAvailable()) return;
+  const std::string gguf = std::string(LLMTRAIN_SOURCE_DIR) + "/.venv/models/gemma-3-270m-q4_k_m.gguf";
+  for (const Dtype dtype : {Dtype::kF32, Dtype::kBf16}) {
+    c10::Allocator* base = c10::GetCPUAllocator();
+    testing::TrackingAllocator tracker(base);
+    c10::SetCPUAllocator(&tracker, /*priority=*/255);
+    tracker.ResetPeak();
+    model::DecoderOptions options;
+    options.dtype = dtype;
+    auto model = model::Decoder::Load(gguf, options);
+    const int64_t peak = tracker.peak();
+    int64_t weights = 0;
+    if (model.ok()) {
+      for (const auto& [name, p] : (*model)->named_parameters()) {
+        weights += p.nbytes();
+      }
+    }
+    model = absl::InternalError("released");  // free the weights before restoring the allocator
+    c10::SetCPUAllocator(base, /*priority=*/255);
+    std::printf("load %s: peak %.1f MiB of tensors for %.1f MiB of weights (%.2fx)\n",
+                std::string(SafetensorsName(dtype)).c_str(), peak / 1048576.0, weights / 1048576.0,
+                static_cast<double>(peak) / static_cast<double>(weights));
+    REQUIRE(weights > 0);
+    // Tensors are dequantized one at a time, straight into the model dtype a few MiB of rows at a
+    // time: the weights plus at most a 4 MiB float32 scratch (and Gemma's float32 norms).
+    CHECK(peak <= weights + (int64_t{8} << 20));
+  }
+}
+
+TEST_CASE("generate: sampling is reproducible for a seed and stays in the vocabulary", "[model][reference]") {
+  if (!testing::ReferenceStackAvailable()) return;
+  const std::string dir = testing::TempDir("sampling");
+  REQUIRE(testing::RunReference("model_ref.py", {"tiny", "qwen3", dir, "17"}).exit_code == 0);
+  auto model = model::Decoder::Load(dir + "/model", {});
+  REQUIRE(model.ok());
+  model::GenerationOptions options;
+  options.max_new_tokens = 24;
+  options.temperature = 0.9;
+  options.top_k = 20;
+  options.top_p = 0.9;
+  options.repetition_penalty = 1.2;
+  options.eos_token_ids = {-1};
+  options.seed = 7;
+  const std::vector<int64_t> prompt = {5, 17, 42, 9};
+  auto a = model::Generate(**model, prompt, options);
+  auto b = model::Generate(**model, prompt, options);
+  options.seed = 8;
+  auto c = model::Generate(**model, prompt, options);
+  REQUIRE(a.ok());
+  REQUIRE(b.ok());
+  REQUIRE(c.ok());
+  CHECK(a->size() == 24);
+  CHECK(*a == *b);
+  CHECK(*a != *c);
+  for (int64_t id : *a) CHECK((id >= 0 && id < 128));
+  // top_k = 1 is greedy whatever the temperature.
+  options.top_k = 1;
+  model::GenerationOptions greedy;
+  greedy.max_new_tokens = 24;
+  greedy.eos_token_ids = {-1};
+  greedy.repetition_penalty = 1.2;
+  CHECK(*model::Generate(**model, prompt, options) == *model::Generate(**model, prompt, greedy));
+  // Bad options are refused naming the field.
+  options.top_p = 0.0;
+  CHECK(model::Generate(**model, prompt, options).status().message().find("top_p") != absl::string_view::npos);
+}
+
 TEST_CASE("decoder: activation checkpointing gives identical gradients with less memory", "[model][reference][memory]") {
   if (!testing::ReferenceStackAvailable()) return;
   const std::string dir = testing::TempDir("tiny_ckpt");

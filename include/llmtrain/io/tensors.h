@@ -38,6 +38,12 @@ absl::StatusOr<at::Tensor> LoadTensor(const Checkpoint& checkpoint, absl::string
 /// gguf.quants.dequantize). Integer GGUF types (I8..I64) keep their type instead.
 absl::StatusOr<at::Tensor> LoadGgufTensor(const GgufFile& file, const GgufTensorInfo& tensor);
 
+/// Dequantizes a GGUF tensor straight into `dtype` (floating types), a few MiB of rows at a time,
+/// so a bf16 load never holds the float32 copy of a whole tensor. Values equal
+/// LoadGgufTensor(...).to(dtype).
+absl::StatusOr<at::Tensor> LoadGgufTensor(const GgufFile& file, const GgufTensorInfo& tensor,
+                                          c10::ScalarType dtype);
+
 /// Dequantizes a GGUF tensor to float32 on `device`. On a CUDA device, Q8_0, Q4_0, Q4_K, Q5_K
 /// and Q6_K are dequantized by our kernels from the raw bytes (bit-identical to the CPU path);
 /// other types are dequantized on the CPU and copied. FailedPrecondition if CUDA is asked for

@@ -99,7 +99,9 @@ class Decoder {
   /// Tensors of a checkpoint by name: shapes up front, values materialized on demand.
   struct TensorSource {
     std::map<std::string, std::vector<int64_t>> shapes;
-    std::function<absl::StatusOr<at::Tensor>(const std::string&)> load;
+    /// The tensor called `name`, converted to `dtype` where the source can do it cheaply.
+    std::function<absl::StatusOr<at::Tensor>(const std::string& name, c10::ScalarType dtype)> load;
+    bool loads_owned = false;  ///< load() returns fresh tensors (GGUF), not views of a mapping
   };
   Decoder();
 
