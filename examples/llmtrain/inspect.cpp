@@ -1,8 +1,6 @@
 // llmtrain inspect PATH [--json]
 // Prints the format, the metadata, the parsed model config and every tensor (dtype and row-major
 // shape) of a .safetensors file, a sharded index, a model folder or a .gguf file.
-#include <sys/stat.h>
-
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -11,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "llmtrain/commands.h"
+#include "llmtrain/core/atomic_file.h"
 #include "llmtrain/core/status.h"
 #include "llmtrain/io/gguf.h"
 #include "llmtrain/io/hf_config.h"
@@ -57,11 +56,6 @@ json GgufValueToJson(const io::GgufValue& v) {
 }
 
 json Shape(const std::vector<int64_t>& shape) { return json(shape); }
-
-bool IsDirectory(const std::string& path) {
-  struct stat st;
-  return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
-}
 
 bool LooksLikeGguf(const std::string& path) {
   if (absl::EndsWith(path, ".gguf")) return true;

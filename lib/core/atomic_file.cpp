@@ -116,6 +116,16 @@ absl::Status WriteFileAtomically(absl::string_view path, absl::string_view conte
   return file.Commit();
 }
 
+bool IsDirectory(absl::string_view path) {
+  struct stat st;
+  return ::stat(std::string(path).c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+bool IsRegularFile(absl::string_view path) {
+  struct stat st;
+  return ::stat(std::string(path).c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
 absl::StatusOr<std::string> ReadFileToString(absl::string_view path) {
   const std::string p(path);
   const int fd = ::open(p.c_str(), O_RDONLY | O_CLOEXEC);

@@ -4,8 +4,6 @@
 // few rules a table cannot say are in ResolveText().
 #include "llmtrain/io/hf_config.h"
 
-#include <sys/stat.h>
-
 #include <set>
 
 #include "absl/strings/str_cat.h"
@@ -533,8 +531,7 @@ absl::StatusOr<HfConfig> ParseHfConfig(absl::string_view where_view, absl::strin
 
 absl::StatusOr<HfConfig> LoadHfConfig(absl::string_view path_view) {
   std::string path(path_view);
-  struct stat st;
-  if (::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) path += "/config.json";
+  if (IsDirectory(path)) path += "/config.json";
   LLMTRAIN_ASSIGN_OR_RETURN(std::string text, ReadFileToString(path));
   return ParseHfConfig(path, text);
 }

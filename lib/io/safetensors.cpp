@@ -2,8 +2,6 @@
 // is touched, so a reader of Data() can trust the offsets.
 #include "llmtrain/io/safetensors.h"
 
-#include <sys/stat.h>
-
 #include <algorithm>
 #include <cstring>
 #include <utility>
@@ -236,14 +234,6 @@ absl::Span<const uint8_t> SafetensorsFile::Data(const TensorInfo& tensor) const 
 
 namespace {
 
-bool IsDirectory(const std::string& path) {
-  struct stat st;
-  return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
-}
-bool IsFile(const std::string& path) {
-  struct stat st;
-  return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
-}
 std::string Dirname(const std::string& path) {
   const size_t slash = path.rfind('/');
   return slash == std::string::npos ? "." : path.substr(0, slash);
@@ -257,9 +247,9 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(absl::string_view p
   if (IsDirectory(path)) {
     const std::string index = absl::StrCat(path, "/model.safetensors.index.json");
     const std::string single = absl::StrCat(path, "/model.safetensors");
-    if (IsFile(index)) {
+    if (IsRegularFile(index)) {
       path = index;
-    } else if (IsFile(single)) {
+    } else if (IsRegularFile(single)) {
       path = single;
     } else {
       return absl::NotFoundError(absl::StrCat(

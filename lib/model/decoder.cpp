@@ -6,7 +6,6 @@
 
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
-#include <sys/stat.h>
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/autograd/custom_function.h>
 
@@ -38,11 +37,6 @@ Decoder::Decoder() = default;
 Decoder::~Decoder() = default;
 
 namespace {
-
-bool IsDirectory(const std::string& path) {
-  struct stat st;
-  return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
-}
 
 bool IsNormRole(Role role) {
   return role == Role::kInputNorm || role == Role::kPostAttnNorm || role == Role::kPreFfwNorm ||
@@ -261,14 +255,25 @@ absl::Status Decoder::BuildFromTensors(const TensorSource& source, bool from_ggu
                                                      spec_.model_type, " (no row of its name table maps it)"));
     }
   }
-  // RoPE inverse frequencies per layer, float32 as transformers computes them:
-  // 1 / (theta ^ (arange(0, D, 2) / D)), divided by the linear factor.
+  // RoPE inverse frequencies, one table per distinct (theta, factor) and an index per layer,
+  // float32 as transformers computes them: 1 / (theta ^ (arange(0, D, 2) / D)) / factor.
   inv_freq_.clear();
+  layer_rope_.clear();
+  std::vector<LayerRope> distinct;
   const at::Tensor exponents =
       at::arange(0, c.head_dim, 2, at::kLong).to(at::kFloat) / static_cast<double>(c.head_dim);
   for (const LayerRope& rope : spec_.rope) {
+    const auto same = std::find_if(distinct.begin(), distinct.end(), [&](const LayerRope& r) {
+      return r.theta == rope.theta && r.linear_factor == rope.linear_factor;
+    });
+    if (same != distinct.end()) {
+      layer_rope_.push_back(same - distinct.begin());
+      continue;
+    }
     at::Tensor inv = 1.0 / at::pow(rope.theta, exponents);
     if (rope.linear_factor != 1.0) inv = inv / rope.linear_factor;
+    layer_rope_.push_back(static_cast<int64_t>(distinct.size()));
+    distinct.push_back(rope);
     inv_freq_.push_back(inv);
   }
   return absl::OkStatus();
@@ -426,14 +431,18 @@ at::Tensor Decoder::HiddenImpl(const at::Tensor& input_ids, const at::Tensor& at
     sliding_mask = additive(full_allowed & in_window.view({1, 1, T, S}));
   }
 
-  // RoPE tables, per distinct layer RoPE: angle in float32, cos/sin cast to the model dtype.
+  // RoPE tables, once per distinct layer RoPE: angle in float32, cos/sin cast to the model dtype.
   const at::Tensor pos_f = positions.to(at::kFloat);  // (B, T)
-  for (size_t i = 0; i < layers_.size(); ++i) {
-    const Layer& l = layers_[i];
-    const at::Tensor freqs = pos_f.unsqueeze(-1) * inv_freq_[i].view({1, 1, -1});  // (B, T, D/2)
+  std::vector<at::Tensor> cos_tables, sin_tables;
+  for (const at::Tensor& inv_freq : inv_freq_) {
+    const at::Tensor freqs = pos_f.unsqueeze(-1) * inv_freq.view({1, 1, -1});  // (B, T, D/2)
     const at::Tensor emb = at::cat({freqs, freqs}, -1);
-    const at::Tensor cos = emb.cos().to(dtype).unsqueeze(1);  // (B, 1, T, D)
-    const at::Tensor sin = emb.sin().to(dtype).unsqueeze(1);
+    cos_tables.push_back(emb.cos().to(dtype).unsqueeze(1));  // (B, 1, T, D)
+    sin_tables.push_back(emb.sin().to(dtype).unsqueeze(1));
+  }
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    const at::Tensor& cos = cos_tables[layer_rope_[i]];
+    const at::Tensor& sin = sin_tables[layer_rope_[i]];
     const at::Tensor& layer_mask = spec_.sliding[i] && sliding_mask.defined() ? sliding_mask : full_mask;
     if (options_.activation_checkpointing && cache == nullptr && at::GradMode::is_enabled()) {
       h = CheckpointedLayer(static_cast<int64_t>(i), h, cos, sin, layer_mask);

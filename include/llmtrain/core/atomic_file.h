@@ -48,6 +48,11 @@ class AtomicFile {
 /// Writes `contents` to `path` atomically (see AtomicFile).
 absl::Status WriteFileAtomically(absl::string_view path, absl::string_view contents);
 
+/// True when `path` names a directory (following symlinks).
+bool IsDirectory(absl::string_view path);
+/// True when `path` names a regular file (following symlinks).
+bool IsRegularFile(absl::string_view path);
+
 /// Reads a whole file. NotFound / PermissionDenied / DataLoss name the path.
 absl::StatusOr<std::string> ReadFileToString(absl::string_view path);
 

@@ -131,7 +131,8 @@ class Decoder {
   at::Tensor final_norm_;
   at::Tensor lm_head_;   // (V, C); the embedding when tied
   std::vector<Layer> layers_;
-  std::vector<at::Tensor> inv_freq_;  // per layer, (D/2) float32
+  std::vector<at::Tensor> inv_freq_;  // per distinct layer RoPE, (D/2) float32
+  std::vector<int64_t> layer_rope_;   // per layer: index into inv_freq_
   std::vector<int64_t> eos_token_ids_;
 };
 
