@@ -1,12 +1,22 @@
 // model_bench: the real Gemma 3 270M (GGUF, float32) against transformers on the same machine,
 // threads and dtype, in one run: forward+backward tokens/s, greedy decode tokens/s, peak RSS, and
 // the CPU MFU of our forward+backward (model FLOPs ÷ time ÷ the peak GEMM FLOP/s measured here).
+// The reference runs as a child process that keeps its model loaded; the two sides alternate,
+// one measurement each per round, and the medians over the rounds are compared, so that the
+// machine's drift between minutes hits both sides alike.
 //
-//   build/bin/model_bench [--tokens=256] [--decode=32]
+//   build/bin/model_bench [--tokens=256] [--decode=32] [--rounds=5] [--trace=FILE]
+//
+// --trace writes a Chrome trace of one forward+backward (ATen ops, autograd profiler) to see where
+// the time goes.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/grad_mode.h>
 #include <sys/resource.h>
+#include <fcntl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <torch/csrc/autograd/profiler_legacy.h>
 
 #include <algorithm>
 #include <chrono>
@@ -44,28 +54,78 @@ double PeakGemmFlops() {
   return best;
 }
 
-double MedianOf3(const std::function<void()>& fn) {
-  std::vector<double> t;
-  for (int i = 0; i < 3; ++i) {
-    const auto start = Clock::now();
-    fn();
-    t.push_back(Seconds(start));
-  }
-  std::sort(t.begin(), t.end());
-  return t[1];
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0.0 : v[v.size() / 2];
 }
+
+// The transformers side (bench/model_bench_ref.py) as a child process: one command per line on
+// its stdin, one JSON line back on its stdout.
+class Reference {
+ public:
+  bool Start(const std::vector<std::string>& argv) {
+    int to_child[2], from_child[2];
+    if (::pipe(to_child) != 0 || ::pipe(from_child) != 0) return false;
+    pid_ = ::fork();
+    if (pid_ < 0) return false;
+    if (pid_ == 0) {
+      ::dup2(to_child[0], 0);
+      ::dup2(from_child[1], 1);
+      for (int fd : {to_child[0], to_child[1], from_child[0], from_child[1]}) ::close(fd);
+      if (const int null = ::open("/dev/null", O_WRONLY); null >= 0) ::dup2(null, 2);  // progress bars
+      std::vector<char*> args;
+      for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+      args.push_back(nullptr);
+      ::execv(args[0], args.data());
+      ::_exit(127);
+    }
+    ::close(to_child[0]);
+    ::close(from_child[1]);
+    in_ = ::fdopen(to_child[1], "w");
+    out_ = ::fdopen(from_child[0], "r");
+    return in_ != nullptr && out_ != nullptr;
+  }
+  // Sends a command (empty: none) and returns the parsed reply (discarded on error).
+  nlohmann::json Ask(const std::string& command) {
+    if (!command.empty()) {
+      std::fprintf(in_, "%s\n", command.c_str());
+      std::fflush(in_);
+    }
+    char buf[4096];
+    if (std::fgets(buf, sizeof(buf), out_) == nullptr) return nlohmann::json();
+    return nlohmann::json::parse(buf, nullptr, false);
+  }
+  ~Reference() {
+    if (in_ != nullptr) std::fclose(in_);
+    if (out_ != nullptr) std::fclose(out_);
+    if (pid_ > 0) ::waitpid(pid_, nullptr, 0);
+  }
+
+ private:
+  pid_t pid_ = -1;
+  FILE* in_ = nullptr;
+  FILE* out_ = nullptr;
+};
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  int64_t tokens = 256, decode = 32;
+  int64_t tokens = 256, decode = 32, rounds = 5;
+  std::string trace;
   for (int i = 1; i < argc; ++i) {
     if (std::strncmp(argv[i], "--tokens=", 9) == 0) tokens = std::atoll(argv[i] + 9);
     if (std::strncmp(argv[i], "--decode=", 9) == 0) decode = std::atoll(argv[i] + 9);
+    if (std::strncmp(argv[i], "--trace=", 8) == 0) trace = argv[i] + 8;
+    if (std::strncmp(argv[i], "--rounds=", 9) == 0) rounds = std::max<int64_t>(1, std::atoll(argv[i] + 9));
   }
   const int threads = NumThreads();
   at::set_num_threads(threads);
   const std::string gguf = std::string(LLMTRAIN_SOURCE_DIR) + "/.venv/models/gemma-3-270m-q4_k_m.gguf";
+  // Started first, so it loads while we do; nothing is timed before it is ready.
+  Reference reference;
+  const bool ref_started =
+      reference.Start({LLMTRAIN_PYTHON, std::string(LLMTRAIN_SOURCE_DIR) + "/bench/model_bench_ref.py", gguf,
+                       std::to_string(tokens), std::to_string(threads)});
   model::DecoderOptions options;
   options.requires_grad = true;  // full fine-tuning gradients, as the reference computes them
   auto model = model::Decoder::Load(gguf, options);
@@ -84,17 +144,40 @@ int main(int argc, char** argv) {
     (ce.loss_sum / static_cast<double>(ce.n_tokens)).backward();
   };
   fwd_bwd();  // warm-up
-  const double fwd_bwd_s = MedianOf3(fwd_bwd);
-  for (const auto& [name, p] : (*model)->named_parameters()) p.mutable_grad() = at::Tensor();
 
   model::GenerationOptions generation;
   generation.max_new_tokens = decode;
   generation.eos_token_ids = {-1};  // never stop early: time exactly `decode` tokens
   const std::vector<int64_t> prompt(ids.data_ptr<int64_t>(), ids.data_ptr<int64_t>() + 16);
-  (void)model::Generate(**model, prompt, {.max_new_tokens = 4, .eos_token_ids = {-1}});
-  const auto decode_start = Clock::now();
-  auto generated = model::Generate(**model, prompt, generation);
-  const double decode_s = Seconds(decode_start);
+  model::GenerationOptions warm_up = generation;
+  warm_up.max_new_tokens = 4;
+  (void)model::Generate(**model, prompt, warm_up);
+
+  const nlohmann::json ready = ref_started ? reference.Ask("") : nlohmann::json();
+  if (!ready.is_object() || !ready.value("ready", false)) {
+    std::printf("reference run failed to start (%s)\n", ready.dump().c_str());
+    return 1;
+  }
+  if (!trace.empty()) {  // after the reference has loaded: nothing else runs now
+    torch::autograd::profiler::RecordProfile profile(trace);
+    fwd_bwd();
+  }
+  for (const auto& [name, p] : (*model)->named_parameters()) p.mutable_grad() = at::Tensor();
+  std::vector<double> ours_fb_s, ref_fb_s, ours_decode_tps, ref_decode_tps;
+  for (int64_t round = 0; round < rounds; ++round) {
+    auto start = Clock::now();
+    fwd_bwd();
+    ours_fb_s.push_back(Seconds(start));
+    for (const auto& [name, p] : (*model)->named_parameters()) p.mutable_grad() = at::Tensor();
+    ref_fb_s.push_back(reference.Ask("fwd_bwd").value("s", 0.0));
+    start = Clock::now();
+    auto generated = model::Generate(**model, prompt, generation);
+    ours_decode_tps.push_back(generated.ok() ? generated->size() / Seconds(start) : 0.0);
+    const nlohmann::json r = reference.Ask(absl::StrCat("decode ", decode));
+    ref_decode_tps.push_back(r.value("n", 0) / std::max(1e-9, r.value("s", 1.0)));
+  }
+  const double fwd_bwd_s = Median(ours_fb_s);
+  const nlohmann::json ref_rss_reply = reference.Ask("rss");
 
   struct rusage usage;
   ::getrusage(RUSAGE_SELF, &usage);
@@ -113,27 +196,14 @@ int main(int argc, char** argv) {
   const double flops = 6.0 * tokens * matmul_weights + 6.0 * tokens * attention;
   const double peak = PeakGemmFlops();
 
-  const std::string command = absl::StrCat("'", LLMTRAIN_PYTHON, "' '", LLMTRAIN_SOURCE_DIR,
-                                           "/bench/model_bench_ref.py' '", gguf, "' ", tokens, " ",
-                                           decode, " ", threads, " 2>/dev/null");
-  std::string out;
-  if (FILE* pipe = ::popen(command.c_str(), "r")) {
-    char buf[4096];
-    while (std::fgets(buf, sizeof(buf), pipe) != nullptr) out = buf;
-    ::pclose(pipe);
-  }
-  const nlohmann::json ref = nlohmann::json::parse(out, nullptr, false);
   const double ours_fb = tokens / fwd_bwd_s;
-  const double ours_decode = generated.ok() ? generated->size() / decode_s : 0.0;
-  std::printf("gemma3 270M f32, %d threads, T=%lld, %lld decoded tokens\n", threads,
-              static_cast<long long>(tokens), static_cast<long long>(decode));
-  if (!ref.is_object()) {
-    std::printf("reference run failed: %s\n", out.c_str());
-    return 1;
-  }
-  const double ref_fb = ref["fwd_bwd_tokens_per_s"].get<double>();
-  const double ref_decode = ref["decode_tokens_per_s"].get<double>();
-  const double ref_rss = ref["peak_rss_mib"].get<double>();
+  const double ours_decode = Median(ours_decode_tps);
+  std::printf("gemma3 270M f32, %d threads, T=%lld, %lld decoded tokens, median of %lld alternating rounds\n",
+              threads, static_cast<long long>(tokens), static_cast<long long>(decode),
+              static_cast<long long>(rounds));
+  const double ref_fb = tokens / std::max(1e-9, Median(ref_fb_s));
+  const double ref_decode = Median(ref_decode_tps);
+  const double ref_rss = ref_rss_reply.value("peak_rss_mib", 0.0);
   std::printf("fwd+bwd  reference %.1f tok/s  llmtrain %.1f tok/s  ratio %.2fx\n", ref_fb, ours_fb, ours_fb / ref_fb);
   std::printf("decode   reference %.1f tok/s  llmtrain %.1f tok/s  ratio %.2fx\n", ref_decode, ours_decode,
               ours_decode / ref_decode);

@@ -30,7 +30,9 @@ at::Tensor FullLoss(const at::Tensor& hidden, const at::Tensor& weight, const at
 TEST_CASE("chunked cross-entropy equals the full one, value and gradients", "[kernels]") {
   const bool softcap = GENERATE(false, true);
   const int64_t chunk = GENERATE(1, 7, 64, 1000);
-  INFO("softcap " << softcap << " chunk " << chunk);
+  // g = 1 (a loss used as is) and g ≠ 1 (normalized by tokens) take different backward paths.
+  const double scale = GENERATE(1.0, 0.37);
+  INFO("softcap " << softcap << " chunk " << chunk << " scale " << scale);
   at::manual_seed(3);
   const at::Tensor hidden0 = at::randn({37, 16}, at::kDouble).to(at::kFloat);
   const at::Tensor weight0 = at::randn({50, 16}).mul(2.0);
@@ -41,7 +43,7 @@ TEST_CASE("chunked cross-entropy equals the full one, value and gradients", "[ke
   const at::Tensor h_full = hidden0.clone().set_requires_grad(true);
   const at::Tensor w_full = weight0.clone().set_requires_grad(true);
   const at::Tensor full = FullLoss(h_full, w_full, labels, cap);
-  full.backward();
+  (full * scale).backward();
 
   const at::Tensor h = hidden0.clone().set_requires_grad(true);
   const at::Tensor w = weight0.clone().set_requires_grad(true);
@@ -49,11 +51,47 @@ TEST_CASE("chunked cross-entropy equals the full one, value and gradients", "[ke
   options.chunk_tokens = chunk;
   options.final_softcap = cap;
   const auto result = kernels::ChunkedCrossEntropy(h, w, labels, options);
-  result.loss_sum.backward();
+  (result.loss_sum * scale).backward();
   CHECK(result.n_tokens == 37 - 8);
   CHECK(RelativeError(result.loss_sum, full) <= 1e-6);  // float32 sums over ≤ 37 rows
   CHECK(RelativeError(h.grad(), h_full.grad()) <= 1e-6);
   CHECK(RelativeError(w.grad(), w_full.grad()) <= 1e-6);
+}
+
+TEST_CASE("chunked cross-entropy in bf16 equals the full bf16 computation", "[kernels]") {
+  // bf16 hidden and head: logits are produced in bf16 and reduced in float32 on both sides; the
+  // gradient is rounded to bf16 before the two backward GEMMs on both sides.
+  at::manual_seed(4);
+  const at::Tensor hidden0 = at::randn({29, 32}).to(at::kBFloat16);
+  const at::Tensor weight0 = at::randn({70, 32}).to(at::kBFloat16);
+  const at::Tensor labels = at::randint(0, 70, {29}, at::kLong);
+  const at::Tensor h_full = hidden0.clone().set_requires_grad(true);
+  const at::Tensor w_full = weight0.clone().set_requires_grad(true);
+  const at::Tensor full = FullLoss(h_full, w_full, labels, std::nullopt);
+  (full * 0.5).backward();
+  const at::Tensor h = hidden0.clone().set_requires_grad(true);
+  const at::Tensor w = weight0.clone().set_requires_grad(true);
+  kernels::CrossEntropyOptions options;
+  options.chunk_tokens = 8;
+  const auto result = kernels::ChunkedCrossEntropy(h, w, labels, options);
+  (result.loss_sum * 0.5).backward();
+  CHECK(h.grad().scalar_type() == at::kBFloat16);
+  CHECK(w.grad().scalar_type() == at::kBFloat16);
+  CHECK(RelativeError(result.loss_sum, full) <= 1e-6);
+  // The head gradient is summed over chunks in float32 here and in one bf16 GEMM there: a few bf16
+  // ulps (2^-8 relative) apart.
+  CHECK(RelativeError(h.grad(), h_full.grad()) <= 1e-2);
+  CHECK(RelativeError(w.grad(), w_full.grad()) <= 1e-2);
+}
+
+TEST_CASE("chunked cross-entropy: a second backward of the same graph is refused", "[kernels]") {
+  // The saved gradients are scaled in place by the first backward.
+  const at::Tensor h = at::randn({5, 8}).set_requires_grad(true);
+  const at::Tensor w = at::randn({11, 8}).set_requires_grad(true);
+  const auto result = kernels::ChunkedCrossEntropy(h, w, at::randint(0, 11, {5}, at::kLong));
+  const at::Tensor loss = result.loss_sum * 0.5;
+  loss.backward({}, /*retain_graph=*/true);
+  CHECK_THROWS_WITH(loss.backward(), Catch::Contains("backward can run only once"));
 }
 
 TEST_CASE("chunked cross-entropy refuses bad labels and shapes", "[kernels]") {
