@@ -1,0 +1,733 @@
+// The tokenizer pipeline (HF `tokenizers` semantics): added tokens → normalizer → pre-tokenizer →
+// BPE → post-processor, and the decoder chain for the way back.
+#include "llmtrain/tokenizer/tokenizer.h"
+
+#include <algorithm>
+#include <array>
+#include <queue>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
+#include "llmtrain/core/status.h"
+#include "llmtrain/core/threads.h"
+#include "tokenizer/pipeline.h"
+
+namespace llmtrain::tokenizer {
+
+namespace detail {
+
+struct TokenizerAccess {
+  static std::unique_ptr<Tokenizer> Make(std::unique_ptr<Tokenizer::Impl> impl) {
+    return std::unique_ptr<Tokenizer>(new Tokenizer(std::move(impl)));
+  }
+};
+
+const std::vector<char32_t>& BytesToUnicode() {
+  static const std::vector<char32_t> table = [] {
+    std::vector<char32_t> map(256, 0);
+    std::vector<bool> printable(256, false);
+    for (int b = '!'; b <= '~'; ++b) printable[b] = true;
+    for (int b = 0xA1; b <= 0xAC; ++b) printable[b] = true;
+    for (int b = 0xAE; b <= 0xFF; ++b) printable[b] = true;
+    char32_t next = 256;
+    for (int b = 0; b < 256; ++b) map[b] = printable[b] ? static_cast<char32_t>(b) : next++;
+    return map;
+  }();
+  return table;
+}
+
+}  // namespace detail
+
+using detail::AppendUtf8;
+using detail::NextCodePoint;
+
+namespace {
+
+// A byte trie over added-token contents for leftmost-longest matching (what HF's Aho-Corasick
+// with MatchKind::LeftmostLongest finds).
+class Trie {
+ public:
+  void Insert(absl::string_view key, int32_t value) {
+    int node = 0;
+    for (unsigned char c : key) {
+      auto it = nodes_[node].next.find(c);
+      if (it == nodes_[node].next.end()) {
+        nodes_.push_back({});
+        it = nodes_[node].next.emplace(c, static_cast<int>(nodes_.size() - 1)).first;
+      }
+      node = it->second;
+    }
+    nodes_[node].value = value;
+    if (!key.empty()) first_byte_[static_cast<unsigned char>(key[0])] = true;
+  }
+  bool empty() const { return nodes_.size() == 1; }
+  // The longest key starting at `pos`: (length, value), or length 0.
+  std::pair<size_t, int32_t> LongestAt(absl::string_view text, size_t pos) const {
+    if (!first_byte_[static_cast<unsigned char>(text[pos])]) return {0, -1};
+    int node = 0;
+    std::pair<size_t, int32_t> best{0, -1};
+    for (size_t i = pos; i < text.size(); ++i) {
+      const auto it = nodes_[node].next.find(static_cast<unsigned char>(text[i]));
+      if (it == nodes_[node].next.end()) break;
+      node = it->second;
+      if (nodes_[node].value >= 0) best = {i + 1 - pos, nodes_[node].value};
+    }
+    return best;
+  }
+
+ private:
+  struct Node {
+    absl::flat_hash_map<unsigned char, int> next;
+    int32_t value = -1;
+  };
+  std::vector<Node> nodes_ = std::vector<Node>(1);
+  std::array<bool, 256> first_byte_{};
+};
+
+// A piece of text on its way through the pipeline: an added token's id, or text to tokenize.
+struct Piece {
+  std::string text;
+  int32_t added_id = -1;
+  bool at_start = false;  // begins at offset 0 of the input (Metaspace prepend_scheme "first")
+};
+
+bool EndsWithWordChar(absl::string_view s) {
+  if (s.empty()) return false;
+  size_t pos = s.size() - 1;
+  while (pos > 0 && (static_cast<unsigned char>(s[pos]) & 0xC0) == 0x80) --pos;
+  const char32_t c = NextCodePoint(s, &pos);
+  return detail::IsAlphanumeric(c) || c == U'_';
+}
+
+bool StartsWithWordChar(absl::string_view s) {
+  if (s.empty()) return false;
+  size_t pos = 0;
+  const char32_t c = NextCodePoint(s, &pos);
+  return detail::IsAlphanumeric(c) || c == U'_';
+}
+
+// Byte length of the whitespace run at the end / start of s (Rust char::is_whitespace).
+size_t TrailingWhitespaceStart(absl::string_view s) {
+  size_t start = s.size();
+  size_t pos = 0, last_non_space_end = 0;
+  while (pos < s.size()) {
+    const char32_t c = NextCodePoint(s, &pos);
+    if (!detail::IsWhitespace(c)) last_non_space_end = pos;
+  }
+  start = last_non_space_end;
+  return start;
+}
+
+size_t LeadingWhitespaceLength(absl::string_view s) {
+  size_t pos = 0;
+  while (pos < s.size()) {
+    size_t next = pos;
+    if (!detail::IsWhitespace(NextCodePoint(s, &next))) break;
+    pos = next;
+  }
+  return pos;
+}
+
+// Matches of a literal string, left to right, non-overlapping.
+std::vector<std::pair<size_t, size_t>> FindLiteral(absl::string_view text, absl::string_view literal) {
+  std::vector<std::pair<size_t, size_t>> out;
+  if (literal.empty()) return out;
+  for (size_t pos = text.find(literal); pos != absl::string_view::npos; pos = text.find(literal, pos + literal.size())) {
+    out.emplace_back(pos, pos + literal.size());
+  }
+  return out;
+}
+
+// HF `NormalizedString::split`: the matches and the gaps between them, then the behaviour.
+std::vector<std::string> SplitBy(absl::string_view text, const std::vector<std::pair<size_t, size_t>>& matches,
+                                 detail::SplitBehavior behavior, bool invert) {
+  struct Span {
+    size_t begin, end;
+    bool is_match;
+  };
+  std::vector<Span> spans;
+  size_t prev = 0;
+  for (const auto& [b, e] : matches) {
+    if (b > prev) spans.push_back({prev, b, invert});
+    spans.push_back({b, e, !invert});
+    prev = e;
+  }
+  if (prev < text.size()) spans.push_back({prev, text.size(), invert});
+
+  std::vector<Span> merged;
+  using B = detail::SplitBehavior;
+  switch (behavior) {
+    case B::kIsolated:
+      merged = spans;
+      break;
+    case B::kRemoved:
+      for (const Span& s : spans) {
+        if (!s.is_match) merged.push_back(s);
+      }
+      break;
+    case B::kMergedWithPrevious: {
+      bool previous_match = false;
+      for (const Span& s : spans) {
+        if (s.is_match && !previous_match && !merged.empty()) {
+          merged.back().end = s.end;
+        } else {
+          merged.push_back(s);
+        }
+        previous_match = s.is_match;
+      }
+      break;
+    }
+    case B::kMergedWithNext: {
+      bool previous_match = false;
+      for (auto it = spans.rbegin(); it != spans.rend(); ++it) {
+        if (it->is_match && !previous_match && !merged.empty()) {
+          merged.back().begin = it->begin;
+        } else {
+          merged.push_back(*it);
+        }
+        previous_match = it->is_match;
+      }
+      std::reverse(merged.begin(), merged.end());
+      break;
+    }
+    case B::kContiguous: {
+      bool previous_match = false;
+      for (const Span& s : spans) {
+        if (s.is_match == previous_match && !merged.empty()) {
+          merged.back().end = s.end;
+        } else {
+          merged.push_back(s);
+        }
+        previous_match = s.is_match;
+      }
+      break;
+    }
+  }
+  std::vector<std::string> out;
+  for (const Span& s : merged) {
+    if (s.end > s.begin) out.emplace_back(text.substr(s.begin, s.end - s.begin));
+  }
+  return out;
+}
+
+const char* kGpt2Pattern = R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
+
+}  // namespace
+
+struct Tokenizer::Impl {
+  detail::Pipeline p;
+  Trie raw_trie;         // added tokens matched in the raw text
+  Trie normalized_trie;  // added tokens matched after normalization
+  absl::flat_hash_map<int32_t, size_t> added_by_id;
+  absl::flat_hash_map<std::string, int32_t> added_by_content;
+  absl::flat_hash_map<char32_t, int32_t> char_ids;  // single-character vocabulary entries
+  std::shared_ptr<const detail::Regex> gpt2_regex;  // ByteLevel(use_regex = true)
+  int32_t vocab_size = 0;
+
+  using WordCache = absl::flat_hash_map<std::string, std::vector<int32_t>>;
+
+  // HF AddedVocabulary::split_with_indices on one text with one trie.
+  void SplitAdded(const Trie& trie, const Piece& in, std::vector<Piece>* out) const {
+    const absl::string_view s = in.text;
+    if (trie.empty() || s.empty()) {
+      out->push_back(in);
+      return;
+    }
+    size_t start_offset = 0;
+    size_t pos = 0;
+    while (pos < s.size()) {
+      const auto [length, id] = trie.LongestAt(s, pos);
+      if (length == 0) {
+        ++pos;
+        continue;
+      }
+      const AddedToken& token = p.added[added_by_id.at(id)];
+      size_t start = pos, stop = pos + length;
+      pos = stop;  // the search goes on after the match itself
+      if (token.single_word) {
+        const bool start_space = start == 0 || !EndsWithWordChar(s.substr(0, start));
+        const bool stop_space = stop == s.size() || !StartsWithWordChar(s.substr(stop));
+        if (!start_space || !stop_space) continue;
+      }
+      if (token.lstrip) start = std::max(TrailingWhitespaceStart(s.substr(0, start)), start_offset);
+      if (token.rstrip) stop += LeadingWhitespaceLength(s.substr(stop));
+      if (start_offset < start) {
+        out->push_back({std::string(s.substr(start_offset, start - start_offset)), -1,
+                        in.at_start && start_offset == 0});
+      }
+      out->push_back({std::string(s.substr(start, stop - start)), id, false});
+      start_offset = stop;
+      if (pos < stop) pos = stop;
+    }
+    if (start_offset < s.size()) {
+      out->push_back({std::string(s.substr(start_offset)), -1, in.at_start && start_offset == 0});
+    }
+  }
+
+  std::string NormalizeText(absl::string_view text) const {
+    std::string s(text);
+    for (const auto& step : p.normalizer) {
+      using K = detail::NormalizerStep::Kind;
+      switch (step.kind) {
+        case K::kNfc: s = detail::Normalize(detail::NormalForm::kNfc, s); break;
+        case K::kNfd: s = detail::Normalize(detail::NormalForm::kNfd, s); break;
+        case K::kNfkc: s = detail::Normalize(detail::NormalForm::kNfkc, s); break;
+        case K::kNfkd: s = detail::Normalize(detail::NormalForm::kNfkd, s); break;
+        case K::kReplace: s = absl::StrReplaceAll(s, {{step.pattern, step.content}}); break;
+        case K::kPrepend:
+          if (!s.empty()) s = step.content + s;
+          break;
+        case K::kLowercase: s = detail::Lowercase(s); break;
+        case K::kStrip: {
+          absl::string_view v = s;
+          if (step.left) v.remove_prefix(LeadingWhitespaceLength(v));
+          if (step.right) v = v.substr(0, TrailingWhitespaceStart(v));
+          s = std::string(v);
+          break;
+        }
+      }
+    }
+    return s;
+  }
+
+  std::string ToByteLevel(absl::string_view text) const {
+    const auto& table = detail::BytesToUnicode();
+    std::string out;
+    out.reserve(text.size() * 2);
+    for (unsigned char b : text) AppendUtf8(table[b], &out);
+    return out;
+  }
+
+  std::vector<std::string> PreTokenize(const Piece& piece) const {
+    std::vector<std::string> parts{piece.text};
+    for (const auto& step : p.pre_tokenizer) {
+      std::vector<std::string> next;
+      using K = detail::PreTokenizerStep::Kind;
+      for (size_t i = 0; i < parts.size(); ++i) {
+        std::string& part = parts[i];
+        switch (step.kind) {
+          case K::kSplit: {
+            const auto matches = step.regex ? step.regex->FindAll(part) : FindLiteral(part, step.literal);
+            for (auto& s : SplitBy(part, matches, step.behavior, step.invert)) next.push_back(std::move(s));
+            break;
+          }
+          case K::kByteLevel: {
+            if (step.add_prefix_space && !absl::StartsWith(part, " ")) part = " " + part;
+            if (step.use_regex) {
+              for (auto& s : SplitBy(part, gpt2_regex->FindAll(part), detail::SplitBehavior::kIsolated, false)) {
+                next.push_back(ToByteLevel(s));
+              }
+            } else {
+              next.push_back(ToByteLevel(part));
+            }
+            break;
+          }
+          case K::kMetaspace: {
+            std::string s = absl::StrReplaceAll(part, {{" ", step.replacement}});
+            const bool prepend = step.prepend_scheme == "always" ||
+                                 (step.prepend_scheme == "first" && piece.at_start && i == 0);
+            if (prepend && !absl::StartsWith(s, step.replacement)) s = step.replacement + s;
+            if (step.split) {
+              for (auto& t : SplitBy(s, FindLiteral(s, step.replacement), detail::SplitBehavior::kMergedWithNext,
+                                     false)) {
+                next.push_back(std::move(t));
+              }
+            } else {
+              next.push_back(std::move(s));
+            }
+            break;
+          }
+        }
+      }
+      parts = std::move(next);
+    }
+    return parts;
+  }
+
+  // HF BPE::merge_word + Word::merge_all (no dropout): lowest rank first, leftmost on ties.
+  void Bpe(absl::string_view word, std::vector<int32_t>* out) const {
+    const detail::BpeModel& m = p.model;
+    if (m.ignore_merges) {
+      const auto it = m.vocab.find(word);
+      if (it != m.vocab.end()) {
+        out->push_back(it->second);
+        return;
+      }
+    }
+    struct Symbol {
+      int32_t id;
+      int prev, next;
+      bool alive;
+    };
+    std::vector<Symbol> symbols;
+    symbols.reserve(word.size());
+    bool last_unk = false;
+    auto push = [&](int32_t id) {
+      const int index = static_cast<int>(symbols.size());
+      symbols.push_back({id, index - 1, index + 1, true});
+    };
+    for (size_t pos = 0; pos < word.size();) {
+      const size_t begin = pos;
+      const char32_t c = NextCodePoint(word, &pos);
+      const auto it = char_ids.find(c);
+      if (it != char_ids.end()) {
+        push(it->second);
+        last_unk = false;
+        continue;
+      }
+      if (m.byte_fallback) {
+        bool all = true;
+        for (size_t b = begin; b < pos; ++b) all &= m.byte_ids[static_cast<unsigned char>(word[b])] >= 0;
+        if (all) {
+          for (size_t b = begin; b < pos; ++b) push(m.byte_ids[static_cast<unsigned char>(word[b])]);
+          last_unk = false;
+          continue;
+        }
+      }
+      if (m.unk_id) {
+        if (m.fuse_unk && last_unk) continue;  // consecutive unknowns become one <unk>
+        push(*m.unk_id);
+        last_unk = true;
+      }
+    }
+    if (symbols.empty()) return;
+    symbols.back().next = -1;
+
+    struct Merge {
+      int32_t rank;
+      int pos;
+      int32_t new_id;
+      bool operator<(const Merge& o) const { return rank != o.rank ? rank > o.rank : pos > o.pos; }
+    };
+    std::priority_queue<Merge> queue;
+    auto lookup = [&](int32_t a, int32_t b) -> const std::pair<int32_t, int32_t>* {
+      const auto it = m.merges.find((static_cast<uint64_t>(static_cast<uint32_t>(a)) << 32) | static_cast<uint32_t>(b));
+      return it == m.merges.end() ? nullptr : &it->second;
+    };
+    for (size_t i = 0; i + 1 < symbols.size(); ++i) {
+      if (const auto* merge = lookup(symbols[i].id, symbols[i + 1].id)) {
+        queue.push({merge->first, static_cast<int>(i), merge->second});
+      }
+    }
+    while (!queue.empty()) {
+      const Merge top = queue.top();
+      queue.pop();
+      Symbol& left = symbols[top.pos];
+      if (!left.alive || left.next < 0) continue;
+      Symbol& right = symbols[left.next];
+      const auto* merge = lookup(left.id, right.id);
+      if (merge == nullptr || merge->second != top.new_id) continue;
+      left.id = top.new_id;
+      right.alive = false;
+      left.next = right.next;
+      if (right.next >= 0) symbols[right.next].prev = top.pos;
+      if (left.prev >= 0) {
+        if (const auto* m2 = lookup(symbols[left.prev].id, left.id)) queue.push({m2->first, left.prev, m2->second});
+      }
+      if (left.next >= 0) {
+        if (const auto* m2 = lookup(left.id, symbols[left.next].id)) queue.push({m2->first, top.pos, m2->second});
+      }
+    }
+    for (int i = 0; i >= 0 && i < static_cast<int>(symbols.size()); i = symbols[i].next) {
+      out->push_back(symbols[i].id);
+    }
+  }
+
+  void BpeCached(const std::string& word, WordCache* cache, std::vector<int32_t>* out) const {
+    if (cache == nullptr || word.size() > 256) {
+      Bpe(word, out);
+      return;
+    }
+    const auto it = cache->find(word);
+    if (it != cache->end()) {
+      out->insert(out->end(), it->second.begin(), it->second.end());
+      return;
+    }
+    std::vector<int32_t> ids;
+    Bpe(word, &ids);
+    out->insert(out->end(), ids.begin(), ids.end());
+    if (cache->size() > 50000) cache->clear();
+    cache->emplace(word, std::move(ids));
+  }
+
+  std::vector<int32_t> Encode(absl::string_view raw, bool add_special, WordCache* cache) const {
+    const std::string text = detail::ToValidUtf8(raw);
+    std::vector<Piece> pieces;
+    SplitAdded(raw_trie, Piece{text, -1, true}, &pieces);
+    std::vector<int32_t> ids;
+    for (const Piece& piece : pieces) {
+      if (piece.added_id >= 0) {
+        ids.push_back(piece.added_id);
+        continue;
+      }
+      Piece normalized{NormalizeText(piece.text), -1, piece.at_start};
+      std::vector<Piece> sub;
+      SplitAdded(normalized_trie, normalized, &sub);
+      for (const Piece& s : sub) {
+        if (s.added_id >= 0) {
+          ids.push_back(s.added_id);
+          continue;
+        }
+        for (const std::string& word : PreTokenize(s)) BpeCached(word, cache, &ids);
+      }
+    }
+    if (!add_special || p.post_single.empty()) return ids;
+    std::vector<int32_t> out;
+    out.reserve(ids.size() + 2);
+    for (const auto& item : p.post_single) {
+      if (item.is_sequence) {
+        out.insert(out.end(), ids.begin(), ids.end());
+      } else {
+        out.insert(out.end(), item.ids.begin(), item.ids.end());
+      }
+    }
+    return out;
+  }
+
+  std::string Decode(absl::Span<const int32_t> ids, bool skip_special) const {
+    std::vector<std::string> tokens;
+    tokens.reserve(ids.size());
+    for (int32_t id : ids) {
+      const auto added = added_by_id.find(id);
+      if (added != added_by_id.end()) {
+        const AddedToken& t = p.added[added->second];
+        if (skip_special && t.special) continue;
+        tokens.push_back(t.content);
+      } else if (id >= 0 && id < static_cast<int32_t>(p.model.id_to_token.size()) &&
+                 !p.model.id_to_token[id].empty()) {
+        tokens.push_back(p.model.id_to_token[id]);
+      }
+    }
+    for (const auto& step : p.decoder) tokens = ApplyDecoder(step, std::move(tokens));
+    std::string out;
+    for (const auto& t : tokens) out += t;
+    return out;
+  }
+
+  static std::vector<std::string> ApplyDecoder(const detail::DecoderStep& step, std::vector<std::string> tokens) {
+    using K = detail::DecoderStep::Kind;
+    switch (step.kind) {
+      case K::kReplace:
+        for (auto& t : tokens) t = absl::StrReplaceAll(t, {{step.pattern, step.content}});
+        return tokens;
+      case K::kFuse: {
+        std::string all;
+        for (const auto& t : tokens) all += t;
+        return {all};
+      }
+      case K::kByteFallback: {
+        std::vector<std::string> out;
+        std::string bytes;
+        size_t n_bytes = 0;
+        auto flush = [&] {
+          if (n_bytes == 0) return;
+          if (detail::ToValidUtf8(bytes) == bytes) {
+            out.push_back(bytes);
+          } else {
+            std::string repl;
+            for (size_t i = 0; i < n_bytes; ++i) repl += "\xEF\xBF\xBD";
+            out.push_back(repl);
+          }
+          bytes.clear();
+          n_bytes = 0;
+        };
+        for (auto& t : tokens) {
+          if (t.size() == 6 && absl::StartsWith(t, "<0x") && t[5] == '>') {
+            unsigned value = 0;
+            bool ok = true;
+            for (int k = 3; k < 5; ++k) {
+              const char c = t[k];
+              value <<= 4;
+              if (c >= '0' && c <= '9') value |= c - '0';
+              else if (c >= 'A' && c <= 'F') value |= c - 'A' + 10;
+              else if (c >= 'a' && c <= 'f') value |= c - 'a' + 10;
+              else ok = false;
+            }
+            if (ok) {
+              bytes.push_back(static_cast<char>(value));
+              ++n_bytes;
+              continue;
+            }
+          }
+          flush();
+          out.push_back(std::move(t));
+        }
+        flush();
+        return out;
+      }
+      case K::kStrip: {
+        for (auto& t : tokens) {
+          absl::string_view v = t;
+          for (int k = 0; k < step.start && absl::StartsWith(v, step.content); ++k) v.remove_prefix(step.content.size());
+          for (int k = 0; k < step.stop && absl::EndsWith(v, step.content); ++k) v.remove_suffix(step.content.size());
+          t = std::string(v);
+        }
+        return tokens;
+      }
+      case K::kMetaspace: {
+        for (size_t i = 0; i < tokens.size(); ++i) {
+          std::string s = absl::StrReplaceAll(tokens[i], {{step.replacement, " "}});
+          if (i == 0 && step.prepend_scheme != "never" && absl::StartsWith(s, " ")) s.erase(0, 1);
+          tokens[i] = std::move(s);
+        }
+        return tokens;
+      }
+      case K::kByteLevel: {
+        static const absl::flat_hash_map<char32_t, uint8_t> reverse = [] {
+          absl::flat_hash_map<char32_t, uint8_t> r;
+          const auto& table = detail::BytesToUnicode();
+          for (int b = 0; b < 256; ++b) r[table[b]] = static_cast<uint8_t>(b);
+          return r;
+        }();
+        std::string bytes;
+        for (const auto& t : tokens) {
+          std::string mapped;
+          bool all = true;
+          for (size_t pos = 0; pos < t.size();) {
+            const auto it = reverse.find(NextCodePoint(t, &pos));
+            if (it == reverse.end()) {
+              all = false;
+              break;
+            }
+            mapped.push_back(static_cast<char>(it->second));
+          }
+          bytes += all ? mapped : t;
+        }
+        return {detail::ToValidUtf8(bytes)};
+      }
+    }
+    return tokens;
+  }
+};
+
+Tokenizer::Tokenizer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Tokenizer::~Tokenizer() = default;
+
+std::vector<int32_t> Tokenizer::Encode(absl::string_view text, bool add_special_tokens) const {
+  return impl_->Encode(text, add_special_tokens, nullptr);
+}
+
+std::vector<std::vector<int32_t>> Tokenizer::EncodeBatch(absl::Span<const std::string> texts,
+                                                         bool add_special_tokens) const {
+  std::vector<std::vector<int32_t>> out(texts.size());
+  ParallelFor(static_cast<int64_t>(texts.size()), 16, [&](int64_t begin, int64_t end) {
+    Impl::WordCache cache;  // one per worker: no locks on the hot path
+    for (int64_t i = begin; i < end; ++i) out[i] = impl_->Encode(texts[i], add_special_tokens, &cache);
+  });
+  return out;
+}
+
+std::string Tokenizer::Decode(absl::Span<const int32_t> ids, bool skip_special_tokens) const {
+  return impl_->Decode(ids, skip_special_tokens);
+}
+
+int32_t Tokenizer::vocab_size() const { return impl_->vocab_size; }
+
+std::optional<int32_t> Tokenizer::TokenToId(absl::string_view token) const {
+  const auto added = impl_->added_by_content.find(token);
+  if (added != impl_->added_by_content.end()) return added->second;
+  const auto it = impl_->p.model.vocab.find(token);
+  if (it != impl_->p.model.vocab.end()) return it->second;
+  return std::nullopt;
+}
+
+std::string Tokenizer::IdToToken(int32_t id) const {
+  const auto added = impl_->added_by_id.find(id);
+  if (added != impl_->added_by_id.end()) return impl_->p.added[added->second].content;
+  if (id >= 0 && id < static_cast<int32_t>(impl_->p.model.id_to_token.size())) return impl_->p.model.id_to_token[id];
+  return {};
+}
+
+bool Tokenizer::IsSpecial(int32_t id) const {
+  const auto added = impl_->added_by_id.find(id);
+  return added != impl_->added_by_id.end() && impl_->p.added[added->second].special;
+}
+
+std::optional<int32_t> Tokenizer::bos_id() const { return impl_->p.bos_id; }
+std::optional<int32_t> Tokenizer::eos_id() const { return impl_->p.eos_id; }
+std::optional<int32_t> Tokenizer::pad_id() const { return impl_->p.pad_id; }
+bool Tokenizer::adds_bos() const {
+  const auto& single = impl_->p.post_single;
+  return !single.empty() && !single.front().is_sequence && impl_->p.bos_id &&
+         std::find(single.front().ids.begin(), single.front().ids.end(), *impl_->p.bos_id) != single.front().ids.end();
+}
+const std::vector<AddedToken>& Tokenizer::added_tokens() const { return impl_->p.added; }
+absl::string_view Tokenizer::kind() const { return impl_->p.kind; }
+const std::string& Tokenizer::chat_template_source() const { return impl_->p.chat_template; }
+void Tokenizer::set_chat_template_source(std::string source) { impl_->p.chat_template = std::move(source); }
+
+StreamDecoder::StreamDecoder(const Tokenizer& tokenizer, bool skip_special_tokens)
+    : tokenizer_(tokenizer), skip_special_(skip_special_tokens) {}
+
+std::string StreamDecoder::Push(int32_t id) {
+  ids_.push_back(id);
+  const std::string text = tokenizer_.Decode(ids_, skip_special_);
+  // Hold back while the text ends in a replacement character: the next id may complete it.
+  if (absl::EndsWith(text, "\xEF\xBF\xBD") || text.size() < emitted_bytes_) return {};
+  std::string fresh = text.substr(emitted_bytes_);
+  emitted_bytes_ = text.size();
+  return fresh;
+}
+
+std::string StreamDecoder::Finish() {
+  const std::string text = tokenizer_.Decode(ids_, skip_special_);
+  if (text.size() <= emitted_bytes_) return {};
+  std::string fresh = text.substr(emitted_bytes_);
+  emitted_bytes_ = text.size();
+  return fresh;
+}
+
+namespace detail {
+
+absl::StatusOr<std::unique_ptr<Tokenizer>> Build(absl::string_view where, Pipeline pipeline) {
+  auto impl = std::make_unique<Tokenizer::Impl>();
+  impl->p = std::move(pipeline);
+  Pipeline& p = impl->p;
+  int32_t max_id = static_cast<int32_t>(p.model.id_to_token.size()) - 1;
+  for (size_t i = 0; i < p.added.size(); ++i) {
+    const AddedToken& t = p.added[i];
+    if (t.id < 0) return absl::InvalidArgumentError(absl::StrCat(where, ": added token \"", t.content, "\" has id ", t.id));
+    if (t.content.empty()) return absl::InvalidArgumentError(absl::StrCat(where, ": added token ", t.id, " is empty"));
+    impl->added_by_id[t.id] = i;
+    impl->added_by_content[t.content] = t.id;
+    max_id = std::max(max_id, t.id);
+  }
+  // HF matches non-normalized tokens in the raw text, the others after normalizing.
+  for (const AddedToken& t : p.added) {
+    if (!t.normalized) {
+      impl->raw_trie.Insert(t.content, t.id);
+    } else {
+      impl->normalized_trie.Insert(impl->NormalizeText(t.content), t.id);
+    }
+  }
+  impl->vocab_size = max_id + 1;
+  for (const auto& [token, id] : p.model.vocab) {
+    size_t pos = 0;
+    if (token.empty()) continue;
+    const char32_t c = NextCodePoint(token, &pos);
+    if (pos == token.size()) impl->char_ids[c] = id;
+  }
+  for (int b = 0; b < 256; ++b) {
+    char name[8];
+    std::snprintf(name, sizeof(name), "<0x%02X>", b);
+    const auto it = p.model.vocab.find(name);
+    p.model.byte_ids[b] = it == p.model.vocab.end() ? -1 : it->second;
+  }
+  for (const auto& step : p.pre_tokenizer) {
+    if (step.kind == PreTokenizerStep::Kind::kByteLevel && step.use_regex && !impl->gpt2_regex) {
+      LLMTRAIN_ASSIGN_OR_RETURN(auto regex, Regex::Compile(where, kGpt2Pattern));
+      impl->gpt2_regex = std::move(regex);
+    }
+  }
+  if (p.kind.empty()) {
+    bool byte_level = false;
+    for (const auto& step : p.pre_tokenizer) byte_level |= step.kind == PreTokenizerStep::Kind::kByteLevel;
+    p.kind = byte_level ? "byte_level" : "sentencepiece";
+  }
+  return TokenizerAccess::Make(std::move(impl));
+}
+
+}  // namespace detail
+
+}  // namespace llmtrain::tokenizer

