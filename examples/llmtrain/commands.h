@@ -11,6 +11,7 @@ int RunInspect(const std::vector<std::string>& args);
 int RunConvert(const std::vector<std::string>& args);
 int RunForward(const std::vector<std::string>& args);
 int RunGenerate(const std::vector<std::string>& args);
+int RunTokenize(const std::vector<std::string>& args);
 
 /// Prints "llmtrain <command>: <message>" to stderr and returns `code`.
 int Fail(const std::string& command, const std::string& message, int code = 1);

@@ -43,6 +43,7 @@ int main(int argc, char** argv) {
   if (command == "convert") return llmtrain::cli::RunConvert(args);
   if (command == "forward") return llmtrain::cli::RunForward(args);
   if (command == "generate") return llmtrain::cli::RunGenerate(args);
+  if (command == "tokenize") return llmtrain::cli::RunTokenize(args);
   std::fprintf(stderr, "llmtrain: unknown command \"%s\"\n\n%s", command.c_str(), kUsage);
   return 2;
 }

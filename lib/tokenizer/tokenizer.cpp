@@ -85,9 +85,96 @@ class Trie {
   std::array<bool, 256> first_byte_{};
 };
 
+// Text with, when tracked, the byte range of the input that each of its bytes came from: how
+// token offsets survive normalization, pre-tokenization and the byte-level mapping.
+struct AText {
+  std::string s;
+  bool track = false;
+  std::vector<uint32_t> b, e;  // per byte of s: [b, e) in the input
+
+  static AText Of(std::string text, bool track) {
+    AText t;
+    t.s = std::move(text);
+    t.track = track;
+    if (track) {
+      t.b.resize(t.s.size());
+      t.e.resize(t.s.size());
+      for (size_t i = 0; i < t.s.size(); ++i) {
+        t.b[i] = static_cast<uint32_t>(i);
+        t.e[i] = static_cast<uint32_t>(i + 1);
+      }
+    }
+    return t;
+  }
+  AText Sub(size_t begin, size_t end) const {
+    AText t;
+    t.s = s.substr(begin, end - begin);
+    t.track = track;
+    if (track) {
+      t.b.assign(b.begin() + begin, b.begin() + end);
+      t.e.assign(e.begin() + begin, e.begin() + end);
+    }
+    return t;
+  }
+  // Appends `bytes`, all aligned to [ob, oe).
+  void Add(absl::string_view bytes, uint32_t ob, uint32_t oe) {
+    s.append(bytes.data(), bytes.size());
+    if (track) {
+      b.insert(b.end(), bytes.size(), ob);
+      e.insert(e.end(), bytes.size(), oe);
+    }
+  }
+  void AddFrom(const AText& from, size_t begin, size_t end) {
+    s.append(from.s, begin, end - begin);
+    if (track) {
+      b.insert(b.end(), from.b.begin() + begin, from.b.begin() + end);
+      e.insert(e.end(), from.e.begin() + begin, from.e.begin() + end);
+    }
+  }
+  // The input range of bytes [begin, end) of s.
+  std::pair<uint32_t, uint32_t> Range(size_t begin, size_t end) const {
+    uint32_t lo = UINT32_MAX, hi = 0;
+    for (size_t i = begin; i < end; ++i) {
+      lo = std::min(lo, b[i]);
+      hi = std::max(hi, e[i]);
+    }
+    return lo == UINT32_MAX ? std::make_pair(0u, 0u) : std::make_pair(lo, hi);
+  }
+};
+
+AText EmptyLike(const AText& t) {
+  AText out;
+  out.track = t.track;
+  return out;
+}
+
+AText ReplaceAll(const AText& in, absl::string_view pattern, absl::string_view content) {
+  const absl::string_view text = in.s;
+  if (text.find(pattern) == absl::string_view::npos) return in;
+  AText out = EmptyLike(in);
+  size_t prev = 0;
+  for (size_t pos = text.find(pattern); pos != absl::string_view::npos; pos = text.find(pattern, pos + pattern.size())) {
+    out.AddFrom(in, prev, pos);
+    const auto [ob, oe] = in.track ? in.Range(pos, pos + pattern.size()) : std::make_pair(0u, 0u);
+    out.Add(content, ob, oe);
+    prev = pos + pattern.size();
+  }
+  out.AddFrom(in, prev, in.s.size());
+  return out;
+}
+
+// A prefix aligned to the first byte of the text (HF aligns prepended text to the first char).
+AText PrependText(const AText& in, absl::string_view prefix) {
+  if (in.s.empty()) return in;
+  AText out = EmptyLike(in);
+  out.Add(prefix, in.track ? in.b[0] : 0, in.track ? in.e[0] : 0);
+  out.AddFrom(in, 0, in.s.size());
+  return out;
+}
+
 // A piece of text on its way through the pipeline: an added token's id, or text to tokenize.
 struct Piece {
-  std::string text;
+  AText text;
   int32_t added_id = -1;
   bool at_start = false;  // begins at offset 0 of the input (Metaspace prepend_scheme "first")
 };
@@ -140,8 +227,9 @@ std::vector<std::pair<size_t, size_t>> FindLiteral(absl::string_view text, absl:
 }
 
 // HF `NormalizedString::split`: the matches and the gaps between them, then the behaviour.
-std::vector<std::string> SplitBy(absl::string_view text, const std::vector<std::pair<size_t, size_t>>& matches,
-                                 detail::SplitBehavior behavior, bool invert) {
+std::vector<AText> SplitBy(const AText& atext, const std::vector<std::pair<size_t, size_t>>& matches,
+                           detail::SplitBehavior behavior, bool invert) {
+  const absl::string_view text = atext.s;
   struct Span {
     size_t begin, end;
     bool is_match;
@@ -204,9 +292,9 @@ std::vector<std::string> SplitBy(absl::string_view text, const std::vector<std::
       break;
     }
   }
-  std::vector<std::string> out;
+  std::vector<AText> out;
   for (const Span& s : merged) {
-    if (s.end > s.begin) out.emplace_back(text.substr(s.begin, s.end - s.begin));
+    if (s.end > s.begin) out.push_back(atext.Sub(s.begin, s.end));
   }
   return out;
 }
@@ -229,7 +317,7 @@ struct Tokenizer::Impl {
 
   // HF AddedVocabulary::split_with_indices on one text with one trie.
   void SplitAdded(const Trie& trie, const Piece& in, std::vector<Piece>* out) const {
-    const absl::string_view s = in.text;
+    const absl::string_view s = in.text.s;
     if (trie.empty() || s.empty()) {
       out->push_back(in);
       return;
@@ -252,38 +340,72 @@ struct Tokenizer::Impl {
       }
       if (token.lstrip) start = std::max(TrailingWhitespaceStart(s.substr(0, start)), start_offset);
       if (token.rstrip) stop += LeadingWhitespaceLength(s.substr(stop));
-      if (start_offset < start) {
-        out->push_back({std::string(s.substr(start_offset, start - start_offset)), -1,
-                        in.at_start && start_offset == 0});
-      }
-      out->push_back({std::string(s.substr(start, stop - start)), id, false});
+      if (start_offset < start) out->push_back({in.text.Sub(start_offset, start), -1, in.at_start && start_offset == 0});
+      out->push_back({in.text.Sub(start, stop), id, false});
       start_offset = stop;
       if (pos < stop) pos = stop;
     }
     if (start_offset < s.size()) {
-      out->push_back({std::string(s.substr(start_offset)), -1, in.at_start && start_offset == 0});
+      out->push_back({in.text.Sub(start_offset, s.size()), -1, in.at_start && start_offset == 0});
     }
   }
 
-  std::string NormalizeText(absl::string_view text) const {
-    std::string s(text);
+  // Normal form of a tracked text: normalized chunk by chunk between normalization boundaries
+  // (the result equals normalizing the whole), each chunk's output aligned to the chunk's input.
+  static AText NormalizeForm(const AText& in, detail::NormalForm form) {
+    if (!in.track) return AText::Of(detail::Normalize(form, in.s), false);
+    const std::string whole = detail::Normalize(form, in.s);
+    if (whole == in.s) return in;
+    AText out = EmptyLike(in);
+    size_t chunk = 0;
+    for (size_t pos = 0; pos < in.s.size();) {
+      const size_t begin = pos;
+      const char32_t c = NextCodePoint(in.s, &pos);
+      if (begin > chunk && detail::HasNormalizationBoundaryBefore(form, c)) {
+        const auto [ob, oe] = in.Range(chunk, begin);
+        out.Add(detail::Normalize(form, absl::string_view(in.s).substr(chunk, begin - chunk)), ob, oe);
+        chunk = begin;
+      }
+    }
+    if (chunk < in.s.size()) {
+      const auto [ob, oe] = in.Range(chunk, in.s.size());
+      out.Add(detail::Normalize(form, absl::string_view(in.s).substr(chunk)), ob, oe);
+    }
+    if (out.s != whole) {  // cannot happen with boundaries; align the whole piece then
+      AText fallback = EmptyLike(in);
+      const auto [ob, oe] = in.Range(0, in.s.size());
+      fallback.Add(whole, ob, oe);
+      return fallback;
+    }
+    return out;
+  }
+
+  AText NormalizeText(const AText& text) const {
+    AText s = text;
     for (const auto& step : p.normalizer) {
       using K = detail::NormalizerStep::Kind;
       switch (step.kind) {
-        case K::kNfc: s = detail::Normalize(detail::NormalForm::kNfc, s); break;
-        case K::kNfd: s = detail::Normalize(detail::NormalForm::kNfd, s); break;
-        case K::kNfkc: s = detail::Normalize(detail::NormalForm::kNfkc, s); break;
-        case K::kNfkd: s = detail::Normalize(detail::NormalForm::kNfkd, s); break;
-        case K::kReplace: s = absl::StrReplaceAll(s, {{step.pattern, step.content}}); break;
-        case K::kPrepend:
-          if (!s.empty()) s = step.content + s;
+        case K::kNfc: s = NormalizeForm(s, detail::NormalForm::kNfc); break;
+        case K::kNfd: s = NormalizeForm(s, detail::NormalForm::kNfd); break;
+        case K::kNfkc: s = NormalizeForm(s, detail::NormalForm::kNfkc); break;
+        case K::kNfkd: s = NormalizeForm(s, detail::NormalForm::kNfkd); break;
+        case K::kReplace: s = ReplaceAll(s, step.pattern, step.content); break;
+        case K::kPrepend: s = PrependText(s, step.content); break;
+        case K::kLowercase: {
+          std::string lower = detail::Lowercase(s.s);
+          if (lower != s.s) {
+            AText out = EmptyLike(s);
+            const auto [ob, oe] = s.track ? s.Range(0, s.s.size()) : std::make_pair(0u, 0u);
+            out.Add(lower, ob, oe);
+            s = std::move(out);
+          }
           break;
-        case K::kLowercase: s = detail::Lowercase(s); break;
+        }
         case K::kStrip: {
-          absl::string_view v = s;
-          if (step.left) v.remove_prefix(LeadingWhitespaceLength(v));
-          if (step.right) v = v.substr(0, TrailingWhitespaceStart(v));
-          s = std::string(v);
+          size_t begin = 0, end = s.s.size();
+          if (step.left) begin = LeadingWhitespaceLength(s.s);
+          if (step.right) end = std::max(begin, TrailingWhitespaceStart(s.s));
+          s = s.Sub(begin, end);
           break;
         }
       }
@@ -291,32 +413,37 @@ struct Tokenizer::Impl {
     return s;
   }
 
-  std::string ToByteLevel(absl::string_view text) const {
+  static AText ToByteLevel(const AText& text) {
     const auto& table = detail::BytesToUnicode();
-    std::string out;
-    out.reserve(text.size() * 2);
-    for (unsigned char b : text) AppendUtf8(table[b], &out);
+    AText out = EmptyLike(text);
+    out.s.reserve(text.s.size() * 2);
+    std::string ch;
+    for (size_t i = 0; i < text.s.size(); ++i) {
+      ch.clear();
+      AppendUtf8(table[static_cast<unsigned char>(text.s[i])], &ch);
+      out.Add(ch, text.track ? text.b[i] : 0, text.track ? text.e[i] : 0);
+    }
     return out;
   }
 
-  std::vector<std::string> PreTokenize(const Piece& piece) const {
-    std::vector<std::string> parts{piece.text};
+  std::vector<AText> PreTokenize(const Piece& piece) const {
+    std::vector<AText> parts{piece.text};
     for (const auto& step : p.pre_tokenizer) {
-      std::vector<std::string> next;
+      std::vector<AText> next;
       using K = detail::PreTokenizerStep::Kind;
       for (size_t i = 0; i < parts.size(); ++i) {
-        std::string& part = parts[i];
+        AText& part = parts[i];
         switch (step.kind) {
           case K::kSplit: {
-            const auto matches = step.regex ? step.regex->FindAll(part) : FindLiteral(part, step.literal);
-            for (auto& s : SplitBy(part, matches, step.behavior, step.invert)) next.push_back(std::move(s));
+            const auto matches = step.regex ? step.regex->FindAll(part.s) : FindLiteral(part.s, step.literal);
+            for (auto& t : SplitBy(part, matches, step.behavior, step.invert)) next.push_back(std::move(t));
             break;
           }
           case K::kByteLevel: {
-            if (step.add_prefix_space && !absl::StartsWith(part, " ")) part = " " + part;
+            if (step.add_prefix_space && !absl::StartsWith(part.s, " ")) part = PrependText(part, " ");
             if (step.use_regex) {
-              for (auto& s : SplitBy(part, gpt2_regex->FindAll(part), detail::SplitBehavior::kIsolated, false)) {
-                next.push_back(ToByteLevel(s));
+              for (auto& t : SplitBy(part, gpt2_regex->FindAll(part.s), detail::SplitBehavior::kIsolated, false)) {
+                next.push_back(ToByteLevel(t));
               }
             } else {
               next.push_back(ToByteLevel(part));
@@ -324,17 +451,17 @@ struct Tokenizer::Impl {
             break;
           }
           case K::kMetaspace: {
-            std::string s = absl::StrReplaceAll(part, {{" ", step.replacement}});
+            AText t = ReplaceAll(part, " ", step.replacement);
             const bool prepend = step.prepend_scheme == "always" ||
                                  (step.prepend_scheme == "first" && piece.at_start && i == 0);
-            if (prepend && !absl::StartsWith(s, step.replacement)) s = step.replacement + s;
+            if (prepend && !absl::StartsWith(t.s, step.replacement)) t = PrependText(t, step.replacement);
             if (step.split) {
-              for (auto& t : SplitBy(s, FindLiteral(s, step.replacement), detail::SplitBehavior::kMergedWithNext,
+              for (auto& u : SplitBy(t, FindLiteral(t.s, step.replacement), detail::SplitBehavior::kMergedWithNext,
                                      false)) {
-                next.push_back(std::move(t));
+                next.push_back(std::move(u));
               }
             } else {
-              next.push_back(std::move(s));
+              next.push_back(std::move(t));
             }
             break;
           }
@@ -346,12 +473,14 @@ struct Tokenizer::Impl {
   }
 
   // HF BPE::merge_word + Word::merge_all (no dropout): lowest rank first, leftmost on ties.
-  void Bpe(absl::string_view word, std::vector<int32_t>* out) const {
+  // `lengths`, when given, receives each token's byte length within `word`.
+  void Bpe(absl::string_view word, std::vector<int32_t>* out, std::vector<uint32_t>* lengths = nullptr) const {
     const detail::BpeModel& m = p.model;
     if (m.ignore_merges) {
       const auto it = m.vocab.find(word);
       if (it != m.vocab.end()) {
         out->push_back(it->second);
+        if (lengths != nullptr) lengths->push_back(static_cast<uint32_t>(word.size()));
         return;
       }
     }
@@ -359,20 +488,21 @@ struct Tokenizer::Impl {
       int32_t id;
       int prev, next;
       bool alive;
+      uint32_t length;  // bytes of the word it covers
     };
     std::vector<Symbol> symbols;
     symbols.reserve(word.size());
     bool last_unk = false;
-    auto push = [&](int32_t id) {
+    auto push = [&](int32_t id, uint32_t length) {
       const int index = static_cast<int>(symbols.size());
-      symbols.push_back({id, index - 1, index + 1, true});
+      symbols.push_back({id, index - 1, index + 1, true, length});
     };
     for (size_t pos = 0; pos < word.size();) {
       const size_t begin = pos;
       const char32_t c = NextCodePoint(word, &pos);
       const auto it = char_ids.find(c);
       if (it != char_ids.end()) {
-        push(it->second);
+        push(it->second, static_cast<uint32_t>(pos - begin));
         last_unk = false;
         continue;
       }
@@ -380,14 +510,17 @@ struct Tokenizer::Impl {
         bool all = true;
         for (size_t b = begin; b < pos; ++b) all &= m.byte_ids[static_cast<unsigned char>(word[b])] >= 0;
         if (all) {
-          for (size_t b = begin; b < pos; ++b) push(m.byte_ids[static_cast<unsigned char>(word[b])]);
+          for (size_t b = begin; b < pos; ++b) push(m.byte_ids[static_cast<unsigned char>(word[b])], 1);
           last_unk = false;
           continue;
         }
       }
       if (m.unk_id) {
-        if (m.fuse_unk && last_unk) continue;  // consecutive unknowns become one <unk>
-        push(*m.unk_id);
+        if (m.fuse_unk && last_unk) {  // consecutive unknowns become one <unk>
+          symbols.back().length += static_cast<uint32_t>(pos - begin);
+          continue;
+        }
+        push(*m.unk_id, static_cast<uint32_t>(pos - begin));
         last_unk = true;
       }
     }
@@ -419,6 +552,7 @@ struct Tokenizer::Impl {
       const auto* merge = lookup(left.id, right.id);
       if (merge == nullptr || merge->second != top.new_id) continue;
       left.id = top.new_id;
+      left.length += right.length;
       right.alive = false;
       left.next = right.next;
       if (right.next >= 0) symbols[right.next].prev = top.pos;
@@ -431,6 +565,7 @@ struct Tokenizer::Impl {
     }
     for (int i = 0; i >= 0 && i < static_cast<int>(symbols.size()); i = symbols[i].next) {
       out->push_back(symbols[i].id);
+      if (lengths != nullptr) lengths->push_back(symbols[i].length);
     }
   }
 
@@ -451,37 +586,58 @@ struct Tokenizer::Impl {
     cache->emplace(word, std::move(ids));
   }
 
-  std::vector<int32_t> Encode(absl::string_view raw, bool add_special, WordCache* cache) const {
-    const std::string text = detail::ToValidUtf8(raw);
+  // `offsets`, when given, receives each id's byte range in the (UTF-8-repaired) input; ids the
+  // post-processor adds get (0, 0), as in HF.
+  std::vector<int32_t> Encode(absl::string_view raw, bool add_special, WordCache* cache,
+                              std::vector<std::pair<uint32_t, uint32_t>>* offsets = nullptr) const {
+    const bool track = offsets != nullptr;
     std::vector<Piece> pieces;
-    SplitAdded(raw_trie, Piece{text, -1, true}, &pieces);
+    SplitAdded(raw_trie, Piece{AText::Of(detail::ToValidUtf8(raw), track), -1, true}, &pieces);
     std::vector<int32_t> ids;
+    std::vector<uint32_t> lengths;
     for (const Piece& piece : pieces) {
       if (piece.added_id >= 0) {
         ids.push_back(piece.added_id);
+        if (track) offsets->push_back(piece.text.Range(0, piece.text.s.size()));
         continue;
       }
-      Piece normalized{NormalizeText(piece.text), -1, piece.at_start};
       std::vector<Piece> sub;
-      SplitAdded(normalized_trie, normalized, &sub);
+      SplitAdded(normalized_trie, Piece{NormalizeText(piece.text), -1, piece.at_start}, &sub);
       for (const Piece& s : sub) {
         if (s.added_id >= 0) {
           ids.push_back(s.added_id);
+          if (track) offsets->push_back(s.text.Range(0, s.text.s.size()));
           continue;
         }
-        for (const std::string& word : PreTokenize(s)) BpeCached(word, cache, &ids);
+        for (const AText& word : PreTokenize(s)) {
+          if (!track) {
+            BpeCached(word.s, cache, &ids);
+            continue;
+          }
+          lengths.clear();
+          Bpe(word.s, &ids, &lengths);
+          size_t at = 0;
+          for (uint32_t n : lengths) {
+            offsets->push_back(word.Range(at, at + n));
+            at += n;
+          }
+        }
       }
     }
     if (!add_special || p.post_single.empty()) return ids;
     std::vector<int32_t> out;
+    std::vector<std::pair<uint32_t, uint32_t>> out_offsets;
     out.reserve(ids.size() + 2);
     for (const auto& item : p.post_single) {
       if (item.is_sequence) {
         out.insert(out.end(), ids.begin(), ids.end());
+        if (track) out_offsets.insert(out_offsets.end(), offsets->begin(), offsets->end());
       } else {
         out.insert(out.end(), item.ids.begin(), item.ids.end());
+        if (track) out_offsets.insert(out_offsets.end(), item.ids.size(), {0u, 0u});
       }
     }
+    if (track) *offsets = std::move(out_offsets);
     return out;
   }
 
@@ -608,6 +764,12 @@ std::vector<int32_t> Tokenizer::Encode(absl::string_view text, bool add_special_
   return impl_->Encode(text, add_special_tokens, nullptr);
 }
 
+std::vector<int32_t> Tokenizer::EncodeWithOffsets(absl::string_view text, bool add_special_tokens,
+                                                  std::vector<std::pair<uint32_t, uint32_t>>* offsets) const {
+  offsets->clear();
+  return impl_->Encode(text, add_special_tokens, nullptr, offsets);
+}
+
 std::vector<std::vector<int32_t>> Tokenizer::EncodeBatch(absl::Span<const std::string> texts,
                                                          bool add_special_tokens) const {
   std::vector<std::vector<int32_t>> out(texts.size());
@@ -698,7 +860,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Build(absl::string_view where, Pipeli
     if (!t.normalized) {
       impl->raw_trie.Insert(t.content, t.id);
     } else {
-      impl->normalized_trie.Insert(impl->NormalizeText(t.content), t.id);
+      impl->normalized_trie.Insert(impl->NormalizeText(AText::Of(t.content, false)).s, t.id);
     }
   }
   impl->vocab_size = max_id + 1;

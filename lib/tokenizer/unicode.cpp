@@ -146,6 +146,18 @@ std::string Normalize(NormalForm form, absl::string_view text) {
   return ToUtf8(out);
 }
 
+bool HasNormalizationBoundaryBefore(NormalForm form, char32_t c) {
+  UErrorCode status = U_ZERO_ERROR;
+  const UNormalizer2* normalizer = nullptr;
+  switch (form) {
+    case NormalForm::kNfc: normalizer = unorm2_getNFCInstance(&status); break;
+    case NormalForm::kNfd: normalizer = unorm2_getNFDInstance(&status); break;
+    case NormalForm::kNfkc: normalizer = unorm2_getNFKCInstance(&status); break;
+    case NormalForm::kNfkd: normalizer = unorm2_getNFKDInstance(&status); break;
+  }
+  return U_SUCCESS(status) && unorm2_hasBoundaryBefore(normalizer, static_cast<UChar32>(c));
+}
+
 std::string Lowercase(absl::string_view text) {
   const std::u16string source = ToUtf16(text);
   std::u16string out(source.size() * 3 + 16, u'\0');

@@ -29,6 +29,9 @@ std::string ToValidUtf8(absl::string_view text);
 enum class NormalForm { kNfc, kNfd, kNfkc, kNfkd };
 /// `text` (valid UTF-8) in the normal form.
 std::string Normalize(NormalForm form, absl::string_view text);
+/// Whether normalizing to `form` never combines `c` with what comes before it (ICU
+/// hasBoundaryBefore): text can be normalized in chunks cut before such characters.
+bool HasNormalizationBoundaryBefore(NormalForm form, char32_t c);
 /// Unicode lowercase of every character (Rust `str::to_lowercase`, HF `Lowercase`).
 std::string Lowercase(absl::string_view text);
 

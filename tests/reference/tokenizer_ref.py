@@ -198,6 +198,72 @@ def expected(tok, records, path):
                                 "decoded_skip": tok.decode(ids, skip_special_tokens=True)}, ensure_ascii=True) + "\n")
 
 
+def make_chats(rng, records, family, n):
+    """Generated conversations: system prompts, 1–4 exchanges, contents with stray whitespace,
+    Gemma multimodal content lists, Qwen tool results, and some invalid ones (roles that do not
+    alternate, for Gemma)."""
+    texts = [r.decode("utf-8") for r in records[:5000]]
+    texts = [t[: rng.randint(1, 300)] for t in texts if t.strip()]
+
+    def content():
+        t = rng.choice(texts)
+        return rng.choice(["", " ", "\n", "  \n"]) + t + rng.choice(["", " ", "\n", "\n\n"])
+
+    chats = []
+    for _ in range(n):
+        messages = []
+        if rng.random() < 0.4:
+            messages.append({"role": "system", "content": content()})
+        for turn in range(rng.randint(1, 4)):
+            if family == "gemma" and rng.random() < 0.15:
+                parts = [{"type": "text", "text": content()}]
+                if rng.random() < 0.5:
+                    parts.insert(rng.randint(0, 1), {"type": "image"})
+                messages.append({"role": "user", "content": parts})
+            else:
+                messages.append({"role": "user", "content": content()})
+            if family == "qwen" and rng.random() < 0.15:
+                messages.append({"role": "assistant", "content": content()})
+                for _ in range(rng.randint(1, 2)):
+                    messages.append({"role": "tool", "content": content()})
+            messages.append({"role": "assistant", "content": content()})
+        if rng.random() < 0.3:
+            messages.pop()  # ends with the user: the generation prompt case
+        if family == "gemma" and rng.random() < 0.05:
+            messages.insert(len(messages) // 2 + 1, {"role": "user", "content": content()})  # breaks alternation
+        chats.append(messages)
+    return chats
+
+
+def expected_chats(tok, chats, path):
+    from jinja2.exceptions import TemplateError
+    with open(path, "w", encoding="utf-8") as f:
+        for messages in chats:
+            out = {"messages": messages}
+            try:
+                for gen in (False, True):
+                    text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=gen)
+                    ids = tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=gen)["input_ids"]
+                    enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+                    assert enc["input_ids"] == ids
+                    # Assistant spans from prefixes rendered by the real template: the reply starts
+                    # where the generation prompt of the conversation before it ends, and ends before
+                    # the newline that follows its end-of-turn marker.
+                    spans = []
+                    for i, m in enumerate(messages):
+                        if m["role"] != "assistant":
+                            continue
+                        before = tok.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
+                        through = tok.apply_chat_template(messages[: i + 1], tokenize=False)
+                        assert text.startswith(through) and through.endswith("\n")
+                        spans.append((len(before), len(through) - 1))
+                    mask = [int(any(b < e_ and e > b_ for b_, e_ in spans)) for b, e in enc["offset_mapping"]]
+                    out["gen" if gen else "plain"] = {"text": text, "ids": ids, "mask": mask}
+            except TemplateError as error:
+                out = {"messages": messages, "error": str(error)}
+            f.write(json.dumps(out, ensure_ascii=True) + "\n")
+
+
 def main():
     if sys.argv[1] != "make":
         raise SystemExit(f"unknown command {sys.argv[1]}")
@@ -214,6 +280,7 @@ def main():
     for name, tok in (("gemma", gemma_tokenizer(gguf)), ("qwen", qwen_tokenizer())):
         tok.save_pretrained(os.path.join(out_dir, name))
         expected(tok, records, os.path.join(out_dir, name + ".expected"))
+        expected_chats(tok, make_chats(rng, records, name, 400), os.path.join(out_dir, name + ".chats"))
         result[name] = {"vocab": len(tok), "added": len(tok.added_tokens_decoder)}
     emit(result)
 

