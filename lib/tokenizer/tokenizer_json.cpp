@@ -257,9 +257,12 @@ absl::Status ParsePostProcessor(absl::string_view where, const std::string& fiel
       if (specials == n.end() || !specials->is_object() || !specials->contains(name)) {
         return Bad(where, field + ".special_tokens", absl::StrCat("\"", name, "\" is used in single but not defined"));
       }
-      const json& ids = (*specials)[name]["ids"];
-      if (!ids.is_array()) return Bad(where, absl::StrCat(field, ".special_tokens.", name, ".ids"), "expected an array");
-      for (const json& id : ids) {
+      const json& special = (*specials)[name];
+      const auto ids = special.is_object() ? special.find("ids") : special.end();
+      if (!special.is_object() || ids == special.end() || !ids->is_array()) {
+        return Bad(where, absl::StrCat(field, ".special_tokens.", name, ".ids"), "expected an array");
+      }
+      for (const json& id : *ids) {
         if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() > INT32_MAX) {
           return Bad(where, absl::StrCat(field, ".special_tokens.", name, ".ids"), "expected token ids");
         }

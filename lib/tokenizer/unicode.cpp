@@ -233,7 +233,11 @@ URegularExpression* Regex::Acquire() const {
     }
   }
   UErrorCode status = U_ZERO_ERROR;
-  return uregex_clone(compiled_, &status);
+  URegularExpression* re = uregex_clone(compiled_, &status);
+  // A pattern from a file can backtrack catastrophically; cap each match (ICU steps are on the
+  // order of a millisecond) rather than hang.
+  uregex_setTimeLimit(re, 10000, &status);
+  return re;
 }
 
 void Regex::Release(URegularExpression* re) const {

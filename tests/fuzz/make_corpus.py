@@ -10,7 +10,7 @@ from gguf import GGUFWriter, GGMLQuantizationType as T
 from safetensors.torch import save_file
 
 root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus")
-for d in ("safetensors_fuzz", "gguf_fuzz", "json_config_fuzz"):
+for d in ("safetensors_fuzz", "gguf_fuzz", "json_config_fuzz", "tokenizer_json_fuzz"):
     os.makedirs(os.path.join(root, d), exist_ok=True)
 
 save_file({"a": torch.arange(4, dtype=torch.float32)}, f"{root}/safetensors_fuzz/one.safetensors")
@@ -48,3 +48,31 @@ configs = {
 for name, config in configs.items():
     with open(f"{root}/json_config_fuzz/{name}.json", "w") as f:
         json.dump(config, f)
+
+
+# tokenizer.json seeds: a byte-level BPE with the Qwen split regex, NFC and added tokens, and a
+# SentencePiece-style BPE with byte fallback; each with a text to encode after a NUL byte.
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+from tokenizers import AddedToken
+
+byte_level = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate("abcdefghĠ")} | {"ab": 9, "Ġa": 10},
+                                  merges=[("a", "b"), ("Ġ", "a")]))
+byte_level.normalizer = normalizers.NFC()
+byte_level.pre_tokenizer = pre_tokenizers.Sequence([
+    pre_tokenizers.Split(Regex(r"(?i:'s|'t)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"),
+                         behavior="isolated"),
+    pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+byte_level.decoder = decoders.ByteLevel()
+byte_level.add_special_tokens([AddedToken("<|im_start|>", normalized=False, special=True)])
+with open(f"{root}/tokenizer_json_fuzz/byte_level.json", "wb") as f:
+    f.write(byte_level.to_str().encode() + b"\0ab a<|im_start|>ba 's")
+
+spm = Tokenizer(models.BPE(vocab={"<unk>": 0, "<0x41>": 1, "\u2581": 2, "a": 3, "\u2581a": 4, "<bos>": 5},
+                           merges=[("\u2581", "a")], unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+spm.normalizer = normalizers.Replace(" ", "\u2581")
+spm.pre_tokenizer = pre_tokenizers.Split(" ", behavior="merged_with_previous")
+spm.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()])
+spm.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 5)])
+spm.add_special_tokens([AddedToken("<bos>", normalized=False, special=True)])
+with open(f"{root}/tokenizer_json_fuzz/sentencepiece.json", "wb") as f:
+    f.write(spm.to_str().encode() + b"\0a aA\xc3\xa9 <bos>")

