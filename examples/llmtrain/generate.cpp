@@ -1,4 +1,4 @@
-// llmtrain generate --model PATH (--prompt TEXT | --input-ids JSON) [--max-new-tokens N]
+// llmtrain generate --model PATH (--prompt TEXT | --input-ids JSON) [--chat] [--max-new-tokens N]
 //                   [--temperature T] [--top-k K] [--top-p P] [--repetition-penalty R]
 //                   [--seed S] [--json]
 // Streams the new tokens as they are produced; --json prints {"ids": [...], "text": "..."}.
@@ -13,64 +13,30 @@
 #include "absl/strings/str_cat.h"
 #include "llmtrain/commands.h"
 #include "llmtrain/core/status.h"
-#include "llmtrain/io/gguf.h"
 #include "llmtrain/model/decoder.h"
 #include "llmtrain/model/generate.h"
+#include "llmtrain/tokenizer/chat_template.h"
+#include "llmtrain/tokenizer/tokenizer.h"
 #include "nlohmann/json.hpp"
 
 namespace llmtrain::cli {
 namespace {
 
 constexpr char kHelp[] =
-    "usage: llmtrain generate --model PATH (--prompt TEXT | --input-ids JSON)\n"
+    "usage: llmtrain generate --model PATH (--prompt TEXT | --input-ids JSON) [--chat]\n"
     "                         [--max-new-tokens 32] [--temperature 0] [--top-k 0] [--top-p 1]\n"
     "                         [--repetition-penalty 1] [--seed 0] [--dtype f32] [--json]\n"
+    "  --prompt: text, tokenized by the model's tokenizer (BOS added where the model wants it);\n"
+    "  --chat wraps it as one user turn of the family's chat template, with the generation prompt.\n"
     "  --input-ids: a JSON array of prompt token ids, e.g. [2, 818, 5279].\n"
     "  --temperature 0 is greedy. Stops at the model's end tokens or after --max-new-tokens.\n"
     "  --json prints {\"ids\": [new ids], \"text\": \"...\"} instead of streaming.\n";
 
-// Text of token pieces from a GGUF SentencePiece vocabulary ("▁" is a space, "<0xHH>" a byte).
-// Empty when the model has no such vocabulary (an HF folder before the tokenizer lands).
-class PieceDecoder {
- public:
-  explicit PieceDecoder(const std::string& model_path) {
-    if (!absl::EndsWith(model_path, ".gguf")) return;
-    auto gguf = io::GgufFile::Open(model_path);
-    if (!gguf.ok()) return;
-    const io::GgufValue* kind = (*gguf)->FindMetadata("tokenizer.ggml.model");
-    const io::GgufValue* tokens = (*gguf)->FindMetadata("tokenizer.ggml.tokens");
-    if (kind == nullptr || kind->AsString() == nullptr || *kind->AsString() != "llama" || tokens == nullptr) return;
-    pieces_ = tokens->strings;
-  }
-  bool available() const { return !pieces_.empty(); }
-  std::string Decode(int64_t id) const {
-    if (id < 0 || id >= static_cast<int64_t>(pieces_.size())) return "";
-    const std::string& p = pieces_[id];
-    if (p.size() == 6 && absl::StartsWith(p, "<0x") && p.back() == '>') {
-      int byte = 0;
-      if (absl::SimpleHexAtoi(p.substr(3, 2), &byte)) return std::string(1, static_cast<char>(byte));
-    }
-    std::string out;
-    for (size_t i = 0; i < p.size(); ++i) {
-      if (p.compare(i, 3, "\xe2\x96\x81") == 0) {  // U+2581 "▁"
-        out += ' ';
-        i += 2;
-      } else {
-        out += p[i];
-      }
-    }
-    return out;
-  }
-
- private:
-  std::vector<std::string> pieces_;
-};
-
 }  // namespace
 
 int RunGenerate(const std::vector<std::string>& args) {
-  std::string model_path, input_ids_json;
-  bool has_prompt = false, as_json = false;
+  std::string model_path, input_ids_json, prompt_text;
+  bool has_prompt = false, as_json = false, chat = false;
   model::GenerationOptions options;
   Dtype dtype = Dtype::kF32;
   for (size_t i = 0; i < args.size(); ++i) {
@@ -83,6 +49,10 @@ int RunGenerate(const std::vector<std::string>& args) {
       as_json = true;
       continue;
     }
+    if (a == "--chat") {
+      chat = true;
+      continue;
+    }
     if (i + 1 >= args.size()) return Fail("generate", absl::StrCat(a, " needs a value\n", kHelp), 2);
     const std::string& v = args[++i];
     bool ok = true;
@@ -90,6 +60,7 @@ int RunGenerate(const std::vector<std::string>& args) {
       model_path = v;
     } else if (a == "--prompt") {
       has_prompt = true;
+      prompt_text = v;
     } else if (a == "--input-ids") {
       input_ids_json = v;
     } else if (a == "--max-new-tokens") {
@@ -114,17 +85,36 @@ int RunGenerate(const std::vector<std::string>& args) {
     if (!ok) return Fail("generate", absl::StrCat(a, ": not a number: \"", v, "\""), 2);
   }
   if (model_path.empty()) return Fail("generate", absl::StrCat("--model is required\n", kHelp), 2);
-  if (has_prompt) {
-    return Fail("generate", "--prompt needs llmtrain's tokenizer, which is not built yet (issue #5); "
-                            "pass --input-ids", 2);
+  if (has_prompt == !input_ids_json.empty()) {
+    return Fail("generate", absl::StrCat("give one of --prompt and --input-ids\n", kHelp), 2);
   }
-  if (input_ids_json.empty()) return Fail("generate", absl::StrCat("--input-ids is required\n", kHelp), 2);
-  const nlohmann::json parsed = nlohmann::json::parse(input_ids_json, nullptr, false);
+  if (chat && !has_prompt) return Fail("generate", "--chat needs --prompt", 2);
+  // The model's tokenizer: the GGUF's vocabulary, or tokenizer.json in the model folder.
+  auto tok = tokenizer::Tokenizer::Load(model_path);
+  if (has_prompt && !tok.ok()) return Fail("generate", std::string(tok.status().message()));
   std::vector<int64_t> prompt;
-  if (!parsed.is_array()) return Fail("generate", "--input-ids: expected a JSON array of token ids", 2);
-  for (const auto& id : parsed) {
-    if (!id.is_number_integer()) return Fail("generate", "--input-ids: every element must be an integer", 2);
-    prompt.push_back(id.get<int64_t>());
+  if (has_prompt) {
+    std::vector<int32_t> ids;
+    if (chat) {
+      auto chat_template = tokenizer::ChatTemplate::ForTokenizer(**tok);
+      if (!chat_template.ok()) return Fail("generate", std::string(chat_template.status().message()));
+      tokenizer::Message user;
+      user.role = "user";
+      user.content = prompt_text;
+      auto encoded = tokenizer::EncodeChat(**tok, **chat_template, {user}, /*add_generation_prompt=*/true);
+      if (!encoded.ok()) return Fail("generate", std::string(encoded.status().message()));
+      ids = encoded->ids;
+    } else {
+      ids = (*tok)->Encode(prompt_text);
+    }
+    prompt.assign(ids.begin(), ids.end());
+  } else {
+    const nlohmann::json parsed = nlohmann::json::parse(input_ids_json, nullptr, false);
+    if (!parsed.is_array()) return Fail("generate", "--input-ids: expected a JSON array of token ids", 2);
+    for (const auto& id : parsed) {
+      if (!id.is_number_integer()) return Fail("generate", "--input-ids: every element must be an integer", 2);
+      prompt.push_back(id.get<int64_t>());
+    }
   }
   if (absl::Status valid = model::Validate(options); !valid.ok()) {
     return Fail("generate", std::string(valid.message()), 2);
@@ -133,11 +123,14 @@ int RunGenerate(const std::vector<std::string>& args) {
   model_options.dtype = dtype;
   auto model = model::Decoder::Load(model_path, model_options);
   if (!model.ok()) return Fail("generate", std::string(model.status().message()));
-  const PieceDecoder decoder(model_path);
+  // Text streams as it becomes final (a character split over byte tokens waits for its last
+  // byte); without a tokenizer, ids are printed.
+  std::unique_ptr<tokenizer::StreamDecoder> stream;
+  if (tok.ok()) stream = std::make_unique<tokenizer::StreamDecoder>(**tok, /*skip_special_tokens=*/true);
   if (!as_json) {
     options.on_token = [&](int64_t id) {
-      if (decoder.available()) {
-        std::fputs(decoder.Decode(id).c_str(), stdout);
+      if (stream) {
+        std::fputs(stream->Push(static_cast<int32_t>(id)).c_str(), stdout);
       } else {
         std::printf("%lld ", static_cast<long long>(id));
       }
@@ -148,10 +141,11 @@ int RunGenerate(const std::vector<std::string>& args) {
   if (!ids.ok()) return Fail("generate", std::string(ids.status().message()));
   if (as_json) {
     std::string text;
-    for (int64_t id : *ids) text += decoder.Decode(id);
+    if (tok.ok()) text = (*tok)->Decode(std::vector<int32_t>(ids->begin(), ids->end()), /*skip_special_tokens=*/true);
     const nlohmann::json out = {{"ids", *ids}, {"text", text}};
     std::printf("%s\n", out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
   } else {
+    if (stream) std::fputs(stream->Finish().c_str(), stdout);
     std::printf("\n");
   }
   return 0;

