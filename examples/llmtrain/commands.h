@@ -12,6 +12,8 @@ int RunConvert(const std::vector<std::string>& args);
 int RunForward(const std::vector<std::string>& args);
 int RunGenerate(const std::vector<std::string>& args);
 int RunTokenize(const std::vector<std::string>& args);
+int RunDataCheck(const std::vector<std::string>& args);
+int RunMakeDefaultDataset(const std::vector<std::string>& args);
 
 /// Prints "llmtrain <command>: <message>" to stderr and returns `code`.
 int Fail(const std::string& command, const std::string& message, int code = 1);

@@ -44,6 +44,8 @@ int main(int argc, char** argv) {
   if (command == "forward") return llmtrain::cli::RunForward(args);
   if (command == "generate") return llmtrain::cli::RunGenerate(args);
   if (command == "tokenize") return llmtrain::cli::RunTokenize(args);
+  if (command == "data-check") return llmtrain::cli::RunDataCheck(args);
+  if (command == "make-default-dataset") return llmtrain::cli::RunMakeDefaultDataset(args);
   std::fprintf(stderr, "llmtrain: unknown command \"%s\"\n\n%s", command.c_str(), kUsage);
   return 2;
 }

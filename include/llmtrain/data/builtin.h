@@ -1,0 +1,26 @@
+// The default instruction data set, built at run time from real text every machine of this kind
+// has: the Debian package database. Each installed package becomes one Dolly record whose
+// instruction asks what the package is for and whose response is the package's own description
+// (its synopsis and long description, with Debian's " ." paragraph marks turned into blank lines).
+// The builder ships, not the text; the records come from the machine it runs on.
+//
+//   LLMTRAIN_ASSIGN_OR_RETURN(int64_t n, data::BuildDebianPackageDataset("/var/lib/dpkg/status",
+//                                                                        "debian_packages.jsonl"));
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace llmtrain::data {
+
+constexpr char kDpkgStatusPath[] = "/var/lib/dpkg/status";
+
+/// Writes Dolly-format JSONL ({"instruction", "context", "response", "category"}) to `output`
+/// (atomically), one record per package of the dpkg status file, sorted by package name. Returns
+/// the number of records. Errors when the status file is missing or describes no package.
+absl::StatusOr<int64_t> BuildDebianPackageDataset(absl::string_view status_path, absl::string_view output);
+
+}  // namespace llmtrain::data
