@@ -101,7 +101,11 @@ std::vector<RawRecord> SplitJsonArray(absl::string_view text) {
     out.push_back({start, text.size() - start, element_start != std::string::npos ? element_line : line,
                    "the file ends inside the JSON array (truncated?)"});
   } else if (!Trim(text.substr(std::min(i, text.size()))).empty()) {
-    out.push_back({i, text.size() - i, line, "text after the closing ] of the JSON array"});
+    size_t start = i;
+    for (; start < text.size() && absl::ascii_isspace(static_cast<unsigned char>(text[start])); ++start) {
+      line += text[start] == '\n';
+    }
+    out.push_back({start, text.size() - start, line, "text after the closing ] of the JSON array"});
   }
   return out;
 }
@@ -211,7 +215,8 @@ absl::StatusOr<Example> ParseRecord(Format format, absl::string_view record, abs
   Example ex;
   ex.where = std::string(where);
   if (format == Format::kCaptions) {
-    const absl::string_view line = absl::StripTrailingAsciiWhitespace(record);
+    absl::string_view line = record;
+    while (!line.empty() && (line.back() == '\r' || line.back() == '\n')) line.remove_suffix(1);
     if (!io::detail::IsValidUtf8(line)) return absl::InvalidArgumentError("invalid UTF-8");
     const size_t tab = line.find('\t');
     const size_t hash = tab == absl::string_view::npos ? tab : line.rfind('#', tab);

@@ -1,0 +1,308 @@
+// data/: readers, format detection, the bad-record table, the sampler (shuffle, shards, resume),
+// the default Debian-package data set and `llmtrain data-check`.
+#include <catch2/catch.hpp>
+#include <cstdio>
+#include <fstream>
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "llmtrain/data/builtin.h"
+#include "llmtrain/data/dataset.h"
+#include "llmtrain/io/mapped_file.h"
+#include "nlohmann/json.hpp"
+#include "testing/reference.h"
+
+namespace llmtrain {
+namespace {
+
+std::shared_ptr<const io::MappedFile> Bytes(const std::string& name, const std::string& text) {
+  return io::MappedFile::FromBytes(name, absl::Span<const uint8_t>(reinterpret_cast<const uint8_t*>(text.data()),
+                                                                  text.size()));
+}
+
+std::string WriteFile(const std::string& dir, const std::string& name, const std::string& text) {
+  const std::string path = dir + "/" + name;
+  std::ofstream(path, std::ios::binary) << text;
+  return path;
+}
+
+const char* kDolly1 = R"({"instruction": "What is 2+2?", "context": "", "response": "4", "category": "open_qa"})";
+const char* kDolly2 = R"({"instruction": "Summarize.", "context": "A long text.", "response": "Short.", "category": "summarization"})";
+
+TEST_CASE("data: formats are detected from the first records, and each maps to a conversation", "[data]") {
+  struct Case {
+    std::string name, text;
+    data::Format format;
+    std::string user, assistant;
+  };
+  const std::vector<Case> cases = {
+      {"dolly.jsonl", std::string(kDolly2) + "\n" + kDolly1 + "\n", data::Format::kDolly, "Summarize.\n\nA long text.", "Short."},
+      {"alpaca.json", R"([{"instruction": "Add", "input": "2 and 3", "output": "5"}, {"instruction": "Hi", "input": "", "output": "Hello"}])",
+       data::Format::kAlpaca, "Add\n\n2 and 3", "5"},
+      {"chat.jsonl", R"({"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}, {"role": "assistant", "content": "A"}]})",
+       data::Format::kMessages, "U", "A"},
+      {"sharegpt.json", R"([{"conversations": [{"from": "human", "value": "Q"}, {"from": "gpt", "value": "R"}], "image": "x.jpg"}])",
+       data::Format::kShareGpt, "Q", "R"},
+      {"captions.txt", "1000268201_693b08cb0e.jpg#0\tA child in a pink dress is climbing up stairs .\r\n"
+                       "1000268201_693b08cb0e.jpg#1\tA girl going into a wooden building .\r\n",
+       data::Format::kCaptions, "", "A child in a pink dress is climbing up stairs ."},
+  };
+  for (const Case& c : cases) {
+    INFO(c.name);
+    auto d = data::Dataset::FromFiles({Bytes(c.name, c.text)});
+    REQUIRE(d.ok());
+    CHECK((*d)->format() == c.format);
+    CHECK_THAT((*d)->format_reason(), Catch::Contains("detected from"));
+    CHECK((*d)->bad_records().empty());
+    auto e = (*d)->Get(0);
+    REQUIRE(e.ok());
+    CHECK_THAT(e->where, Catch::StartsWith(c.name + ":"));
+    const auto& m = e->messages;
+    REQUIRE(m.size() >= 2);
+    CHECK(m.back().role == "assistant");
+    CHECK(m.back().content == c.assistant);
+    if (!c.user.empty()) CHECK(m[m.size() - 2].content == c.user);
+  }
+  auto text = data::Dataset::FromFiles({Bytes("t.jsonl", R"({"text": "plain"})")});
+  REQUIRE(text.ok());
+  CHECK((*text)->format() == data::Format::kText);
+  CHECK((*text)->Get(0)->text == "plain");
+  auto captions = data::Dataset::FromFiles({Bytes("c.txt", "a.jpg#0\tA dog .\n")});
+  REQUIRE(captions.ok());
+  CHECK(captions->get()->Get(0)->images == std::vector<std::string>{"a.jpg"});
+  auto share = data::Dataset::FromFiles({Bytes("s.json", cases[3].text)});
+  CHECK(share->get()->Get(0)->images == std::vector<std::string>{"x.jpg"});
+}
+
+TEST_CASE("data: the format can be given, and undetectable or mixed files are refused", "[data]") {
+  data::DatasetOptions options;
+  options.format = data::Format::kAlpaca;
+  auto forced = data::Dataset::FromFiles({Bytes("d.jsonl", kDolly1)}, options);
+  REQUIRE(forced.ok());
+  CHECK((*forced)->format_reason() == "given");
+  REQUIRE((*forced)->bad_records().size() == 1);
+  CHECK((*forced)->bad_records()[0].ToString() == "d.jsonl:1: missing field \"output\"");
+
+  auto unknown = data::Dataset::FromFiles({Bytes("u.jsonl", R"({"question": "a", "answer": "b"})")});
+  REQUIRE(!unknown.ok());
+  CHECK_THAT(std::string(unknown.status().message()), Catch::Contains("u.jsonl: cannot detect the data format"));
+
+  auto mixed = data::Dataset::FromFiles({Bytes("a.jsonl", kDolly1), Bytes("b.jsonl", R"({"text": "x"})")});
+  REQUIRE(!mixed.ok());
+  CHECK_THAT(std::string(mixed.status().message()), Catch::Contains("b.jsonl: looks like text but a.jsonl is dolly"));
+  CHECK(!data::ParseFormat("csv").ok());
+}
+
+// Each corrupted file: the bad record is reported with its file:line and reason, the valid ones
+// around it are kept, and valid + bad = all records.
+TEST_CASE("data: a table of corrupted files, each bad record reported with file:line and reason", "[data]") {
+  struct Case {
+    std::string name, text;
+    int64_t bad_line;
+    std::string reason;
+  };
+  const std::string ok = kDolly1;
+  const std::vector<Case> cases = {
+      {"bad_json.jsonl", ok + "\n{\"instruction\": \"x\", \n" + ok + "\n", 2, "bad JSON"},
+      {"not_object.jsonl", ok + "\n[1, 2]\n" + ok + "\n", 2, "expected a JSON object, found an array"},
+      {"string_record.jsonl", ok + "\n\"just text\"\n", 2, "expected a JSON object, found the string \"just text\""},
+      {"missing_response.jsonl", ok + "\n{\"instruction\": \"q\", \"context\": \"\"}\n", 2, "missing field \"response\""},
+      {"empty_instruction.jsonl", ok + "\n{\"instruction\": \"  \", \"response\": \"r\"}\n", 2, "empty field \"instruction\""},
+      {"wrong_type.jsonl", ok + "\n{\"instruction\": 5, \"response\": \"r\"}\n", 2,
+       "field \"instruction\" must be a string, found the number 5"},
+      {"null_response.jsonl", ok + "\n{\"instruction\": \"q\", \"response\": null}\n", 2, "missing field \"response\""},
+      {"context_type.jsonl", ok + "\n{\"instruction\": \"q\", \"context\": [], \"response\": \"r\"}\n", 2,
+       "field \"context\" must be a string"},
+      {"invalid_utf8.jsonl", ok + "\n{\"instruction\": \"caf\xC3\", \"response\": \"r\"}\n", 2, "invalid UTF-8"},
+      {"over_long.jsonl", ok + "\n{\"instruction\": \"" + std::string(1100000, 'a') + "\", \"response\": \"r\"}\n", 2,
+       "over-long record: 1100036 bytes (limit 1048576)"},
+      {"messages_empty.jsonl",
+       R"({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]})"
+       "\n"
+       R"({"messages": []})",
+       2, "empty field \"messages\""},
+      {"truncated_line.jsonl", ok + "\n" + ok + "\n{\"instruction\": \"q\", \"resp", 3, "bad JSON"},
+      {"trailing_comma.jsonl", ok + "\n{\"instruction\": \"q\", \"response\": \"r\",}\n", 2, "bad JSON"},
+      {"duplicate_key.jsonl", ok + "\n{\"instruction\": \"q\", \"instruction\": \"p\", \"response\": \"r\"}\n", 2,
+       "bad JSON"},
+      {"truncated_array.json", "[" + ok + ",\n" + ok + ",\n{\"instruction\": \"q\"", 3,
+       "the file ends inside the JSON array"},
+      {"two_commas.json", "[" + ok + ",\n,\n" + ok + "]", 2, "empty element in the JSON array"},
+      {"after_array.json", "[" + ok + "]\n{\"x\": 1}\n", 2, "text after the closing ] of the JSON array"},
+      {"messages_no_assistant.jsonl",
+       R"({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]})"
+       "\n"
+       R"({"messages": [{"role": "user", "content": "only a question"}]})",
+       2, "no assistant turn with content"},
+      {"messages_bad_role.jsonl",
+       R"({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]})"
+       "\n"
+       R"({"messages": [{"role": "wizard", "content": "a"}, {"role": "assistant", "content": "b"}]})",
+       2, "messages[0]: unknown role \"wizard\""},
+      {"messages_not_list.jsonl",
+       R"({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]})"
+       "\n"
+       R"({"messages": "hello"})",
+       2, "field \"messages\" must be a list, found the string \"hello\""},
+      {"messages_content_number.jsonl",
+       R"({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]})"
+       "\n"
+       R"({"messages": [{"role": "user", "content": 3}, {"role": "assistant", "content": "b"}]})",
+       2, "messages[0]: \"content\" must be a string or a list of parts"},
+      {"sharegpt_bad_speaker.jsonl",
+       R"({"conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}]})"
+       "\n"
+       R"({"conversations": [{"from": "robot", "value": "a"}, {"from": "gpt", "value": "b"}]})",
+       2, "conversations[0]: unknown speaker \"robot\""},
+      {"sharegpt_missing_value.jsonl",
+       R"({"conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}]})"
+       "\n"
+       R"({"conversations": [{"from": "human"}, {"from": "gpt", "value": "b"}]})",
+       2, "conversations[0]: missing field \"value\""},
+      {"text_empty.jsonl", "{\"text\": \"a\"}\n{\"text\": \"\"}\n", 2, "empty field \"text\""},
+      {"captions_no_tab.txt", "a.jpg#0\tA dog .\nb.jpg#0 A cat .\n", 2, "expected \"<image>#<n>\\t<caption>\""},
+      {"captions_empty.txt", "a.jpg#0\tA dog .\nb.jpg#1\t   \n", 2, "empty caption"},
+  };
+  for (const Case& c : cases) {
+    INFO(c.name);
+    auto d = data::Dataset::FromFiles({Bytes(c.name, c.text)});
+    INFO((d.ok() ? std::string("opened") : std::string(d.status().message())));
+    REQUIRE(d.ok());
+    REQUIRE((*d)->bad_records().size() == 1);
+    const data::BadRecord& bad = (*d)->bad_records()[0];
+    INFO(bad.ToString());
+    CHECK(bad.file == c.name);
+    CHECK(bad.line == c.bad_line);
+    CHECK_THAT(bad.reason, Catch::Contains(c.reason));
+    CHECK((*d)->size() >= 1);
+    CHECK((*d)->size() + 1 == (*d)->total_records());
+    for (int64_t i = 0; i < (*d)->size(); ++i) CHECK((*d)->Get(i).ok());
+    CHECK_THAT((*d)->Summary(), Catch::Contains(absl::StrCat(c.name, ":", c.bad_line)));
+  }
+  std::printf("data: %zu corrupted-file cases, each reported with file:line and reason\n", cases.size());
+  CHECK(cases.size() >= 20);
+}
+
+TEST_CASE("data: over max_bad_fraction the run stops with the report", "[data]") {
+  std::string text;
+  for (int i = 0; i < 97; ++i) text += std::string(kDolly1) + "\n";
+  for (int i = 0; i < 3; ++i) text += "{broken\n";
+  auto d = data::Dataset::FromFiles({Bytes("m.jsonl", text)});
+  REQUIRE(d.ok());
+  CHECK((*d)->size() == 97);
+  CHECK((*d)->bad_records().size() == 3);
+  CHECK((*d)->CheckBadFraction(0.05).ok());
+  const absl::Status over = (*d)->CheckBadFraction(0.01);
+  REQUIRE(!over.ok());
+  const std::string message(over.message());
+  CHECK_THAT(message, Catch::Contains("3.00% of the records are bad, over the limit of 1.00%"));
+  CHECK_THAT(message, Catch::Contains("m.jsonl:98: bad JSON"));
+  CHECK_THAT(message, Catch::Contains("m.jsonl:100: bad JSON"));
+  CHECK_THAT((*d)->Summary(), Catch::Contains("3 × bad JSON: m.jsonl:98, m.jsonl:99, m.jsonl:100"));
+  // Blank lines are not records, and nothing else is skipped silently.
+  auto blank = data::Dataset::FromFiles({Bytes("b.jsonl", std::string("\n\n") + kDolly1 + "\n   \n" + kDolly2 + "\n")});
+  REQUIRE(blank.ok());
+  CHECK((*blank)->total_records() == 2);
+  CHECK((*blank)->Get(1)->where == "b.jsonl:5");
+}
+
+TEST_CASE("data: the sampler is deterministic, shards are disjoint, and a resumed run sees the same records",
+          "[data]") {
+  const int64_t n = 103;
+  auto take = [&](data::Sampler& s, int64_t k) {
+    std::vector<int64_t> out;
+    for (int64_t i = 0; i < k; ++i) out.push_back(*s.Next());
+    return out;
+  };
+  data::Sampler a(n, {.seed = 7}), b(n, {.seed = 7}), c(n, {.seed = 8});
+  const auto first = take(a, 250);
+  CHECK(first == take(b, 250));
+  CHECK(first != take(c, 250));
+  // Each epoch is a permutation, and epochs differ.
+  CHECK(std::set<int64_t>(first.begin(), first.begin() + n).size() == static_cast<size_t>(n));
+  CHECK(std::vector<int64_t>(first.begin(), first.begin() + n) != std::vector<int64_t>(first.begin() + n, first.begin() + 2 * n));
+  // Resume: stop after k, save the position, continue in a new sampler.
+  for (const int64_t k : {0, 1, 50, 102, 103, 104, 200}) {
+    data::Sampler run(n, {.seed = 7});
+    const auto before = take(run, k);
+    const data::Sampler::Position saved = run.position();
+    data::Sampler resumed(n, {.seed = 7});
+    resumed.Seek(saved);
+    auto all = before;
+    const auto after = take(resumed, 250 - k);
+    all.insert(all.end(), after.begin(), after.end());
+    CHECK(all == first);
+  }
+  // Shards: 4 ranks see disjoint records, the same count each, all from one epoch's order.
+  std::set<int64_t> seen;
+  for (int rank = 0; rank < 4; ++rank) {
+    data::Sampler s(n, {.seed = 7, .rank = rank, .world_size = 4});
+    CHECK(s.per_epoch() == 25);
+    for (int64_t v : take(s, 25)) CHECK(seen.insert(v).second);
+  }
+  CHECK(seen.size() == 100);
+  data::Sampler ordered(5, {.shuffle = false});
+  CHECK(take(ordered, 7) == std::vector<int64_t>{0, 1, 2, 3, 4, 0, 1});
+  data::Sampler empty(0, {});
+  CHECK(!empty.Next().has_value());
+}
+
+TEST_CASE("data: the default data set is built from this machine's Debian package database", "[data]") {
+  const std::string dir = testing::TempDir("debian_dataset");
+  const std::string out = dir + "/debian.jsonl";
+  auto n = data::BuildDebianPackageDataset(data::kDpkgStatusPath, out);
+  REQUIRE(n.ok());
+  std::printf("default data set: %lld Dolly records from %s\n", static_cast<long long>(*n), data::kDpkgStatusPath);
+  CHECK(*n >= 100);
+  auto d = data::Dataset::Open({out});
+  REQUIRE(d.ok());
+  CHECK((*d)->format() == data::Format::kDolly);
+  CHECK((*d)->size() == *n);
+  CHECK((*d)->bad_records().empty());
+  // A status file of our own: the record is exactly the package's description.
+  const std::string status = WriteFile(dir, "status",
+                                       "Package: zzz\nStatus: install ok installed\nDescription: tool for z\n"
+                                       " First paragraph line one\n line two.\n .\n  - item\n .\n Last.\n\n"
+                                       "Package: nodesc\nVersion: 1\n");
+  REQUIRE(data::BuildDebianPackageDataset(status, dir + "/one.jsonl").value() == 1);
+  auto one = data::Dataset::Open({dir + "/one.jsonl"});
+  REQUIRE(one.ok());
+  const auto example = (*one)->Get(0);
+  REQUIRE(example.ok());
+  CHECK_THAT(example->messages[0].content, Catch::Contains("zzz"));
+  CHECK(example->messages[1].content == "zzz: Tool for z.\n\nFirst paragraph line one line two.\n\n - item\n\nLast.");
+  CHECK(!data::BuildDebianPackageDataset(dir + "/missing", dir + "/x.jsonl").ok());
+}
+
+TEST_CASE("cli: llmtrain data-check reports format, bad records and token lengths", "[data][cli]") {
+  const std::string dir = testing::TempDir("data_check");
+  std::string text;
+  for (int i = 0; i < 30; ++i) text += std::string(kDolly1) + "\n";
+  text += "{\"instruction\": 1}\n";
+  const std::string path = WriteFile(dir, "d.jsonl", text);
+  const std::string cli = testing::ShellQuote(testing::CliPath());
+  const auto run = testing::RunCommand(cli + " data-check --data " + testing::ShellQuote(path) + " --json");
+  CHECK(run.exit_code != 0);  // 1 of 31 is over 1%
+  const auto out = nlohmann::json::parse(run.out, nullptr, false);
+  REQUIRE(out.is_object());
+  CHECK(out["format"] == "dolly");
+  CHECK(out["used"] == 30);
+  CHECK(out["bad_records"][0]["line"] == 31);
+  CHECK(out["bad_records"][0]["reason"] == "field \"instruction\" must be a string, found the number 1");
+  const auto lenient = testing::RunCommand(cli + " data-check --data " + testing::ShellQuote(path) +
+                                           " --max-bad-fraction 0.05");
+  CHECK(lenient.exit_code == 0);
+  CHECK_THAT(lenient.out, Catch::Contains("bad record " + path + ":31:"));
+  if (testing::ReferenceStackAvailable()) {
+    const std::string gguf = std::string(LLMTRAIN_SOURCE_DIR) + "/.venv/models/gemma-3-270m-q4_k_m.gguf";
+    const auto tokens = testing::RunCommand(cli + " data-check --data " + testing::ShellQuote(path) +
+                                            " --max-bad-fraction 0.05 --json --tokenizer " + testing::ShellQuote(gguf));
+    const auto t = nlohmann::json::parse(tokens.out, nullptr, false);
+    REQUIRE(t.is_object());
+    CHECK(t["tokens"]["examples"] == 30);
+    CHECK(t["tokens"]["min"].get<int>() > 5);
+  }
+}
+
+}  // namespace
+}  // namespace llmtrain
