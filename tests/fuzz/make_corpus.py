@@ -10,7 +10,8 @@ from gguf import GGUFWriter, GGMLQuantizationType as T
 from safetensors.torch import save_file
 
 root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus")
-for d in ("safetensors_fuzz", "gguf_fuzz", "json_config_fuzz", "tokenizer_json_fuzz"):
+for d in ("safetensors_fuzz", "gguf_fuzz", "json_config_fuzz", "tokenizer_json_fuzz", "data_jsonl_fuzz",
+          "data_json_array_fuzz", "data_captions_fuzz"):
     os.makedirs(os.path.join(root, d), exist_ok=True)
 
 save_file({"a": torch.arange(4, dtype=torch.float32)}, f"{root}/safetensors_fuzz/one.safetensors")
@@ -76,3 +77,21 @@ spm.post_processor = processors.TemplateProcessing(single="<bos> $A", special_to
 spm.add_special_tokens([AddedToken("<bos>", normalized=False, special=True)])
 with open(f"{root}/tokenizer_json_fuzz/sentencepiece.json", "wb") as f:
     f.write(spm.to_str().encode() + b"\0a aA\xc3\xa9 <bos>")
+
+
+# Data files: one of each format, with a bad record among good ones.
+dolly = {"instruction": "What is 2+2?", "context": "", "response": "4", "category": "open_qa"}
+chat = {"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": [{"type": "image", "image": "a.jpg"},
+        {"type": "text", "text": "What is this?"}]}, {"role": "assistant", "content": "A cat."}]}
+share = {"conversations": [{"from": "human", "value": "<image>Q"}, {"from": "gpt", "value": "R"}], "image": "b.jpg"}
+with open(f"{root}/data_jsonl_fuzz/dolly.jsonl", "w") as f:
+    f.write(json.dumps(dolly) + "\n{broken\n" + json.dumps(dolly) + "\n")
+with open(f"{root}/data_jsonl_fuzz/mixed.jsonl", "w") as f:
+    f.write(json.dumps(chat) + "\n" + json.dumps(share) + "\n" + json.dumps({"text": "t"}) + "\n")
+with open(f"{root}/data_json_array_fuzz/alpaca.json", "w") as f:
+    f.write(json.dumps({"instruction": "Add", "input": "2 and 3", "output": "5"}) + ",\n"
+            + json.dumps({"instruction": "Hi \\\" ] [", "input": "", "output": "Hello"}) + "]")
+with open(f"{root}/data_captions_fuzz/Flickr8k.token.txt", "w") as f:
+    f.write("1000268201_693b08cb0e.jpg#0\tA child in a pink dress is climbing up stairs .\r\n"
+            "1000268201_693b08cb0e.jpg#1\tA girl going into a wooden building .\n"
+            "bad line without a tab\n")
