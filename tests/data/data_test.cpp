@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "llmtrain/data/builtin.h"
+#include "llmtrain/data/collator.h"
 #include "llmtrain/data/dataset.h"
 #include "llmtrain/io/mapped_file.h"
 #include "nlohmann/json.hpp"
@@ -302,6 +303,154 @@ TEST_CASE("cli: llmtrain data-check reports format, bad records and token length
     CHECK(t["tokens"]["examples"] == 30);
     CHECK(t["tokens"]["min"].get<int>() > 5);
   }
+}
+
+// The real Gemma 3 tokenizer (from the 270M GGUF) and chat template, and the default data set.
+struct CollatorFixture {
+  std::unique_ptr<tokenizer::Tokenizer> tok;
+  std::unique_ptr<tokenizer::ChatTemplate> chat;
+  std::unique_ptr<data::Dataset> dataset;
+  CollatorFixture() {
+    tok = std::move(tokenizer::Tokenizer::Load(std::string(LLMTRAIN_SOURCE_DIR) +
+                                               "/.venv/models/gemma-3-270m-q4_k_m.gguf")
+                        .value());
+    chat = std::move(tokenizer::ChatTemplate::ForTokenizer(*tok).value());
+    const std::string out = testing::TempDir("collator") + "/debian.jsonl";
+    REQUIRE(data::BuildDebianPackageDataset(data::kDpkgStatusPath, out).ok());
+    dataset = std::move(data::Dataset::Open({out}).value());
+  }
+};
+
+TEST_CASE("collator: labels are the assistant tokens the chat template marks, padded right", "[data][collator]") {
+  if (!testing::ReferenceStackAvailable()) return;  // needs the real GGUF from .venv
+  CollatorFixture f;
+  data::CollatorOptions options;
+  options.batch_size = 4;
+  options.max_length = 4096;
+  data::Collator collator(*f.tok, f.chat.get(), options);
+  const data::Example example = f.dataset->Get(0).value();
+  const auto encoded = tokenizer::EncodeChat(*f.tok, *f.chat, example.messages, false).value();
+  const auto tokenized = collator.Tokenize(example).value();
+  REQUIRE(tokenized.ids == encoded.ids);
+  for (size_t i = 0; i < encoded.ids.size(); ++i) {
+    CHECK(tokenized.labels[i] == (encoded.assistant_mask[i] ? encoded.ids[i] : data::kIgnoreIndex));
+  }
+  data::CollatorOptions all = options;
+  all.train_on_prompt = true;
+  CHECK(data::Collator(*f.tok, f.chat.get(), all).Tokenize(example).value().labels == encoded.ids);
+
+  data::DataLoader loader(*f.dataset, collator, {.seed = 3});
+  const data::Batch batch = loader.Next().value();
+  REQUIRE(batch.batch_size == 4);
+  REQUIRE(batch.sources.size() == 4);
+  int64_t targets = 0;
+  for (int64_t r = 0; r < batch.batch_size; ++r) {
+    bool padding = false;
+    for (int64_t t = 0; t < batch.seq_len; ++t) {
+      const size_t c = static_cast<size_t>(r * batch.seq_len + t);
+      if (batch.attention_mask[c] == 0) padding = true;
+      CHECK(batch.attention_mask[c] == (padding ? 0 : 1));  // right padding: zeros only at the end
+      if (padding) {
+        CHECK(batch.labels[c] == data::kIgnoreIndex);
+        CHECK(batch.input_ids[c] == collator.pad_id());
+      } else {
+        CHECK(batch.position_ids[c] == t);
+        targets += t > 0 && batch.labels[c] != data::kIgnoreIndex;
+      }
+    }
+  }
+  CHECK(batch.target_tokens == targets);
+  CHECK(targets > 0);
+}
+
+TEST_CASE("collator: packing restarts positions, separates segments and takes no loss across them",
+          "[data][collator]") {
+  if (!testing::ReferenceStackAvailable()) return;
+  CollatorFixture f;
+  data::CollatorOptions options;
+  options.packing = true;
+  options.max_length = 512;
+  options.batch_size = 2;
+  data::Collator collator(*f.tok, f.chat.get(), options);
+  data::DataLoader loader(*f.dataset, collator, {.seed = 5});
+  int64_t packed_rows = 0;
+  for (int b = 0; b < 5; ++b) {
+    const data::Batch batch = loader.Next().value();
+    CHECK(batch.seq_len == 512);
+    CHECK(batch.batch_size <= 2);
+    for (int64_t r = 0; r < batch.batch_size; ++r) {
+      int64_t segments = 0;
+      for (int64_t t = 0; t < batch.seq_len; ++t) {
+        const size_t c = static_cast<size_t>(r * batch.seq_len + t);
+        if (batch.segment_ids[c] == 0) continue;
+        const bool starts = t == 0 || batch.segment_ids[c - 1] != batch.segment_ids[c];
+        if (starts) {
+          ++segments;
+          CHECK(batch.segment_ids[c] == segments);
+          CHECK(batch.position_ids[c] == 0);
+          CHECK(batch.labels[c] == data::kIgnoreIndex);
+          CHECK(batch.input_ids[c] == *f.tok->bos_id());
+        } else {
+          CHECK(batch.position_ids[c] == batch.position_ids[c - 1] + 1);
+        }
+      }
+      packed_rows += segments > 1;
+    }
+  }
+  CHECK(packed_rows > 0);
+}
+
+TEST_CASE("collator: token budget, truncation, and resuming gives the identical batch stream", "[data][collator]") {
+  if (!testing::ReferenceStackAvailable()) return;
+  CollatorFixture f;
+  for (const bool packing : {false, true}) {
+    for (const int64_t budget : {int64_t{0}, int64_t{1024}}) {
+      INFO("packing " << packing << " budget " << budget);
+      data::CollatorOptions options;
+      options.packing = packing;
+      options.max_length = 256;
+      options.batch_size = 3;
+      options.token_budget = budget;
+      data::Collator collator(*f.tok, f.chat.get(), options);
+      data::DataLoader run(*f.dataset, collator, {.seed = 11});
+      std::vector<data::Batch> straight;
+      for (int b = 0; b < 12; ++b) straight.push_back(run.Next().value());
+      for (const auto& batch : straight) {
+        CHECK(batch.seq_len <= 256);
+        if (budget > 0) CHECK(batch.batch_size * batch.seq_len <= budget);
+        if (budget == 0) CHECK(batch.batch_size <= 3);
+      }
+      for (const int k : {1, 5}) {
+        data::DataLoader first(*f.dataset, collator, {.seed = 11});
+        for (int b = 0; b < k; ++b) (void)first.Next().value();
+        data::DataLoader resumed(*f.dataset, collator, {.seed = 11});
+        resumed.Seek(first.position());
+        for (int b = k; b < 12; ++b) {
+          const data::Batch batch = resumed.Next().value();
+          CHECK(batch.input_ids == straight[b].input_ids);
+          CHECK(batch.labels == straight[b].labels);
+          CHECK(batch.sources == straight[b].sources);
+        }
+      }
+    }
+  }
+  // Dropping over-long examples reports each one with its file:line.
+  data::CollatorOptions drop;
+  drop.max_length = 64;
+  drop.truncation = data::CollatorOptions::Truncation::kDrop;
+  data::Collator dropping(*f.tok, f.chat.get(), drop);
+  data::DataLoader loader(*f.dataset, dropping, {.seed = 1});
+  const data::Batch batch = loader.Next().value();
+  CHECK(batch.seq_len <= 64);
+  REQUIRE(!loader.skipped().empty());
+  CHECK_THAT(loader.skipped()[0], Catch::Contains("debian.jsonl:") && Catch::Contains("over max_length 64"));
+  // Truncating so that no reply is left: skipped with the reason.
+  data::CollatorOptions tiny;
+  tiny.max_length = 8;
+  data::Collator truncating(*f.tok, f.chat.get(), tiny);
+  auto none = truncating.Tokenize(f.dataset->Get(0).value());
+  REQUIRE(!none.ok());
+  CHECK_THAT(std::string(none.status().message()), Catch::Contains("no target token within max_length 8"));
 }
 
 }  // namespace

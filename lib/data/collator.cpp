@@ -1,0 +1,160 @@
+#include "llmtrain/data/collator.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+
+namespace llmtrain::data {
+
+Collator::Collator(const tokenizer::Tokenizer& tokenizer, const tokenizer::ChatTemplate* chat,
+                   CollatorOptions options)
+    : tokenizer_(tokenizer), chat_(chat), options_(options) {
+  // Padding is masked out; the pad id only has to be a valid token.
+  if (tokenizer.pad_id()) {
+    pad_id_ = *tokenizer.pad_id();
+  } else if (tokenizer.eos_id()) {
+    pad_id_ = *tokenizer.eos_id();
+  }
+  if (options_.max_length < 2) options_.max_length = 2;
+  if (options_.batch_size < 1) options_.batch_size = 1;
+}
+
+absl::StatusOr<TokenizedExample> Collator::Tokenize(const Example& example) const {
+  TokenizedExample out;
+  out.where = example.where;
+  if (!example.messages.empty()) {
+    if (chat_ == nullptr) return absl::InvalidArgumentError("a conversation needs a chat template");
+    auto encoded = tokenizer::EncodeChat(tokenizer_, *chat_, example.messages, /*add_generation_prompt=*/false);
+    if (!encoded.ok()) return encoded.status();
+    out.ids = std::move(encoded->ids);
+    out.labels.resize(out.ids.size());
+    for (size_t i = 0; i < out.ids.size(); ++i) {
+      out.labels[i] = options_.train_on_prompt || encoded->assistant_mask[i] ? out.ids[i] : static_cast<int32_t>(kIgnoreIndex);
+    }
+  } else {
+    out.ids = tokenizer_.Encode(example.text, /*add_special_tokens=*/true);
+    if (options_.add_eos_to_text && tokenizer_.eos_id()) out.ids.push_back(*tokenizer_.eos_id());
+    out.labels = out.ids;
+  }
+  const auto n = static_cast<int64_t>(out.ids.size());
+  if (n > options_.max_length) {
+    if (options_.truncation == CollatorOptions::Truncation::kDrop) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("dropped: ", n, " tokens, over max_length ", options_.max_length));
+    }
+    out.ids.resize(options_.max_length);
+    out.labels.resize(options_.max_length);
+  }
+  // The loss shifts: label t is predicted at t − 1, so a label at position 0 never counts.
+  bool any = false;
+  for (size_t i = 1; i < out.labels.size() && !any; ++i) any = out.labels[i] != kIgnoreIndex;
+  if (!any) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("no target token within max_length ", options_.max_length, " (", n, " tokens)"));
+  }
+  return out;
+}
+
+Batch Collator::Collate(const std::vector<std::vector<TokenizedExample>>& rows) const {
+  Batch batch;
+  batch.batch_size = static_cast<int64_t>(rows.size());
+  int64_t longest = 0;
+  for (const auto& row : rows) {
+    int64_t len = 0;
+    for (const auto& e : row) len += static_cast<int64_t>(e.ids.size());
+    longest = std::max(longest, len);
+  }
+  batch.seq_len = options_.packing ? options_.max_length : longest;
+  const size_t cells = static_cast<size_t>(batch.batch_size * batch.seq_len);
+  batch.input_ids.assign(cells, pad_id_);
+  batch.attention_mask.assign(cells, 0);
+  batch.position_ids.assign(cells, 0);
+  batch.segment_ids.assign(cells, 0);
+  batch.labels.assign(cells, kIgnoreIndex);
+  for (size_t r = 0; r < rows.size(); ++r) {
+    int64_t t = 0;
+    int64_t segment = 0;
+    for (const auto& e : rows[r]) {
+      ++segment;
+      for (size_t i = 0; i < e.ids.size(); ++i, ++t) {
+        const size_t cell = r * static_cast<size_t>(batch.seq_len) + static_cast<size_t>(t);
+        batch.input_ids[cell] = e.ids[i];
+        batch.attention_mask[cell] = 1;
+        batch.position_ids[cell] = static_cast<int64_t>(i);
+        batch.segment_ids[cell] = segment;
+        // An example's first token would be predicted from the one before it: the previous
+        // example in a packed row. No loss there.
+        batch.labels[cell] = i == 0 ? kIgnoreIndex : e.labels[i];
+        batch.target_tokens += i > 0 && e.labels[i] != kIgnoreIndex;
+      }
+      batch.sources.push_back(e.where);
+    }
+  }
+  return batch;
+}
+
+DataLoader::DataLoader(const Dataset& dataset, const Collator& collator, const LoaderOptions& options)
+    : dataset_(dataset),
+      collator_(collator),
+      sampler_(dataset.size(), {.seed = options.seed, .shuffle = options.shuffle, .rank = options.rank,
+                                .world_size = options.world_size}),
+      skipped_index_(static_cast<size_t>(dataset.size()), false) {}
+
+absl::StatusOr<Batch> DataLoader::Next() {
+  const CollatorOptions& o = collator_.options();
+  std::vector<std::vector<TokenizedExample>> rows;
+  int64_t longest = 0, last_row_len = 0, skipped_in_a_row = 0;
+  while (true) {
+    const Sampler::Position before = sampler_.position();
+    const std::optional<int64_t> index = sampler_.Next();
+    if (!index) return absl::FailedPreconditionError("the data set has no records for this rank");
+    auto example = dataset_.Get(*index);
+    absl::StatusOr<TokenizedExample> tokenized =
+        example.ok() ? collator_.Tokenize(*example) : absl::StatusOr<TokenizedExample>(example.status());
+    if (!tokenized.ok()) {
+      if (!skipped_index_[*index]) {
+        skipped_index_[*index] = true;
+        skipped_.push_back(absl::StrCat(example.ok() ? example->where : std::string("record"), ": ",
+                                        tokenized.status().message()));
+      }
+      if (++skipped_in_a_row > sampler_.per_epoch()) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("no example can be used; the first reason: ", skipped_.empty() ? "" : skipped_.front()));
+      }
+      continue;
+    }
+    skipped_in_a_row = 0;
+    const auto len = static_cast<int64_t>(tokenized->ids.size());
+    bool fits;
+    bool new_row = true;
+    if (o.packing) {
+      if (!rows.empty() && last_row_len + len <= o.max_length) {
+        fits = true;
+        new_row = false;
+      } else {
+        const int64_t max_rows = o.token_budget > 0 ? std::max<int64_t>(1, o.token_budget / o.max_length) : o.batch_size;
+        fits = static_cast<int64_t>(rows.size()) + 1 <= max_rows;
+      }
+    } else if (o.token_budget > 0) {
+      fits = rows.empty() ||
+             (static_cast<int64_t>(rows.size()) + 1) * std::max(longest, len) <= o.token_budget;
+    } else {
+      fits = static_cast<int64_t>(rows.size()) < o.batch_size;
+    }
+    if (!fits) {  // it starts the next batch: give it back
+      sampler_.Seek(before);
+      break;
+    }
+    if (new_row) {
+      rows.emplace_back();
+      last_row_len = 0;
+    }
+    last_row_len += len;
+    longest = std::max(longest, len);
+    rows.back().push_back(std::move(*tokenized));
+    if (!o.packing && o.token_budget == 0 && static_cast<int64_t>(rows.size()) == o.batch_size) break;
+  }
+  return collator_.Collate(rows);
+}
+
+}  // namespace llmtrain::data
