@@ -389,7 +389,7 @@ at::Tensor Decoder::HiddenImpl(const at::Tensor& input_ids, const at::Tensor& at
   // continuing after the tokens already in the cache.
   at::Tensor positions = position_ids;
   if (!positions.defined()) {
-    positions = (new_mask.cumsum(-1) - 1).clamp_min(0);
+    positions = (new_mask.ne(0).to(at::kLong).cumsum(-1) - 1).clamp_min(0);
     if (past > 0) positions = positions + cache->next_position.unsqueeze(1);
   }
   // The mask over every key: cached tokens first, then the new ones. (B, S)
@@ -417,7 +417,12 @@ at::Tensor Decoder::HiddenImpl(const at::Tensor& input_ids, const at::Tensor& at
   const at::Tensor k_idx = at::arange(S, at::kLong);
   const at::Tensor causal = q_idx.unsqueeze(1) >= k_idx.unsqueeze(0);       // (T, S) [q, k]
   const at::Tensor keys = mask.to(at::kBool).view({B, 1, 1, S});
-  const at::Tensor full_allowed = causal.view({1, 1, T, S}) & keys;        // (B, 1, T, S)
+  at::Tensor full_allowed = causal.view({1, 1, T, S}) & keys;              // (B, 1, T, S)
+  // Packed rows: mask values 1, 2, … name segments, and a token sees only its own segment. A 0/1
+  // mask is one segment, so this changes nothing there.
+  if (past == 0 && mask.numel() > 0 && mask.max().item<int64_t>() > 1) {
+    full_allowed = full_allowed & (mask.view({B, 1, T, 1}) == mask.view({B, 1, 1, S}));
+  }
   const double lowest = dtype == at::kFloat ? std::numeric_limits<float>::lowest()
                                             : (dtype == at::kBFloat16 ? -3.3895313892515355e38 : -65504.0);
   const auto additive = [&](const at::Tensor& allowed) {

@@ -55,7 +55,9 @@ struct Batch {
   std::vector<int64_t> input_ids;       ///< pad id on padding
   std::vector<int64_t> attention_mask;  ///< 1 on tokens, 0 on padding
   std::vector<int64_t> position_ids;    ///< 0, 1, … per example (restarting within packed rows)
-  std::vector<int64_t> segment_ids;     ///< 1, 2, … per example in a row, 0 on padding
+  /// 1, 2, … per example in a row, 0 on padding: pass it as the model's attention_mask (with
+  /// position_ids) so that no token attends across examples
+  std::vector<int64_t> segment_ids;
   std::vector<int64_t> labels;          ///< kIgnoreIndex where no loss is taken
   int64_t target_tokens = 0;            ///< labels that are not kIgnoreIndex (after the shift)
   std::vector<std::string> sources;     ///< "file:line" of each example in the batch

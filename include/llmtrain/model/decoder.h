@@ -56,7 +56,9 @@ class Decoder {
 
   /// Logits (B, T, V) in the model dtype. input_ids: int64 (B, T), values < V.
   /// attention_mask: int64/bool (B, T), 1 = token, 0 = padding (left or right); undefined = all 1.
-  /// position_ids: int64 (B, T); undefined = cumsum(mask) − 1 clamped at 0.
+  /// Packed rows (data::Batch::segment_ids): values 1, 2, … name the examples of a row, and a
+  /// token attends only to earlier tokens of its own example; pass their restarting position_ids.
+  /// position_ids: int64 (B, T); undefined = cumsum(mask ≠ 0) − 1 clamped at 0.
   /// Throws c10::Error on bad shapes or ids ≥ V (use CheckInputs first for a Status).
   at::Tensor Forward(const at::Tensor& input_ids, const at::Tensor& attention_mask = {},
                      const at::Tensor& position_ids = {}) const;
