@@ -143,9 +143,10 @@ def real_lines():
 def build_corpus(rng):
     sources = real_lines()
     records = []
-    # Translations: one message each (often several lines), every language on the machine.
-    for text in sources["translations"]:
-        records.append(text)
+    # Translations: one message each (often several lines), a sample over every language on the
+    # machine, so that the other sources are not drowned.
+    translations = sorted(set(sources["translations"]))
+    records.extend(rng.sample(translations, min(20000, len(translations))))
     # Code: chunks of 1–12 lines with their indentation.
     for text in sources["code"]:
         lines = text.split("\n")
@@ -160,7 +161,7 @@ def build_corpus(rng):
             if para.strip():
                 records.append(para)
     rng.shuffle(records)
-    records = records[:40000]
+    records = records[:45000]
     # Variants: whitespace runs and newlines, special-token strings, invalid UTF-8.
     specials = ["<start_of_turn>", "<end_of_turn>", "<bos>", "<eos>", "<pad>", "<|im_start|>", "<|im_end|>",
                 "<|endoftext|>", "<tool_call>", "<|fim_prefix|>", "<start_of_image>", "<mask>", "<unk>"]
@@ -291,7 +292,22 @@ def main():
         for r in records:
             f.write(struct.pack("<I", len(r)))
             f.write(r)
-    result = {"records": len(records), "sources": counts}
+    texts = [r.decode("utf-8", errors="replace") for r in records]
+
+    def count(pred):
+        return sum(1 for t in texts if pred(t))
+
+    result = {"records": len(records), "sources": counts, "content": {
+        "code": count(lambda t: "def " in t or "return " in t or "self." in t),
+        "emoji": count(lambda t: any(0x1F300 <= ord(c) <= 0x1FAFF or 0x2600 <= ord(c) <= 0x27BF for c in t)),
+        "cjk": count(lambda t: any(0x4E00 <= ord(c) <= 0x9FFF for c in t)),
+        "arabic": count(lambda t: any(0x0600 <= ord(c) <= 0x06FF for c in t)),
+        "cyrillic": count(lambda t: any(0x0400 <= ord(c) <= 0x04FF for c in t)),
+        "whitespace_runs": count(lambda t: "  " in t or "\t" in t or "\n\n" in t),
+        "special_token_strings": count(lambda t: any(x in t for x in ("<start_of_turn>", "<|im_start|>", "<bos>",
+                                                                       "<|endoftext|>", "<end_of_turn>"))),
+        "invalid_utf8": sum(1 for r in records if r.decode("utf-8", errors="replace").encode("utf-8") != r),
+    }}
     for name, tok in (("gemma", gemma_tokenizer(gguf)), ("qwen", qwen_tokenizer())):
         tok.save_pretrained(os.path.join(out_dir, name))
         expected(tok, records, os.path.join(out_dir, name + ".expected"))
