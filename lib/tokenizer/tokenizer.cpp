@@ -341,9 +341,10 @@ struct Tokenizer::Impl {
       if (token.lstrip) start = std::max(TrailingWhitespaceStart(s.substr(0, start)), start_offset);
       if (token.rstrip) stop += LeadingWhitespaceLength(s.substr(stop));
       if (start_offset < start) out->push_back({in.text.Sub(start_offset, start), -1, in.at_start && start_offset == 0});
-      out->push_back({in.text.Sub(start, stop), id, false});
-      start_offset = stop;
-      if (pos < stop) pos = stop;
+      // HF keeps searching after the match itself, not after the stripped whitespace: a token
+      // that starts inside that whitespace still matches (its span then overlaps).
+      out->push_back({in.text.Sub(std::min(start, stop), stop), id, false});
+      start_offset = stop;  // as HF, even when this match lies inside the previous one's stripped whitespace
     }
     if (start_offset < s.size()) {
       out->push_back({in.text.Sub(start_offset, s.size()), -1, in.at_start && start_offset == 0});

@@ -96,6 +96,38 @@ def qwen_tokenizer():
     return tok
 
 
+def flags_tokenizer(qwen):
+    """The Qwen tokenizer plus added tokens with every matching flag HF has: lstrip, rstrip,
+    single_word, and normalized (matched after NFC) or not."""
+    from tokenizers import AddedToken, Tokenizer
+    tok = Tokenizer.from_str(qwen.backend_tokenizer.to_str())
+    tok.add_special_tokens([AddedToken("<mask>", lstrip=True, special=True, normalized=False),
+                            AddedToken("[SEP]", rstrip=True, special=True, normalized=False),
+                            AddedToken("<both>", lstrip=True, rstrip=True, special=True, normalized=False)])
+    tok.add_tokens([AddedToken("hello", single_word=True, normalized=False),
+                    AddedToken("caf\u00e9", normalized=True),  # NFC form: "cafe\u0301" matches too
+                    AddedToken("world", single_word=True, normalized=True),
+                    AddedToken(" x ", normalized=False)])
+    return tok
+
+
+FLAG_STRINGS = ["<mask>", "[SEP]", "<both>", "hello", "caf\u00e9", "cafe\u0301", "world", " x "]
+
+
+def flag_records(rng, records):
+    """Real text with the flagged tokens inserted, with and without surrounding spaces and words."""
+    texts = [r.decode("utf-8", errors="replace") for r in records[:3000]]
+    out = []
+    for t in texts:
+        words = t.split(" ")
+        for _ in range(rng.randint(1, 3)):
+            token = rng.choice(FLAG_STRINGS)
+            glue = rng.choice(["", " ", "  ", "\t", "\n ", "a", "_"])
+            words.insert(rng.randint(0, len(words)), glue + token + rng.choice(["", " ", "  ", "b", "\n"]))
+        out.append(" ".join(words).encode("utf-8"))
+    return out
+
+
 def real_lines():
     """Lines of real text found on this machine, by source."""
     sources = {}
@@ -308,11 +340,25 @@ def main():
                                                                        "<|endoftext|>", "<end_of_turn>"))),
         "invalid_utf8": sum(1 for r in records if r.decode("utf-8", errors="replace").encode("utf-8") != r),
     }}
+    qwen = None
     for name, tok in (("gemma", gemma_tokenizer(gguf)), ("qwen", qwen_tokenizer())):
         tok.save_pretrained(os.path.join(out_dir, name))
         expected(tok, records, os.path.join(out_dir, name + ".expected"))
         expected_chats(tok, make_chats(rng, records, name, 400), os.path.join(out_dir, name + ".chats"))
         result[name] = {"vocab": len(tok), "added": len(tok.added_tokens_decoder)}
+        qwen = tok
+    # Added-token flags: tokenizers' own Tokenizer on records that contain the flagged tokens.
+    flags = flags_tokenizer(qwen)
+    flags.save(os.path.join(out_dir, "flags.json"))
+    flagged = flag_records(rng, records)
+    with open(os.path.join(out_dir, "flags_corpus.bin"), "wb") as f:
+        for r in flagged:
+            f.write(struct.pack("<I", len(r)))
+            f.write(r)
+    with open(os.path.join(out_dir, "flags.expected"), "w", encoding="utf-8") as f:
+        for enc in flags.encode_batch([r.decode("utf-8") for r in flagged]):
+            f.write(json.dumps({"ids": enc.ids}) + "\n")
+    result["flags"] = {"records": len(flagged)}
     emit(result)
 
 

@@ -129,6 +129,30 @@ TEST_CASE("tokenizer: Qwen2.5 (real vocabulary) equals transformers on 20k+ real
   CompareOnCorpus("qwen2.5 (tokenizer.json)", **tok, ReferenceDir() + "/qwen.expected");
 }
 
+TEST_CASE("tokenizer: added tokens with lstrip, rstrip, single_word and normalized match as in HF",
+          "[tokenizer][reference]") {
+  if (!testing::ReferenceStackAvailable()) return;
+  REQUIRE(!ReferenceDir().empty());
+  auto tok = tokenizer::Tokenizer::Load(ReferenceDir() + "/flags.json");
+  INFO((tok.ok() ? std::string("loaded") : std::string(tok.status().message())));
+  REQUIRE(tok.ok());
+  const auto records = ReadCorpus(ReferenceDir() + "/flags_corpus.bin");
+  const auto expected = ReadJsonLines(ReferenceDir() + "/flags.expected");
+  REQUIRE(records.size() == expected.size());
+  const auto ids = (*tok)->EncodeBatch(records);
+  size_t same = 0, shown = 0;
+  for (size_t i = 0; i < records.size(); ++i) {
+    const auto want = expected[i]["ids"].get<std::vector<int32_t>>();
+    same += ids[i] == want;
+    if (ids[i] != want && shown++ < 3) {
+      UNSCOPED_INFO(json(records[i]).dump() << "\n  ours " << Show(ids[i]) << "\n  HF   " << Show(want));
+    }
+  }
+  std::printf("added-token flags: %zu of %zu records with lstrip/rstrip/single_word/normalized tokens identical\n",
+              same, records.size());
+  CHECK(same == records.size());
+}
+
 TEST_CASE("tokenizer: bad tokenizer.json files are refused with the field named", "[tokenizer]") {
   const std::string model =
       R"("model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "ab": 2}, "merges": ["a b"]})";
