@@ -307,13 +307,17 @@ at::Tensor Decoder::Attention(const Layer& l, int64_t index, const at::Tensor& x
   }
   q = q * cos + RotateHalf(q) * sin;  // cos, sin: (B, 1, T, D)
   k = k * cos + RotateHalf(k) * sin;
-  if (cache != nullptr) {  // keys and values of all tokens so far: (B, K, past + T, D)
+  if (cache != nullptr) {  // keys and values of the tokens so far: (B, K, kept + T, D)
     if (cache->k[index].defined()) {
       k = at::cat({cache->k[index], k}, 2);
       v = at::cat({cache->v[index], v}, 2);
     }
-    cache->k[index] = k;
-    cache->v[index] = v;
+    // A sliding layer keeps only the last W − 1 keys: no later query can see further back (what
+    // transformers' sliding-window cache keeps). Full layers keep everything.
+    const int64_t keep = spec_.sliding[index] && spec_.window > 0 ? spec_.window - 1 : k.size(2);
+    const int64_t drop = std::max<int64_t>(0, k.size(2) - keep);
+    cache->k[index] = k.slice(2, drop);
+    cache->v[index] = v.slice(2, drop);
   }
   const int64_t S = k.size(2);  // keys
   if (H != K) {  // GQA: query head h reads kv head h / (H / K) (transformers repeat_kv)
@@ -433,7 +437,10 @@ at::Tensor Decoder::HiddenImpl(const at::Tensor& input_ids, const at::Tensor& at
   at::Tensor sliding_mask;
   if (spec_.window > 0) {
     const at::Tensor in_window = (q_idx.unsqueeze(1) - k_idx.unsqueeze(0)) < spec_.window;
-    sliding_mask = additive(full_allowed & in_window.view({1, 1, T, S}));
+    // With a cache, sliding layers hold only the last W − 1 earlier keys (see Attention): their
+    // mask covers cache indices past − kept … S − 1.
+    const int64_t kept = cache != nullptr ? std::min<int64_t>(past, spec_.window - 1) : past;
+    sliding_mask = additive((full_allowed & in_window.view({1, 1, T, S})).slice(3, past - kept));
   }
 
   // RoPE tables, once per distinct layer RoPE: angle in float32, cos/sin cast to the model dtype.

@@ -229,6 +229,37 @@ TEST_CASE("decoder: activation checkpointing gives identical gradients with less
   CHECK(ckpt_peak < plain_peak);
 }
 
+TEST_CASE("decoder: the KV cache trims sliding layers to W - 1 keys and gives the logits of a full forward",
+          "[model][reference]") {
+  if (!testing::ReferenceStackAvailable()) return;
+  const std::string dir = testing::TempDir("tiny_trim");
+  REQUIRE(testing::RunReference("model_ref.py", {"tiny", "gemma2", dir, "9"}).exit_code == 0);  // window 4
+  auto model = model::Decoder::Load(dir + "/model", {});
+  REQUIRE(model.ok());
+  at::manual_seed(4);
+  const at::Tensor ids = at::randint(0, 100, {2, 20}, at::kLong);
+  at::Tensor mask = at::ones({2, 20}, at::kLong);
+  mask.slice(1, 0, 3)[1].fill_(0);  // left padding in row 1
+  const at::Tensor full = (*model)->Forward(ids, mask);
+  model::KvCache cache;
+  std::vector<at::Tensor> steps;
+  steps.push_back((*model)->Forward(ids.slice(1, 0, 6), mask.slice(1, 0, 6), &cache));  // a prompt longer than W
+  for (int64_t t = 6; t < 20; ++t) steps.push_back((*model)->Forward(ids.slice(1, t, t + 1), mask.slice(1, t, t + 1), &cache));
+  const at::Tensor cached = at::cat(steps, 1);
+  const at::Tensor real = mask.to(at::kBool);
+  const double error = ((cached - full).index({real}).abs().max() / full.index({real}).abs().max()).item<double>();
+  std::printf("sliding-window cache (gemma2 tiny, W=4): 20 tokens step by step vs one forward, rel err %.2e\n", error);
+  CHECK(error <= 1e-5);
+  const auto& spec_layers = cache.k;
+  int64_t shortest = 1 << 30, longest = 0;
+  for (const at::Tensor& k : spec_layers) {
+    shortest = std::min(shortest, k.size(2));
+    longest = std::max(longest, k.size(2));
+  }
+  CHECK(shortest == 3);   // sliding layers: W - 1
+  CHECK(longest == 20);   // full layers: everything
+}
+
 TEST_CASE("decoder: a packed row (segment ids) equals its examples run one by one", "[model][reference]") {
   if (!testing::ReferenceStackAvailable()) return;
   for (const std::string family : {"gemma3_text", "qwen2"}) {

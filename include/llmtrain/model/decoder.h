@@ -39,7 +39,9 @@ struct DecoderOptions {
 
 /// Keys and values of earlier tokens, per layer, for incremental decoding. Filled by Forward.
 struct KvCache {
-  std::vector<at::Tensor> k, v;  ///< per layer (B, K, past, D), after RoPE and QK-norm
+  /// per layer (B, K, past, D), after RoPE and QK-norm; sliding-window layers keep only their last
+  /// W − 1 keys and values (no later query can see further back)
+  std::vector<at::Tensor> k, v;
   at::Tensor mask;               ///< (B, past) int64: 1 = token, 0 = padding
   at::Tensor next_position;      ///< (B) int64: the position the next token gets
   int64_t length() const { return mask.defined() ? mask.size(1) : 0; }
