@@ -287,6 +287,39 @@ TEST_CASE("cli: llmtrain tokenize equals AutoTokenizer on the corpus", "[tokeniz
   }
 }
 
+TEST_CASE("cli: llmtrain tokenize --chat equals apply_chat_template", "[tokenizer][cli][chat][reference][real]") {
+  if (!testing::ReferenceStackAvailable()) return;
+  REQUIRE(!ReferenceDir().empty());
+  for (const std::string name : {"gemma", "qwen"}) {
+    std::vector<json> chats;
+    for (const json& entry : ReadJsonLines(ReferenceDir() + "/" + name + ".chats")) {
+      if (!entry.contains("error") && chats.size() < 100) chats.push_back(entry);
+    }
+    const std::string in_path = ReferenceDir() + "/cli_chat_" + name + ".jsonl";
+    {
+      std::ofstream in(in_path);
+      for (const json& c : chats) in << c["messages"].dump() << "\n";
+    }
+    for (const bool gen : {false, true}) {
+      const auto run = testing::RunCommand(testing::ShellQuote(testing::CliPath()) + " tokenize --chat --tokenizer " +
+                                           testing::ShellQuote(ReferenceDir() + "/" + name) +
+                                           (gen ? " --add-generation-prompt" : "") + " < " + testing::ShellQuote(in_path));
+      REQUIRE(run.exit_code == 0);
+      std::istringstream lines(run.out);
+      std::string line;
+      size_t k = 0, same = 0;
+      while (std::getline(lines, line) && k < chats.size()) {
+        same += json::parse(line) == chats[k][gen ? "gen" : "plain"]["ids"];
+        ++k;
+      }
+      std::printf("llmtrain tokenize --chat%s (%s): %zu of %zu conversations equal apply_chat_template\n",
+                  gen ? " --add-generation-prompt" : "", name.c_str(), same, chats.size());
+      CHECK(k == chats.size());
+      CHECK(same == chats.size());
+    }
+  }
+}
+
 TEST_CASE("cli: llmtrain generate --prompt equals transformers' greedy generate on the real Gemma 3",
           "[tokenizer][cli][reference][real]") {
   if (!testing::ReferenceStackAvailable()) return;
