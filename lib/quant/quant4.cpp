@@ -1,0 +1,237 @@
+// NF4/FP4 quantization as bitsandbytes 0.50.2 computes it on CPU (docs/bitsandbytes-cpu.md). Each
+// float operation below is the one bitsandbytes rounds, in the same order, so the bytes agree.
+#include "llmtrain/quant/quant4.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+
+namespace llmtrain::quant {
+namespace {
+
+constexpr std::array<float, 16> kNf4 = {
+    -1.0f, -0.6961928009986877f, -0.5250730514526367f, -0.39491748809814453f,
+    -0.28444138169288635f, -0.18477343022823334f, -0.09105003625154495f, 0.0f,
+    0.07958029955625534f, 0.16093020141124725f, 0.24611230194568634f, 0.33791524171829224f,
+    0.44070982933044434f, 0.5626170039176941f, 0.7229568362236023f, 1.0f};
+// FP4 before the division by 12 (index 8 is +0: the table's "-0" is an integer in bitsandbytes).
+constexpr std::array<float, 16> kFp4Times12 = {0.0f,  0.0625f,  8.0f,  12.0f,  4.0f,  6.0f,  2.0f,  3.0f,
+                                               0.0f, -0.0625f, -8.0f, -12.0f, -4.0f, -6.0f, -2.0f, -3.0f};
+// torch.argsort of the FP4 table: sorted position → nibble.
+constexpr std::array<uint8_t, 16> kFp4Order = {11, 10, 13, 12, 15, 14, 9, 0, 8, 1, 6, 7, 4, 5, 2, 3};
+
+std::array<float, 16> Table(QuantType type) {
+  if (type == QuantType::kNf4) return kNf4;
+  std::array<float, 16> t{};
+  for (int i = 0; i < 16; ++i) t[i] = kFp4Times12[i] / 12.0f;
+  return t;
+}
+
+// The nibble of a scaled value: bucketize over the midpoints of the sorted table (the count of
+// midpoints strictly below s, so an exact midpoint goes to the lower code; NaN to the last).
+struct Bucketizer {
+  std::array<float, 15> bounds;
+  std::array<uint8_t, 16> nibble_of_sorted;
+  explicit Bucketizer(QuantType type) {
+    const auto code = Table(type);
+    std::array<float, 16> sorted{};
+    for (int i = 0; i < 16; ++i) {
+      nibble_of_sorted[i] = type == QuantType::kNf4 ? static_cast<uint8_t>(i) : kFp4Order[i];
+      sorted[i] = code[nibble_of_sorted[i]];
+    }
+    for (int i = 0; i < 15; ++i) bounds[i] = (sorted[i] + sorted[i + 1]) / 2.0f;
+  }
+  uint8_t operator()(float s) const {
+    if (std::isnan(s)) return nibble_of_sorted[15];
+    int n = 0;
+    while (n < 15 && bounds[n] < s) ++n;
+    return nibble_of_sorted[n];
+  }
+};
+
+float Clamp1(float v) {
+  if (std::isnan(v)) return v;
+  return std::min(std::max(v, -1.0f), 1.0f);
+}
+
+// max |x| over a block, NaN if any element is NaN (torch's max propagates NaN).
+float AbsMax(const float* x, int64_t n) {
+  float m = 0.0f;
+  for (int64_t i = 0; i < n; ++i) {
+    const float a = std::fabs(x[i]);
+    if (std::isnan(a)) return a;
+    m = std::max(m, a);
+  }
+  return m;
+}
+
+// bitsandbytes' 8-bit blockwise quantization on CPU (its C kernel): a 65536-entry table from a
+// rounded position in [-1, 1] to the code whose midpoints bracket it.
+void QuantizeBlockwise8(const std::vector<float>& x, const at::Tensor& code, int64_t blocksize,
+                        std::vector<uint8_t>* q, std::vector<float>* absmax) {
+  const float* c = code.data_ptr<float>();
+  std::array<float, 255> mid{};
+  for (int k = 0; k < 255; ++k) mid[k] = (c[k] + c[k + 1]) * 0.5f;
+  std::vector<uint8_t> lut(65536);
+  for (int i = 0; i < 65536; ++i) {
+    const float val = static_cast<float>(i + i) / 65535.0f - 1.0f;
+    int count = 0;
+    while (count < 255 && mid[count] < val) ++count;
+    lut[i] = static_cast<uint8_t>(count);
+  }
+  const auto n = static_cast<int64_t>(x.size());
+  const int64_t blocks = (n + blocksize - 1) / blocksize;
+  q->assign(static_cast<size_t>(n), 0);
+  absmax->assign(static_cast<size_t>(blocks), 0.0f);
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t begin = b * blocksize, end = std::min(n, begin + blocksize);
+    const float am = std::max(0.0f, AbsMax(x.data() + begin, end - begin));
+    (*absmax)[b] = am;
+    if (am == 0.0f) continue;
+    const float inv = 1.0f / am;
+    for (int64_t i = begin; i < end; ++i) {
+      const float v = Clamp1(x[i] * inv);
+      const float t = (v + 1.0f) * 0.5f;
+      if (std::isnan(t)) continue;  // index 0
+      const auto idx = static_cast<int64_t>(std::trunc(std::fmaf(t, 65535.0f, 0.5f))) & 0xFFFF;
+      (*q)[i] = lut[idx];
+    }
+  }
+}
+
+}  // namespace
+
+absl::string_view QuantTypeName(QuantType type) { return type == QuantType::kNf4 ? "nf4" : "fp4"; }
+
+at::Tensor CodeTable(QuantType type) {
+  const auto t = Table(type);
+  return at::tensor(at::ArrayRef<float>(t.data(), t.size()), at::kFloat);
+}
+
+at::Tensor DynamicMap() {
+  // create_dynamic_map(signed=True, max_exponent_bits=7, total_bits=8), with the same float32
+  // tensor operations (linspace, midpoints, scaling) so every value rounds the same way.
+  std::vector<float> data;
+  for (int i = 0; i < 7; ++i) {
+    const int64_t fraction_items = (int64_t{1} << i) + 1;
+    const at::Tensor boundaries = at::linspace(0.1, 1.0, fraction_items, at::TensorOptions().dtype(at::kFloat));
+    const at::Tensor means = (boundaries.slice(0, 0, -1) + boundaries.slice(0, 1)) / 2.0;
+    const double scale = std::pow(10.0, -6 + i);
+    for (const double sign : {1.0, -1.0}) {
+      const at::Tensor scaled = (i == 6 ? means * (sign > 0 ? 1 : -1) : means * (sign * scale)).contiguous();
+      const float* p = scaled.data_ptr<float>();
+      data.insert(data.end(), p, p + scaled.numel());
+    }
+  }
+  data.push_back(0.0f);
+  data.push_back(1.0f);
+  data.resize(256, 0.0f);
+  std::stable_sort(data.begin(), data.end());
+  return at::tensor(data, at::kFloat);
+}
+
+absl::StatusOr<Quantized4> Quantize4bit(const at::Tensor& weight, const Quant4Options& options) {
+  static constexpr std::array<int64_t, 8> kBlocksizes = {32, 64, 128, 256, 512, 1024, 2048, 4096};
+  if (std::find(kBlocksizes.begin(), kBlocksizes.end(), options.blocksize) == kBlocksizes.end()) {
+    return absl::InvalidArgumentError(absl::StrCat("blocksize: ", options.blocksize,
+                                                   " is not one of 32, 64, 128, 256, 512, 1024, 2048, 4096"));
+  }
+  const c10::ScalarType dtype = weight.scalar_type();
+  if (dtype != at::kFloat && dtype != at::kHalf && dtype != at::kBFloat16) {
+    return absl::InvalidArgumentError(absl::StrCat("4-bit quantization takes float32, float16 or bfloat16, not ",
+                                                   c10::toString(dtype)));
+  }
+  if (!weight.device().is_cpu()) return absl::InvalidArgumentError("Quantize4bit: the tensor must be on the CPU");
+  const at::Tensor x = weight.contiguous().reshape({-1}).to(at::kFloat);  // exact up-cast
+  const float* v = x.data_ptr<float>();
+  const int64_t n = x.numel(), bs = options.blocksize;
+  const int64_t full = n / bs * bs, blocks = (n + bs - 1) / bs;
+  const Bucketizer bucket(options.type);
+  std::vector<float> absmax(static_cast<size_t>(blocks));
+  std::vector<uint8_t> nibbles(static_cast<size_t>(n + (n % 2)));
+  constexpr float kTiny = 1e-38f;
+  for (int64_t b = 0; b * bs < full; ++b) {
+    const float am = AbsMax(v + b * bs, bs);
+    absmax[b] = am;
+    const float r = 1.0f / std::max(am, kTiny);  // full blocks multiply by the reciprocal
+    for (int64_t i = b * bs; i < (b + 1) * bs; ++i) nibbles[i] = bucket(Clamp1(v[i] * r));
+  }
+  if (full < n) {  // the partial last block divides, and stores its clamped scale
+    const float am = std::max(AbsMax(v + full, n - full), kTiny);
+    absmax[blocks - 1] = am;
+    for (int64_t i = full; i < n; ++i) nibbles[i] = bucket(Clamp1(v[i] / am));
+  }
+  if (n % 2) nibbles[n] = bucket(0.0f);
+  Quantized4 out;
+  out.packed = at::empty({(n + 1) / 2, 1}, at::kByte);
+  uint8_t* packed = out.packed.data_ptr<uint8_t>();
+  for (int64_t j = 0; j < (n + 1) / 2; ++j) packed[j] = static_cast<uint8_t>((nibbles[2 * j] << 4) | nibbles[2 * j + 1]);
+
+  Quant4State& s = out.state;
+  s.type = options.type;
+  s.blocksize = bs;
+  s.shape = weight.sizes().vec();
+  s.dtype = dtype;
+  s.code = CodeTable(options.type);
+  at::Tensor scales = at::tensor(absmax, at::kFloat);
+  if (!options.double_quant) {
+    s.absmax = scales;
+    return out;
+  }
+  // Double quantization: subtract the mean (ATen's own reduction, as bitsandbytes calls it), then
+  // 8-bit codes of the dynamic map in blocks of 256.
+  s.nested = true;
+  s.offset = scales.mean().item<float>();
+  std::vector<float> centered(absmax.size());
+  for (size_t i = 0; i < absmax.size(); ++i) centered[i] = absmax[i] - s.offset;
+  s.nested_code = DynamicMap();
+  std::vector<uint8_t> q;
+  std::vector<float> nested_absmax;
+  QuantizeBlockwise8(centered, s.nested_code, s.nested_blocksize, &q, &nested_absmax);
+  s.absmax = at::tensor(at::ArrayRef<uint8_t>(q.data(), q.size()), at::kByte);
+  s.nested_absmax = at::tensor(nested_absmax, at::kFloat);
+  return out;
+}
+
+at::Tensor BlockScales(const Quant4State& state) {
+  if (!state.nested) return state.absmax.to(at::kFloat).contiguous();
+  const at::Tensor q = state.absmax.contiguous();
+  const at::Tensor code = state.nested_code.to(at::kFloat).contiguous();
+  const at::Tensor nested = state.nested_absmax.to(at::kFloat).contiguous();
+  at::Tensor out = at::empty({q.numel()}, at::kFloat);
+  const uint8_t* qp = q.data_ptr<uint8_t>();
+  const float* cp = code.data_ptr<float>();
+  const float* np = nested.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  for (int64_t i = 0; i < q.numel(); ++i) {
+    const float scale = cp[qp[i]] * np[i / state.nested_blocksize];
+    op[i] = scale + state.offset;
+  }
+  return out;
+}
+
+at::Tensor Dequantize4bit(const Quantized4& quantized) {
+  const Quant4State& s = quantized.state;
+  int64_t n = 1;
+  for (int64_t d : s.shape) n *= d;
+  const at::Tensor scales = BlockScales(s);
+  const at::Tensor code = s.code.to(at::kFloat).contiguous();
+  const at::Tensor packed = quantized.packed.contiguous();
+  at::Tensor out = at::empty({n}, at::kFloat);
+  const uint8_t* p = packed.data_ptr<uint8_t>();
+  const float* c = code.data_ptr<float>();
+  const float* a = scales.data_ptr<float>();
+  float* o = out.data_ptr<float>();
+  for (int64_t i = 0; i < n; ++i) {
+    const uint8_t byte = p[i / 2];
+    const uint8_t nibble = i % 2 == 0 ? byte >> 4 : byte & 0x0F;
+    o[i] = c[nibble] * a[i / s.blocksize];
+  }
+  return out.to(s.dtype).reshape(s.shape);
+}
+
+}  // namespace llmtrain::quant
