@@ -21,3 +21,5 @@
 #include "llmtrain/data/builtin.h"
 #include "llmtrain/data/collator.h"
 #include "llmtrain/data/dataset.h"
+#include "llmtrain/quant/int8.h"
+#include "llmtrain/quant/quant4.h"

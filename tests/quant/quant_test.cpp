@@ -9,6 +9,7 @@
 
 #include "llmtrain/io/safetensors.h"
 #include "llmtrain/io/tensors.h"
+#include "llmtrain/quant/int8.h"
 #include "llmtrain/quant/quant4.h"
 #include "testing/json_util.h"
 #include "testing/reference.h"
@@ -83,6 +84,28 @@ TEST_CASE("quant: NF4/FP4 packed bytes, block scales and dequantization equal bi
               "reference is its torch path\n",
               row_indexing);
   CHECK(n >= 200);
+
+  size_t int8_n = 0, int8_ok = 0;
+  const nlohmann::json int8_cases = testing::LastJsonLine(run.out)["int8_cases"];
+  for (const auto& c : int8_cases) {
+    const std::string name = c["name"];
+    INFO(c.dump());
+    auto q = quant::QuantizeInt8(ref[name + ".input"], c["threshold"].get<double>());
+    REQUIRE(q.ok());
+    ++int8_n;
+    bool ok = SameBytes(q->q, ref[name + ".q"]) && SameBytes(q->row_stats, ref[name + ".row_stats"]) &&
+              SameBytes(quant::DequantizeInt8(*q), ref[name + ".dequant"]);
+    if (c["has_outlier_cols"].get<bool>()) {
+      ok = ok && q->outlier_cols.defined() && SameBytes(q->outlier_cols, ref[name + ".outlier_cols"]);
+    } else {
+      ok = ok && !q->outlier_cols.defined();
+    }
+    CHECK(ok);
+    int8_ok += ok;
+  }
+  std::printf("quant: int8 row-wise: %zu of %zu cases identical (q, row stats, outlier columns, dequantization)\n",
+              int8_ok, int8_n);
+  CHECK(int8_n >= 30);
 }
 
 TEST_CASE("quant: bad options are refused by name", "[quant]") {

@@ -69,8 +69,25 @@ def main():
             tensors[f"{name}.nested_code"] = state.state2.code.contiguous()
             case["offset"] = float(state.offset)
         cases.append(case)
+    # LLM.int8 row-wise: 2-D weights, a zero row, outliers over a threshold (one not representable
+    # in float16/bfloat16).
+    int8_cases = []
+    for j, (shape, dtype, threshold) in enumerate(itertools.product(
+            ((16, 64), (5, 33), (1, 40), (64, 128)), (torch.float32, torch.float16, torch.bfloat16), (0.0, 2.0, 2.3))):
+        x = (torch.randn(shape, generator=gen) * (1 + 3 * (j % 2))).to(dtype)
+        if shape[0] > 2:
+            x[1] = 0
+        q, stats, outlier_cols = F.int8_vectorwise_quant(x.clone(), threshold=threshold)
+        name = f"i{j}"
+        tensors[f"{name}.input"] = x.contiguous()
+        tensors[f"{name}.q"] = q.contiguous()
+        tensors[f"{name}.row_stats"] = stats.contiguous()
+        tensors[f"{name}.dequant"] = F.int8_vectorwise_dequant(q, stats).contiguous()
+        if outlier_cols is not None:
+            tensors[f"{name}.outlier_cols"] = outlier_cols.to(torch.int64).contiguous()
+        int8_cases.append({"name": name, "threshold": threshold, "has_outlier_cols": outlier_cols is not None})
     save_file(tensors, os.path.join(out_dir, "cases.safetensors"))
-    emit({"cases": cases})
+    emit({"cases": cases, "int8_cases": int8_cases})
 
 
 if __name__ == "__main__":
