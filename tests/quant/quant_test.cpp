@@ -9,6 +9,7 @@
 
 #include "llmtrain/io/safetensors.h"
 #include "llmtrain/io/tensors.h"
+#include "llmtrain/model/decoder.h"
 #include "llmtrain/quant/int8.h"
 #include "llmtrain/quant/quant4.h"
 #include "testing/json_util.h"
@@ -106,6 +107,33 @@ TEST_CASE("quant: NF4/FP4 packed bytes, block scales and dequantization equal bi
   std::printf("quant: int8 row-wise: %zu of %zu cases identical (q, row stats, outlier columns, dequantization)\n",
               int8_ok, int8_n);
   CHECK(int8_n >= 30);
+}
+
+TEST_CASE("quant: the real Gemma 3 270M's linear weights in NF4 take at most 0.30 of their bf16 bytes",
+          "[quant][reference][real][memory]") {
+  if (!testing::ReferenceStackAvailable()) return;  // the GGUF comes with .venv
+  model::DecoderOptions options;
+  options.dtype = Dtype::kBf16;
+  auto model = model::Decoder::Load(std::string(LLMTRAIN_SOURCE_DIR) + "/.venv/models/gemma-3-270m-q4_k_m.gguf", options);
+  REQUIRE(model.ok());
+  int64_t bf16_bytes = 0, quantized_bytes = 0, n_linear = 0;
+  for (const auto& [name, p] : (*model)->named_parameters()) {
+    // The linear layers bitsandbytes quantizes: 2-D projection weights (the embedding, which is
+    // also the tied LM head, stays in 16 bits, as transformers skips lm_head by default).
+    if (p.dim() != 2 || p.size(0) == (*model)->config().text.vocab_size) continue;
+    auto q = quant::Quantize4bit(p, {.type = quant::QuantType::kNf4, .blocksize = 64, .double_quant = true});
+    REQUIRE(q.ok());
+    ++n_linear;
+    bf16_bytes += p.numel() * 2;
+    quantized_bytes += static_cast<int64_t>(q->packed.nbytes() + q->state.absmax.nbytes() +
+                                            q->state.nested_absmax.nbytes() + sizeof(float));  // + offset
+  }
+  const double ratio = static_cast<double>(quantized_bytes) / static_cast<double>(bf16_bytes);
+  std::printf("gemma3 270M: %lld linear weights, %.1f MiB in bf16, %.1f MiB in NF4 with double quantization: "
+              "ratio %.3f\n",
+              static_cast<long long>(n_linear), bf16_bytes / 1048576.0, quantized_bytes / 1048576.0, ratio);
+  CHECK(n_linear == 18 * 7);
+  CHECK(ratio <= 0.30);
 }
 
 TEST_CASE("quant: bad options are refused by name", "[quant]") {
