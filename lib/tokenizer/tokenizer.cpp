@@ -196,14 +196,11 @@ bool StartsWithWordChar(absl::string_view s) {
 
 // Byte length of the whitespace run at the end / start of s (Rust char::is_whitespace).
 size_t TrailingWhitespaceStart(absl::string_view s) {
-  size_t start = s.size();
   size_t pos = 0, last_non_space_end = 0;
   while (pos < s.size()) {
-    const char32_t c = NextCodePoint(s, &pos);
-    if (!detail::IsWhitespace(c)) last_non_space_end = pos;
+    if (!detail::IsWhitespace(NextCodePoint(s, &pos))) last_non_space_end = pos;
   }
-  start = last_non_space_end;
-  return start;
+  return last_non_space_end;
 }
 
 size_t LeadingWhitespaceLength(absl::string_view s) {

@@ -63,6 +63,17 @@ std::string RewriteWhitespaceClasses(absl::string_view pattern) {
   return out;
 }
 
+// ICU's shared instance of a normal form.
+const UNormalizer2* Normalizer(NormalForm form, UErrorCode* status) {
+  switch (form) {
+    case NormalForm::kNfc: return unorm2_getNFCInstance(status);
+    case NormalForm::kNfd: return unorm2_getNFDInstance(status);
+    case NormalForm::kNfkc: return unorm2_getNFKCInstance(status);
+    case NormalForm::kNfkd: return unorm2_getNFKDInstance(status);
+  }
+  return unorm2_getNFCInstance(status);
+}
+
 }  // namespace
 
 char32_t NextCodePoint(absl::string_view text, size_t* pos) {
@@ -115,13 +126,7 @@ std::string ToValidUtf8(absl::string_view text) {
 
 std::string Normalize(NormalForm form, absl::string_view text) {
   UErrorCode status = U_ZERO_ERROR;
-  const UNormalizer2* normalizer = nullptr;
-  switch (form) {
-    case NormalForm::kNfc: normalizer = unorm2_getNFCInstance(&status); break;
-    case NormalForm::kNfd: normalizer = unorm2_getNFDInstance(&status); break;
-    case NormalForm::kNfkc: normalizer = unorm2_getNFKCInstance(&status); break;
-    case NormalForm::kNfkd: normalizer = unorm2_getNFKDInstance(&status); break;
-  }
+  const UNormalizer2* normalizer = Normalizer(form, &status);
   if (U_FAILURE(status)) return std::string(text);
   // ASCII is invariant under every form.
   bool ascii = true;
@@ -148,13 +153,7 @@ std::string Normalize(NormalForm form, absl::string_view text) {
 
 bool HasNormalizationBoundaryBefore(NormalForm form, char32_t c) {
   UErrorCode status = U_ZERO_ERROR;
-  const UNormalizer2* normalizer = nullptr;
-  switch (form) {
-    case NormalForm::kNfc: normalizer = unorm2_getNFCInstance(&status); break;
-    case NormalForm::kNfd: normalizer = unorm2_getNFDInstance(&status); break;
-    case NormalForm::kNfkc: normalizer = unorm2_getNFKCInstance(&status); break;
-    case NormalForm::kNfkd: normalizer = unorm2_getNFKDInstance(&status); break;
-  }
+  const UNormalizer2* normalizer = Normalizer(form, &status);
   return U_SUCCESS(status) && unorm2_hasBoundaryBefore(normalizer, static_cast<UChar32>(c));
 }
 

@@ -14,6 +14,7 @@
 #include "llmtrain/model/decoder.h"
 #include "llmtrain/model/generate.h"
 #include "testing/json_util.h"
+#include "testing/safetensors_util.h"
 #include "testing/memory.h"
 #include "testing/reference.h"
 
@@ -22,13 +23,7 @@ namespace {
 
 using nlohmann::json;
 
-std::map<std::string, at::Tensor> LoadAll(const std::string& path) {
-  auto file = io::SafetensorsFile::Open(path);
-  REQUIRE(file.ok());
-  std::map<std::string, at::Tensor> out;
-  for (const io::TensorInfo& t : (*file)->tensors()) out[t.name] = io::TensorView(**file, t).clone();
-  return out;
-}
+using testing::LoadAll;
 
 // max |a − b| ÷ max |b|: the relative error the thresholds are stated in.
 double RelativeError(const at::Tensor& a, const at::Tensor& b) {

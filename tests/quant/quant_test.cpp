@@ -13,18 +13,13 @@
 #include "llmtrain/quant/int8.h"
 #include "llmtrain/quant/quant4.h"
 #include "testing/json_util.h"
+#include "testing/safetensors_util.h"
 #include "testing/reference.h"
 
 namespace llmtrain {
 namespace {
 
-std::map<std::string, at::Tensor> LoadAll(const std::string& path) {
-  auto file = io::SafetensorsFile::Open(path);
-  REQUIRE(file.ok());
-  std::map<std::string, at::Tensor> out;
-  for (const io::TensorInfo& t : (*file)->tensors()) out[t.name] = io::TensorView(**file, t).clone();
-  return out;
-}
+using testing::LoadAll;
 
 // Same bytes: dtype, shape and every bit (so NaN and the sign of zero count too).
 bool SameBytes(const at::Tensor& a, const at::Tensor& b) {
