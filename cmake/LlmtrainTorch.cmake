@@ -41,4 +41,6 @@ endif()
 # The CUDA runtime our kernels use: the wheel's libcudart.so.13, the one torch loads, so the
 # process has a single CUDA runtime.
 find_file(LLMTRAIN_TORCH_CUDART libcudart.so.13 PATHS ${LLMTRAIN_TORCH_CUDA_LIB_DIRS} NO_DEFAULT_PATH)
+# Likewise cuBLASLt (QuantizedLinear's GEMMs): the wheel's copy, the one torch's matmuls use.
+find_file(LLMTRAIN_TORCH_CUBLASLT libcublasLt.so.13 PATHS ${LLMTRAIN_TORCH_CUDA_LIB_DIRS} NO_DEFAULT_PATH)
 message(STATUS "llmtrain: LibTorch ${Torch_VERSION} from ${LLMTRAIN_TORCH_ROOT}")

@@ -1,5 +1,6 @@
 #include "llmtrain/core/atomic_file.h"
 
+#include <filesystem>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -114,6 +115,13 @@ absl::Status WriteFileAtomically(absl::string_view path, absl::string_view conte
   LLMTRAIN_RETURN_IF_ERROR(file.Open(path));
   LLMTRAIN_RETURN_IF_ERROR(file.Write(contents));
   return file.Commit();
+}
+
+absl::Status MakeDirectories(absl::string_view path) {
+  std::error_code error;
+  std::filesystem::create_directories(std::filesystem::path(std::string(path)), error);
+  if (error) return absl::InternalError(absl::StrCat(path, ": cannot create the folder: ", error.message()));
+  return absl::OkStatus();
 }
 
 bool IsDirectory(absl::string_view path) {

@@ -10,8 +10,10 @@
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <limits>
+#include <variant>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -21,22 +23,41 @@
 #include "llmtrain/io/gguf.h"
 #include "llmtrain/io/safetensors.h"
 #include "llmtrain/io/tensors.h"
+#include "llmtrain/quant/bnb_format.h"
+#include "llmtrain/quant/quantized_linear.h"
 #include "nlohmann/json.hpp"
 
 namespace llmtrain::model {
 
 struct Decoder::Layer {
   at::Tensor input_norm, post_attn_norm, pre_ffw_norm, post_ffw_norm;  // (C)
-  at::Tensor q, k, v, o;                                                // (H·D, C) … (C, H·D)
   at::Tensor q_bias, k_bias, v_bias;                                    // (H·D), (K·D)
   at::Tensor q_norm, k_norm;                                            // (D)
-  at::Tensor gate, up, down;                                            // (I, C), (C, I)
+  // The projections in kLinearRoles order: q, k, v, o (H·D, C) … (C, H·D), gate, up (I, C),
+  // down (C, I). Dense, 4-bit, or wrapped by an adapter.
+  std::array<std::shared_ptr<Linear>, 7> proj;
+  const Linear& q() const { return *proj[0]; }
+  const Linear& k() const { return *proj[1]; }
+  const Linear& v() const { return *proj[2]; }
+  const Linear& o() const { return *proj[3]; }
+  const Linear& gate() const { return *proj[4]; }
+  const Linear& up() const { return *proj[5]; }
+  const Linear& down() const { return *proj[6]; }
 };
 
 Decoder::Decoder() = default;
 Decoder::~Decoder() = default;
 
 namespace {
+
+constexpr Role kLinearRoles[7] = {Role::kQ, Role::kK, Role::kV, Role::kO, Role::kGate, Role::kUp, Role::kDown};
+
+int LinearSlot(Role role) {
+  for (int i = 0; i < 7; ++i) {
+    if (kLinearRoles[i] == role) return i;
+  }
+  return -1;
+}
 
 bool IsNormRole(Role role) {
   return role == Role::kInputNorm || role == Role::kPostAttnNorm || role == Role::kPreFfwNorm ||
@@ -166,6 +187,19 @@ absl::Status Decoder::BuildFromTensors(const TensorSource& source, bool from_ggu
   for (const auto& [name, unused] : source.shapes) used[name] = false;
   layers_.assign(c.num_hidden_layers, Layer());
 
+  std::map<std::string, std::string> hf_names;  // file name → HF name (GGUF loads)
+  const auto hf_name_of = [&](const std::string& name) {
+    const auto it = hf_names.find(name);
+    return it == hf_names.end() ? name : it->second;
+  };
+  if (from_gguf) {
+    for (const WeightName& row : spec_.weights) {
+      for (int64_t i = 0; i < (absl::StrContains(row.gguf, "{i}") ? c.num_hidden_layers : 1); ++i) {
+        hf_names[absl::StrReplaceAll(row.gguf, {{"{i}", absl::StrCat(i)}})] =
+            absl::StrReplaceAll(row.hf, {{"{i}", absl::StrCat(i)}});
+      }
+    }
+  }
   auto take = [&](const std::string& name, Role role) -> absl::StatusOr<at::Tensor> {
     const auto it = source.shapes.find(name);
     if (it == source.shapes.end()) {
@@ -195,8 +229,44 @@ absl::Status Decoder::BuildFromTensors(const TensorSource& source, bool from_ggu
     if (!owned) value = value.clone();
     value = value.contiguous();
     value.set_requires_grad(options_.requires_grad);
-    params_.emplace_back(name, value);
+    // Listed by HF name whatever the file called it (GGUF "blk.0.attn_q.weight" and HF
+    // "model.layers.0.self_attn.q_proj.weight" share a row of the name table).
+    params_.emplace_back(hf_name_of(name), value);
     return value;
+  };
+
+  // A projection's weight: a bitsandbytes 4-bit one as saved by transformers (HF folders), else a
+  // dense one, quantized right away when options ask for 4 bits (the dense copy is dropped).
+  std::vector<std::array<std::variant<at::Tensor, quant::Quantized4>, 7>> pending(c.num_hidden_layers);
+  const auto has = [&](const std::string& key) { return source.shapes.count(key) != 0; };
+  auto take_linear = [&](const std::string& name, Role role)
+      -> absl::StatusOr<std::variant<at::Tensor, quant::Quantized4>> {
+    if (!from_gguf && quant::IsBnbQuantized(name, has)) {
+      auto get = [&](const std::string& key) -> absl::StatusOr<at::Tensor> {
+        if (!has(key)) return absl::NotFoundError(absl::StrCat(where, ": missing tensor \"", key, "\""));
+        used[key] = true;
+        LLMTRAIN_ASSIGN_OR_RETURN(at::Tensor t, source.load(key, at::kByte));
+        return source.loads_owned ? t : t.clone();
+      };
+      auto q = quant::FromBnbTensors(name, get);
+      if (!q.ok()) return Annotate(q.status(), where);
+      const std::vector<int64_t> want = ExpectedShape(role, c);
+      if (q->state.shape != want) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            where, ": 4-bit tensor \"", name, "\" has shape ", ShapeString(q->state.shape),
+            ", but the config needs ", ShapeString(want)));
+      }
+      return *std::move(q);
+    }
+    if (options_.quantize_4bit.has_value()) {
+      LLMTRAIN_ASSIGN_OR_RETURN(at::Tensor dense, take(name, role));
+      params_.pop_back();  // take() listed it; the 4-bit weight replaces it
+      auto q = quant::Quantize4bit(dense.detach(), *options_.quantize_4bit);
+      if (!q.ok()) return Annotate(q.status(), absl::StrCat(where, ": ", name));
+      return *std::move(q);
+    }
+    LLMTRAIN_ASSIGN_OR_RETURN(at::Tensor dense, take(name, role));
+    return dense;
   };
 
   for (const WeightName& row : spec_.weights) {
@@ -204,6 +274,10 @@ absl::Status Decoder::BuildFromTensors(const TensorSource& source, bool from_ggu
     if (absl::StrContains(pattern, "{i}")) {
       for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
         const std::string name = absl::StrReplaceAll(pattern, {{"{i}", absl::StrCat(i)}});
+        if (const int slot = LinearSlot(row.role); slot >= 0) {
+          LLMTRAIN_ASSIGN_OR_RETURN(pending[i][slot], take_linear(name, row.role));
+          continue;
+        }
         LLMTRAIN_ASSIGN_OR_RETURN(at::Tensor t, take(name, row.role));
         Layer& l = layers_[i];
         switch (row.role) {
@@ -211,18 +285,11 @@ absl::Status Decoder::BuildFromTensors(const TensorSource& source, bool from_ggu
           case Role::kPostAttnNorm: l.post_attn_norm = t; break;
           case Role::kPreFfwNorm: l.pre_ffw_norm = t; break;
           case Role::kPostFfwNorm: l.post_ffw_norm = t; break;
-          case Role::kQ: l.q = t; break;
-          case Role::kK: l.k = t; break;
-          case Role::kV: l.v = t; break;
-          case Role::kO: l.o = t; break;
           case Role::kQBias: l.q_bias = t; break;
           case Role::kKBias: l.k_bias = t; break;
           case Role::kVBias: l.v_bias = t; break;
           case Role::kQNorm: l.q_norm = t; break;
           case Role::kKNorm: l.k_norm = t; break;
-          case Role::kGate: l.gate = t; break;
-          case Role::kUp: l.up = t; break;
-          case Role::kDown: l.down = t; break;
           default: break;
         }
       }
@@ -249,6 +316,28 @@ absl::Status Decoder::BuildFromTensors(const TensorSource& source, bool from_ggu
     if (row.role == Role::kLmHead) lm_head_ = t;
   }
   if (spec_.tied_embeddings) lm_head_ = embed_;
+  // The projections, with q/k/v biases inside their layer (PEFT's LoRA wraps the biased Linear).
+  linear_names_.clear();
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+    Layer& l = layers_[i];
+    for (int slot = 0; slot < 7; ++slot) {
+      const at::Tensor bias = slot == 0 ? l.q_bias : slot == 1 ? l.k_bias : slot == 2 ? l.v_bias : at::Tensor();
+      auto& w = pending[i][slot];
+      if (auto* dense = std::get_if<at::Tensor>(&w)) {
+        l.proj[slot] = std::make_shared<DenseLinear>(*dense, bias);
+      } else {
+        l.proj[slot] = std::make_shared<quant::QuantizedLinear>(std::get<quant::Quantized4>(std::move(w)), bias);
+      }
+      w = at::Tensor();
+    }
+    for (const WeightName& row : spec_.weights) {
+      const int slot = LinearSlot(row.role);
+      if (slot < 0) continue;
+      std::string module = absl::StrReplaceAll(row.hf, {{"{i}", absl::StrCat(i)}});
+      if (absl::EndsWith(module, ".weight")) module.resize(module.size() - 7);
+      linear_names_.emplace_back(module, std::make_pair(i, slot));
+    }
+  }
   for (const auto& [name, was_used] : used) {
     if (!was_used) {
       return absl::InvalidArgumentError(absl::StrCat(where, ": tensor \"", name, "\" is not a weight of ",
@@ -298,9 +387,9 @@ at::Tensor Decoder::Attention(const Layer& l, int64_t index, const at::Tensor& x
   const int64_t B = x.size(0), T = x.size(1), D = c.head_dim;
   const int64_t H = c.num_attention_heads, K = c.num_key_value_heads;
   // (B, T, C) → (B, H|K, T, D)
-  at::Tensor q = at::linear(x, l.q, l.q_bias).view({B, T, H, D}).transpose(1, 2);
-  at::Tensor k = at::linear(x, l.k, l.k_bias).view({B, T, K, D}).transpose(1, 2);
-  at::Tensor v = at::linear(x, l.v, l.v_bias).view({B, T, K, D}).transpose(1, 2);
+  at::Tensor q = l.q().Forward(x).view({B, T, H, D}).transpose(1, 2);
+  at::Tensor k = l.k().Forward(x).view({B, T, K, D}).transpose(1, 2);
+  at::Tensor v = l.v().Forward(x).view({B, T, K, D}).transpose(1, 2);
   if (spec_.qk_norm) {  // per head, over D, before RoPE
     q = Norm(q, l.q_norm);
     k = Norm(k, l.k_norm);
@@ -331,7 +420,7 @@ at::Tensor Decoder::Attention(const Layer& l, int64_t index, const at::Tensor& x
   s = s + mask;
   const at::Tensor p = at::softmax(s, -1, at::kFloat).to(q.scalar_type());
   const at::Tensor o = at::matmul(p, v).transpose(1, 2).reshape({B, T, H * D});
-  return at::linear(o, l.o);
+  return l.o().Forward(o);
 }
 
 absl::Status Decoder::CheckInputs(const at::Tensor& input_ids, const at::Tensor& mask) const {
@@ -473,10 +562,10 @@ at::Tensor Decoder::LayerForward(int64_t i, const at::Tensor& x, const at::Tenso
   if (spec_.sandwich_norms) a = Norm(a, l.post_attn_norm);
   h = h + a;
   at::Tensor m = Norm(h, spec_.sandwich_norms ? l.pre_ffw_norm : l.post_attn_norm);
-  const at::Tensor gate = at::linear(m, l.gate);
+  const at::Tensor gate = l.gate().Forward(m);
   const at::Tensor act = spec_.activation == Activation::kGeluTanh ? at::gelu(gate, "tanh")
                                                                     : at::silu(gate);
-  m = at::linear(act * at::linear(m, l.up), l.down);
+  m = l.down().Forward(act * l.up().Forward(m));
   if (spec_.sandwich_norms) m = Norm(m, l.post_ffw_norm);
   return h + m;
 }
@@ -530,16 +619,73 @@ std::vector<at::Tensor> Decoder::LayerParameters(int64_t i) const {
   const Layer& l = layers_[i];
   std::vector<at::Tensor> out;
   for (const at::Tensor* t : {&l.input_norm, &l.post_attn_norm, &l.pre_ffw_norm, &l.post_ffw_norm,
-                              &l.q, &l.k, &l.v, &l.o, &l.q_bias, &l.k_bias, &l.v_bias, &l.q_norm,
-                              &l.k_norm, &l.gate, &l.up, &l.down}) {
+                              &l.q_norm, &l.k_norm}) {
     if (t->defined() && t->requires_grad()) out.push_back(*t);
   }
-  return out;
+  for (const auto& p : l.proj) p->AppendTrainable(&out);
+  // A bias inside a projection was listed by it; drop repeats (order kept).
+  std::vector<at::Tensor> unique;
+  for (const at::Tensor& t : out) {
+    if (std::none_of(unique.begin(), unique.end(), [&](const at::Tensor& u) { return u.is_same(t); })) {
+      unique.push_back(t);
+    }
+  }
+  return unique;
 }
 
 at::Tensor Decoder::RunLayer(int64_t i, const at::Tensor& x, const at::Tensor& cos,
                              const at::Tensor& sin, const at::Tensor& mask) const {
   return LayerForward(i, x, cos, sin, mask, nullptr);
+}
+
+std::vector<std::string> Decoder::LinearNames() const {
+  std::vector<std::string> names;
+  names.reserve(linear_names_.size());
+  for (const auto& entry : linear_names_) names.push_back(entry.first);
+  return names;
+}
+
+std::shared_ptr<Linear> Decoder::linear(absl::string_view name) const {
+  for (const auto& [module, where] : linear_names_) {
+    if (module == name) return layers_[where.first].proj[where.second];
+  }
+  return nullptr;
+}
+
+int64_t Decoder::FindParameter(absl::string_view name) const {
+  for (size_t i = 0; i < params_.size(); ++i) {
+    if (params_[i].first == name) return static_cast<int64_t>(i);
+  }
+  return -1;
+}
+
+absl::Status Decoder::ReplaceLinear(absl::string_view name, std::shared_ptr<Linear> layer) {
+  for (const auto& [module, where] : linear_names_) {
+    if (module != name) continue;
+    std::shared_ptr<Linear>& slot = layers_[where.first].proj[where.second];
+    if (layer == nullptr || layer->in_features() != slot->in_features() ||
+        layer->out_features() != slot->out_features()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          name, ": the new layer must map ", slot->in_features(), " → ", slot->out_features(), " features"));
+    }
+    // named_parameters() follows the stored weight: gone for a 4-bit layer, the new tensor for a
+    // merged one, unchanged for an adapter around the same base.
+    const at::Tensor old_weight = slot->stored_weight();
+    slot = std::move(layer);
+    const at::Tensor new_weight = slot->stored_weight();
+    const std::string key = absl::StrCat(name, ".weight");
+    const int64_t index = FindParameter(key);
+    if (!new_weight.defined()) {
+      if (index >= 0) params_.erase(params_.begin() + index);
+    } else if (index >= 0) {
+      params_[index].second = new_weight;
+    } else {
+      params_.emplace_back(key, new_weight);
+    }
+    return absl::OkStatus();
+  }
+  return absl::NotFoundError(absl::StrCat("\"", name, "\" is not a projection of this ",
+                                          spec_.model_type, " model"));
 }
 
 at::Tensor Decoder::CheckpointedLayer(int64_t i, const at::Tensor& x, const at::Tensor& cos,

@@ -50,6 +50,8 @@ absl::Status WriteFileAtomically(absl::string_view path, absl::string_view conte
 
 /// True when `path` names a directory (following symlinks).
 bool IsDirectory(absl::string_view path);
+/// Creates folder `path` and its missing parents; OK if it exists. Errors name the path.
+absl::Status MakeDirectories(absl::string_view path);
 /// True when `path` names a regular file (following symlinks).
 bool IsRegularFile(absl::string_view path);
 

@@ -10,6 +10,7 @@
 
 #include <functional>
 #include <map>
+#include <optional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -21,6 +22,8 @@
 #include "llmtrain/core/dtype.h"
 #include "llmtrain/io/hf_config.h"
 #include "llmtrain/model/family.h"
+#include "llmtrain/model/linear.h"
+#include "llmtrain/quant/quant4.h"
 
 namespace llmtrain::model {
 
@@ -35,6 +38,11 @@ struct DecoderOptions {
   /// activation memory drops from all intermediates of every layer to one layer's worth.
   /// Gradients are identical. Applies when autograd is on and no KV cache is used.
   bool activation_checkpointing = false;
+  /// Quantize the seven projections of every layer to 4 bits as they load (QLoRA's frozen base;
+  /// transformers' load_in_4bit): each weight is converted to `dtype`, quantized, and dropped, so
+  /// the dense weights never coexist. Embedding, norms and head stay in `dtype`. A folder saved
+  /// in bitsandbytes' 4-bit format loads 4-bit whatever this says.
+  std::optional<quant::Quant4Options> quantize_4bit;
 };
 
 /// Keys and values of earlier tokens, per layer, for incremental decoding. Filled by Forward.
@@ -92,8 +100,22 @@ class Decoder {
   /// InvalidArgument naming the problem if Forward would refuse these inputs.
   absl::Status CheckInputs(const at::Tensor& input_ids, const at::Tensor& attention_mask) const;
 
-  /// Parameters by HF name ("model.layers.0.self_attn.q_proj.weight"), in load order.
+  /// Stored tensors by HF name ("model.layers.0.self_attn.q_proj.weight", also for a model loaded
+  /// from GGUF), in load order: every dense tensor, not the weights of 4-bit projections
+  /// (see linear()).
   const std::vector<std::pair<std::string, at::Tensor>>& named_parameters() const { return params_; }
+
+  /// The HF module names of the projections, layer by layer: "model.layers.{i}.self_attn.q_proj",
+  /// k_proj, v_proj, o_proj, "model.layers.{i}.mlp.gate_proj", up_proj, down_proj.
+  std::vector<std::string> LinearNames() const;
+  /// The projection called `name` (an entry of LinearNames()), or null.
+  std::shared_ptr<Linear> linear(absl::string_view name) const;
+  /// Puts `layer` in place of projection `name` (LoRA injection, quantization). Its in/out
+  /// features must match. When the new layer stores no dense weight, the old weight leaves
+  /// named_parameters() and its memory is freed once nothing else holds it.
+  absl::Status ReplaceLinear(absl::string_view name, std::shared_ptr<Linear> layer);
+  /// The index of `name` in named_parameters(), or -1.
+  int64_t FindParameter(absl::string_view name) const;
   const io::HfConfig& config() const { return config_; }
   const FamilySpec& spec() const { return spec_; }
   Dtype dtype() const { return options_.dtype; }
@@ -135,6 +157,8 @@ class Decoder {
   at::Tensor final_norm_;
   at::Tensor lm_head_;   // (V, C); the embedding when tied
   std::vector<Layer> layers_;
+  // HF module name → (layer, projection slot), in LinearNames() order.
+  std::vector<std::pair<std::string, std::pair<int64_t, int>>> linear_names_;
   std::vector<at::Tensor> inv_freq_;  // per distinct layer RoPE, (D/2) float32
   std::vector<int64_t> layer_rope_;   // per layer: index into inv_freq_
   std::vector<int64_t> eos_token_ids_;

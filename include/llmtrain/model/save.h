@@ -1,0 +1,42 @@
+// Writes a decoder as a Hugging Face folder (config.json + model.safetensors) that transformers'
+// from_pretrained loads: dense tensors in one dtype, and 4-bit projections in bitsandbytes'
+// format with config.json's quantization_config (quant/bnb_format.h).
+//
+//   LLMTRAIN_ASSIGN_OR_RETURN(model::SaveReport report,
+//                             model::SaveHfFolder(*model, "out/merged", {.dtype = Dtype::kBf16}));
+#pragma once
+
+#include <cstdint>
+#include <optional>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "llmtrain/core/dtype.h"
+#include "llmtrain/model/decoder.h"
+#include "llmtrain/quant/quant4.h"
+
+namespace llmtrain::model {
+
+struct SaveOptions {
+  /// dtype of the dense tensors (f32, bf16, f16); unset = the model's.
+  std::optional<Dtype> dtype;
+  /// Quantize the dense projections to 4 bits on the way out (projections already 4-bit are
+  /// written as they are). Unset: dense projections stay dense.
+  std::optional<quant::Quant4Options> quantize_4bit;
+};
+
+struct SaveReport {
+  int64_t tensors = 0;
+  int64_t bytes = 0;           ///< of tensor data
+  int64_t quantized = 0;       ///< projections written 4-bit
+  /// Projections quantized by this save, and the error that added:
+  /// ‖dequant(quant(W)) − W‖ / ‖W‖ over all of them together (Frobenius), W in the saved dtype.
+  int64_t requantized = 0;
+  double requantize_rel_error = 0.0;
+};
+
+/// Writes `dir`/config.json and `dir`/model.safetensors, each atomically. Adapters are not
+/// written (merge them first, or save them with lora::SaveAdapter); their base layers are.
+absl::StatusOr<SaveReport> SaveHfFolder(const Decoder& model, absl::string_view dir, const SaveOptions& options);
+
+}  // namespace llmtrain::model

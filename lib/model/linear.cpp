@@ -1,0 +1,26 @@
+// DenseLinear: at::linear over stored tensors (model/linear.h).
+#include "llmtrain/model/linear.h"
+
+#include <ATen/ATen.h>
+
+namespace llmtrain::model {
+
+DenseLinear::DenseLinear(at::Tensor weight, at::Tensor bias)
+    : weight_(std::move(weight)), bias_(std::move(bias)) {
+  TORCH_CHECK(weight_.dim() == 2, "DenseLinear: weight must be 2-D (out, in)");
+  TORCH_CHECK(!bias_.defined() || (bias_.dim() == 1 && bias_.size(0) == weight_.size(0)),
+              "DenseLinear: bias must have ", weight_.size(0), " elements");
+}
+
+at::Tensor DenseLinear::Forward(const at::Tensor& x) const { return at::linear(x, weight_, bias_); }
+int64_t DenseLinear::in_features() const { return weight_.size(1); }
+int64_t DenseLinear::out_features() const { return weight_.size(0); }
+
+at::Tensor DenseLinear::DenseWeight(c10::ScalarType dtype) const { return weight_.detach().to(dtype); }
+
+void DenseLinear::AppendTrainable(std::vector<at::Tensor>* out) const {
+  if (weight_.requires_grad()) out->push_back(weight_);
+  if (bias_.defined() && bias_.requires_grad()) out->push_back(bias_);
+}
+
+}  // namespace llmtrain::model

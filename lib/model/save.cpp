@@ -1,0 +1,91 @@
+// SaveHfFolder (model/save.h).
+#include "llmtrain/model/save.h"
+
+#include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
+
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "llmtrain/core/atomic_file.h"
+#include "llmtrain/core/status.h"
+#include "llmtrain/io/tensors.h"
+#include "llmtrain/lora/lora.h"
+#include "llmtrain/quant/bnb_format.h"
+#include "llmtrain/quant/quantized_linear.h"
+#include "nlohmann/json.hpp"
+
+namespace llmtrain::model {
+namespace {
+
+const char* TorchName(c10::ScalarType t) {
+  return t == c10::kBFloat16 ? "bfloat16" : t == c10::kHalf ? "float16" : "float32";
+}
+
+}  // namespace
+
+absl::StatusOr<SaveReport> SaveHfFolder(const Decoder& model, absl::string_view dir_view, const SaveOptions& options) {
+  const std::string dir(dir_view);
+  const c10::ScalarType dtype = io::ToScalarType(options.dtype.value_or(model.dtype()));
+  if (dtype != c10::kFloat && dtype != c10::kBFloat16 && dtype != c10::kHalf) {
+    return absl::InvalidArgumentError("save dtype: must be f32, bf16 or f16");
+  }
+  SaveReport report;
+  std::vector<std::pair<std::string, at::Tensor>> tensors;
+  std::optional<quant::Quant4Options> written_4bit;
+  double err2 = 0.0, ref2 = 0.0;
+  try {
+    at::NoGradGuard no_grad;
+    // Projections first: a 4-bit one is written in bitsandbytes' keys; a dense one is listed in
+    // named_parameters() and written below, unless it is quantized here.
+    std::map<std::string, bool> handled;  // weight keys written as 4-bit
+    for (const std::string& name : model.LinearNames()) {
+      std::shared_ptr<Linear> layer = model.linear(name);
+      if (auto lora = std::dynamic_pointer_cast<lora::LoraLinear>(layer)) layer = lora->base();
+      const std::string key = name + ".weight";
+      std::optional<quant::Quantized4> q;
+      if (auto* q4 = dynamic_cast<const quant::QuantizedLinear*>(layer.get())) {
+        q = q4->quantized();
+        written_4bit = quant::Quant4Options{q->state.type, q->state.blocksize, q->state.nested};
+      } else if (options.quantize_4bit) {
+        const at::Tensor w = layer->DenseWeight(dtype);
+        auto quantized = quant::Quantize4bit(w, *options.quantize_4bit);
+        if (!quantized.ok()) return Annotate(quantized.status(), name);
+        q = *std::move(quantized);
+        const at::Tensor back = quant::Dequantize4bit(*q).to(at::kDouble);
+        const at::Tensor ref = w.to(at::kDouble);
+        err2 += (back - ref).pow(2).sum().item<double>();
+        ref2 += ref.pow(2).sum().item<double>();
+        ++report.requantized;
+        written_4bit = options.quantize_4bit;
+      }
+      if (!q) continue;
+      for (auto& entry : quant::ToBnbTensors(key, *q)) tensors.push_back(std::move(entry));
+      handled[key] = true;
+      ++report.quantized;
+    }
+    for (const auto& [name, tensor] : model.named_parameters()) {
+      if (handled.count(name) != 0) continue;
+      tensors.emplace_back(name, tensor.detach().to(dtype).contiguous());
+    }
+    report.requantize_rel_error = ref2 > 0 ? std::sqrt(err2 / ref2) : 0.0;
+    for (const auto& [name, t] : tensors) report.bytes += static_cast<int64_t>(t.nbytes());
+    report.tensors = static_cast<int64_t>(tensors.size());
+
+    nlohmann::json config = nlohmann::json::parse(model.config().resolved_json);
+    config["dtype"] = TorchName(dtype);
+    if (written_4bit) {
+      config["quantization_config"] = nlohmann::json::parse(quant::BnbQuantizationConfigJson(*written_4bit, dtype));
+    } else {
+      config.erase("quantization_config");
+    }
+    LLMTRAIN_RETURN_IF_ERROR(MakeDirectories(dir));
+    LLMTRAIN_RETURN_IF_ERROR(io::SaveSafetensors(dir + "/model.safetensors", tensors, {{"format", "pt"}}));
+    LLMTRAIN_RETURN_IF_ERROR(WriteFileAtomically(dir + "/config.json", config.dump(2) + "\n"));
+  } catch (...) {
+    return StatusFromCurrentException(absl::StrCat("saving ", dir));
+  }
+  return report;
+}
+
+}  // namespace llmtrain::model
