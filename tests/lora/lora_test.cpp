@@ -14,6 +14,9 @@
 
 #include <catch2/catch.hpp>
 #include <cstdio>
+#include <cstring>
+#include <functional>
+#include <limits>
 #include <fstream>
 #include <map>
 
@@ -21,6 +24,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "llmtrain/core/atomic_file.h"
+#include "llmtrain/io/safetensors.h"
+#include "llmtrain/io/tensors.h"
 #include "llmtrain/lora/lora.h"
 #include "llmtrain/model/decoder.h"
 #include "llmtrain/model/save.h"
@@ -141,6 +146,17 @@ TEST_CASE("lora: PEFT adapters load here with PEFT's logits and gradients; ours 
       our_logits[name] = model->Forward(ref["input_ids"], ref["attention_mask"]);
     }
     REQUIRE(lora::SaveAdapter(*model, *config, case_dir + "/ours").ok());
+
+    // 4. Merged (PEFT merge_and_unload): the same logits, and a float32 folder transformers loads.
+    REQUIRE(lora::MergeAdapters(model.get()).ok());
+    CHECK(lora::Adapters(*model).empty());
+    {
+      at::NoGradGuard no_grad;
+      const double merged_err = RelativeError(model->Forward(ref["input_ids"], ref["attention_mask"]), our_logits[name]);
+      std::printf("lora %-18s merged into the weights: logits rel err %.2e vs the adapter\n", name.c_str(), merged_err);
+      CHECK(merged_err <= 1e-5);
+    }
+    REQUIRE(model::SaveHfFolder(*model, case_dir + "/ours_model", {.dtype = Dtype::kF32}).ok());
   }
   const auto check = testing::RunReference("lora_ref.py", [&] {
     std::vector<std::string> args = {"check", dir};
@@ -152,8 +168,11 @@ TEST_CASE("lora: PEFT adapters load here with PEFT's logits and gradients; ours 
     INFO("case " << name);
     auto out = LoadAll(dir + "/" + name + "/check.safetensors");
     const double err = RelativeError(out["adapter_logits"], our_logits[name]);
-    std::printf("lora %-18s our adapter in PeftModel.from_pretrained: logits rel err %.2e\n", name.c_str(), err);
+    const double merged_err = RelativeError(out["model_logits"], our_logits[name]);
+    std::printf("lora %-18s our adapter in PeftModel.from_pretrained: logits rel err %.2e; our merged folder in "
+                "transformers: %.2e\n", name.c_str(), err, merged_err);
     CHECK(err <= 1e-5);
+    CHECK(merged_err <= 1e-5);
   }
 }
 
@@ -186,6 +205,39 @@ TEST_CASE("lora: QLoRA on an NF4 base matches PEFT + bitsandbytes load_in_4bit",
     CHECK(e.logits <= 1e-5);
     CHECK(loss_err <= 1e-5);
     CHECK(e.grads <= 1e-4);
+
+    // Merged exports of the QLoRA model: bf16 (dequantized base + adapter), and re-quantized to NF4,
+    // which adds rounding error against that merged model; the save reports it.
+    {
+      auto merged = LoadModel(case_dir + "/model", nf4);
+      REQUIRE(lora::LoadAdapter(merged.get(), case_dir + "/peft").ok());
+      at::NoGradGuard no_grad;
+      const at::Tensor with_adapter = merged->Forward(ref["input_ids"], ref["attention_mask"]);
+      const int64_t n_adapted = static_cast<int64_t>(lora::Adapters(*merged).size());
+      REQUIRE(lora::MergeAdapters(merged.get()).ok());
+      const at::Tensor merged_logits = merged->Forward(ref["input_ids"], ref["attention_mask"]);
+      const double merge_err = RelativeError(merged_logits, with_adapter);
+      CHECK(merge_err <= 1e-5);
+      auto bf16 = model::SaveHfFolder(*merged, case_dir + "/merged_bf16", {.dtype = Dtype::kBf16});
+      REQUIRE(bf16.ok());
+      model::DecoderOptions bf16_options;
+      bf16_options.dtype = Dtype::kBf16;
+      auto reloaded = LoadModel(case_dir + "/merged_bf16", bf16_options);
+      const double bf16_err = RelativeError(reloaded->Forward(ref["input_ids"], ref["attention_mask"]), merged_logits);
+      CHECK(bf16_err <= 3e-2);
+      auto requant = model::SaveHfFolder(*merged, case_dir + "/merged_nf4",
+                                         {.quantize_4bit = quant::Quant4Options{quant::QuantType::kNf4, 64, true}});
+      REQUIRE(requant.ok());
+      CHECK(requant->requantized == n_adapted);  // the merged ones; the others were 4-bit already
+      CHECK(requant->quantized == static_cast<int64_t>(merged->LinearNames().size()));
+      auto requantized = LoadModel(case_dir + "/merged_nf4");
+      const double requant_err = RelativeError(requantized->Forward(ref["input_ids"], ref["attention_mask"]), merged_logits);
+      std::printf("qlora %-18s merged: logits rel err %.2e vs base + adapter; bf16 folder %.2e; re-quantized to NF4: "
+                  "weight rel err %.3f, logits rel err %.3f\n", name.c_str(), merge_err, bf16_err,
+                  requant->requantize_rel_error, requant_err);
+      CHECK(requant->requantize_rel_error > 0.0);
+      CHECK(requant->requantize_rel_error < 0.2);
+    }
 
     // transformers' own 4-bit folder loads here as 4-bit, with the very same weights.
     lora::RemoveAdapters(model.get());
@@ -233,6 +285,99 @@ TEST_CASE("lora: QLoRA on an NF4 base matches PEFT + bitsandbytes load_in_4bit",
     const double err = RelativeError(out["model_logits"], base_logits[name]);
     std::printf("qlora %-18s our 4-bit folder in transformers (load_in_4bit): logits rel err %.2e\n", name.c_str(), err);
     CHECK(err <= 1e-5);
+  }
+}
+
+// Writes `tensors` with `config_from`'s config.json into a new folder.
+std::string WriteFolder(const std::string& dir, const std::map<std::string, at::Tensor>& tensors,
+                        const std::string& config_from) {
+  REQUIRE(MakeDirectories(dir).ok());
+  std::vector<std::pair<std::string, at::Tensor>> list(tensors.begin(), tensors.end());
+  REQUIRE(io::SaveSafetensors(dir + "/model.safetensors", list).ok());
+  auto config = ReadFileToString(config_from + "/config.json");
+  REQUIRE(config.ok());
+  REQUIRE(WriteFileAtomically(dir + "/config.json", *config).ok());
+  return dir;
+}
+
+TEST_CASE("lora: adapters that do not fit and corrupted quant states are refused by name", "[lora][reference]") {
+  if (!testing::ReferenceStackAvailable()) return;
+  const std::string dir = testing::TempDir("lora_bad");
+  // Reuses the reference cases' files when the earlier tests made them; else makes them.
+  const auto run = testing::RunReference("lora_ref.py", {"make", dir});
+  REQUIRE(run.exit_code == 0);
+  const auto run4 = testing::RunReference("lora_ref.py", {"qlora", dir});
+  REQUIRE(run4.exit_code == 0);
+  const auto message = [](const absl::Status& status) { return std::string(status.message()); };
+
+  SECTION("a rank that differs from the tensors names the module") {
+    const std::string adapter = dir + "/bad_rank";
+    REQUIRE(MakeDirectories(adapter).ok());
+    auto text = ReadFileToString(dir + "/qwen3_dora/peft/adapter_config.json");
+    REQUIRE(text.ok());
+    REQUIRE(WriteFileAtomically(adapter + "/adapter_config.json",
+                                absl::StrReplaceAll(*text, {{"\"r\": 4", "\"r\": 8"}})).ok());
+    auto weights = ReadFileToString(dir + "/qwen3_dora/peft/adapter_model.safetensors");
+    REQUIRE(WriteFileAtomically(adapter + "/adapter_model.safetensors", *weights).ok());
+    auto model = LoadModel(dir + "/qwen3_dora/model");
+    auto loaded = lora::LoadAdapter(model.get(), adapter);
+    REQUIRE(!loaded.ok());
+    CHECK_THAT(message(loaded.status()), Catch::Contains("module model.layers.0.mlp.gate_proj: lora_A.weight has shape [4, 48], "
+                                                         "but rank 8 on this 48 → 96 projection needs [8, 48]"));
+    CHECK(lora::Adapters(*model).empty());  // nothing injected
+  }
+  SECTION("an adapter of another base model names the module") {
+    auto model = LoadModel(dir + "/gemma2_lora/model");
+    auto loaded = lora::LoadAdapter(model.get(), dir + "/qwen3_dora/peft");
+    REQUIRE(!loaded.ok());
+    CHECK_THAT(message(loaded.status()), Catch::Contains("module model.layers.0.mlp.gate_proj: lora_A.weight has shape [4, 48]"));
+  }
+  SECTION("a module the model lacks is named") {
+    auto model = LoadModel(dir + "/gemma2_lora/model");  // 3 layers
+    auto loaded = lora::LoadAdapter(model.get(), dir + "/gemma3_text_dora/peft");  // 4 layers
+    REQUIRE(!loaded.ok());
+    CHECK_THAT(message(loaded.status()), Catch::Contains("module model.layers.3."));
+    CHECK_THAT(message(loaded.status()), Catch::Contains("has no such projection"));
+  }
+  SECTION("a corrupted quant state is refused, naming the tensor") {
+    const std::string good = dir + "/qwen2_qlora/bnb_model";
+    auto tensors = LoadAll(good + "/model.safetensors");
+    const std::string key = "model.layers.1.mlp.up_proj.weight";
+    struct Corruption {
+      std::string what, tensor, expect;
+      std::function<at::Tensor(const at::Tensor&)> change;
+    };
+    const auto json_bytes = [](const std::string& text) {
+      at::Tensor t = at::empty({static_cast<int64_t>(text.size())}, at::kByte);
+      std::memcpy(t.data_ptr(), text.data(), text.size());
+      return t;
+    };
+    const std::string state_key = key + ".quant_state.bitsandbytes__nf4";
+    const std::string state(static_cast<const char*>(tensors[state_key].data_ptr()), tensors[state_key].numel());
+    const std::vector<Corruption> corruptions = {
+        {"blocksize", state_key, "blocksize must be one of",
+         [&](const at::Tensor&) { return json_bytes(absl::StrReplaceAll(state, {{"\"blocksize\": 64", "\"blocksize\": 48"}})); }},
+        {"shape", state_key, "has shape [64, 128], but the config needs [128, 64]",
+         [&](const at::Tensor&) { return json_bytes(absl::StrReplaceAll(state, {{"[128, 64]", "[64, 128]"}})); }},
+        {"numel", state_key, "expected 8192 uint8 bytes for shape [128,128], found 4096",
+         [&](const at::Tensor&) { return json_bytes(absl::StrReplaceAll(state, {{"[128, 64]", "[128, 128]"}})); }},
+        {"json", state_key, "not a JSON object", [&](const at::Tensor&) { return json_bytes("{\"quant_type\": "); }},
+        {"absmax length", key + ".absmax", "absmax: expected 128 uint8 codes",
+         [](const at::Tensor& t) { return t.narrow(0, 0, t.numel() - 1).clone(); }},
+        {"packed length", key, "expected 4096 uint8 bytes", [](const at::Tensor& t) { return t.narrow(0, 0, 100).clone(); }},
+        {"nested absmax", key + ".nested_absmax", "block scales are not all finite",
+         [](const at::Tensor& t) { return at::full_like(t, std::numeric_limits<float>::infinity()); }},
+    };
+    for (const Corruption& c : corruptions) {
+      INFO("corruption " << c.what);
+      auto changed = tensors;
+      changed[c.tensor] = c.change(tensors[c.tensor]);
+      const std::string folder = WriteFolder(dir + "/corrupt_" + absl::StrReplaceAll(c.what, {{" ", "_"}}), changed, good);
+      auto model = model::Decoder::Load(folder, {});
+      REQUIRE(!model.ok());
+      CHECK_THAT(message(model.status()), Catch::Contains(c.expect));
+      CHECK_THAT(message(model.status()), Catch::Contains("up_proj"));
+    }
   }
 }
 
