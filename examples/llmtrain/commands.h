@@ -2,8 +2,14 @@
 // process exit code: 0 on success, 1 on a runtime error, 2 on a usage error.
 #pragma once
 
+#include <memory>
 #include <string>
 #include <vector>
+
+#include "absl/status/statusor.h"
+#include "llmtrain/core/dtype.h"
+#include "llmtrain/model/decoder.h"
+#include "llmtrain/quant/quant4.h"
 
 namespace llmtrain::cli {
 
@@ -14,6 +20,26 @@ int RunGenerate(const std::vector<std::string>& args);
 int RunTokenize(const std::vector<std::string>& args);
 int RunDataCheck(const std::vector<std::string>& args);
 int RunMakeDefaultDataset(const std::vector<std::string>& args);
+int RunQuantize(const std::vector<std::string>& args);
+int RunMerge(const std::vector<std::string>& args);
+
+/// Model options shared by `forward` and `generate`:
+///   --load-in-4bit          quantize the projections to NF4 (blocks of 64, double quantization)
+///   --quant-type nf4|fp4    with --load-in-4bit
+///   --adapter DIR           a PEFT LoRA adapter folder applied on top
+struct ModelFlags {
+  bool load_in_4bit = false;
+  quant::QuantType quant_type = quant::QuantType::kNf4;
+  std::string adapter;
+  /// Consumes args[*i] (and its value) if it is one of these options; sets *error on a bad value.
+  bool Parse(const std::string& option, const std::vector<std::string>& args, size_t* i, std::string* error);
+  absl::StatusOr<std::unique_ptr<model::Decoder>> Load(const std::string& path, Dtype dtype) const;
+};
+/// The lines of help for ModelFlags.
+inline constexpr char kModelFlagsHelp[] =
+    "  --load-in-4bit: quantize the projections to 4 bits as they load (QLoRA's frozen base);\n"
+    "    --quant-type nf4|fp4 (default nf4), blocks of 64 with double quantization.\n"
+    "  --adapter DIR: apply a PEFT LoRA adapter (adapter_config.json + adapter_model.safetensors).\n";
 
 /// Prints "llmtrain <command>: <message>" to stderr and returns `code`.
 int Fail(const std::string& command, const std::string& message, int code = 1);

@@ -20,16 +20,14 @@ namespace {
 
 constexpr char kHelp[] =
     "usage: llmtrain forward --model PATH --input IN.safetensors --output OUT.safetensors\n"
-    "                        [--dtype f32|bf16|f16]\n"
+    "                        [--dtype f32|bf16|f16] [--load-in-4bit] [--adapter DIR]\n"
     "  PATH: a model folder (config.json + safetensors) or a .gguf file.\n"
     "  IN holds input_ids (I64 [B,T]) and optionally attention_mask (I64 [B,T]).\n"
     "  OUT gets logits (F32 [B,T,V]).\n";
 
 absl::Status Forward(const std::string& model_path, const std::string& in, const std::string& out,
-                     Dtype dtype) {
-  model::DecoderOptions options;
-  options.dtype = dtype;
-  LLMTRAIN_ASSIGN_OR_RETURN(auto model, model::Decoder::Load(model_path, options));
+                     Dtype dtype, const ModelFlags& flags) {
+  LLMTRAIN_ASSIGN_OR_RETURN(auto model, flags.Load(model_path, dtype));
   LLMTRAIN_ASSIGN_OR_RETURN(auto inputs, io::SafetensorsFile::Open(in));
   const io::TensorInfo* ids_info = inputs->Find("input_ids");
   if (ids_info == nullptr || ids_info->dtype != Dtype::kI64 || ids_info->shape.size() != 2) {
@@ -55,11 +53,18 @@ absl::Status Forward(const std::string& model_path, const std::string& in, const
 int RunForward(const std::vector<std::string>& args) {
   std::string model_path, in, out;
   Dtype dtype = Dtype::kF32;
+  ModelFlags flags;
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& a = args[i];
     if (a == "--help" || a == "-h") {
       std::fputs(kHelp, stdout);
+      std::fputs(kModelFlagsHelp, stdout);
       return 0;
+    }
+    std::string flag_error;
+    if (flags.Parse(a, args, &i, &flag_error)) {
+      if (!flag_error.empty()) return Fail("forward", flag_error, 2);
+      continue;
     }
     if (i + 1 >= args.size()) return Fail("forward", absl::StrCat(a, " needs a value\n", kHelp), 2);
     const std::string& value = args[++i];
@@ -81,7 +86,7 @@ int RunForward(const std::vector<std::string>& args) {
     return Fail("forward", absl::StrCat("--model, --input and --output are required\n", kHelp), 2);
   }
   try {
-    const absl::Status status = Forward(model_path, in, out, dtype);
+    const absl::Status status = Forward(model_path, in, out, dtype, flags);
     if (!status.ok()) return Fail("forward", std::string(status.message()));
   } catch (...) {
     return Fail("forward", std::string(StatusFromCurrentException("forward").message()));

@@ -26,6 +26,7 @@ constexpr char kHelp[] =
     "usage: llmtrain generate --model PATH (--prompt TEXT | --input-ids JSON) [--chat]\n"
     "                         [--max-new-tokens 32] [--temperature 0] [--top-k 0] [--top-p 1]\n"
     "                         [--repetition-penalty 1] [--seed 0] [--dtype f32] [--json]\n"
+    "                         [--load-in-4bit] [--adapter DIR]\n"
     "  --prompt: text, tokenized by the model's tokenizer (BOS added where the model wants it);\n"
     "  --chat wraps it as one user turn of the family's chat template, with the generation prompt.\n"
     "  --input-ids: a JSON array of prompt token ids, e.g. [2, 818, 5279].\n"
@@ -39,11 +40,18 @@ int RunGenerate(const std::vector<std::string>& args) {
   bool has_prompt = false, as_json = false, chat = false;
   model::GenerationOptions options;
   Dtype dtype = Dtype::kF32;
+  ModelFlags flags;
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& a = args[i];
     if (a == "--help" || a == "-h") {
       std::fputs(kHelp, stdout);
+      std::fputs(kModelFlagsHelp, stdout);
       return 0;
+    }
+    std::string flag_error;
+    if (flags.Parse(a, args, &i, &flag_error)) {
+      if (!flag_error.empty()) return Fail("generate", flag_error, 2);
+      continue;
     }
     if (a == "--json") {
       as_json = true;
@@ -119,9 +127,7 @@ int RunGenerate(const std::vector<std::string>& args) {
   if (absl::Status valid = model::Validate(options); !valid.ok()) {
     return Fail("generate", std::string(valid.message()), 2);
   }
-  model::DecoderOptions model_options;
-  model_options.dtype = dtype;
-  auto model = model::Decoder::Load(model_path, model_options);
+  auto model = flags.Load(model_path, dtype);
   if (!model.ok()) return Fail("generate", std::string(model.status().message()));
   // Text streams as it becomes final (a character split over byte tokens waits for its last
   // byte); without a tokenizer, ids are printed.

@@ -20,6 +20,11 @@ constexpr char kUsage[] =
     "                             logits of the decoder for input_ids (and attention_mask)\n"
     "  generate --model PATH --input-ids JSON [--max-new-tokens N] [--temperature T] [--json]\n"
     "                             new tokens with the KV cache, streamed as produced\n"
+    "  quantize --model PATH --output DIR [--method nf4|fp4|int8] [--blocksize 64] [--double-quant]\n"
+    "                             a bitsandbytes-format folder that transformers loads 4/8-bit\n"
+    "  merge --model PATH --adapter DIR --output DIR [--dtype bf16] [--requantize nf4]\n"
+    "                             a PEFT LoRA adapter merged into its base\n"
+    "  (forward and generate take --load-in-4bit and --adapter DIR)\n"
     "\n"
     "run `llmtrain <command> --help` for the options of one command\n";
 
@@ -45,6 +50,8 @@ int main(int argc, char** argv) {
   if (command == "generate") return llmtrain::cli::RunGenerate(args);
   if (command == "tokenize") return llmtrain::cli::RunTokenize(args);
   if (command == "data-check") return llmtrain::cli::RunDataCheck(args);
+  if (command == "quantize") return llmtrain::cli::RunQuantize(args);
+  if (command == "merge") return llmtrain::cli::RunMerge(args);
   if (command == "make-default-dataset") return llmtrain::cli::RunMakeDefaultDataset(args);
   std::fprintf(stderr, "llmtrain: unknown command \"%s\"\n\n%s", command.c_str(), kUsage);
   return 2;

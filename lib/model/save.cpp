@@ -12,6 +12,7 @@
 #include "llmtrain/io/tensors.h"
 #include "llmtrain/lora/lora.h"
 #include "llmtrain/quant/bnb_format.h"
+#include "llmtrain/quant/int8.h"
 #include "llmtrain/quant/quantized_linear.h"
 #include "nlohmann/json.hpp"
 
@@ -30,6 +31,9 @@ absl::StatusOr<SaveReport> SaveHfFolder(const Decoder& model, absl::string_view 
   if (dtype != c10::kFloat && dtype != c10::kBFloat16 && dtype != c10::kHalf) {
     return absl::InvalidArgumentError("save dtype: must be f32, bf16 or f16");
   }
+  if (options.quantize_int8 && options.quantize_4bit) {
+    return absl::InvalidArgumentError("save: choose 4-bit or int8 quantization, not both");
+  }
   SaveReport report;
   std::vector<std::pair<std::string, at::Tensor>> tensors;
   std::optional<quant::Quant4Options> written_4bit;
@@ -45,8 +49,26 @@ absl::StatusOr<SaveReport> SaveHfFolder(const Decoder& model, absl::string_view 
       const std::string key = name + ".weight";
       std::optional<quant::Quantized4> q;
       if (auto* q4 = dynamic_cast<const quant::QuantizedLinear*>(layer.get())) {
+        if (options.quantize_int8) {
+          return absl::InvalidArgumentError(absl::StrCat(name, ": is 4-bit already; an int8 folder needs dense projections"));
+        }
         q = q4->quantized();
         written_4bit = quant::Quant4Options{q->state.type, q->state.blocksize, q->state.nested};
+      } else if (options.quantize_int8) {
+        const at::Tensor w = layer->DenseWeight(dtype);
+        auto q8 = quant::QuantizeInt8(w);
+        if (!q8.ok()) return Annotate(q8.status(), name);
+        const at::Tensor back = quant::DequantizeInt8(*q8).to(at::kDouble);
+        const at::Tensor ref = w.to(at::kDouble);
+        err2 += (back - ref).pow(2).sum().item<double>();
+        ref2 += ref.pow(2).sum().item<double>();
+        ++report.requantized;
+        ++report.quantized;
+        tensors.emplace_back(key, q8->q);
+        tensors.emplace_back(name + ".SCB", q8->row_stats);
+        tensors.emplace_back(name + ".weight_format", at::zeros({}, at::kByte));
+        handled[key] = true;
+        continue;
       } else if (options.quantize_4bit) {
         const at::Tensor w = layer->DenseWeight(dtype);
         auto quantized = quant::Quantize4bit(w, *options.quantize_4bit);
@@ -74,7 +96,15 @@ absl::StatusOr<SaveReport> SaveHfFolder(const Decoder& model, absl::string_view 
 
     nlohmann::json config = nlohmann::json::parse(model.config().resolved_json);
     config["dtype"] = TorchName(dtype);
-    if (written_4bit) {
+    if (options.quantize_int8 && report.quantized > 0) {
+      config["quantization_config"] = {
+          {"_load_in_4bit", false}, {"_load_in_8bit", true}, {"bnb_4bit_compute_dtype", "float32"},
+          {"bnb_4bit_quant_storage", "uint8"}, {"bnb_4bit_quant_type", "fp4"},
+          {"bnb_4bit_use_double_quant", false}, {"llm_int8_enable_fp32_cpu_offload", false},
+          {"llm_int8_has_fp16_weight", false}, {"llm_int8_skip_modules", nullptr},
+          {"llm_int8_threshold", 6.0}, {"load_in_4bit", false}, {"load_in_8bit", true},
+          {"quant_method", "bitsandbytes"}};
+    } else if (written_4bit) {
       config["quantization_config"] = nlohmann::json::parse(quant::BnbQuantizationConfigJson(*written_4bit, dtype));
     } else {
       config.erase("quantization_config");

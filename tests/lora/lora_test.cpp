@@ -381,5 +381,87 @@ TEST_CASE("lora: adapters that do not fit and corrupted quant states are refused
   }
 }
 
+TEST_CASE("lora: CLI quantize, merge, and forward/generate with --adapter and --load-in-4bit", "[lora][cli][reference]") {
+  if (!testing::ReferenceStackAvailable()) return;
+  const std::string dir = testing::TempDir("lora_cli");
+  REQUIRE(testing::RunReference("lora_ref.py", {"make", dir}).exit_code == 0);
+  REQUIRE(testing::RunReference("lora_ref.py", {"qlora", dir}).exit_code == 0);
+  const std::string cli = testing::CliPath();
+  const auto q = [](const std::string& s) { return testing::ShellQuote(s); };
+  const auto logits_of = [&](const std::string& args) {
+    const std::string out = dir + "/logits.safetensors";
+    const auto run = testing::RunCommand(absl::StrCat(cli, " forward ", args, " --output ", q(out), " 2>&1"));
+    INFO(run.out);
+    REQUIRE(run.exit_code == 0);
+    return LoadAll(out)["logits"];
+  };
+
+  const std::string lora_case = dir + "/qwen2_dora";
+  auto ref = LoadAll(lora_case + "/ref.safetensors");
+  // forward --adapter: PEFT's adapter gives PEFT's logits.
+  const double adapter_err = RelativeError(
+      logits_of(absl::StrCat("--model ", q(lora_case + "/model"), " --adapter ", q(lora_case + "/peft"), " --input ",
+                             q(lora_case + "/ref.safetensors"))), ref["logits"]);
+  CHECK(adapter_err <= 1e-5);
+  // forward --load-in-4bit --adapter: the QLoRA model's logits.
+  const std::string qlora_case = dir + "/gemma3_text_qlora";
+  auto qref = LoadAll(qlora_case + "/ref.safetensors");
+  const double qlora_err = RelativeError(
+      logits_of(absl::StrCat("--model ", q(qlora_case + "/model"), " --load-in-4bit --adapter ", q(qlora_case + "/peft"),
+                             " --input ", q(qlora_case + "/ref.safetensors"))), qref["logits"]);
+  CHECK(qlora_err <= 1e-5);
+
+  // merge: a float32 folder with the adapter's logits; re-quantized, with the error reported.
+  auto merge = testing::RunCommand(absl::StrCat(cli, " merge --model ", q(lora_case + "/model"), " --adapter ",
+                                                q(lora_case + "/peft"), " --output ", q(dir + "/merged"), " --dtype f32 2>&1"));
+  INFO(merge.out);
+  REQUIRE(merge.exit_code == 0);
+  CHECK_THAT(merge.out, Catch::Contains("9 adapted projections merged"));
+  const double merged_err = RelativeError(logits_of(absl::StrCat("--model ", q(dir + "/merged"), " --input ",
+                                                                 q(lora_case + "/ref.safetensors"))), ref["logits"]);
+  CHECK(merged_err <= 1e-5);
+  auto requant = testing::RunCommand(absl::StrCat(cli, " merge --model ", q(qlora_case + "/model"), " --load-in-4bit --adapter ",
+                                                  q(qlora_case + "/peft"), " --output ", q(dir + "/merged_nf4"),
+                                                  " --requantize nf4 2>&1"));
+  INFO(requant.out);
+  REQUIRE(requant.exit_code == 0);
+  CHECK_THAT(requant.out, Catch::Contains("re-quantized 28 merged projections to nf4: weight error"));
+
+  // quantize: nf4 / fp4 folders our loader reads 4-bit; int8 a folder transformers loads 8-bit.
+  for (const std::string method : {"nf4", "fp4"}) {
+    auto run = testing::RunCommand(absl::StrCat(cli, " quantize --model ", q(lora_case + "/model"), " --output ",
+                                                q(dir + "/q_" + method), " --method ", method, " --double-quant --dtype f32 2>&1"));
+    INFO(run.out);
+    REQUIRE(run.exit_code == 0);
+    CHECK_THAT(run.out, Catch::Contains("21 projections to " + method + " (blocks of 64, double quantization)"));
+    auto loaded = LoadModel(dir + "/q_" + method);
+    for (const std::string& name : loaded->LinearNames()) CHECK(loaded->linear(name)->kind() == method);
+  }
+  auto int8 = testing::RunCommand(absl::StrCat(cli, " quantize --model ", q(lora_case + "/model"), " --output ",
+                                               q(lora_case + "/ours_int8"), " --method int8 --dtype f32 2>&1"));
+  INFO(int8.out);
+  REQUIRE(int8.exit_code == 0);
+  REQUIRE(testing::RunReference("lora_ref.py", {"check", dir, "qwen2_dora"}).exit_code == 0);
+  auto check = LoadAll(lora_case + "/check.safetensors");
+  CHECK(check["int8_is_8bit"].item<int64_t>() == 1);
+  auto dense = LoadModel(lora_case + "/model");
+  at::Tensor dense_logits;
+  {
+    at::NoGradGuard no_grad;
+    dense_logits = dense->Forward(ref["input_ids"], ref["attention_mask"]);
+  }
+  const double int8_err = RelativeError(check["int8_logits"], dense_logits);
+  std::printf("lora cli: forward --adapter rel err %.2e; --load-in-4bit --adapter %.2e; merged folder %.2e; "
+              "int8 folder in transformers (load_in_8bit) vs dense logits %.2e\n",
+              adapter_err, qlora_err, merged_err, int8_err);
+  CHECK(int8_err <= 0.05);
+
+  // generate with an adapter on a 4-bit base runs and stops after the asked tokens.
+  auto gen = testing::RunCommand(absl::StrCat(cli, " generate --model ", q(qlora_case + "/model"), " --load-in-4bit --adapter ",
+                                              q(qlora_case + "/peft"), " --input-ids '[1, 5, 9]' --max-new-tokens 4 --json 2>&1"));
+  INFO(gen.out);
+  CHECK(gen.exit_code == 0);
+}
+
 }  // namespace
 }  // namespace llmtrain

@@ -13,8 +13,9 @@ model_ref.py. Usage:
       save_pretrained writes it).
   lora_ref.py check DIR CASE...
       Loads DIR/<case>/model with the adapter DIR/<case>/ours (written by our library) through
-      PeftModel.from_pretrained, and a model folder DIR/<case>/ours_model if present through
-      from_pretrained; writes their logits to DIR/<case>/check.safetensors.
+      PeftModel.from_pretrained, and the model folders DIR/<case>/ours_model and ours_int8 if
+      present through from_pretrained; writes their logits (and whether transformers loaded them
+      4-bit / 8-bit) to DIR/<case>/check.safetensors.
 """
 import os
 import sys
@@ -181,15 +182,18 @@ def check(out_dir, cases):
                 out["adapter_logits"] = peft_model(
                     input_ids=ref["input_ids"], attention_mask=ref["attention_mask"],
                     position_ids=positions(ref["attention_mask"])).logits.float().contiguous()
-        if os.path.isdir(os.path.join(case_dir, "ours_model")):
-            model = model_cls.from_pretrained(os.path.join(case_dir, "ours_model"), dtype=torch.float32,
+        for sub, tag in (("ours_model", "model"), ("ours_int8", "int8")):
+            if not os.path.isdir(os.path.join(case_dir, sub)):
+                continue
+            model = model_cls.from_pretrained(os.path.join(case_dir, sub), dtype=torch.float32,
                                               device_map="cpu", attn_implementation="eager")
             model.train()  # bitsandbytes' exact CPU path for 4-bit models
             with torch.no_grad():
-                out["model_logits"] = model(
+                out[tag + "_logits"] = model(
                     input_ids=ref["input_ids"], attention_mask=ref["attention_mask"],
                     position_ids=positions(ref["attention_mask"])).logits.float().contiguous()
-            out["model_is_4bit"] = torch.tensor([int(getattr(model, "is_loaded_in_4bit", False))])
+            out[tag + "_is_4bit"] = torch.tensor([int(getattr(model, "is_loaded_in_4bit", False))])
+            out[tag + "_is_8bit"] = torch.tensor([int(getattr(model, "is_loaded_in_8bit", False))])
         save_file(out, os.path.join(case_dir, "check.safetensors"))
     emit({"checked": cases})
 

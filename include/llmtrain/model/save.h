@@ -23,12 +23,15 @@ struct SaveOptions {
   /// Quantize the dense projections to 4 bits on the way out (projections already 4-bit are
   /// written as they are). Unset: dense projections stay dense.
   std::optional<quant::Quant4Options> quantize_4bit;
+  /// Instead, store the dense projections as LLM.int8 (bitsandbytes' 8-bit format: int8 weight,
+  /// float32 row scales "SCB", "weight_format" 0 = row; quantization_config load_in_8bit).
+  bool quantize_int8 = false;
 };
 
 struct SaveReport {
   int64_t tensors = 0;
   int64_t bytes = 0;           ///< of tensor data
-  int64_t quantized = 0;       ///< projections written 4-bit
+  int64_t quantized = 0;       ///< projections written 4-bit or 8-bit
   /// Projections quantized by this save, and the error that added:
   /// ‖dequant(quant(W)) − W‖ / ‖W‖ over all of them together (Frobenius), W in the saved dtype.
   int64_t requantized = 0;
