@@ -31,6 +31,7 @@
 #include "llmtrain/model/decoder.h"
 #include "llmtrain/model/generate.h"
 #include "nlohmann/json.hpp"
+#include "reference_process.h"
 
 namespace {
 
@@ -59,54 +60,6 @@ double Median(std::vector<double> v) {
   return v.empty() ? 0.0 : v[v.size() / 2];
 }
 
-// The transformers side (bench/model_bench_ref.py) as a child process: one command per line on
-// its stdin, one JSON line back on its stdout.
-class Reference {
- public:
-  bool Start(const std::vector<std::string>& argv) {
-    int to_child[2], from_child[2];
-    if (::pipe(to_child) != 0 || ::pipe(from_child) != 0) return false;
-    pid_ = ::fork();
-    if (pid_ < 0) return false;
-    if (pid_ == 0) {
-      ::dup2(to_child[0], 0);
-      ::dup2(from_child[1], 1);
-      for (int fd : {to_child[0], to_child[1], from_child[0], from_child[1]}) ::close(fd);
-      if (const int null = ::open("/dev/null", O_WRONLY); null >= 0) ::dup2(null, 2);  // progress bars
-      std::vector<char*> args;
-      for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-      args.push_back(nullptr);
-      ::execv(args[0], args.data());
-      ::_exit(127);
-    }
-    ::close(to_child[0]);
-    ::close(from_child[1]);
-    in_ = ::fdopen(to_child[1], "w");
-    out_ = ::fdopen(from_child[0], "r");
-    return in_ != nullptr && out_ != nullptr;
-  }
-  // Sends a command (empty: none) and returns the parsed reply (discarded on error).
-  nlohmann::json Ask(const std::string& command) {
-    if (!command.empty()) {
-      std::fprintf(in_, "%s\n", command.c_str());
-      std::fflush(in_);
-    }
-    char buf[4096];
-    if (std::fgets(buf, sizeof(buf), out_) == nullptr) return nlohmann::json();
-    return nlohmann::json::parse(buf, nullptr, false);
-  }
-  ~Reference() {
-    if (in_ != nullptr) std::fclose(in_);
-    if (out_ != nullptr) std::fclose(out_);
-    if (pid_ > 0) ::waitpid(pid_, nullptr, 0);
-  }
-
- private:
-  pid_t pid_ = -1;
-  FILE* in_ = nullptr;
-  FILE* out_ = nullptr;
-};
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -122,7 +75,7 @@ int main(int argc, char** argv) {
   at::set_num_threads(threads);
   const std::string gguf = std::string(LLMTRAIN_SOURCE_DIR) + "/.venv/models/gemma-3-270m-q4_k_m.gguf";
   // Started first, so it loads while we do; nothing is timed before it is ready.
-  Reference reference;
+  bench::ReferenceProcess reference;
   const bool ref_started =
       reference.Start({LLMTRAIN_PYTHON, std::string(LLMTRAIN_SOURCE_DIR) + "/bench/model_bench_ref.py", gguf,
                        std::to_string(tokens), std::to_string(threads)});

@@ -23,3 +23,8 @@
 #include "llmtrain/data/dataset.h"
 #include "llmtrain/quant/int8.h"
 #include "llmtrain/quant/quant4.h"
+#include "llmtrain/quant/quantized_linear.h"
+#include "llmtrain/quant/bnb_format.h"
+#include "llmtrain/model/linear.h"
+#include "llmtrain/model/save.h"
+#include "llmtrain/lora/lora.h"

@@ -51,6 +51,12 @@ std::unique_ptr<model::Decoder> LoadModel(const std::string& path, const model::
   return *std::move(model);
 }
 
+model::SaveOptions SaveAs(Dtype dtype) {
+  model::SaveOptions options;
+  options.dtype = dtype;
+  return options;
+}
+
 at::Tensor Loss(const at::Tensor& logits, std::map<std::string, at::Tensor>& ref) {
   return (logits.to(at::kFloat) * ref["loss_weights"] * ref["attention_mask"].unsqueeze(-1)).sum();
 }
@@ -156,7 +162,7 @@ TEST_CASE("lora: PEFT adapters load here with PEFT's logits and gradients; ours 
       std::printf("lora %-18s merged into the weights: logits rel err %.2e vs the adapter\n", name.c_str(), merged_err);
       CHECK(merged_err <= 1e-5);
     }
-    REQUIRE(model::SaveHfFolder(*model, case_dir + "/ours_model", {.dtype = Dtype::kF32}).ok());
+    REQUIRE(model::SaveHfFolder(*model, case_dir + "/ours_model", SaveAs(Dtype::kF32)).ok());
   }
   const auto check = testing::RunReference("lora_ref.py", [&] {
     std::vector<std::string> args = {"check", dir};
@@ -218,15 +224,16 @@ TEST_CASE("lora: QLoRA on an NF4 base matches PEFT + bitsandbytes load_in_4bit",
       const at::Tensor merged_logits = merged->Forward(ref["input_ids"], ref["attention_mask"]);
       const double merge_err = RelativeError(merged_logits, with_adapter);
       CHECK(merge_err <= 1e-5);
-      auto bf16 = model::SaveHfFolder(*merged, case_dir + "/merged_bf16", {.dtype = Dtype::kBf16});
+      auto bf16 = model::SaveHfFolder(*merged, case_dir + "/merged_bf16", SaveAs(Dtype::kBf16));
       REQUIRE(bf16.ok());
       model::DecoderOptions bf16_options;
       bf16_options.dtype = Dtype::kBf16;
       auto reloaded = LoadModel(case_dir + "/merged_bf16", bf16_options);
       const double bf16_err = RelativeError(reloaded->Forward(ref["input_ids"], ref["attention_mask"]), merged_logits);
       CHECK(bf16_err <= 3e-2);
-      auto requant = model::SaveHfFolder(*merged, case_dir + "/merged_nf4",
-                                         {.quantize_4bit = quant::Quant4Options{quant::QuantType::kNf4, 64, true}});
+      model::SaveOptions nf4_save;
+      nf4_save.quantize_4bit = quant::Quant4Options{quant::QuantType::kNf4, 64, true};
+      auto requant = model::SaveHfFolder(*merged, case_dir + "/merged_nf4", nf4_save);
       REQUIRE(requant.ok());
       CHECK(requant->requantized == n_adapted);  // the merged ones; the others were 4-bit already
       CHECK(requant->quantized == static_cast<int64_t>(merged->LinearNames().size()));

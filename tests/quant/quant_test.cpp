@@ -1,6 +1,7 @@
 // quant/: NF4/FP4 quantization against bitsandbytes' own quantize_4bit / dequantize_4bit, run at
 // test time on its CPU path (tests/reference/quant_ref.py), on every shape class.
 #include <ATen/ATen.h>
+#include <ATen/Context.h>
 
 #include <catch2/catch.hpp>
 #include <cstdio>
@@ -182,6 +183,35 @@ TEST_CASE("quant: QuantizedLinear forward and input gradient equal a dense linea
   }
   std::printf("quant: QuantizedLinear on %zu cases: dequantized tiles bit-identical; float32 forward rel err %.2e, "
               "input gradient rel err %.2e (summation order only)\n", n, worst_fwd, worst_bwd);
+}
+
+// Where a GPU exists: the CUDA path (our dequantization kernel + cuBLASLt, or the fused kernel for
+// small bf16 batches) against the CPU path on the same quantized weights.
+TEST_CASE("quant: QuantizedLinear on CUDA equals the CPU path", "[quant][cuda]") {
+  if (!at::hasCUDA()) {
+    WARN("no CUDA device: the CUDA QuantizedLinear was not run (it is compiled and linked)");
+    return;
+  }
+  struct Shape { int64_t out, in; };
+  for (const Shape shape : {Shape{64, 64}, Shape{300, 256}, Shape{1000, 4096}, Shape{5, 33}}) {
+    for (const c10::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
+      for (const int64_t m : {1, 8, 100}) {
+        INFO("shape " << shape.out << "x" << shape.in << " dtype " << c10::toString(dtype) << " M " << m);
+        auto q = quant::Quantize4bit((at::randn({shape.out, shape.in}) * 0.05).to(dtype), {quant::QuantType::kNf4, 64, true});
+        REQUIRE(q.ok());
+        const quant::QuantizedLinear layer(*q);
+        const at::Tensor x = at::randn({m, shape.in}).to(dtype);
+        const at::Tensor cpu = layer.MatmulNoGrad(x).to(at::kFloat);
+        const at::Tensor gpu = layer.MatmulNoGrad(x.cuda()).cpu().to(at::kFloat);
+        const double tol = dtype == at::kFloat ? 1e-5 : 2e-2;
+        CHECK((gpu - cpu).abs().max().item<double>() <= tol * cpu.abs().max().item<double>());
+        const at::Tensor g = at::randn({m, shape.out}).to(dtype);
+        const at::Tensor cpu_g = layer.MatmulTransposedNoGrad(g).to(at::kFloat);
+        const at::Tensor gpu_g = layer.MatmulTransposedNoGrad(g.cuda()).cpu().to(at::kFloat);
+        CHECK((gpu_g - cpu_g).abs().max().item<double>() <= tol * cpu_g.abs().max().item<double>());
+      }
+    }
+  }
 }
 
 TEST_CASE("quant: bad options are refused by name", "[quant]") {

@@ -2,8 +2,9 @@
 // from_pretrained loads: dense tensors in one dtype, and 4-bit projections in bitsandbytes'
 // format with config.json's quantization_config (quant/bnb_format.h).
 //
-//   LLMTRAIN_ASSIGN_OR_RETURN(model::SaveReport report,
-//                             model::SaveHfFolder(*model, "out/merged", {.dtype = Dtype::kBf16}));
+//   model::SaveOptions options;
+//   options.dtype = Dtype::kBf16;
+//   LLMTRAIN_ASSIGN_OR_RETURN(model::SaveReport report, model::SaveHfFolder(*model, "out/merged", options));
 #pragma once
 
 #include <cstdint>

@@ -69,7 +69,7 @@ class QuantizedLinear final : public model::Linear {
 /// (bitsandbytes layout) into `out` as float32 (out_dtype kFloat), bfloat16 or float16, each value
 /// code[nibble] × scales[element / blocksize] in float32, rounded to `state_dtype` first when it
 /// is narrower than float32 (what Dequantize4bit then .to(out_dtype) gives). Single-threaded;
-/// AVX2 where the CPU has it.
+/// AVX-512 or AVX2 where the CPU has them (LLMTRAIN_NO_AVX512=1 forces AVX2, for tests).
 void DequantizeElements(const uint8_t* packed, const float* scales, const float* code,
                         int64_t blocksize, int64_t begin, int64_t count, c10::ScalarType state_dtype,
                         c10::ScalarType out_dtype, void* out);
