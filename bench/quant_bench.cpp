@@ -21,6 +21,7 @@
 #include <cstring>
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -39,16 +40,20 @@ double Median(std::vector<double> v) {
   return v.empty() ? 0.0 : v[v.size() / 2];
 }
 
-// Seconds of fn(), median of `rounds` after one warm-up.
-double Time(int64_t rounds, const std::function<void()>& fn) {
-  fn();
-  std::vector<double> t;
+// Median seconds of a() and of b(), measured alternately (one of each per round, after a
+// warm-up), so the machine's drift between seconds hits both alike.
+std::pair<double, double> TimePair(int64_t rounds, const std::function<void()>& a, const std::function<void()>& b) {
+  a();
+  b();
+  std::vector<double> ta, tb;
   for (int64_t r = 0; r < rounds; ++r) {
-    const auto start = Clock::now();
-    fn();
-    t.push_back(std::chrono::duration<double>(Clock::now() - start).count());
+    for (int side = 0; side < 2; ++side) {
+      const auto start = Clock::now();
+      (side == 0 ? a : b)();
+      (side == 0 ? ta : tb).push_back(std::chrono::duration<double>(Clock::now() - start).count());
+    }
   }
-  return Median(t);
+  return {Median(ta), Median(tb)};
 }
 
 }  // namespace
@@ -88,8 +93,7 @@ int main(int argc, char** argv) {
   for (const c10::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
     at::Tensor dst = at::empty({out, in}, dtype), src = at::empty({out, in}, dtype).fill_(1);
     const double bytes = static_cast<double>(dst.nbytes());
-    const double t_deq = Time(rounds, [&] { layer->DequantizeRows(0, out, dst); });
-    const double t_copy = Time(rounds, [&] { dst.copy_(src); });
+    const auto [t_deq, t_copy] = TimePair(rounds, [&] { layer->DequantizeRows(0, out, dst); }, [&] { dst.copy_(src); });
     std::printf("dequant NF4 → %-8s %7.2f GB/s written; copy of the same bytes %7.2f GB/s: %.0f%% of copy (goal ≥ 50%%)\n",
                 c10::toString(dtype), bytes / t_deq / 1e9, bytes / t_copy / 1e9, 100.0 * t_copy / t_deq);
   }
@@ -99,14 +103,16 @@ int main(int argc, char** argv) {
     const at::Tensor x = at::randn({tokens, in}).requires_grad_(true);
     const at::Tensor g = at::randn({tokens, out});
     const at::Tensor dense_w = quant::Dequantize4bit(*q);
-    const double t_q = Time(rounds, [&] {
-      x.mutable_grad() = at::Tensor();
-      layer->Forward(x).backward(g);
-    });
-    const double t_d = Time(rounds, [&] {
-      x.mutable_grad() = at::Tensor();
-      at::linear(x, dense_w).backward(g);
-    });
+    const auto [t_q, t_d] = TimePair(
+        rounds,
+        [&] {
+          x.mutable_grad() = at::Tensor();
+          layer->Forward(x).backward(g);
+        },
+        [&] {
+          x.mutable_grad() = at::Tensor();
+          at::linear(x, dense_w).backward(g);
+        });
     std::printf("QuantizedLinear fwd+bwd %7.2f ms; dense linear %7.2f ms: %.2fx the time (goal ≤ 1.5x)\n",
                 t_q * 1e3, t_d * 1e3, t_q / t_d);
   }
