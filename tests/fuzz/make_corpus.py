@@ -95,3 +95,22 @@ with open(f"{root}/data_captions_fuzz/Flickr8k.token.txt", "w") as f:
     f.write("1000268201_693b08cb0e.jpg#0\tA child in a pink dress is climbing up stairs .\r\n"
             "1000268201_693b08cb0e.jpg#1\tA girl going into a wooden building .\n"
             "bad line without a tab\n")
+
+# adapter_config.json as PEFT writes it, for the variants the LoRA tests use.
+from peft import LoraConfig  # noqa: E402
+import tempfile  # noqa: E402
+os.makedirs(f"{root}/adapter_config_fuzz", exist_ok=True)
+for name, kwargs in {
+        "all_linear_rslora": dict(r=4, lora_alpha=8, target_modules="all-linear", use_rslora=True),
+        "dora_list": dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], use_dora=True),
+        "patterns": dict(r=4, lora_alpha=8, target_modules=["q_proj", "o_proj"], rank_pattern={"o_proj": 2},
+                         alpha_pattern={"layers.1.self_attn.q_proj": 3}, modules_to_save=["lm_head"]),
+        "regex_layers": dict(r=4, lora_alpha=16, target_modules=r".*\.(q|v)_proj"),
+        "layers_to_transform": dict(r=8, lora_alpha=8, target_modules=["gate_proj"], layers_to_transform=[0, 2],
+                                    layers_pattern="layers", lora_dropout=0.05, init_lora_weights="gaussian"),
+}.items():
+    with tempfile.TemporaryDirectory() as tmp:
+        LoraConfig(task_type="CAUSAL_LM", **kwargs).save_pretrained(tmp)
+        with open(os.path.join(tmp, "adapter_config.json")) as src, \
+                open(f"{root}/adapter_config_fuzz/{name}.json", "w") as dst:
+            dst.write(src.read())

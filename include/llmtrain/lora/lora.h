@@ -25,63 +25,11 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "llmtrain/core/dtype.h"
+#include "llmtrain/lora/adapter_config.h"
 #include "llmtrain/model/decoder.h"
 #include "llmtrain/model/linear.h"
 
 namespace llmtrain::lora {
-
-/// How A and B start (PEFT init_lora_weights).
-enum class InitMode {
-  kDefault,   ///< true: A ~ kaiming_uniform(a = √5) = U(±1/√in), B = 0 (the adapter starts as a no-op)
-  kGaussian,  ///< "gaussian": A ~ N(0, (1/r)²), B = 0
-  kNone,      ///< false: A and B both keep nn.Linear's kaiming init (not a no-op; for tests)
-};
-
-/// PEFT's LoraConfig, the fields that apply to LoRA on linear layers.
-struct LoraConfig {
-  int64_t r = 8;
-  double alpha = 8;
-  double dropout = 0.0;
-  bool use_rslora = false;  ///< s = alpha / √r
-  bool use_dora = false;
-  InitMode init = InitMode::kDefault;
-  /// Modules to adapt: full names ("model.layers.0.self_attn.q_proj") or suffixes on a dot
-  /// boundary ("q_proj", "self_attn.q_proj"), or the one entry "all-linear" (every projection; the
-  /// head is never adapted). Empty with no target_regex: PEFT's default for the family, q_proj and
-  /// v_proj.
-  std::vector<std::string> target_modules;
-  /// A single string target_modules: a regular expression the whole name must match.
-  std::optional<std::string> target_regex;
-  /// Names or suffixes never adapted (PEFT exclude_modules as a list).
-  std::vector<std::string> exclude_modules;
-  /// Only these layer indices (with suffix-matched targets; PEFT skips the filter for exact names).
-  std::vector<int64_t> layers_to_transform;
-  /// The name part before the layer index ("layers"); empty = the first "<part>.<digits>." found.
-  std::vector<std::string> layers_pattern;
-  /// Per-module rank and alpha: the first key (in order) matching the end of a module name on a
-  /// dot boundary, as a regex, wins.
-  std::vector<std::pair<std::string, int64_t>> rank_pattern;
-  std::vector<std::pair<std::string, double>> alpha_pattern;
-  /// Other modules trained in full and saved with the adapter ("lm_head", "embed_tokens",
-  /// norms), matched as PEFT does: the module name ends with the entry.
-  std::vector<std::string> modules_to_save;
-  /// dtype of A, B and the DoRA magnitude: f32 (PEFT's default) or bf16.
-  Dtype dtype = Dtype::kF32;
-  /// Seeds the init draws. PEFT draws from torch's global generator, per adapted module in
-  /// order: A (kaiming), B (kaiming), then A again; the same seed gives the same A and B.
-  uint64_t seed = 0;
-  std::string base_model_name_or_path;
-};
-
-/// r and alpha of module `name` after rank_pattern / alpha_pattern.
-std::pair<int64_t, double> RankAndAlpha(const LoraConfig& config, absl::string_view name);
-
-/// adapter_config.json as PEFT writes it (sorted keys, indent 2, every field PEFT writes).
-std::string AdapterConfigJson(const LoraConfig& config);
-/// Parses adapter_config.json. Refuses (naming the field) what this library cannot reproduce:
-/// peft_type other than LORA, fan_in_fan_out, bias other than "none", lora_bias, other init
-/// schemes, layer_replication …
-absl::StatusOr<LoraConfig> ParseAdapterConfig(absl::string_view where, absl::string_view json_text);
 
 /// A LoRA (or DoRA) adapter around a dense or 4-bit linear layer.
 class LoraLinear final : public model::Linear {
