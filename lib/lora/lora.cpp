@@ -145,6 +145,7 @@ void LoraLinear::AppendTrainable(std::vector<at::Tensor>* out) const {
 
 at::Tensor LoraLinear::Forward(const at::Tensor& x) const {
   at::Tensor result = base_->Forward(x);
+  if (merged_) return result;
   const c10::ScalarType result_dtype = result.scalar_type();
   // A 4-bit base follows peft's bnb.Linear4bit: the adapter's term is cast to the result dtype
   // before the add. A dense base follows lora.Linear: add (promoting), then cast once.
@@ -177,6 +178,44 @@ at::Tensor LoraLinear::Forward(const at::Tensor& x) const {
   }
   const at::Tensor dora = (mag_norm_scale - 1) * base_result + mag_norm_scale * lora_result * scaling_;
   return (result + dora).to(result_dtype);
+}
+
+absl::Status LoraLinear::Merge() {
+  if (merged_) return absl::FailedPreconditionError("the adapter is merged already");
+  at::Tensor w = base_->stored_weight();
+  if (!w.defined()) {
+    return absl::FailedPreconditionError(
+        "a 4-bit base cannot take the adapter in place; use MergeAdapters (dequantize + merge)");
+  }
+  at::NoGradGuard no_grad;
+  const at::Tensor delta = DeltaWeight();
+  if (!use_dora_) {
+    // layer.py merge: W += ΔW (a float32 ΔW is added in float32, then rounded to W's dtype).
+    w.copy_(w.to(at::kFloat) + delta);
+  } else {
+    // variants.py merge: the row norm of the unmerged W + ΔW, kept for Unmerge.
+    const at::Tensor sum = w.to(at::kFloat) + delta;
+    merge_norm_ = at::linalg_vector_norm(sum, 2, {1});
+    w.copy_((m_.detach().to(at::kFloat) / merge_norm_).view({-1, 1}) * sum);
+  }
+  merged_ = true;
+  return absl::OkStatus();
+}
+
+absl::Status LoraLinear::Unmerge() {
+  if (!merged_) return absl::FailedPreconditionError("the adapter is not merged");
+  at::Tensor w = base_->stored_weight();
+  at::NoGradGuard no_grad;
+  const at::Tensor delta = DeltaWeight();
+  if (!use_dora_) {
+    w.sub_(delta.to(w.scalar_type()));  // layer.py unmerge: ΔW rounded to W's dtype first
+  } else {
+    const at::Tensor factor = (m_.detach().to(at::kFloat) / merge_norm_).view({-1, 1});
+    w.copy_(w.to(at::kFloat) / factor - delta);
+    merge_norm_ = at::Tensor();
+  }
+  merged_ = false;
+  return absl::OkStatus();
 }
 
 at::Tensor LoraLinear::DeltaWeight() const {
@@ -389,12 +428,22 @@ absl::StatusOr<LoraConfig> LoadAdapter(model::Decoder* model, absl::string_view 
 absl::Status MergeAdapters(model::Decoder* model) {
   const c10::ScalarType dtype = io::ToScalarType(model->dtype());
   try {
+    LLMTRAIN_RETURN_IF_ERROR(SetMerged(model, false));
     for (const auto& [name, lora] : Adapters(*model)) {
       auto merged = std::make_shared<model::DenseLinear>(lora->MergedWeight(dtype), lora->bias());
       LLMTRAIN_RETURN_IF_ERROR(model->ReplaceLinear(name, std::move(merged)));
     }
   } catch (...) {
     return StatusFromCurrentException("merging adapters");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status SetMerged(model::Decoder* model, bool merged) {
+  for (const auto& [name, lora] : Adapters(*model)) {
+    if (lora->merged() == merged) continue;
+    const absl::Status status = merged ? lora->Merge() : lora->Unmerge();
+    if (!status.ok()) return Annotate(status, name);
   }
   return absl::OkStatus();
 }

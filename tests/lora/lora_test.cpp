@@ -153,6 +153,28 @@ TEST_CASE("lora: PEFT adapters load here with PEFT's logits and gradients; ours 
     }
     REQUIRE(lora::SaveAdapter(*model, *config, case_dir + "/ours").ok());
 
+    // 4a. Merge in place and unmerge (PEFT merge_adapter / unmerge_adapter): the same logits
+    // merged, and the base weights back after.
+    {
+      at::NoGradGuard no_grad;
+      std::vector<at::Tensor> before;
+      for (const auto& [module, layer] : lora::Adapters(*model)) before.push_back(layer->stored_weight().clone());
+      REQUIRE(lora::SetMerged(model.get(), true).ok());
+      const double in_place = RelativeError(model->Forward(ref["input_ids"], ref["attention_mask"]), our_logits[name]);
+      REQUIRE(lora::SetMerged(model.get(), false).ok());
+      double restored = 0;
+      size_t i = 0;
+      for (const auto& [module, layer] : lora::Adapters(*model)) {
+        restored = std::max(restored, RelativeError(layer->stored_weight(), before[i++]));
+      }
+      const double unmerged = RelativeError(model->Forward(ref["input_ids"], ref["attention_mask"]), our_logits[name]);
+      std::printf("lora %-18s merged in place: logits rel err %.2e; unmerged: weights back to %.2e, logits %.2e\n",
+                  name.c_str(), in_place, restored, unmerged);
+      CHECK(in_place <= 1e-5);
+      CHECK(restored <= 1e-6);
+      CHECK(unmerged <= 1e-5);
+    }
+
     // 4. Merged (PEFT merge_and_unload): the same logits, and a float32 folder transformers loads.
     REQUIRE(lora::MergeAdapters(model.get()).ok());
     CHECK(lora::Adapters(*model).empty());
@@ -188,7 +210,7 @@ TEST_CASE("lora: QLoRA on an NF4 base matches PEFT + bitsandbytes load_in_4bit",
   const auto run = testing::RunReference("lora_ref.py", {"qlora", dir});
   REQUIRE(run.exit_code == 0);
   const nlohmann::json cases = testing::LastJsonLine(run.out)["cases"];
-  REQUIRE(cases.size() == 3);
+  REQUIRE(cases.size() == 4);
   model::DecoderOptions nf4;
   nf4.quantize_4bit = quant::Quant4Options{quant::QuantType::kNf4, 64, /*double_quant=*/true};
   std::vector<std::string> names;
@@ -244,6 +266,33 @@ TEST_CASE("lora: QLoRA on an NF4 base matches PEFT + bitsandbytes load_in_4bit",
                   requant->requantize_rel_error, requant_err);
       CHECK(requant->requantize_rel_error > 0.0);
       CHECK(requant->requantize_rel_error < 0.2);
+    }
+
+    // LoRA weights in bf16 on the 4-bit base: they stay bf16, get bf16 gradients, and compute what
+    // the float32 adapter computes up to bf16 rounding of A and B.
+    {
+      auto bf16_model = LoadModel(case_dir + "/model", nf4);
+      lora::LoraConfig bf16_config = *config;
+      bf16_config.dtype = Dtype::kBf16;
+      REQUIRE(lora::InjectLora(bf16_model.get(), bf16_config).ok());
+      {
+        at::NoGradGuard no_grad;
+        const auto f32_params = lora::TrainableParameters(*model, *config);
+        const auto bf16_params = lora::TrainableParameters(*bf16_model, bf16_config);
+        REQUIRE(f32_params.size() == bf16_params.size());
+        for (size_t i = 0; i < f32_params.size(); ++i) {
+          const_cast<at::Tensor&>(bf16_params[i].second).copy_(f32_params[i].second);
+        }
+      }
+      const at::Tensor logits = bf16_model->Forward(ref["input_ids"], ref["attention_mask"]);
+      Loss(logits, ref).backward();
+      for (const auto& [key, t] : lora::TrainableParameters(*bf16_model, bf16_config)) {
+        CHECK(t.scalar_type() == at::kBFloat16);
+        CHECK(t.grad().scalar_type() == at::kBFloat16);
+      }
+      const double bf16_err = RelativeError(logits.detach(), ref["logits"]);
+      std::printf("qlora %-18s LoRA weights in bf16: logits rel err %.2e vs the float32 adapter\n", name.c_str(), bf16_err);
+      CHECK(bf16_err <= 2e-2);
     }
 
     // transformers' own 4-bit folder loads here as 4-bit, with the very same weights.

@@ -55,6 +55,8 @@ QLORA_CASES = {
     "gemma3_text_qlora": ("gemma3_text", dict(r=4, lora_alpha=8, target_modules="all-linear")),
     "gemma2_qdora": ("gemma2", dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"],
                                     use_dora=True)),
+    "qwen3_qdora": ("qwen3", dict(r=4, lora_alpha=8, target_modules=["k_proj", "o_proj", "down_proj"],
+                                  use_dora=True, use_rslora=True)),
 }
 
 
@@ -70,6 +72,8 @@ def build_model(family, seed, qlora=False):
         # dequantize_4bit reads block scales per row (docs/bitsandbytes-cpu.md), and its 4-bit
         # Linear computes with those wrong weights.
         overrides["intermediate_size"] = 128
+        if family == "qwen3":
+            overrides["hidden_size"] = 64
     config = config_cls(**{**spec["config"], **overrides})
     config._attn_implementation = "eager"
     model = model_cls(config).to(torch.float32)

@@ -61,6 +61,15 @@ class LoraLinear final : public model::Linear {
   /// Dropout applies only while training (PEFT's module.train()).
   void set_training(bool training) { training_ = training; }
 
+  /// PEFT merge(): adds the adapter into the dense base weight in place (DoRA: rescales the rows
+  /// by m / ‖W + ΔW‖, remembering that norm for Unmerge); Forward then runs the base alone.
+  /// FailedPrecondition on a 4-bit base (see MergeAdapters) or when merged already.
+  absl::Status Merge();
+  /// PEFT unmerge(): takes the adapter back out of the base weight (exact in float32 up to
+  /// rounding; in bf16 the delta is rounded first, as PEFT does).
+  absl::Status Unmerge();
+  bool merged() const { return merged_; }
+
   /// B·A·s as float32 (out, in): what merging adds to the base weight (before DoRA's rescale).
   at::Tensor DeltaWeight() const;
   /// The merged dense weight (out, in) in `dtype`: W + ΔW, or for DoRA m / ‖W + ΔW‖_row · (W + ΔW)
@@ -72,7 +81,8 @@ class LoraLinear final : public model::Linear {
   at::Tensor a_, b_, m_;
   int64_t r_ = 0;
   double scaling_ = 1.0, dropout_ = 0.0;
-  bool use_dora_ = false, training_ = false;
+  bool use_dora_ = false, training_ = false, merged_ = false;
+  at::Tensor merge_norm_;  // DoRA: ‖W + ΔW‖ per row at Merge()
 };
 
 /// Wraps every projection `config` targets in a LoraLinear and marks modules_to_save trainable.
@@ -105,6 +115,9 @@ absl::StatusOr<LoraConfig> LoadAdapter(model::Decoder* model, absl::string_view 
 /// DenseLinear holding MergedWeight in the model's dtype (a 4-bit base is dequantized first) and
 /// its bias. The model then computes what it computed with the adapters, up to rounding.
 absl::Status MergeAdapters(model::Decoder* model);
+
+/// Merge() or Unmerge() every adapter in place (PEFT merge_adapter / unmerge_adapter).
+absl::Status SetMerged(model::Decoder* model, bool merged);
 
 /// Removes every adapter: each LoraLinear gives its base back (unmerge of an unmerged model).
 void RemoveAdapters(model::Decoder* model);
