@@ -25,6 +25,8 @@ constexpr char kUsage[] =
     "  merge --model PATH --adapter DIR --output DIR [--dtype bf16] [--requantize nf4]\n"
     "                             a PEFT LoRA adapter merged into its base\n"
     "  (forward and generate take --load-in-4bit and --adapter DIR)\n"
+    "  spec --print-defaults | --check FILE [--set path=value]\n"
+    "                             the run spec: every field with its default, or validation\n"
     "\n"
     "run `llmtrain <command> --help` for the options of one command\n";
 
@@ -52,6 +54,7 @@ int main(int argc, char** argv) {
   if (command == "data-check") return llmtrain::cli::RunDataCheck(args);
   if (command == "quantize") return llmtrain::cli::RunQuantize(args);
   if (command == "merge") return llmtrain::cli::RunMerge(args);
+  if (command == "spec") return llmtrain::cli::RunSpecCommand(args);
   if (command == "make-default-dataset") return llmtrain::cli::RunMakeDefaultDataset(args);
   std::fprintf(stderr, "llmtrain: unknown command \"%s\"\n\n%s", command.c_str(), kUsage);
   return 2;

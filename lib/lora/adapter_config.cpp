@@ -2,14 +2,71 @@
 // PeftModel.save_pretrained writes them, and their parser.
 #include "llmtrain/lora/adapter_config.h"
 
+#include <algorithm>
 #include <cmath>
+#include <optional>
 #include <regex>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "nlohmann/json.hpp"
 
 namespace llmtrain::lora {
+namespace {
+
+bool EndsWithOnDot(absl::string_view name, absl::string_view suffix) {
+  return name == suffix || absl::EndsWith(name, absl::StrCat(".", suffix));
+}
+
+bool RegexFullMatch(const std::string& pattern, const std::string& text) {
+  return std::regex_match(text, std::regex(pattern, std::regex::ECMAScript));
+}
+
+// The layer index PEFT reads from a module name (tuners_utils.check_target_module_exists).
+std::optional<int64_t> LayerIndex(const LoraConfig& config, const std::string& name) {
+  std::smatch m;
+  if (config.layers_pattern.empty()) {
+    static const std::regex any(R"(^.*?\.[^.]*\.(\d+)\.)");
+    if (std::regex_search(name, m, any)) return std::stoll(m[1].str());
+    return std::nullopt;
+  }
+  for (const std::string& pattern : config.layers_pattern) {
+    if (std::regex_search(name, m, std::regex("^(?:.*?\\.)?" + pattern + "\\.(\\d+)\\."))) {
+      return std::stoll(m[1].str());
+    }
+  }
+  return std::nullopt;
+}
+
+bool InModulesToSave(const LoraConfig& config, const std::string& name) {
+  for (const std::string& m : config.modules_to_save) {
+    if (std::regex_match(name, std::regex("(^|.*\\.)" + m + "($|\\..*)"))) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+bool IsLoraTarget(const LoraConfig& config, const std::string& name) {
+  for (const std::string& e : config.exclude_modules) {
+    if (EndsWithOnDot(name, e)) return false;
+  }
+  if (InModulesToSave(config, name)) return false;
+  if (config.target_regex.has_value()) return RegexFullMatch(*config.target_regex, name);
+  std::vector<std::string> targets = config.target_modules;
+  if (targets.empty()) targets = {"q_proj", "v_proj"};  // PEFT's default for qwen2, gemma2, gemma3_text
+  for (const std::string& t : targets) {
+    if (absl::AsciiStrToLower(t) == "all-linear" || t == name) return true;  // exact names skip the layer filter
+  }
+  const bool suffix = std::any_of(targets.begin(), targets.end(),
+                                  [&](const std::string& t) { return absl::EndsWith(name, "." + t); });
+  if (!suffix) return false;
+  if (config.layers_to_transform.empty()) return true;
+  const std::optional<int64_t> index = LayerIndex(config, name);
+  return index.has_value() && std::count(config.layers_to_transform.begin(), config.layers_to_transform.end(), *index) > 0;
+}
+
 
 std::pair<int64_t, double> RankAndAlpha(const LoraConfig& config, absl::string_view name_view) {
   const std::string name(name_view);

@@ -28,56 +28,6 @@ namespace {
 
 constexpr absl::string_view kPrefix = "base_model.model.";
 
-bool EndsWithOnDot(absl::string_view name, absl::string_view suffix) {
-  return name == suffix || absl::EndsWith(name, absl::StrCat(".", suffix));
-}
-
-bool RegexFullMatch(const std::string& pattern, const std::string& text) {
-  return std::regex_match(text, std::regex(pattern, std::regex::ECMAScript));
-}
-
-// The layer index PEFT reads from a module name (tuners_utils.check_target_module_exists).
-std::optional<int64_t> LayerIndex(const LoraConfig& config, const std::string& name) {
-  std::smatch m;
-  if (config.layers_pattern.empty()) {
-    static const std::regex any(R"(^.*?\.[^.]*\.(\d+)\.)");
-    if (std::regex_search(name, m, any)) return std::stoll(m[1].str());
-    return std::nullopt;
-  }
-  for (const std::string& pattern : config.layers_pattern) {
-    if (std::regex_search(name, m, std::regex("^(?:.*?\\.)?" + pattern + "\\.(\\d+)\\."))) {
-      return std::stoll(m[1].str());
-    }
-  }
-  return std::nullopt;
-}
-
-bool InModulesToSave(const LoraConfig& config, const std::string& name) {
-  for (const std::string& m : config.modules_to_save) {
-    if (std::regex_match(name, std::regex("(^|.*\\.)" + m + "($|\\..*)"))) return true;
-  }
-  return false;
-}
-
-bool IsTarget(const LoraConfig& config, const std::string& name) {
-  for (const std::string& e : config.exclude_modules) {
-    if (EndsWithOnDot(name, e)) return false;
-  }
-  if (InModulesToSave(config, name)) return false;
-  if (config.target_regex.has_value()) return RegexFullMatch(*config.target_regex, name);
-  std::vector<std::string> targets = config.target_modules;
-  if (targets.empty()) targets = {"q_proj", "v_proj"};  // PEFT's default for qwen2, gemma2, gemma3_text
-  for (const std::string& t : targets) {
-    if (absl::AsciiStrToLower(t) == "all-linear" || t == name) return true;  // exact names skip the layer filter
-  }
-  const bool suffix = std::any_of(targets.begin(), targets.end(),
-                                  [&](const std::string& t) { return absl::EndsWith(name, "." + t); });
-  if (!suffix) return false;
-  if (config.layers_to_transform.empty()) return true;
-  const std::optional<int64_t> index = LayerIndex(config, name);
-  return index.has_value() && std::count(config.layers_to_transform.begin(), config.layers_to_transform.end(), *index) > 0;
-}
-
 // kaiming_uniform_(w, a = √5) on (rows, fan_in), with the bound computed in the order torch's
 // init.py does it, so the same generator state gives the same values.
 void KaimingUniform(at::Tensor& w, at::Generator* generator) {
@@ -244,7 +194,7 @@ absl::StatusOr<std::vector<std::string>> InjectLora(model::Decoder* model, const
   const c10::ScalarType compute = io::ToScalarType(model->dtype());
   try {
     for (const std::string& name : model->LinearNames()) {
-      if (!IsTarget(config, name)) continue;
+      if (!IsLoraTarget(config, name)) continue;
       std::shared_ptr<model::Linear> base = model->linear(name);
       if (dynamic_cast<const LoraLinear*>(base.get()) != nullptr) {
         return absl::FailedPreconditionError(absl::StrCat(name, ": already has an adapter"));

@@ -1,5 +1,9 @@
 #include "llmtrain/model/family.h"
 
+#include "absl/strings/match.h"
+
+#include "absl/strings/str_replace.h"
+
 #include <algorithm>
 #include <map>
 #include <mutex>
@@ -88,4 +92,20 @@ absl::Status FillLayerPattern(const io::TextConfig& config, FamilySpec* spec) {
 }
 
 }  // namespace detail
+std::vector<std::string> ProjectionNames(const FamilySpec& spec, int64_t num_layers) {
+  std::vector<std::string> names;
+  for (int64_t i = 0; i < num_layers; ++i) {
+    for (const WeightName& row : spec.weights) {
+      if (row.role != Role::kQ && row.role != Role::kK && row.role != Role::kV && row.role != Role::kO &&
+          row.role != Role::kGate && row.role != Role::kUp && row.role != Role::kDown) {
+        continue;
+      }
+      std::string name = absl::StrReplaceAll(row.hf, {{"{i}", absl::StrCat(i)}});
+      if (absl::EndsWith(name, ".weight")) name.resize(name.size() - 7);
+      names.push_back(std::move(name));
+    }
+  }
+  return names;
+}
+
 }  // namespace llmtrain::model

@@ -114,3 +114,6 @@ for name, kwargs in {
         with open(os.path.join(tmp, "adapter_config.json")) as src, \
                 open(f"{root}/adapter_config_fuzz/{name}.json", "w") as dst:
             dst.write(src.read())
+
+# run_spec_fuzz: its seeds (defaults.textproto from `llmtrain spec --print-defaults`, a small JSON
+# spec and an invalid one) are written by hand, not by this script.

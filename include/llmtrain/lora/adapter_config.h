@@ -59,6 +59,11 @@ struct LoraConfig {
   std::string base_model_name_or_path;
 };
 
+/// True if `config` adapts module `name` (e.g. "model.layers.0.self_attn.q_proj"), by PEFT's rules:
+/// exclude_modules first, never a module to save, then the regex (full match), an exact name, or a
+/// dot-boundary suffix filtered by layers_to_transform.
+bool IsLoraTarget(const LoraConfig& config, const std::string& name);
+
 /// r and alpha of module `name` after rank_pattern / alpha_pattern.
 std::pair<int64_t, double> RankAndAlpha(const LoraConfig& config, absl::string_view name);
 

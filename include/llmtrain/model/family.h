@@ -75,6 +75,10 @@ bool RegisterFamily(const std::string& model_type, FamilyBuilder builder);
 /// The spec for `config.model_type`. Unimplemented names the type and lists the supported ones.
 absl::StatusOr<FamilySpec> BuildFamilySpec(const io::TextConfig& config);
 
+/// The HF module names of the seven projections of every layer, layer by layer, in the order of
+/// the name table (q, k, v, o, gate, up, down): what LoRA targets match against.
+std::vector<std::string> ProjectionNames(const FamilySpec& spec, int64_t num_layers);
+
 /// The registered model types, sorted.
 std::vector<std::string> SupportedFamilies();
 
