@@ -28,3 +28,6 @@
 #include "llmtrain/model/linear.h"
 #include "llmtrain/model/save.h"
 #include "llmtrain/lora/lora.h"
+#include "llmtrain/lora/adapter_config.h"
+#include "llmtrain/spec/run_spec.h"
+#include "llmtrain/train/optimizer.h"

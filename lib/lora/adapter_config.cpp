@@ -218,6 +218,8 @@ absl::StatusOr<LoraConfig> ParseAdapterConfig(absl::string_view where, absl::str
   // Every pattern must be a regular expression we can run (PEFT's are Python `re`; the ECMAScript
   // dialect agrees on the ones module names need).
   const auto check_regex = [&](const std::string& field, const std::string& pattern) -> absl::Status {
+    // std::regex is recursive: a bound keeps hostile patterns off the stack.
+    if (pattern.size() > 256) return bad(field, "a pattern longer than 256 characters is not supported");
     try {
       std::regex compiled(pattern, std::regex::ECMAScript);
     } catch (const std::regex_error& e) {

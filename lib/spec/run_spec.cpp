@@ -182,6 +182,8 @@ std::string Quoted(std::initializer_list<const char*> allowed) {
 }
 
 bool ValidRegex(const std::string& pattern) {
+  // std::regex compiles and matches recursively: a bound keeps hostile patterns off the stack.
+  if (pattern.size() > 256) return false;
   try {
     std::regex compiled(pattern, std::regex::ECMAScript);
     return true;
