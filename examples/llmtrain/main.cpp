@@ -25,6 +25,8 @@ constexpr char kUsage[] =
     "  merge --model PATH --adapter DIR --output DIR [--dtype bf16] [--requantize nf4]\n"
     "                             a PEFT LoRA adapter merged into its base\n"
     "  (forward and generate take --load-in-4bit and --adapter DIR)\n"
+    "  train --spec FILE [--set path=value ...] [--resume]\n"
+    "                             the fine-tune a run spec describes (checkpoints, metrics)\n"
     "  spec --print-defaults | --check FILE [--set path=value]\n"
     "                             the run spec: every field with its default, or validation\n"
     "\n"
@@ -55,6 +57,7 @@ int main(int argc, char** argv) {
   if (command == "quantize") return llmtrain::cli::RunQuantize(args);
   if (command == "merge") return llmtrain::cli::RunMerge(args);
   if (command == "spec") return llmtrain::cli::RunSpecCommand(args);
+  if (command == "train") return llmtrain::cli::RunTrain(args);
   if (command == "make-default-dataset") return llmtrain::cli::RunMakeDefaultDataset(args);
   std::fprintf(stderr, "llmtrain: unknown command \"%s\"\n\n%s", command.c_str(), kUsage);
   return 2;
