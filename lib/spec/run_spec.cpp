@@ -70,7 +70,6 @@ RunSpec Defaults() {
   a->set_mask_prompt(true);
   a->set_max_bad_fraction(0.01);
   a->set_seed(0);
-  a->set_eval_fraction(0.0);
   TrainingSpec* t = d.mutable_training();
   t->set_epochs(1.0);
   t->set_max_steps(0);
@@ -406,7 +405,6 @@ std::vector<SpecError> FindSpecErrors(const RunSpec& s) {
                                         config->text.max_position_embeddings, " tokens"));
   }
   in_unit("data.max_bad_fraction", d.max_bad_fraction(), true);
-  in_unit("data.eval_fraction", d.eval_fraction(), false);
 
   // training
   const TrainingSpec& t = s.training();
