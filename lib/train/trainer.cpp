@@ -33,6 +33,7 @@
 #include "llmtrain/tokenizer/chat_template.h"
 #include "llmtrain/tokenizer/tokenizer.h"
 #include "llmtrain/train/optimizer.h"
+#include "llmtrain/train/tensorboard.h"
 #include "nlohmann/json.hpp"
 
 namespace llmtrain::train {
@@ -399,6 +400,16 @@ absl::Status Trainer::Run(const RunOptions& options) {
     fs::remove(metrics_path, ec);
   }
 
+  std::unique_ptr<TensorBoardWriter> tensorboard;
+  if (std::find(sp.output().report_to().begin(), sp.output().report_to().end(), "tensorboard") !=
+      sp.output().report_to().end()) {
+    LLMTRAIN_ASSIGN_OR_RETURN(tensorboard, TensorBoardWriter::Open(s.dir + "/tensorboard"));
+  }
+  const auto scalars = [&](const std::vector<std::pair<const char*, double>>& values, int64_t step) -> absl::Status {
+    if (!tensorboard) return absl::OkStatus();
+    for (const auto& [tag, v] : values) LLMTRAIN_RETURN_IF_ERROR(tensorboard->AddScalar(tag, v, step));
+    return absl::OkStatus();
+  };
   ProgressOptions po;
   po.label = "train";
   po.total = s.total_steps;
@@ -438,6 +449,7 @@ absl::Status Trainer::Run(const RunOptions& options) {
     }
     line["samples"] = samples;
     AppendLine(metrics_path, line);
+    LLMTRAIN_RETURN_IF_ERROR(scalars({{"eval/loss", eval_loss}, {"eval/perplexity", std::exp(eval_loss)}}, s.step));
     std::fprintf(stderr, "eval at step %lld: loss %.4f, perplexity %.2f\n", static_cast<long long>(s.step), eval_loss,
                  std::exp(eval_loss));
     return absl::OkStatus();
@@ -453,6 +465,8 @@ absl::Status Trainer::Run(const RunOptions& options) {
                                 {"grad_norm", m->grad_norm}, {"target_tokens", m->target_tokens},
                                 {"tokens_per_second", m->tokens_per_second}, {"peak_rss_mib", m->peak_rss_mib},
                                 {"skipped", m->skipped}});
+      LLMTRAIN_RETURN_IF_ERROR(scalars({{"train/loss", m->loss}, {"train/lr", m->lr}, {"train/grad_norm", m->grad_norm},
+                                        {"train/tokens_per_second", m->tokens_per_second}}, m->step));
     }
     progress.Set(m->step, absl::StrFormat("loss %.4f, %.0f tok/s", m->loss, m->tokens_per_second));
     if (options.on_step) options.on_step(*m);

@@ -1,4 +1,6 @@
-"""Reference side of tests/train: torch.optim.AdamW, transformers' schedules (LambdaLR over
+"""Reference side of tests/train. `train_ref.py tb DIR` prints the scalars TensorBoard's
+EventAccumulator reads from the event files in DIR as {"tag": [[step, value], ...]}.
+Otherwise: torch.optim.AdamW, transformers' schedules (LambdaLR over
 get_{linear,cosine,constant}_schedule_with_warmup) and torch.nn.utils.clip_grad_norm_ on the CPU.
 Usage: train_ref.py OUT.safetensors
 Writes the initial parameters p<i>, the gradients g<i>.<step> fed at each step, and after each step
@@ -13,6 +15,13 @@ from transformers import (get_constant_schedule_with_warmup, get_cosine_schedule
                           get_linear_schedule_with_warmup)
 
 from common import emit
+
+if sys.argv[1] == "tb":
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(sys.argv[2])
+    acc.Reload()
+    emit({tag: [[e.step, e.value] for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]})
+    sys.exit(0)
 
 STEPS, WARMUP = 12, 3
 gen = torch.Generator().manual_seed(5)

@@ -119,7 +119,7 @@ spec::RunSpec SmallRun(const std::string& dir, int64_t micro, int64_t accum, int
       "training { max_steps: ", steps, " micro_batch_size: ", micro, " gradient_accumulation_steps: ", accum,
       " learning_rate: 0.001 log_every_steps: 1 warmup_steps: 2 }\n",
       "checkpoint { every_steps: 2 keep_last: 2 }\n",
-      "output { dir: \"", dir, "/run\" report_to: \"jsonl\" }\n"));
+      "output { dir: \"", dir, "/run\" report_to: \"jsonl\" report_to: \"tensorboard\" }\n"));
   REQUIRE(run.ok());
   spec::FillDefaults(&*run);
   return *run;
@@ -199,6 +199,23 @@ TEST_CASE("train: a run stopped and resumed ends with the uninterrupted run's ad
   CHECK(la == lb);
   std::printf("train: stopped at step 3 and resumed: adapter %zu bytes, identical: %s; 6 logged losses identical: %s\n",
               a.size(), a == b ? "yes" : "no", la == lb ? "yes" : "no");
+  // TensorBoard reads the event files: the uninterrupted run's 6 losses, as logged.
+  if (testing::ReferenceStackAvailable()) {
+    const auto tb = testing::RunReference("train_ref.py", {"tb", dir + "/whole/run/tensorboard"});
+    REQUIRE(tb.exit_code == 0);
+    const nlohmann::json scalars = testing::LastJsonLine(tb.out);
+    REQUIRE(scalars.contains("train/loss"));
+    REQUIRE(scalars["train/loss"].size() == 6);
+    size_t same = 0;
+    for (const auto& point : scalars["train/loss"]) {
+      const std::string want = la[point[0].get<int64_t>() - 1];
+      const double logged = std::stod(want.substr(want.find(':') + 1));
+      same += static_cast<float>(logged) == point[1].get<float>();
+    }
+    CHECK(same == 6);
+    CHECK(scalars.contains("train/lr"));
+    std::printf("train: TensorBoard's EventAccumulator reads %zu train/loss points equal to metrics.jsonl\n", same);
+  }
   // keep_last 2: only the two newest checkpoints remain.
   CHECK_FALSE(IsDirectory(dir + "/whole/run/checkpoints/step-000002"));
   CHECK(IsDirectory(dir + "/whole/run/checkpoints/step-000006"));
