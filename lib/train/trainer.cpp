@@ -96,6 +96,7 @@ struct Trainer::State {
   std::unique_ptr<LrSchedule> schedule;
   int64_t total_steps = 0, step = 0, nonfinite_in_row = 0, skipped_total = 0;
   std::string dir;
+  decltype(RunOptions::on_batch) on_batch;
 };
 
 Trainer::Trainer(std::unique_ptr<State> state) : s_(std::move(state)) {}
@@ -219,6 +220,10 @@ absl::StatusOr<StepMetrics> Trainer::TrainStep() {
   lora::SetTraining(s.model.get(), true);
   double loss_sum = 0;
   for (const data::Batch& b : batches) {
+    if (s.on_batch) {
+      s.on_batch(s.step, b.input_ids, b.segment_ids.empty() ? b.attention_mask : b.segment_ids, b.position_ids,
+                 b.labels, b.batch_size, b.seq_len);
+    }
     if (b.target_tokens == 0) continue;
     kernels::CrossEntropyResult ce = BatchLoss(*s.model, b);
     (ce.loss_sum / static_cast<double>(total_targets)).backward();
@@ -317,6 +322,7 @@ std::vector<std::pair<int64_t, std::string>> Checkpoints(const std::string& dir)
 absl::Status Trainer::Run(const RunOptions& options) {
   State& s = *s_;
   const spec::RunSpec& sp = s.spec;
+  s.on_batch = options.on_batch;
   LLMTRAIN_RETURN_IF_ERROR(MakeDirectories(s.dir + "/checkpoints"));
   const std::string metrics_path = s.dir + "/metrics.jsonl";
 

@@ -7,6 +7,7 @@ Writes the initial parameters p<i>, the gradients g<i>.<step> fed at each step, 
 the parameters p<i>.<step>, plus lr.<kind> (the lr of every step per schedule) and norm.<step>
 (the norm clip_grad_norm_ returned). Prints {"steps": S, "params": P}.
 """
+import json
 import sys
 
 import torch
@@ -15,6 +16,79 @@ from transformers import (get_constant_schedule_with_warmup, get_cosine_schedule
                           get_linear_schedule_with_warmup)
 
 from common import emit
+
+if sys.argv[1] == "tiny":
+    # A tiny Qwen2 with a byte-level BPE tokenizer of 320 tokens trained here, and text records.
+    import os
+    import transformers
+    from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
+    out = sys.argv[2]
+    lines = [f"The {w} of {n} is {n * 3 % 17} and it {v} the {w}s." for n, (w, v) in
+             enumerate([("cat", "likes"), ("dog", "sees"), ("bird", "hears"), ("fish", "eats")] * 8)]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(lines, trainers.BpeTrainer(vocab_size=320, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    torch.manual_seed(3)
+    config = transformers.Qwen2Config(vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                                      tie_word_embeddings=True)
+    config._attn_implementation = "eager"
+    model = transformers.Qwen2ForCausalLM(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    model.save_pretrained(os.path.join(out, "model"))
+    tok.save(os.path.join(out, "model", "tokenizer.json"))
+    with open(os.path.join(out, "train.jsonl"), "w") as f:
+        for line in lines:
+            f.write(json.dumps({"text": line}) + "\n")
+    emit({"records": len(lines)})
+    sys.exit(0)
+
+if sys.argv[1] == "replay":
+    # transformers + PEFT + torch AdamW + transformers' schedule on the batches our trainer used.
+    import os
+    import transformers
+    from peft import LoraConfig, get_peft_model
+    from safetensors.torch import load_file
+    out = sys.argv[2]
+    cfg = json.loads(sys.argv[3])
+    b = load_file(os.path.join(out, "batches.safetensors"))
+    model = transformers.Qwen2ForCausalLM.from_pretrained(os.path.join(out, "model"), dtype=torch.float32,
+                                                          attn_implementation="eager")
+    torch.manual_seed(cfg["seed"])
+    peft_model = get_peft_model(model, LoraConfig(r=cfg["r"], lora_alpha=cfg["alpha"], lora_dropout=0.0,
+                                                  target_modules="all-linear", task_type="CAUSAL_LM"))
+    peft_model.train()
+    params = [p for n, p in peft_model.named_parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg["lr"], betas=(0.9, 0.999), eps=1e-8, weight_decay=cfg["wd"])
+    sched = get_linear_schedule_with_warmup(opt, cfg["warmup"], cfg["steps"])
+    losses = []
+    for step in range(cfg["steps"]):
+        micro = [k[len("ids."):] for k in b if k.startswith(f"ids.{step}.")]
+        micro.sort(key=lambda k: int(k.split(".")[1]))
+        total = sum(int((b[f"labels.{k}"][:, 1:] != -100).sum()) for k in micro)
+        loss_sum = 0.0
+        for k in micro:
+            logits = peft_model(input_ids=b[f"ids.{k}"], attention_mask=b[f"mask.{k}"],
+                                position_ids=b[f"pos.{k}"]).logits
+            ce = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
+                                                   b[f"labels.{k}"][:, 1:].reshape(-1), ignore_index=-100,
+                                                   reduction="sum")
+            (ce / total).backward()
+            loss_sum += ce.item()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss_sum / total)
+    weights = {n.replace(".default", ""): p.detach().contiguous() for n, p in peft_model.named_parameters()
+               if p.requires_grad}
+    from safetensors.torch import save_file as save
+    save(weights, os.path.join(out, "replay_weights.safetensors"))
+    emit({"losses": losses})
+    sys.exit(0)
 
 if sys.argv[1] == "tb":
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -70,6 +70,12 @@ struct RunOptions {
   std::atomic<bool>* stop = nullptr;
   /// Called after every optimizer step (tests, progress).
   std::function<void(const StepMetrics&)> on_step;
+  /// Called with each micro-batch before it is trained on: its (B, T) input_ids, attention mask
+  /// (segment ids when packing), position ids and labels, row-major (tests replay them elsewhere).
+  std::function<void(int64_t step, const std::vector<int64_t>& input_ids, const std::vector<int64_t>& mask,
+                     const std::vector<int64_t>& position_ids, const std::vector<int64_t>& labels, int64_t batch,
+                     int64_t seq_len)>
+      on_batch;
   bool progress = true;  ///< a progress line with loss, tokens/s and ETA on stderr
 };
 
