@@ -355,6 +355,13 @@ absl::Status Trainer::Run(const RunOptions& options) {
     return absl::OkStatus();
   };
 
+  {
+    // Checkpoint writes a kill interrupted: never under a final name, never read; remove them.
+    std::error_code ec;
+    for (const auto& entry : fs::directory_iterator(s.dir + "/checkpoints", ec)) {
+      if (absl::StrContains(entry.path().filename().string(), ".tmp-")) fs::remove_all(entry.path(), ec);
+    }
+  }
   if (options.resume) {
     const auto all = Checkpoints(s.dir);
     if (!all.empty()) {

@@ -15,6 +15,10 @@
 #include "llmtrain/io/safetensors.h"
 #include "llmtrain/io/tensors.h"
 #include <map>
+#include <chrono>
+#include <filesystem>
+#include <random>
+#include "absl/strings/str_format.h"
 #include "testing/json_util.h"
 #include "testing/reference.h"
 #include "testing/safetensors_util.h"
@@ -283,6 +287,68 @@ TEST_CASE("train: 20 steps equal transformers + PEFT + torch AdamW on the same b
   // Adam steps (whose first steps move each weight by ±lr whatever the gradient's size).
   CHECK(worst_loss <= 1e-5);
   CHECK(worst_weight <= 1e-4);
+}
+
+
+TEST_CASE("train: runs SIGKILLed at random moments resume to the uninterrupted run's adapter", "[train][reference][kill]") {
+  if (!testing::ReferenceStackAvailable()) return;
+  const std::string dir = testing::TempDir("train_kill");
+  REQUIRE(testing::RunReference("train_ref.py", {"tiny", dir}).exit_code == 0);
+  const auto spec_file = [&](const std::string& out) {
+    const std::string path = out + ".textproto";
+    REQUIRE(WriteFileAtomically(path, absl::StrCat(
+        "model { path: \"", dir, "/model\" load_in_4bit: true }\n",
+        "lora { r: 4 alpha: 8 dropout: 0.1 }\n",
+        "data { train_files: \"", dir, "/train.jsonl\" format: \"text\" template: \"none\" max_length: 24 }\n",
+        "training { max_steps: 40 micro_batch_size: 2 gradient_accumulation_steps: 2 learning_rate: 0.003 }\n",
+        "checkpoint { every_steps: 1 keep_last: 2 }\n",
+        "output { dir: \"", out, "\" report_to: \"jsonl\" }\n")).ok());
+    return path;
+  };
+  const std::string cli = testing::CliPath();
+  const auto q = [](const std::string& s) { return testing::ShellQuote(s); };
+  const auto start = std::chrono::steady_clock::now();
+  const auto whole = testing::RunCommand(absl::StrCat(cli, " train --spec ", q(spec_file(dir + "/whole")), " 2>&1"));
+  INFO(whole.out);
+  REQUIRE(whole.exit_code == 0);
+  const double run_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const std::string want = Bytes(dir + "/whole/adapter/adapter_model.safetensors");
+  std::mt19937 rng(11);
+  std::uniform_real_distribution<double> when(0.2, std::max(0.5, run_seconds));
+  int identical = 0, killed = 0, complete_checkpoints = 0, partial_visible = 0, mid_training = 0;
+  for (int k = 0; k < 20; ++k) {
+    const std::string out = absl::StrCat(dir, "/run", k);
+    const std::string spec = spec_file(out);
+    const auto kill = testing::RunCommand(absl::StrFormat("timeout -s KILL %.2f %s train --spec %s >/dev/null 2>&1; echo $?",
+                                                          when(rng), cli, q(spec)));
+    killed += kill.out.find("137") != std::string::npos;
+    // Every checkpoint folder that exists under its final name is complete.
+    std::error_code ec;  // no folder yet when the kill came before the first step
+    bool any = false;
+    for (const auto& entry : std::filesystem::directory_iterator(out + "/checkpoints", ec)) {
+      const std::string name = entry.path().filename().string();
+      if (name.find(".tmp-") != std::string::npos) continue;  // a write the kill interrupted: never used
+      const bool complete = IsRegularFile(entry.path().string() + "/trainer_state.json") &&
+                            IsRegularFile(entry.path().string() + "/optimizer.safetensors") &&
+                            IsRegularFile(entry.path().string() + "/adapter/adapter_model.safetensors") &&
+                            IsRegularFile(entry.path().string() + "/spec.textproto");
+      complete ? ++complete_checkpoints : ++partial_visible;
+      any = true;
+    }
+    mid_training += any;
+    const auto resumed = testing::RunCommand(absl::StrCat(cli, " train --resume --spec ", q(spec), " 2>&1"));
+    INFO(resumed.out);
+    REQUIRE(resumed.exit_code == 0);
+    identical += Bytes(out + "/adapter/adapter_model.safetensors") == want;
+  }
+  std::printf("train: 20 runs SIGKILLed at random moments (%d killed before finishing, %d of them after training "
+              "began) then resumed: %d adapters byte-identical to the uninterrupted run's; %d complete checkpoints "
+              "seen, %d partial ones visible\n",
+              killed, mid_training, identical, complete_checkpoints, partial_visible);
+  CHECK(identical == 20);
+  CHECK(partial_visible == 0);
+  CHECK(killed >= 10);
+  CHECK(mid_training >= 5);
 }
 
 }  // namespace
