@@ -350,7 +350,10 @@ absl::Status Trainer::Run(const RunOptions& options) {
     if (ec) return absl::InternalError(absl::StrCat(final_dir, ": ", ec.message()));
     const auto all = Checkpoints(s.dir);
     for (size_t i = 0; i + static_cast<size_t>(sp.checkpoint().keep_last()) < all.size(); ++i) {
-      fs::remove_all(all[i].second, ec);
+      // Out of sight first (one rename), then deleted: a kill mid-delete leaves only a .tmp- folder.
+      const std::string doomed = absl::StrCat(all[i].second, ".tmp-", getpid(), "-old");
+      fs::rename(all[i].second, doomed, ec);
+      if (!ec) fs::remove_all(doomed, ec);
     }
     return absl::OkStatus();
   };
