@@ -2,9 +2,11 @@
 // invalid spec is refused before the model loads, with each error naming its field.
 #include <catch2/catch.hpp>
 #include <cstdio>
+#include <filesystem>
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "llmtrain/core/atomic_file.h"
 #include "llmtrain/spec/run_spec.h"
@@ -141,6 +143,23 @@ TEST_CASE("spec: every invalid spec is refused before any work, naming the field
   const std::string message(spec::ValidateRunSpec(*run).message());
   CHECK_THAT(message, Catch::Contains("the run spec has 3 errors") && Catch::Contains("lora.r: ") &&
                           Catch::Contains("training.learning_rate: ") && Catch::Contains("data.format: "));
+}
+
+TEST_CASE("spec: the example specs are valid but for the files each machine provides", "[spec]") {
+  int n = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(std::string(LLMTRAIN_SOURCE_DIR) + "/examples/specs")) {
+    INFO("spec " << entry.path().string());
+    auto run = spec::LoadRunSpec(entry.path().string());
+    REQUIRE(run.ok());
+    for (const spec::SpecError& e : spec::FindSpecErrors(*run)) {
+      INFO(e.field << ": " << e.message);
+      // Model folders and data files are the user's (or, for the 270M, relative to the repo root).
+      CHECK((e.field == "model.path" || absl::StartsWith(e.field, "data.train_files") ||
+             absl::StartsWith(e.field, "data.eval_files")));
+    }
+    ++n;
+  }
+  CHECK(n >= 4);
 }
 
 }  // namespace
