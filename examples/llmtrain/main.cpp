@@ -27,6 +27,7 @@ constexpr char kUsage[] =
     "  (forward and generate take --load-in-4bit and --adapter DIR)\n"
     "  train --spec FILE [--set path=value ...] [--resume]\n"
     "                             the fine-tune a run spec describes (checkpoints, metrics)\n"
+    "  report RUN_DIR             RUN_DIR/report.html: plots, samples, data summary, spec\n"
     "  spec --print-defaults | --check FILE [--set path=value]\n"
     "                             the run spec: every field with its default, or validation\n"
     "\n"
@@ -58,6 +59,7 @@ int main(int argc, char** argv) {
   if (command == "merge") return llmtrain::cli::RunMerge(args);
   if (command == "spec") return llmtrain::cli::RunSpecCommand(args);
   if (command == "train") return llmtrain::cli::RunTrain(args);
+  if (command == "report") return llmtrain::cli::RunReport(args);
   if (command == "make-default-dataset") return llmtrain::cli::RunMakeDefaultDataset(args);
   std::fprintf(stderr, "llmtrain: unknown command \"%s\"\n\n%s", command.c_str(), kUsage);
   return 2;

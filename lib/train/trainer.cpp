@@ -34,6 +34,7 @@
 #include "llmtrain/tokenizer/tokenizer.h"
 #include "llmtrain/train/optimizer.h"
 #include "llmtrain/train/tensorboard.h"
+#include "llmtrain/train/report.h"
 #include "nlohmann/json.hpp"
 
 namespace llmtrain::train {
@@ -324,6 +325,14 @@ absl::Status Trainer::Run(const RunOptions& options) {
   const spec::RunSpec& sp = s.spec;
   s.on_batch = options.on_batch;
   LLMTRAIN_RETURN_IF_ERROR(MakeDirectories(s.dir + "/checkpoints"));
+  // What the report shows beside the metrics.
+  LLMTRAIN_RETURN_IF_ERROR(WriteFileAtomically(s.dir + "/spec.textproto", spec::SpecToText(sp)));
+  {
+    std::string summary = absl::StrCat("train: ", s.train->Summary(), "\n");
+    for (const auto& bad : s.train->bad_records()) absl::StrAppend(&summary, "  bad: ", bad.ToString(), "\n");
+    if (s.eval) absl::StrAppend(&summary, "eval: ", s.eval->Summary(), "\n");
+    LLMTRAIN_RETURN_IF_ERROR(WriteFileAtomically(s.dir + "/data_summary.txt", summary));
+  }
   const std::string metrics_path = s.dir + "/metrics.jsonl";
 
   const auto save_checkpoint = [&]() -> absl::Status {
@@ -508,8 +517,9 @@ absl::Status Trainer::Run(const RunOptions& options) {
   LLMTRAIN_RETURN_IF_ERROR(evaluate());
   LLMTRAIN_RETURN_IF_ERROR(save_checkpoint());
   LLMTRAIN_RETURN_IF_ERROR(lora::SaveAdapter(*s.model, s.lora_config, s.dir + "/adapter"));
-  std::fprintf(stderr, "adapter: %s/adapter (%lld steps, %lld skipped)\n", s.dir.c_str(),
-               static_cast<long long>(s.step), static_cast<long long>(s.skipped_total));
+  LLMTRAIN_ASSIGN_OR_RETURN(std::string report, WriteRunReport(s.dir));
+  std::fprintf(stderr, "adapter: %s/adapter (%lld steps, %lld skipped); report: %s\n", s.dir.c_str(),
+               static_cast<long long>(s.step), static_cast<long long>(s.skipped_total), report.c_str());
   return absl::OkStatus();
 }
 

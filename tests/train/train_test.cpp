@@ -223,6 +223,13 @@ TEST_CASE("train: a run stopped and resumed ends with the uninterrupted run's ad
     CHECK(scalars.contains("train/lr"));
     std::printf("train: TensorBoard's EventAccumulator reads %zu train/loss points equal to metrics.jsonl\n", same);
   }
+  // The report: one page with the plots, the spec and the data summary; text is escaped.
+  const std::string html = Bytes(dir + "/whole/run/report.html");
+  CHECK(html.find("<svg") != std::string::npos);
+  CHECK(html.find("train loss") != std::string::npos);
+  CHECK(html.find("micro_batch_size: 2") != std::string::npos);
+  CHECK(html.find("24 records: 24 used, 0 bad") != std::string::npos);
+  CHECK(html.find("<script") == std::string::npos);
   // keep_last 2: only the two newest checkpoints remain.
   CHECK_FALSE(IsDirectory(dir + "/whole/run/checkpoints/step-000002"));
   CHECK(IsDirectory(dir + "/whole/run/checkpoints/step-000006"));

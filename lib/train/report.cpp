@@ -1,0 +1,127 @@
+// The run report (train/report.h).
+#include "llmtrain/train/report.h"
+
+#include <algorithm>
+#include <cmath>
+#include <sstream>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "llmtrain/core/atomic_file.h"
+#include "nlohmann/json.hpp"
+
+namespace llmtrain::train {
+namespace {
+
+std::string Escape(absl::string_view text) {
+  std::string out;
+  for (char c : text) {
+    switch (c) {
+      case '<': out += "&lt;"; break;
+      case '>': out += "&gt;"; break;
+      case '&': out += "&amp;"; break;
+      case '"': out += "&quot;"; break;
+      default: out += c;
+    }
+  }
+  return out;
+}
+
+// A line plot of (x, y) points as inline SVG, with its range labelled.
+std::string Plot(const std::string& title, const std::vector<std::pair<double, double>>& points) {
+  if (points.empty()) return absl::StrCat("<h3>", Escape(title), "</h3><p>(no data)</p>");
+  const int w = 560, h = 200, pad = 40;
+  double x0 = points.front().first, x1 = x0, y0 = points.front().second, y1 = y0;
+  for (const auto& [x, y] : points) {
+    x0 = std::min(x0, x);
+    x1 = std::max(x1, x);
+    y0 = std::min(y0, y);
+    y1 = std::max(y1, y);
+  }
+  if (x1 == x0) x1 = x0 + 1;
+  if (y1 == y0) y1 = y0 + 1;
+  std::string poly;
+  for (const auto& [x, y] : points) {
+    absl::StrAppendFormat(&poly, "%.1f,%.1f ", pad + (x - x0) / (x1 - x0) * (w - 2 * pad),
+                          h - pad - (y - y0) / (y1 - y0) * (h - 2 * pad));
+  }
+  return absl::StrFormat(
+      "<h3>%s</h3><svg width=\"%d\" height=\"%d\" role=\"img\" aria-label=\"%s\">"
+      "<rect x=\"0\" y=\"0\" width=\"%d\" height=\"%d\" fill=\"#fafafa\" stroke=\"#ccc\"/>"
+      "<polyline fill=\"none\" stroke=\"#1f6feb\" stroke-width=\"2\" points=\"%s\"/>"
+      "<text x=\"4\" y=\"14\" font-size=\"11\">%.4g</text><text x=\"4\" y=\"%d\" font-size=\"11\">%.4g</text>"
+      "<text x=\"%d\" y=\"%d\" font-size=\"11\">step %g</text><text x=\"%d\" y=\"%d\" font-size=\"11\" "
+      "text-anchor=\"end\">step %g</text></svg>",
+      Escape(title), w, h, Escape(title), w, h, poly, y1, h - pad + 4, y0, pad, h - 6, x0, w - pad, h - 6, x1);
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> RunReportHtml(absl::string_view dir_view) {
+  const std::string dir(dir_view);
+  auto metrics = ReadFileToString(dir + "/metrics.jsonl");
+  if (!metrics.ok()) return metrics.status();
+  std::vector<std::pair<double, double>> loss, eval_loss, lr, tps;
+  std::string samples;
+  std::istringstream lines(*metrics);
+  int64_t line_no = 0;
+  for (std::string line; std::getline(lines, line);) {
+    ++line_no;
+    const nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
+    if (!j.is_object()) {
+      return absl::InvalidArgumentError(absl::StrCat(dir, "/metrics.jsonl:", line_no, ": not a JSON object"));
+    }
+    const double step = j.value("step", 0.0);
+    if (j.value("type", "") == "train") {
+      loss.emplace_back(step, j.value("loss", 0.0));
+      lr.emplace_back(step, j.value("lr", 0.0));
+      tps.emplace_back(step, j.value("tokens_per_second", 0.0));
+    } else if (j.value("type", "") == "eval") {
+      eval_loss.emplace_back(step, j.value("eval_loss", 0.0));
+      if (j.contains("samples") && j["samples"].is_array()) {
+        for (const auto& s : j["samples"]) {
+          absl::StrAppend(&samples, "<tr><td>", static_cast<int64_t>(step), "</td><td>",
+                          Escape(s.value("prompt", "")), "</td><td><pre>", Escape(s.value("output", "")),
+                          "</pre></td></tr>");
+        }
+      }
+    }
+  }
+  const std::string spec = ReadFileToString(dir + "/spec.textproto").value_or("(no spec.textproto)");
+  const std::string data = ReadFileToString(dir + "/data_summary.txt").value_or("(no data_summary.txt)");
+  std::string html = absl::StrCat(
+      "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>llmtrain run: ", Escape(dir), "</title>",
+      "<style>body{font-family:sans-serif;max-width:1200px;margin:2em auto}pre{white-space:pre-wrap;"
+      "background:#f4f4f4;padding:.5em}table{border-collapse:collapse}td,th{border:1px solid #ddd;padding:4px;"
+      "vertical-align:top}.grid{display:flex;flex-wrap:wrap;gap:1em}</style></head><body>",
+      "<h1>llmtrain run</h1><p>", Escape(dir), "</p>");
+  if (!loss.empty()) {
+    absl::StrAppendFormat(&html, "<p>train loss %.4f (step %g) → %.4f (step %g)", loss.front().second, loss.front().first,
+                          loss.back().second, loss.back().first);
+    if (!eval_loss.empty()) {
+      absl::StrAppendFormat(&html, "; eval loss %.4f → %.4f", eval_loss.front().second, eval_loss.back().second);
+    }
+    html += "</p>";
+  }
+  absl::StrAppend(&html, "<div class=\"grid\"><div>", Plot("train loss", loss), "</div><div>",
+                  Plot("eval loss", eval_loss), "</div><div>", Plot("learning rate", lr), "</div><div>",
+                  Plot("tokens/s", tps), "</div></div>");
+  absl::StrAppend(&html, "<h2>Samples</h2>",
+                  samples.empty() ? "<p>(none)</p>"
+                                  : absl::StrCat("<table><tr><th>step</th><th>prompt</th><th>output</th></tr>", samples,
+                                                 "</table>"));
+  absl::StrAppend(&html, "<h2>Data</h2><pre>", Escape(data), "</pre><h2>Spec</h2><pre>", Escape(spec),
+                  "</pre></body></html>\n");
+  return html;
+}
+
+absl::StatusOr<std::string> WriteRunReport(absl::string_view dir) {
+  auto html = RunReportHtml(dir);
+  if (!html.ok()) return html.status();
+  const std::string path = absl::StrCat(dir, "/report.html");
+  if (absl::Status s = WriteFileAtomically(path, *html); !s.ok()) return s;
+  return path;
+}
+
+}  // namespace llmtrain::train
