@@ -29,12 +29,19 @@ if sys.argv[1] == "tiny":
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.train_from_iterator(lines, trainers.BpeTrainer(vocab_size=320, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    family = sys.argv[3] if len(sys.argv) > 3 else "qwen2"
     torch.manual_seed(3)
-    config = transformers.Qwen2Config(vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                                      tie_word_embeddings=True)
+    common = dict(vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=True)
+    config = {
+        "qwen2": lambda: transformers.Qwen2Config(**common),
+        "qwen3": lambda: transformers.Qwen3Config(head_dim=16, **common),
+        "gemma2": lambda: transformers.Gemma2Config(head_dim=16, query_pre_attn_scalar=16, sliding_window=8, **common),
+        "gemma3_text": lambda: transformers.Gemma3TextConfig(head_dim=16, query_pre_attn_scalar=16, sliding_window=8,
+                                                             **common),
+    }[family]()
     config._attn_implementation = "eager"
-    model = transformers.Qwen2ForCausalLM(config)
+    model = transformers.AutoModelForCausalLM.from_config(config)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
@@ -55,8 +62,8 @@ if sys.argv[1] == "replay":
     out = sys.argv[2]
     cfg = json.loads(sys.argv[3])
     b = load_file(os.path.join(out, "batches.safetensors"))
-    model = transformers.Qwen2ForCausalLM.from_pretrained(os.path.join(out, "model"), dtype=torch.float32,
-                                                          attn_implementation="eager")
+    model = transformers.AutoModelForCausalLM.from_pretrained(os.path.join(out, "model"), dtype=torch.float32,
+                                                              attn_implementation="eager")
     torch.manual_seed(cfg["seed"])
     peft_model = get_peft_model(model, LoraConfig(r=cfg["r"], lora_alpha=cfg["alpha"], lora_dropout=0.0,
                                                   target_modules="all-linear", task_type="CAUSAL_LM"))

@@ -238,8 +238,10 @@ TEST_CASE("train: a run stopped and resumed ends with the uninterrupted run's ad
 
 TEST_CASE("train: 20 steps equal transformers + PEFT + torch AdamW on the same batches", "[train][reference]") {
   if (!testing::ReferenceStackAvailable()) return;
-  const std::string dir = testing::TempDir("train_equiv");
-  REQUIRE(testing::RunReference("train_ref.py", {"tiny", dir}).exit_code == 0);
+  const std::string family = GENERATE(as<std::string>{}, "qwen2", "qwen3", "gemma2", "gemma3_text");
+  INFO("family " << family);
+  const std::string dir = testing::TempDir("train_equiv_" + family);
+  REQUIRE(testing::RunReference("train_ref.py", {"tiny", dir, family}).exit_code == 0);
   const int64_t steps = 20;
   auto run = spec::ParseRunSpec("test", absl::StrCat(
       "model { path: \"", dir, "/model\" load_in_4bit: false }\n",
@@ -286,9 +288,9 @@ TEST_CASE("train: 20 steps equal transformers + PEFT + torch AdamW on the same b
     worst_weight = std::max(worst_weight, (t.detach() - weights[key]).abs().max().item<double>() / (scale > 0 ? scale : 1));
     ++n;
   }
-  std::printf("train: %lld steps against transformers + PEFT + torch.optim.AdamW: loss %.4f → %.4f (ours) vs "
+  std::printf("train: %-11s %lld steps against transformers + PEFT + torch.optim.AdamW: loss %.4f → %.4f (ours) vs "
               "%.4f → %.4f; worst step loss rel diff %.2e; %zu LoRA tensors, worst rel diff %.2e\n",
-              static_cast<long long>(steps), ours.front(), ours.back(), theirs.front(), theirs.back(), worst_loss, n,
+              family.c_str(), static_cast<long long>(steps), ours.front(), ours.back(), theirs.front(), theirs.back(), worst_loss, n,
               worst_weight);
   // Same data, init and arithmetic order up to BLAS blocking: float32 rounding only, grown over 20
   // Adam steps (whose first steps move each weight by ±lr whatever the gradient's size).

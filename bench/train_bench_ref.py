@@ -1,0 +1,52 @@
+"""Reference side of bench/train_bench: transformers + PEFT + bitsandbytes QLoRA training steps on
+the CPU (NF4, double quantization, float32 compute, LoRA on all linear layers, AdamW), on the same
+GGUF, batch, sequence length, rank and threads as ours.
+Usage: train_bench_ref.py FILE.gguf BATCH SEQ RANK THREADS
+Prints {"ready": true}, then answers each stdin line "step" with {"s": seconds} of one training
+step (forward, backward, optimizer), and "rss" with {"peak_rss_mib": ...}.
+"""
+import json
+import os
+import resource
+import sys
+
+os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
+
+import time  # noqa: E402
+
+import torch  # noqa: E402
+from peft import LoraConfig, get_peft_model  # noqa: E402
+from transformers import AutoModelForCausalLM, BitsAndBytesConfig  # noqa: E402
+
+path = sys.argv[1]
+batch, seq, rank, threads = (int(a) for a in sys.argv[2:6])
+torch.set_num_threads(threads)
+bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                         bnb_4bit_compute_dtype=torch.float32)
+model = AutoModelForCausalLM.from_pretrained(os.path.dirname(os.path.abspath(path)), gguf_file=os.path.basename(path),
+                                             quantization_config=bnb, dtype=torch.float32, device_map="cpu",
+                                             attn_implementation="eager")
+model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules="all-linear", task_type="CAUSAL_LM"))
+model.train()
+opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+gen = torch.Generator().manual_seed(0)
+ids = torch.randint(0, model.config.vocab_size, (batch, seq), generator=gen)
+
+
+def step():
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+step()
+print(json.dumps({"ready": True}), flush=True)
+for line in sys.stdin:
+    cmd = line.strip()
+    if cmd == "step":
+        start = time.perf_counter()
+        step()
+        print(json.dumps({"s": time.perf_counter() - start}), flush=True)
+    elif cmd == "rss":
+        print(json.dumps({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}), flush=True)
