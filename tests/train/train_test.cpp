@@ -15,6 +15,8 @@
 #include "llmtrain/io/safetensors.h"
 #include "llmtrain/io/tensors.h"
 #include <map>
+#include <limits>
+#include <ATen/core/grad_mode.h>
 #include <chrono>
 #include <filesystem>
 #include <random>
@@ -358,6 +360,40 @@ TEST_CASE("train: runs SIGKILLed at random moments resume to the uninterrupted r
   CHECK(partial_visible == 0);
   CHECK(killed >= 10);
   CHECK(mid_training >= 5);
+}
+
+
+TEST_CASE("train: non-finite steps are skipped, named, and stop the run with a checkpoint", "[train][reference]") {
+  if (!testing::ReferenceStackAvailable()) return;
+  const std::string dir = testing::TempDir("train_nan");
+  REQUIRE(testing::RunReference("train_ref.py", {"tiny", dir, "qwen2"}).exit_code == 0);
+  auto run = spec::ParseRunSpec("test", absl::StrCat(
+      "model { path: \"", dir, "/model\" load_in_4bit: false }\n",
+      "lora { r: 4 alpha: 8 dropout: 0 target_modules: \"q_proj\" }\n",
+      "data { train_files: \"", dir, "/train.jsonl\" format: \"text\" template: \"none\" max_length: 24 }\n",
+      "training { max_steps: 20 micro_batch_size: 2 max_nonfinite_steps: 3 }\n",
+      "output { dir: \"", dir, "/run\" report_to: \"jsonl\" }\n"));
+  REQUIRE(run.ok());
+  auto trainer = train::Trainer::Create(*run);
+  REQUIRE(trainer.ok());
+  // One adapter weight poisoned: every step's loss is NaN.
+  const auto params = (*trainer)->TrainableParameters();
+  {
+    at::NoGradGuard no_grad;
+    const_cast<at::Tensor&>(params[1].second).fill_(std::numeric_limits<float>::quiet_NaN());
+  }
+  const at::Tensor before = params[0].second.detach().clone();
+  int skipped = 0;
+  train::RunOptions options;
+  options.progress = false;
+  options.on_step = [&](const train::StepMetrics& m) { skipped += m.skipped; };
+  const absl::Status status = (*trainer)->Run(options);
+  REQUIRE(!status.ok());
+  CHECK_THAT(std::string(status.message()), Catch::Contains("3 non-finite steps in a row") &&
+                                                Catch::Contains("checkpoint at step 3"));
+  CHECK(skipped == 3);
+  CHECK(at::equal(params[0].second.detach(), before));  // no update was applied
+  CHECK(IsDirectory(dir + "/run/checkpoints/step-000003"));
 }
 
 }  // namespace
