@@ -20,6 +20,11 @@
 #include <chrono>
 #include <filesystem>
 #include <random>
+#include <thread>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
 #include "absl/strings/str_format.h"
 #include "testing/json_util.h"
 #include "testing/reference.h"
@@ -311,28 +316,62 @@ TEST_CASE("train: runs SIGKILLed at random moments resume to the uninterrupted r
         "model { path: \"", dir, "/model\" load_in_4bit: true }\n",
         "lora { r: 4 alpha: 8 dropout: 0.1 }\n",
         "data { train_files: \"", dir, "/train.jsonl\" format: \"text\" template: \"none\" max_length: 24 }\n",
-        "training { max_steps: 40 micro_batch_size: 2 gradient_accumulation_steps: 2 learning_rate: 0.003 }\n",
+        "training { max_steps: 80 micro_batch_size: 2 gradient_accumulation_steps: 2 learning_rate: 0.003",
+        " log_every_steps: 1 }\n",
         "checkpoint { every_steps: 1 keep_last: 2 }\n",
         "output { dir: \"", out, "\" report_to: \"jsonl\" }\n")).ok());
     return path;
   };
   const std::string cli = testing::CliPath();
   const auto q = [](const std::string& s) { return testing::ShellQuote(s); };
-  const auto start = std::chrono::steady_clock::now();
   const auto whole = testing::RunCommand(absl::StrCat(cli, " train --spec ", q(spec_file(dir + "/whole")), " 2>&1"));
   INFO(whole.out);
   REQUIRE(whole.exit_code == 0);
-  const double run_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   const std::string want = Bytes(dir + "/whole/adapter/adapter_model.safetensors");
   std::mt19937 rng(11);
-  std::uniform_real_distribution<double> when(0.2, std::max(0.5, run_seconds));
+  // Each run is killed at a moment chosen by its progress, not by the clock (the machine's speed
+  // varies): after a random number of logged steps (a line per step in metrics.jsonl), plus a
+  // random 0–30 ms, so it dies mid-step or mid-checkpoint; every fifth run dies while loading.
+  std::uniform_int_distribution<int> at_step(0, 70);
+  std::uniform_int_distribution<int> jitter_ms(0, 30);
   int identical = 0, killed = 0, complete_checkpoints = 0, partial_visible = 0, mid_training = 0;
   for (int k = 0; k < 20; ++k) {
     const std::string out = absl::StrCat(dir, "/run", k);
     const std::string spec = spec_file(out);
-    const auto kill = testing::RunCommand(absl::StrFormat("timeout -s KILL %.2f %s train --spec %s >/dev/null 2>&1; echo $?",
-                                                          when(rng), cli, q(spec)));
-    killed += kill.out.find("137") != std::string::npos;
+    const pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+      const int null = open("/dev/null", O_WRONLY);
+      dup2(null, 1);
+      dup2(null, 2);
+      execl(cli.c_str(), cli.c_str(), "train", "--spec", spec.c_str(), static_cast<char*>(nullptr));
+      _exit(127);
+    }
+    const int wait_steps = k % 5 == 0 ? -1 : at_step(rng);
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    int status = 0;
+    bool exited = false;
+    while (std::chrono::steady_clock::now() < deadline) {
+      if (waitpid(pid, &status, WNOHANG) == pid) {
+        exited = true;
+        break;
+      }
+      if (wait_steps < 0) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(200 + jitter_ms(rng) * 10));
+        break;
+      }
+      const auto text = ReadFileToString(out + "/metrics.jsonl");
+      if (text.ok() && std::count(text->begin(), text->end(), '\n') > wait_steps) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(jitter_ms(rng)));
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+    if (!exited) {
+      ::kill(pid, SIGKILL);
+      waitpid(pid, &status, 0);
+      killed += WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL;
+    }
     // Every checkpoint folder that exists under its final name is complete.
     std::error_code ec;  // no folder yet when the kill came before the first step
     bool any = false;
@@ -358,8 +397,8 @@ TEST_CASE("train: runs SIGKILLed at random moments resume to the uninterrupted r
               killed, mid_training, identical, complete_checkpoints, partial_visible);
   CHECK(identical == 20);
   CHECK(partial_visible == 0);
-  CHECK(killed >= 10);
-  CHECK(mid_training >= 5);
+  CHECK(killed == 20);
+  CHECK(mid_training >= 12);
 }
 
 
