@@ -60,7 +60,10 @@ int main(int argc, char** argv) {
   const bool have_reference =
       reference.Start({LLMTRAIN_PYTHON, std::string(LLMTRAIN_SOURCE_DIR) + "/bench/train_bench_ref.py", gguf,
                        std::to_string(batch), std::to_string(seq), std::to_string(rank), std::to_string(threads)}) &&
-      reference.Ask("").value("ready", false);
+      [&] {
+        const nlohmann::json ready = reference.Ask("");
+        return ready.is_object() && ready.value("ready", false);
+      }();
 
   model::DecoderOptions options;
   options.quantize_4bit = quant::Quant4Options{quant::QuantType::kNf4, 64, /*double_quant=*/true};
@@ -96,7 +99,10 @@ int main(int argc, char** argv) {
     const auto start = Clock::now();
     step();
     ours.push_back(std::chrono::duration<double>(Clock::now() - start).count());
-    if (have_reference) theirs.push_back(reference.Ask("step").value("s", 0.0));
+    if (have_reference) {
+      const nlohmann::json reply = reference.Ask("step");
+      theirs.push_back(reply.is_object() ? reply.value("s", 0.0) : 0.0);
+    }
   }
   const double tokens = static_cast<double>(batch * seq);
   const double ours_tps = tokens / Median(ours);
@@ -109,7 +115,8 @@ int main(int argc, char** argv) {
     return 0;
   }
   const double theirs_tps = tokens / Median(theirs);
-  const double theirs_rss = reference.Ask("rss").value("peak_rss_mib", 0.0);
+  const nlohmann::json rss = reference.Ask("rss");
+  const double theirs_rss = rss.is_object() ? rss.value("peak_rss_mib", 0.0) : 0.0;
   std::printf("tokens/s: ours %.1f, transformers + PEFT + bitsandbytes %.1f: %.2fx (goal ≥ 2x)\n", ours_tps, theirs_tps,
               ours_tps / theirs_tps);
   std::printf("peak RSS: ours %lld MiB, reference %.0f MiB: %.2fx (goal ≤ 0.6x)\n", static_cast<long long>(ours_rss),

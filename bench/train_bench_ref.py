@@ -23,8 +23,23 @@ batch, seq, rank, threads = (int(a) for a in sys.argv[2:6])
 torch.set_num_threads(threads)
 bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                          bnb_4bit_compute_dtype=torch.float32)
-model = AutoModelForCausalLM.from_pretrained(os.path.dirname(os.path.abspath(path)), gguf_file=os.path.basename(path),
-                                             quantization_config=bnb, dtype=torch.float32, device_map="cpu",
+# transformers refuses quantization_config together with gguf_file: the GGUF is converted to an HF
+# folder once (next to it, in the git-ignored .venv/models), then loaded 4-bit from there.
+hf_dir = os.path.join(os.path.dirname(os.path.abspath(path)), "gemma-3-270m-hf-f32")
+if not os.path.isfile(os.path.join(hf_dir, "config.json")):
+    dense = AutoModelForCausalLM.from_pretrained(os.path.dirname(os.path.abspath(path)),
+                                                 gguf_file=os.path.basename(path), dtype=torch.float32)
+    # save_pretrained refuses a GGUF-loaded model: write its state dict and config directly.
+    from safetensors.torch import save_file
+    os.makedirs(hf_dir, exist_ok=True)
+    state = {k: v.contiguous() for k, v in dense.state_dict().items()
+             if not (k == "lm_head.weight" and dense.config.tie_word_embeddings)}
+    save_file(state, os.path.join(hf_dir, "model.safetensors"), metadata={"format": "pt"})
+    if hasattr(dense.config, "quantization_config"):
+        delattr(dense.config, "quantization_config")
+    dense.config.save_pretrained(hf_dir)
+    del dense
+model = AutoModelForCausalLM.from_pretrained(hf_dir, quantization_config=bnb, dtype=torch.float32, device_map="cpu",
                                              attn_implementation="eager")
 model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules="all-linear", task_type="CAUSAL_LM"))
 model.train()
