@@ -391,6 +391,37 @@ TEST_CASE("train: runs SIGKILLed at random moments resume to the uninterrupted r
     REQUIRE(resumed.exit_code == 0);
     identical += Bytes(out + "/adapter/adapter_model.safetensors") == want;
   }
+  // SIGTERM (and Ctrl-C's SIGINT) stop after the current step with a checkpoint and exit 0; the
+  // run resumes to the same adapter.
+  for (const int sig : {SIGTERM, SIGINT}) {
+    const std::string out = absl::StrCat(dir, "/signal", sig);
+    const std::string spec = spec_file(out);
+    const pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+      const int null = open("/dev/null", O_WRONLY);
+      dup2(null, 1);
+      dup2(null, 2);
+      execl(cli.c_str(), cli.c_str(), "train", "--spec", spec.c_str(), static_cast<char*>(nullptr));
+      _exit(127);
+    }
+    for (int i = 0; i < 30000; ++i) {
+      const auto text = ReadFileToString(out + "/metrics.jsonl");
+      if (text.ok() && std::count(text->begin(), text->end(), '\n') >= 10) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+    ::kill(pid, sig);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    CHECK(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 0);
+    CHECK_FALSE(IsDirectory(out + "/adapter"));  // stopped early, with a checkpoint
+    const auto resumed = testing::RunCommand(absl::StrCat(cli, " train --resume --spec ", q(spec), " 2>&1"));
+    INFO(resumed.out);
+    REQUIRE(resumed.exit_code == 0);
+    CHECK_THAT(resumed.out, Catch::Contains("resumed from"));
+    CHECK(Bytes(out + "/adapter/adapter_model.safetensors") == want);
+  }
   std::printf("train: 20 runs SIGKILLed at random moments (%d killed before finishing, %d of them after training "
               "began) then resumed: %d adapters byte-identical to the uninterrupted run's; %d complete checkpoints "
               "seen, %d partial ones visible\n",
