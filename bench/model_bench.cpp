@@ -37,6 +37,7 @@ namespace {
 
 using namespace llmtrain;
 using Clock = std::chrono::steady_clock;
+using bench::Median;
 
 double Seconds(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
@@ -53,11 +54,6 @@ double PeakGemmFlops() {
     best = std::max(best, 2.0 * 2048 * 2048 * 2048 / Seconds(start));
   }
   return best;
-}
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0.0 : v[v.size() / 2];
 }
 
 }  // namespace

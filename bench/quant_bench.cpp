@@ -34,11 +34,7 @@ namespace {
 
 using namespace llmtrain;
 using Clock = std::chrono::steady_clock;
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0.0 : v[v.size() / 2];
-}
+using bench::Median;
 
 // Median seconds of a() and of b(), measured alternately (one of each per round, after a
 // warm-up), so the machine's drift between seconds hits both alike.

@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -14,6 +15,12 @@
 #include "nlohmann/json.hpp"
 
 namespace llmtrain::bench {
+
+/// The median of per-round timings (0 for none): what every benchmark here compares.
+inline double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0.0 : v[v.size() / 2];
+}
 
 class ReferenceProcess {
  public:

@@ -28,11 +28,7 @@ namespace {
 
 using namespace llmtrain;
 using Clock = std::chrono::steady_clock;
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0.0 : v[v.size() / 2];
-}
+using bench::Median;
 
 int64_t PeakRssMib() {
   struct rusage usage {};

@@ -139,6 +139,19 @@ spec::RunSpec SmallRun(const std::string& dir, int64_t micro, int64_t accum, int
   return *run;
 }
 
+// Starts `cli train --spec spec` as a child process with its output discarded; returns its pid.
+pid_t SpawnTrain(const std::string& cli, const std::string& spec) {
+  const pid_t pid = fork();
+  if (pid == 0) {
+    const int null = open("/dev/null", O_WRONLY);
+    dup2(null, 1);
+    dup2(null, 2);
+    execl(cli.c_str(), cli.c_str(), "train", "--spec", spec.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  return pid;
+}
+
 std::string Bytes(const std::string& path) {
   auto text = ReadFileToString(path);
   REQUIRE(text.ok());
@@ -338,15 +351,8 @@ TEST_CASE("train: runs SIGKILLed at random moments resume to the uninterrupted r
   for (int k = 0; k < 20; ++k) {
     const std::string out = absl::StrCat(dir, "/run", k);
     const std::string spec = spec_file(out);
-    const pid_t pid = fork();
+    const pid_t pid = SpawnTrain(cli, spec);
     REQUIRE(pid >= 0);
-    if (pid == 0) {
-      const int null = open("/dev/null", O_WRONLY);
-      dup2(null, 1);
-      dup2(null, 2);
-      execl(cli.c_str(), cli.c_str(), "train", "--spec", spec.c_str(), static_cast<char*>(nullptr));
-      _exit(127);
-    }
     const int wait_steps = k % 5 == 0 ? -1 : at_step(rng);
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
     int status = 0;
@@ -396,15 +402,8 @@ TEST_CASE("train: runs SIGKILLed at random moments resume to the uninterrupted r
   for (const int sig : {SIGTERM, SIGINT}) {
     const std::string out = absl::StrCat(dir, "/signal", sig);
     const std::string spec = spec_file(out);
-    const pid_t pid = fork();
+    const pid_t pid = SpawnTrain(cli, spec);
     REQUIRE(pid >= 0);
-    if (pid == 0) {
-      const int null = open("/dev/null", O_WRONLY);
-      dup2(null, 1);
-      dup2(null, 2);
-      execl(cli.c_str(), cli.c_str(), "train", "--spec", spec.c_str(), static_cast<char*>(nullptr));
-      _exit(127);
-    }
     for (int i = 0; i < 30000; ++i) {
       const auto text = ReadFileToString(out + "/metrics.jsonl");
       if (text.ok() && std::count(text->begin(), text->end(), '\n') >= 10) break;
