@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -52,9 +53,12 @@ class ReferenceProcess {
       std::fprintf(in_, "%s\n", command.c_str());
       std::fflush(in_);
     }
-    char buf[4096];
-    if (std::fgets(buf, sizeof(buf), out_) == nullptr) return nlohmann::json();
-    return nlohmann::json::parse(buf, nullptr, false);
+    char* line = nullptr;
+    size_t capacity = 0;
+    const ssize_t n = ::getline(&line, &capacity, out_);
+    nlohmann::json reply = n > 0 ? nlohmann::json::parse(line, line + n, nullptr, false) : nlohmann::json();
+    std::free(line);
+    return reply;
   }
   ~ReferenceProcess() {
     if (in_ != nullptr) std::fclose(in_);

@@ -1,9 +1,10 @@
 """Reference side of bench/train_bench: transformers + PEFT + bitsandbytes QLoRA training steps on
 the CPU (NF4, double quantization, float32 compute, LoRA on all linear layers, AdamW), on the same
 GGUF, batch, sequence length, rank and threads as ours.
-Usage: train_bench_ref.py FILE.gguf BATCH SEQ RANK THREADS
+Usage: train_bench_ref.py FILE.gguf BATCH SEQ RANK THREADS [f32|bf16]   (compute dtype; LoRA stays float32)
 Prints {"ready": true}, then answers each stdin line "step" with {"s": seconds} of one training
-step (forward, backward, optimizer), and "rss" with {"peak_rss_mib": ...}.
+step (forward, backward, optimizer), "profile N" with the top operators by self time over N steps
+(torch.profiler), and "rss" with {"peak_rss_mib": ...}.
 """
 import json
 import os
@@ -20,9 +21,10 @@ from transformers import AutoModelForCausalLM, BitsAndBytesConfig  # noqa: E402
 
 path = sys.argv[1]
 batch, seq, rank, threads = (int(a) for a in sys.argv[2:6])
+compute = torch.bfloat16 if len(sys.argv) > 6 and sys.argv[6] == "bf16" else torch.float32
 torch.set_num_threads(threads)
 bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                         bnb_4bit_compute_dtype=torch.float32)
+                         bnb_4bit_compute_dtype=compute)
 # transformers refuses quantization_config together with gguf_file: the GGUF is converted to an HF
 # folder once (next to it, in the git-ignored .venv/models), then loaded 4-bit from there.
 hf_dir = os.path.join(os.path.dirname(os.path.abspath(path)), "gemma-3-270m-hf-f32")
@@ -39,9 +41,10 @@ if not os.path.isfile(os.path.join(hf_dir, "config.json")):
         delattr(dense.config, "quantization_config")
     dense.config.save_pretrained(hf_dir)
     del dense
-model = AutoModelForCausalLM.from_pretrained(hf_dir, quantization_config=bnb, dtype=torch.float32, device_map="cpu",
+model = AutoModelForCausalLM.from_pretrained(hf_dir, quantization_config=bnb, dtype=compute, device_map="cpu",
                                              attn_implementation="eager")
-model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules="all-linear", task_type="CAUSAL_LM"))
+model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.05, target_modules="all-linear",
+                                         task_type="CAUSAL_LM"))
 model.train()
 opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 gen = torch.Generator().manual_seed(0)
@@ -63,5 +66,16 @@ for line in sys.stdin:
         start = time.perf_counter()
         step()
         print(json.dumps({"s": time.perf_counter() - start}), flush=True)
+    elif cmd.startswith("profile "):
+        n = int(cmd.split()[1])
+        from torch.profiler import ProfilerActivity, profile
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(n):
+                step()
+        events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+        total = sum(e.self_cpu_time_total for e in events) / 1e6
+        rows = [{"name": e.key[:80], "calls": e.count / n, "self_s": e.self_cpu_time_total / 1e6 / n,
+                 "share": 100.0 * e.self_cpu_time_total / 1e6 / max(total, 1e-12)} for e in events[:25]]
+        print(json.dumps({"total_s": total / n, "rows": rows}), flush=True)
     elif cmd == "rss":
         print(json.dumps({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}), flush=True)

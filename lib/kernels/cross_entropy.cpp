@@ -1,9 +1,11 @@
-// Chunked cross-entropy as a custom autograd function that keeps no logits.
+// Chunked cross-entropy as a custom autograd function that keeps no logits, over the rows whose
+// label counts.
 //   d loss / d logits = softmax(logits) − onehot(label)   (per counted row, times the upstream grad)
 //   with a soft-cap c·tanh(z/c): times (1 − tanh²(z/c)).
 #include "llmtrain/kernels/cross_entropy.h"
 
 #include <ATen/ATen.h>
+#include <ATen/record_function.h>
 #include <torch/csrc/autograd/custom_function.h>
 
 namespace llmtrain::kernels {
@@ -27,6 +29,7 @@ class ChunkedCrossEntropyFunction : public torch::autograd::Function<ChunkedCros
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& hidden, const at::Tensor& weight,
                             const at::Tensor& labels, int64_t chunk, int64_t ignore_index,
                             double softcap, bool has_softcap) {
+    RECORD_FUNCTION("llmtrain::cross_entropy", std::vector<c10::IValue>());
     const bool need_hidden = hidden.requires_grad(), need_weight = weight.requires_grad();
     const int64_t n = hidden.size(0), vocab = weight.size(0);
     const at::ScalarType model_dtype = hidden.scalar_type();
@@ -38,21 +41,27 @@ class ChunkedCrossEntropyFunction : public torch::autograd::Function<ChunkedCros
         need_weight ? at::empty(weight.sizes(), weight.options().dtype(at::kFloat)) : at::Tensor();
     at::NoGradGuard no_grad;
     const int64_t rows = std::min(n, chunk);
-    // Reused per chunk: model-dtype logits (GEMM output) and float32 log-probabilities.
+    // Reused per chunk, and no other chunk-sized temporaries: the model-dtype logits (the GEMM's
+    // output, and later the model-dtype gradient), float32 logits that become the log-probabilities
+    // in place (each row's max and sum are taken before the row is written) and then the gradient
+    // (the same buffer as the logits for a float32 model), and tanh(z / cap) under a soft-cap.
     at::Tensor logits_buf = at::empty({rows, vocab}, hidden.options());
-    at::Tensor logp_buf = at::empty({rows, vocab}, hidden.options().dtype(at::kFloat));
+    at::Tensor f32_buf = float_model ? logits_buf : at::empty({rows, vocab}, hidden.options().dtype(at::kFloat));
+    at::Tensor tanh_buf = has_softcap ? at::empty({rows, vocab}, hidden.options().dtype(at::kFloat)) : at::Tensor();
     for (int64_t begin = 0; begin < n; begin += chunk) {
       const int64_t end = std::min(n, begin + chunk), m = end - begin;
       const at::Tensor h = hidden.slice(0, begin, end);
       at::Tensor logits = logits_buf.narrow(0, 0, m);
       at::mm_out(logits, h, weight.t());
-      at::Tensor z = logits.to(at::kFloat), t;  // z aliases logits for float32 models
-      if (has_softcap) {
-        t = at::tanh(z / softcap);
-        z = t * softcap;
+      at::Tensor logp = f32_buf.narrow(0, 0, m), t;
+      if (!float_model) logp.copy_(logits);
+      if (has_softcap) {  // z = cap · tanh(z / cap), keeping t = tanh(z / cap) for backward
+        t = tanh_buf.narrow(0, 0, m);
+        logp.div_(softcap).tanh_();
+        t.copy_(logp);
+        logp.mul_(softcap);
       }
-      at::Tensor logp = logp_buf.narrow(0, 0, m);
-      at::_log_softmax_out(logp, z, 1, false);  // z − logsumexp(z), as transformers' loss
+      at::_log_softmax_out(logp, logp, 1, false);  // z − logsumexp(z), as transformers' loss
       const at::Tensor y = labels.slice(0, begin, end);
       const at::Tensor counted = y != ignore_index;
       const at::Tensor safe = at::where(counted, y, at::zeros_like(y)).unsqueeze(1);
@@ -65,8 +74,8 @@ class ChunkedCrossEntropyFunction : public torch::autograd::Function<ChunkedCros
       d.scatter_add_(1, safe, at::full({m, 1}, -1.0f, d.options()));
       const at::Tensor ignored = (~counted).nonzero().squeeze(1);
       if (ignored.numel() > 0) d.index_fill_(0, ignored, 0.0);
-      if (has_softcap) d.mul_(1 - t.square_());
-      const at::Tensor d_model = d.to(model_dtype);
+      if (has_softcap) d.mul_(t.square_().neg_().add_(1));
+      const at::Tensor d_model = float_model ? d : logits.copy_(d);
       if (need_hidden) {
         at::Tensor rows_out = grad_hidden.slice(0, begin, end);
         at::mm_out(rows_out, d_model, weight);
@@ -125,16 +134,31 @@ CrossEntropyResult ChunkedCrossEntropy(const at::Tensor& hidden, const at::Tenso
               " must be (N, C) and (V, C)");
   TORCH_CHECK(labels.dim() == 1 && labels.size(0) == hidden.size(0), "ChunkedCrossEntropy: labels ",
               labels.sizes(), " must be (N) with N = ", hidden.size(0));
-  TORCH_CHECK(options.chunk_tokens > 0, "ChunkedCrossEntropy: chunk_tokens must be positive");
+  TORCH_CHECK(options.chunk_tokens >= 0 && options.chunk_bytes > 0,
+              "ChunkedCrossEntropy: chunk_tokens must be ≥ 0 and chunk_bytes positive");
+  // Rows per chunk: given, or as many as fit the budget of float32 logits (128 for Gemma's 262k
+  // vocabulary with 128 MiB).
+  const int64_t chunk = options.chunk_tokens > 0
+                            ? options.chunk_tokens
+                            : std::max<int64_t>(1, options.chunk_bytes / (weight.size(0) * int64_t{4}));
   const at::Tensor counted = labels != options.ignore_index;
   const at::Tensor in_range = (labels >= 0) & (labels < weight.size(0));
   TORCH_CHECK((in_range | ~counted).all().item<bool>(), "ChunkedCrossEntropy: a label is outside [0, ",
               weight.size(0), ") and is not ignore_index ", options.ignore_index);
   CrossEntropyResult result;
   result.n_tokens = counted.sum().item<int64_t>();
-  result.loss_sum = ChunkedCrossEntropyFunction::apply(
-      hidden, weight, labels.to(at::kLong), options.chunk_tokens, options.ignore_index,
-      options.final_softcap.value_or(0.0), options.final_softcap.has_value());
+  // Rows whose label is ignored (prompts under loss masking, padding) contribute nothing: only the
+  // counted rows go through the head's GEMMs (index_select's backward scatters their gradients
+  // back, zeros elsewhere).
+  at::Tensor rows = hidden, targets = labels.to(at::kLong);
+  if (result.n_tokens < hidden.size(0)) {
+    const at::Tensor keep = counted.nonzero().squeeze(1);
+    rows = hidden.index_select(0, keep);
+    targets = targets.index_select(0, keep);
+  }
+  result.loss_sum = ChunkedCrossEntropyFunction::apply(rows, weight, targets, chunk,
+                                                       options.ignore_index, options.final_softcap.value_or(0.0),
+                                                       options.final_softcap.has_value());
   return result;
 }
 

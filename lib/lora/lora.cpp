@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/core/grad_mode.h>
+#include <ATen/record_function.h>
 
 #include <algorithm>
 #include <cstring>
@@ -96,6 +97,7 @@ void LoraLinear::AppendTrainable(std::vector<at::Tensor>* out) const {
 at::Tensor LoraLinear::Forward(const at::Tensor& x) const {
   at::Tensor result = base_->Forward(x);
   if (merged_) return result;
+  RECORD_FUNCTION("llmtrain::lora_adapter", std::vector<c10::IValue>());
   const c10::ScalarType result_dtype = result.scalar_type();
   // A 4-bit base follows peft's bnb.Linear4bit: the adapter's term is cast to the result dtype
   // before the add. A dense base follows lora.Linear: add (promoting), then cast once.

@@ -6,10 +6,14 @@
 
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
+#include <ATen/record_function.h>
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <algorithm>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <array>
 #include <cmath>
 #include <limits>
@@ -169,6 +173,12 @@ absl::StatusOr<std::unique_ptr<Decoder>> Decoder::Load(absl::string_view path_vi
           " overflows float16 in its residual stream (transformers produces inf/NaN); use bf16 or f32"));
     }
     LLMTRAIN_RETURN_IF_ERROR(model->BuildFromTensors(source, from_gguf, path));
+#ifdef __GLIBC__
+    // Loading frees many dequantized temporaries of a few MiB each. glibc raises its mmap
+    // threshold after the first such free, so the later ones come from the heap and stay
+    // resident after being freed (434 MiB for the 270M GGUF quantized to NF4). Hand them back.
+    malloc_trim(0);
+#endif
     std::vector<int64_t>& eos = model->eos_token_ids_;
     eos.insert(eos.end(), model->config_.text.eos_token_ids.begin(), model->config_.text.eos_token_ids.end());
     std::sort(eos.begin(), eos.end());
@@ -369,6 +379,7 @@ absl::Status Decoder::BuildFromTensors(const TensorSource& source, bool from_ggu
 }
 
 at::Tensor Decoder::Norm(const at::Tensor& x, const at::Tensor& w) const {
+  RECORD_FUNCTION("llmtrain::rms_norm", std::vector<c10::IValue>());
   const double eps = config_.text.rms_norm_eps;
   const at::Tensor xf = x.to(at::kFloat);
   const at::Tensor normed = xf * at::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps);
@@ -409,17 +420,21 @@ at::Tensor Decoder::Attention(const Layer& l, int64_t index, const at::Tensor& x
     cache->v[index] = v.slice(2, drop);
   }
   const int64_t S = k.size(2);  // keys
-  if (H != K) {  // GQA: query head h reads kv head h / (H / K) (transformers repeat_kv)
-    k = k.unsqueeze(2).expand({B, K, H / K, S, D}).reshape({B, H, S, D});
-    v = v.unsqueeze(2).expand({B, K, H / K, S, D}).reshape({B, H, S, D});
+  at::Tensor o;
+  {  // scores, softmax and the weighted sum: the projections are timed on their own
+    RECORD_FUNCTION("llmtrain::attention_core", std::vector<c10::IValue>());
+    if (H != K) {  // GQA: query head h reads kv head h / (H / K) (transformers repeat_kv)
+      k = k.unsqueeze(2).expand({B, K, H / K, S, D}).reshape({B, H, S, D});
+      v = v.unsqueeze(2).expand({B, K, H / K, S, D}).reshape({B, H, S, D});
+    }
+    at::Tensor s = at::matmul(q, k.transpose(2, 3)) * spec_.attn_scale;  // (B, H, T, T)
+    if (spec_.attn_softcap) {  // Gemma 2: cap · tanh(s / cap), before the mask
+      s = at::tanh(s / *spec_.attn_softcap) * *spec_.attn_softcap;
+    }
+    s = s + mask;
+    const at::Tensor p = at::softmax(s, -1, at::kFloat).to(q.scalar_type());
+    o = at::matmul(p, v).transpose(1, 2).reshape({B, T, H * D});
   }
-  at::Tensor s = at::matmul(q, k.transpose(2, 3)) * spec_.attn_scale;  // (B, H, T, T)
-  if (spec_.attn_softcap) {  // Gemma 2: cap · tanh(s / cap), before the mask
-    s = at::tanh(s / *spec_.attn_softcap) * *spec_.attn_softcap;
-  }
-  s = s + mask;
-  const at::Tensor p = at::softmax(s, -1, at::kFloat).to(q.scalar_type());
-  const at::Tensor o = at::matmul(p, v).transpose(1, 2).reshape({B, T, H * D});
   return l.o().Forward(o);
 }
 
@@ -466,8 +481,20 @@ at::Tensor Decoder::Hidden(const at::Tensor& input_ids, const at::Tensor& attent
   return HiddenImpl(input_ids, attention_mask, position_ids, nullptr);
 }
 
+std::optional<std::string> Decoder::FirstNonFiniteModule(const at::Tensor& input_ids,
+                                                         const at::Tensor& attention_mask,
+                                                         const at::Tensor& position_ids) const {
+  at::NoGradGuard no_grad;
+  std::optional<std::string> first;
+  const Probe probe = [&first](const std::string& module, const at::Tensor& output) {
+    if (!first && !at::isfinite(output).all().item<bool>()) first = module;
+  };
+  HiddenImpl(input_ids, attention_mask, position_ids, nullptr, &probe);
+  return first;
+}
+
 at::Tensor Decoder::HiddenImpl(const at::Tensor& input_ids, const at::Tensor& attention_mask,
-                               const at::Tensor& position_ids, KvCache* cache) const {
+                               const at::Tensor& position_ids, KvCache* cache, const Probe* probe) const {
   const absl::Status ok = CheckInputs(input_ids, attention_mask);
   TORCH_CHECK(ok.ok(), std::string(ok.message()));
   const io::TextConfig& c = config_.text;
@@ -502,6 +529,7 @@ at::Tensor Decoder::HiddenImpl(const at::Tensor& input_ids, const at::Tensor& at
     // sqrt(C) as a tensor in the weight dtype: bf16 rounds sqrt(640) = 25.298 to 25.25.
     h = h * at::scalar_tensor(std::sqrt(static_cast<double>(c.hidden_size)), at::TensorOptions().dtype(dtype));
   }
+  if (probe != nullptr) (*probe)("model.embed_tokens", h);
 
   // Masks: key k is visible from query q when k ≤ q, the key is not padding, and on sliding
   // layers q − W < k. Additive: 0 or the dtype's lowest value (transformers masking_utils).
@@ -548,17 +576,21 @@ at::Tensor Decoder::HiddenImpl(const at::Tensor& input_ids, const at::Tensor& at
     if (options_.activation_checkpointing && cache == nullptr && at::GradMode::is_enabled()) {
       h = CheckpointedLayer(static_cast<int64_t>(i), h, cos, sin, layer_mask);
     } else {
-      h = LayerForward(static_cast<int64_t>(i), h, cos, sin, layer_mask, cache);
+      h = LayerForward(static_cast<int64_t>(i), h, cos, sin, layer_mask, cache, probe);
     }
   }
-  return Norm(h, final_norm_);
+  at::Tensor out = Norm(h, final_norm_);
+  if (probe != nullptr) (*probe)("model.norm", out);
+  return out;
 }
 
 at::Tensor Decoder::LayerForward(int64_t i, const at::Tensor& x, const at::Tensor& cos,
-                                 const at::Tensor& sin, const at::Tensor& mask, KvCache* cache) const {
+                                 const at::Tensor& sin, const at::Tensor& mask, KvCache* cache,
+                                 const Probe* probe) const {
   const Layer& l = layers_[i];
   at::Tensor h = x;
   at::Tensor a = Attention(l, i, Norm(h, l.input_norm), cos, sin, mask, cache);
+  if (probe != nullptr) (*probe)(absl::StrCat("model.layers.", i, ".self_attn"), a);
   if (spec_.sandwich_norms) a = Norm(a, l.post_attn_norm);
   h = h + a;
   at::Tensor m = Norm(h, spec_.sandwich_norms ? l.pre_ffw_norm : l.post_attn_norm);
@@ -566,6 +598,7 @@ at::Tensor Decoder::LayerForward(int64_t i, const at::Tensor& x, const at::Tenso
   const at::Tensor act = spec_.activation == Activation::kGeluTanh ? at::gelu(gate, "tanh")
                                                                     : at::silu(gate);
   m = l.down().Forward(act * l.up().Forward(m));
+  if (probe != nullptr) (*probe)(absl::StrCat("model.layers.", i, ".mlp"), m);
   if (spec_.sandwich_norms) m = Norm(m, l.post_ffw_norm);
   return h + m;
 }

@@ -11,9 +11,11 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/grad_mode.h>
+#include <ATen/record_function.h>
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <vector>
@@ -177,10 +179,13 @@ bool HasAvx2() {
 }
 #endif
 
-// Output rows per tile: about 1 MiB of dequantized weight, a multiple of 16 rows.
-int64_t TileRows(int64_t in, int64_t out, c10::ScalarType dtype) {
+std::atomic<int64_t> g_large_tile_bytes{int64_t{16} << 20};
+
+// Output rows per tile: about `bytes` of dequantized weight (1 MiB unless given), a multiple of 16
+// rows.
+int64_t TileRows(int64_t in, int64_t out, c10::ScalarType dtype, int64_t bytes = int64_t{1} << 20) {
   const int64_t bytes_per_row = in * static_cast<int64_t>(c10::elementSize(dtype));
-  const int64_t rows = std::max<int64_t>(16, ((int64_t{1} << 20) / std::max<int64_t>(1, bytes_per_row)) / 16 * 16);
+  const int64_t rows = std::max<int64_t>(16, (bytes / std::max<int64_t>(1, bytes_per_row)) / 16 * 16);
   return std::min(rows, out);
 }
 
@@ -266,6 +271,7 @@ at::Tensor QuantizedLinear::DenseWeight(c10::ScalarType dtype) const {
 }
 
 void QuantizedLinear::DequantizeRows(int64_t row_begin, int64_t row_end, at::Tensor& out) const {
+  RECORD_FUNCTION("llmtrain::dequantize_4bit", std::vector<c10::IValue>());
   const Quant4State& s = weight_.state;
   const int64_t begin = row_begin * in_, count = (row_end - row_begin) * in_;
   const float* scales = nullptr;
@@ -309,6 +315,14 @@ void QuantizedLinear::DequantizeRows(int64_t row_begin, int64_t row_end, at::Ten
   }
 }
 
+at::Tensor QuantizedLinear::DequantizedTile(int64_t r0, int64_t rows, c10::ScalarType dtype,
+                                            std::vector<char>* buffer) const {
+  char* mem = Scratch(buffer, static_cast<size_t>(rows * in_) * c10::elementSize(dtype));
+  at::Tensor w = at::from_blob(mem, {rows, in_}, at::TensorOptions().dtype(dtype));
+  DequantizeRows(r0, r0 + rows, w);
+  return w;
+}
+
 at::Tensor QuantizedLinear::MatmulNoGrad(const at::Tensor& x) const {
   TORCH_CHECK(x.size(-1) == in_, "QuantizedLinear: input has ", x.size(-1), " features, the layer ", in_);
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
@@ -321,6 +335,22 @@ at::Tensor QuantizedLinear::MatmulNoGrad(const at::Tensor& x) const {
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf,
               "QuantizedLinear: input dtype must be float32, bfloat16 or float16");
   if (M == 0) return y.view(out_shape);
+  if (M >= kLargeRows) {
+    // Large tiles, each dequantized on all cores and multiplied by one GEMM on all cores.
+    const int64_t tile = TileRows(in_, out_, dtype, LargeTileBytes());
+    static thread_local std::vector<char> buffer;
+    for (int64_t r0 = 0; r0 < out_; r0 += tile) {
+      const int64_t rows = std::min(tile, out_ - r0);
+      const at::Tensor w = DequantizedTile(r0, rows, dtype, &buffer);
+      if (rows == out_) {
+        at::mm_out(y, x2, w.t());
+      } else {
+        at::Tensor y_cols = y.narrow(1, r0, rows);
+        at::mm_out(y_cols, x2, w.t());
+      }
+    }
+    return y.view(out_shape);
+  }
   const int64_t tile = TileRows(in_, out_, dtype);
   const int64_t n_tiles = (out_ + tile - 1) / tile;
   // Threads take whole tiles; inside the parallel region the GEMM runs single-threaded.
@@ -328,9 +358,7 @@ at::Tensor QuantizedLinear::MatmulNoGrad(const at::Tensor& x) const {
     static thread_local std::vector<char> buffer;
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t r0 = t * tile, rows = std::min(tile, out_ - r0);
-      char* mem = Scratch(&buffer, static_cast<size_t>(rows * in_) * c10::elementSize(dtype));
-      at::Tensor w = at::from_blob(mem, {rows, in_}, at::TensorOptions().dtype(dtype));
-      DequantizeRows(r0, r0 + rows, w);
+      const at::Tensor w = DequantizedTile(r0, rows, dtype, &buffer);
       at::Tensor y_cols = y.narrow(1, r0, rows);
       at::mm_out(y_cols, x2, w.t());
     }
@@ -339,6 +367,7 @@ at::Tensor QuantizedLinear::MatmulNoGrad(const at::Tensor& x) const {
 }
 
 at::Tensor QuantizedLinear::MatmulTransposedNoGrad(const at::Tensor& grad_y) const {
+  RECORD_FUNCTION("llmtrain::quantized_linear_backward", std::vector<c10::IValue>());
   TORCH_CHECK(grad_y.size(-1) == out_, "QuantizedLinear: gradient has ", grad_y.size(-1),
               " features, the layer ", out_);
   std::vector<int64_t> in_shape(grad_y.sizes().begin(), grad_y.sizes().end());
@@ -347,16 +376,20 @@ at::Tensor QuantizedLinear::MatmulTransposedNoGrad(const at::Tensor& grad_y) con
   if (grad_y.is_cuda()) return CudaMatmul(g2, /*transposed=*/true).view(in_shape);
   const c10::ScalarType dtype = grad_y.scalar_type();
   const int64_t M = g2.size(0);
-  at::Tensor gx = at::zeros({M, in_}, grad_y.options());
+  at::Tensor gx = at::empty({M, in_}, grad_y.options());
   if (M == 0) return gx.view(in_shape);
-  const int64_t tile = TileRows(in_, out_, dtype);
+  // Tiles of output rows, each dequantized on all cores; the first tile's GEMM writes gx, the
+  // others accumulate into it. Large inputs take large tiles (fewer passes over gx).
+  const int64_t tile = M >= kLargeRows ? TileRows(in_, out_, dtype, LargeTileBytes()) : TileRows(in_, out_, dtype);
   static thread_local std::vector<char> buffer;
   for (int64_t r0 = 0; r0 < out_; r0 += tile) {
     const int64_t rows = std::min(tile, out_ - r0);
-    char* mem = Scratch(&buffer, static_cast<size_t>(rows * in_) * c10::elementSize(dtype));
-    at::Tensor w = at::from_blob(mem, {rows, in_}, at::TensorOptions().dtype(dtype));
-    DequantizeRows(r0, r0 + rows, w);
-    gx.addmm_(g2.narrow(1, r0, rows), w);
+    const at::Tensor w = DequantizedTile(r0, rows, dtype, &buffer);
+    if (r0 == 0) {
+      at::mm_out(gx, rows == out_ ? g2 : g2.narrow(1, 0, rows), w);
+    } else {
+      gx.addmm_(g2.narrow(1, r0, rows), w);
+    }
   }
   return gx.view(in_shape);
 }
@@ -437,7 +470,14 @@ at::Tensor QuantizedLinear::CudaMatmul(const at::Tensor&, bool) const {
 }
 #endif
 
+void QuantizedLinear::SetLargeTileBytes(int64_t bytes) {
+  g_large_tile_bytes.store(std::max<int64_t>(int64_t{64} << 10, bytes));
+}
+
+int64_t QuantizedLinear::LargeTileBytes() { return g_large_tile_bytes.load(); }
+
 at::Tensor QuantizedLinear::Forward(const at::Tensor& x) const {
+  RECORD_FUNCTION("llmtrain::quantized_linear", std::vector<c10::IValue>());
   at::Tensor y = x.requires_grad() && at::GradMode::is_enabled()
                      ? QuantizedMatmul::apply(x, reinterpret_cast<int64_t>(this))
                      : MatmulNoGrad(x);

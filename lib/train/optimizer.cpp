@@ -5,6 +5,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
+#include <ATen/record_function.h>
 
 #include <cmath>
 
@@ -22,6 +23,7 @@ AdamW::AdamW(std::vector<at::Tensor> params, const AdamWOptions& options)
 }
 
 void AdamW::Step(double lr) {
+  RECORD_FUNCTION("llmtrain::adamw", std::vector<c10::IValue>());
   at::NoGradGuard no_grad;
   ++step_;
   const double beta1 = options_.beta1, beta2 = options_.beta2;

@@ -237,20 +237,40 @@ absl::StatusOr<StepMetrics> Trainer::TrainStep() {
   m.grad_norm = ClipGradNorm(s.params, t.max_grad_norm());
   m.lr = t.learning_rate() * s.schedule->Factor(s.step);
   if (!std::isfinite(m.loss) || !std::isfinite(m.grad_norm)) {
-    // Skip the update; name the first adapter whose gradient is not finite.
-    std::string where = "the loss";
-    for (const auto& [key, p] : s.trainable) {
-      if (p.grad().defined() && !at::isfinite(p.grad()).all().item<bool>()) {
-        where = key;
-        break;
+    // Skip the update and say where the non-finite value appeared: the first module whose
+    // activations hold one (a forward without dropout, so the RNG stream is untouched), else the
+    // trainable tensor nearest the loss (the first one backward reaches) whose gradient holds one.
+    m.nonfinite_where = "the loss";
+    if (!std::isfinite(m.loss)) {
+      lora::SetTraining(s.model.get(), false);
+      for (const data::Batch& b : batches) {
+        if (b.target_tokens == 0) continue;
+        const std::optional<std::string> module = s.model->FirstNonFiniteModule(
+            ToTensor(b.input_ids, b.batch_size, b.seq_len),
+            ToTensor(b.segment_ids.empty() ? b.attention_mask : b.segment_ids, b.batch_size, b.seq_len),
+            ToTensor(b.position_ids, b.batch_size, b.seq_len));
+        if (module) {
+          m.nonfinite_where = "activations of " + *module;
+          break;
+        }
+      }
+      lora::SetTraining(s.model.get(), true);
+    }
+    if (m.nonfinite_where == "the loss") {
+      for (auto it = s.trainable.rbegin(); it != s.trainable.rend(); ++it) {
+        const at::Tensor& p = it->second;
+        if (p.grad().defined() && !at::isfinite(p.grad()).all().item<bool>()) {
+          m.nonfinite_where = "the gradient of " + it->first;
+          break;
+        }
       }
     }
     m.skipped = true;
     ++s.nonfinite_in_row;
     ++s.skipped_total;
-    std::fprintf(stderr, "step %lld: non-finite %s (first in %s); step skipped (%lld in a row)\n",
-                 static_cast<long long>(s.step + 1), std::isfinite(m.loss) ? "gradient" : "loss", where.c_str(),
-                 static_cast<long long>(s.nonfinite_in_row));
+    std::fprintf(stderr, "step %lld: non-finite %s, first in %s; step skipped (%lld in a row)\n",
+                 static_cast<long long>(s.step + 1), std::isfinite(m.loss) ? "gradient" : "loss",
+                 m.nonfinite_where.c_str(), static_cast<long long>(s.nonfinite_in_row));
   } else {
     s.adam->Step(m.lr);
     s.nonfinite_in_row = 0;
@@ -485,11 +505,14 @@ absl::Status Trainer::Run(const RunOptions& options) {
     auto m = TrainStep();
     if (!m.ok()) return m.status();
     m->elapsed_seconds = std::chrono::duration<double>(Clock::now() - run_start).count();
-    if (m->step % sp.training().log_every_steps() == 0 || m->step == 1 || m->step == s.total_steps) {
-      AppendLine(metrics_path, {{"type", "train"}, {"step", m->step}, {"loss", m->loss}, {"lr", m->lr},
-                                {"grad_norm", m->grad_norm}, {"target_tokens", m->target_tokens},
-                                {"tokens_per_second", m->tokens_per_second}, {"peak_rss_mib", m->peak_rss_mib},
-                                {"skipped", m->skipped}});
+    // Skipped steps are always logged, with where the non-finite value appeared.
+    if (m->step % sp.training().log_every_steps() == 0 || m->step == 1 || m->step == s.total_steps || m->skipped) {
+      nlohmann::json line = {{"type", "train"}, {"step", m->step}, {"loss", m->loss}, {"lr", m->lr},
+                             {"grad_norm", m->grad_norm}, {"target_tokens", m->target_tokens},
+                             {"tokens_per_second", m->tokens_per_second}, {"peak_rss_mib", m->peak_rss_mib},
+                             {"skipped", m->skipped}};
+      if (m->skipped) line["nonfinite_where"] = m->nonfinite_where;
+      AppendLine(metrics_path, line);
       LLMTRAIN_RETURN_IF_ERROR(scalars({{"train/loss", m->loss}, {"train/lr", m->lr}, {"train/grad_norm", m->grad_norm},
                                         {"train/tokens_per_second", m->tokens_per_second}}, m->step));
     }

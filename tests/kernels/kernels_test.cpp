@@ -60,19 +60,25 @@ TEST_CASE("chunked cross-entropy equals the full one, value and gradients", "[ke
 
 TEST_CASE("chunked cross-entropy in bf16 equals the full bf16 computation", "[kernels]") {
   // bf16 hidden and head: logits are produced in bf16 and reduced in float32 on both sides; the
-  // gradient is rounded to bf16 before the two backward GEMMs on both sides.
+  // gradient is rounded to bf16 before the two backward GEMMs on both sides. With and without a
+  // soft-cap, with ignored labels.
+  const bool softcap = GENERATE(false, true);
+  INFO("softcap " << softcap);
+  const std::optional<double> cap = softcap ? std::optional<double>(3.0) : std::nullopt;
   at::manual_seed(4);
   const at::Tensor hidden0 = at::randn({29, 32}).to(at::kBFloat16);
   const at::Tensor weight0 = at::randn({70, 32}).to(at::kBFloat16);
-  const at::Tensor labels = at::randint(0, 70, {29}, at::kLong);
+  at::Tensor labels = at::randint(0, 70, {29}, at::kLong);
+  labels.index_put_({at::arange(0, 29, 4)}, -100);
   const at::Tensor h_full = hidden0.clone().set_requires_grad(true);
   const at::Tensor w_full = weight0.clone().set_requires_grad(true);
-  const at::Tensor full = FullLoss(h_full, w_full, labels, std::nullopt);
+  const at::Tensor full = FullLoss(h_full, w_full, labels, cap);
   (full * 0.5).backward();
   const at::Tensor h = hidden0.clone().set_requires_grad(true);
   const at::Tensor w = weight0.clone().set_requires_grad(true);
   kernels::CrossEntropyOptions options;
   options.chunk_tokens = 8;
+  options.final_softcap = cap;
   const auto result = kernels::ChunkedCrossEntropy(h, w, labels, options);
   (result.loss_sum * 0.5).backward();
   CHECK(h.grad().scalar_type() == at::kBFloat16);
@@ -127,7 +133,7 @@ TEST_CASE("chunked cross-entropy peak memory at Gemma 3 270M size, T = 2048", "[
   const auto [full_peak, full_loss] = measure(false);
   const auto [chunked_peak, chunked_loss] = measure(true);
   c10::SetCPUAllocator(base, /*priority=*/255);
-  std::printf("cross-entropy T=2048 V=262144: peak %.1f MiB full, %.1f MiB chunked (256 tokens), ratio %.3f\n",
+  std::printf("cross-entropy T=2048 V=262144: peak %.1f MiB full, %.1f MiB chunked (default chunks), ratio %.3f\n",
               full_peak / 1048576.0, chunked_peak / 1048576.0,
               static_cast<double>(chunked_peak) / static_cast<double>(full_peak));
   CHECK(chunked_peak * 4 <= full_peak);

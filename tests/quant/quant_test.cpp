@@ -158,26 +158,33 @@ TEST_CASE("quant: QuantizedLinear forward and input gradient equal a dense linea
                                     return s;
                                   }()})).to(dtype);
         CHECK(at::equal(rows, exact));
-        // Forward and backward against at::linear on those weights.
-        const at::Tensor x = at::randn({3, 7, shape.in}).to(dtype).requires_grad_(true);
-        const at::Tensor y = layer.Forward(x);
-        const at::Tensor x_ref = x.detach().clone().requires_grad_(true);
-        const at::Tensor y_ref = at::linear(x_ref, exact, layer.bias());
-        const at::Tensor g = at::randn(y.sizes()).to(dtype);
-        y.backward(g);
-        y_ref.backward(g);
-        const double tol = dtype == at::kFloat ? 1e-5 : 2e-2;
-        const double fwd = (y.detach().to(at::kDouble) - y_ref.detach().to(at::kDouble)).abs().max().item<double>() /
-                           y_ref.abs().max().item<double>();
-        const double bwd = (x.grad().to(at::kDouble) - x_ref.grad().to(at::kDouble)).abs().max().item<double>() /
-                           x_ref.grad().abs().max().item<double>();
-        CHECK(fwd <= tol);
-        CHECK(bwd <= tol);
-        if (dtype == at::kFloat) {
-          worst_fwd = std::max(worst_fwd, fwd);
-          worst_bwd = std::max(worst_bwd, bwd);
+        // Forward and backward against at::linear on those weights: 21 rows (per-thread tiles)
+        // and 64 rows (large tiles: one, or many with a 64 KiB budget).
+        for (const int64_t budget : {int64_t{0}, int64_t{16} << 20, int64_t{64} << 10}) {
+          INFO("rows " << (budget == 0 ? 21 : 64) << ", large-tile budget " << budget);
+          quant::QuantizedLinear::SetLargeTileBytes(budget == 0 ? int64_t{16} << 20 : budget);
+          const at::Tensor x =
+              at::randn({budget == 0 ? 3 : 8, budget == 0 ? 7 : 8, shape.in}).to(dtype).requires_grad_(true);
+          const at::Tensor y = layer.Forward(x);
+          const at::Tensor x_ref = x.detach().clone().requires_grad_(true);
+          const at::Tensor y_ref = at::linear(x_ref, exact, layer.bias());
+          const at::Tensor g = at::randn(y.sizes()).to(dtype);
+          y.backward(g);
+          y_ref.backward(g);
+          const double tol = dtype == at::kFloat ? 1e-5 : 2e-2;
+          const double fwd = (y.detach().to(at::kDouble) - y_ref.detach().to(at::kDouble)).abs().max().item<double>() /
+                             y_ref.abs().max().item<double>();
+          const double bwd = (x.grad().to(at::kDouble) - x_ref.grad().to(at::kDouble)).abs().max().item<double>() /
+                             x_ref.grad().abs().max().item<double>();
+          CHECK(fwd <= tol);
+          CHECK(bwd <= tol);
+          if (dtype == at::kFloat) {
+            worst_fwd = std::max(worst_fwd, fwd);
+            worst_bwd = std::max(worst_bwd, bwd);
+          }
+          ++n;
         }
-        ++n;
+        quant::QuantizedLinear::SetLargeTileBytes(int64_t{16} << 20);
       }
     }
   }

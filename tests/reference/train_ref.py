@@ -1,4 +1,5 @@
-"""Reference side of tests/train. `train_ref.py tb DIR` prints the scalars TensorBoard's
+"""Reference side of tests/train. `train_ref.py peft …` loads a trained adapter in PEFT and a merged
+folder in transformers (see that mode below). `train_ref.py tb DIR` prints the scalars TensorBoard's
 EventAccumulator reads from the event files in DIR as {"tag": [[step, value], ...]}.
 Otherwise: torch.optim.AdamW, transformers' schedules (LambdaLR over
 get_{linear,cosine,constant}_schedule_with_warmup) and torch.nn.utils.clip_grad_norm_ on the CPU.
@@ -95,6 +96,31 @@ if sys.argv[1] == "replay":
     from safetensors.torch import save_file as save
     save(weights, os.path.join(out, "replay_weights.safetensors"))
     emit({"losses": losses})
+    sys.exit(0)
+
+if sys.argv[1] == "peft":
+    # train_ref.py peft FILE.gguf ADAPTER_DIR MERGED_DIR OUT.safetensors: the trained adapter on the
+    # GGUF's weights loaded by transformers, through PeftModel.from_pretrained, and the merged
+    # folder loaded by AutoModelForCausalLM, on the same tokens. Writes both logits.
+    import os
+    from peft import PeftModel
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
+    gguf, adapter, merged, out = sys.argv[2:6]
+    ids = torch.tensor([[2, 818, 5279, 529, 7001, 563, 9079, 236761, 107, 4368]])
+    base = AutoModelForCausalLM.from_pretrained(os.path.dirname(gguf), gguf_file=os.path.basename(gguf),
+                                                dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, adapter).eval()
+    n_lora = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
+    with torch.no_grad():
+        peft_logits = model(input_ids=ids).logits
+    del model, base
+    merged_model = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32).eval()
+    with torch.no_grad():
+        merged_logits = merged_model(input_ids=ids).logits
+    save_file({"input_ids": ids, "peft_logits": peft_logits.contiguous(), "merged_logits": merged_logits.contiguous()},
+              out)
+    emit({"lora_params": n_lora, "merged_class": type(merged_model).__name__})
     sys.exit(0)
 
 if sys.argv[1] == "tb":

@@ -9,12 +9,16 @@
 #include "absl/strings/str_cat.h"
 #include "llmtrain/train/optimizer.h"
 #include "llmtrain/train/trainer.h"
+#include "llmtrain/lora/lora.h"
+#include "llmtrain/model/decoder.h"
 #include "llmtrain/core/atomic_file.h"
 #include "llmtrain/spec/run_spec.h"
 #include "absl/strings/str_split.h"
 #include "llmtrain/io/safetensors.h"
 #include "llmtrain/io/tensors.h"
+#include <fstream>
 #include <map>
+#include <set>
 #include <limits>
 #include <ATen/core/grad_mode.h>
 #include <chrono>
@@ -256,6 +260,64 @@ TEST_CASE("train: a run stopped and resumed ends with the uninterrupted run's ad
 }
 
 
+// The README job's spec (examples/specs/gemma3_270m_cpu.textproto: QLoRA r=16 on all-linear of
+// the real 270M) for 2 steps on small data: its adapter loads in PEFT and `llmtrain merge` gives a
+// folder transformers loads, each with our logits.
+TEST_CASE("train: the README job's adapter loads in PEFT and its merge in transformers", "[train][real][reference]") {
+  if (!testing::ReferenceStackAvailable()) return;
+  const std::string dir = testing::TempDir("train_readme");
+  const spec::RunSpec small = SmallRun(dir, 2, 2, 2);  // writes the Dolly records
+  auto run = spec::LoadRunSpec(std::string(LLMTRAIN_SOURCE_DIR) + "/examples/specs/gemma3_270m_cpu.textproto",
+                               {"model.path=" + RealModel(), "data.train_files=" + small.data().train_files(0),
+                                "data.eval_files=" + small.data().train_files(0), "training.max_steps=2",
+                                "training.warmup_steps=1", "eval.max_batches=1", "eval.max_new_tokens=4",
+                                "output.dir=" + dir + "/run"});
+  REQUIRE(run.ok());
+  {
+    auto trainer = train::Trainer::Create(*run);
+    REQUIRE(trainer.ok());
+    train::RunOptions options;
+    options.progress = false;
+    REQUIRE((*trainer)->Run(options).ok());
+  }
+  const std::string adapter = dir + "/run/adapter";
+  const std::string cli = testing::CliPath();
+  const auto q = testing::ShellQuote;
+  const auto merge = testing::RunCommand(absl::StrCat(cli, " merge --model ", q(RealModel()), " --load-in-4bit --adapter ",
+                                                      q(adapter), " --output ", q(dir + "/merged"), " --dtype f32 2>&1"));
+  INFO(merge.out);
+  REQUIRE(merge.exit_code == 0);
+  const auto ref = testing::RunReference("train_ref.py", {"peft", RealModel(), adapter, dir + "/merged",
+                                                          dir + "/ref.safetensors"});
+  REQUIRE(ref.exit_code == 0);
+  const nlohmann::json info = testing::LastJsonLine(ref.out);
+  auto logits = testing::LoadAll(dir + "/ref.safetensors");
+  const auto rel = [](const at::Tensor& a, const at::Tensor& b) {
+    return (a.to(at::kDouble) - b.to(at::kDouble)).abs().max().item<double>() / b.abs().max().item<double>();
+  };
+  // Ours with the adapter on the dense GGUF weights (what PEFT sees), and on the NF4 base (what
+  // the merge folded in).
+  double peft_err = 0, merged_err = 0;
+  for (const bool four_bit : {false, true}) {
+    model::DecoderOptions options;
+    if (four_bit) options.quantize_4bit = quant::Quant4Options{quant::QuantType::kNf4, 64, /*double_quant=*/true};
+    auto model = model::Decoder::Load(RealModel(), options);
+    REQUIRE(model.ok());
+    REQUIRE(lora::LoadAdapter(model->get(), adapter).ok());
+    at::NoGradGuard no_grad;
+    const at::Tensor ours = (*model)->Forward(logits["input_ids"]);
+    (four_bit ? merged_err : peft_err) = rel(ours, logits[four_bit ? "merged_logits" : "peft_logits"]);
+  }
+  // float32 on both sides over the same weights: only the summation order differs.
+  CHECK(info["lora_params"].get<int64_t>() == 3796992);
+  CHECK(peft_err <= 1e-4);
+  CHECK(merged_err <= 1e-4);
+  std::printf("train: the README job's adapter in PeftModel.from_pretrained: %lld LoRA parameters, logits rel err "
+              "%.2e; `llmtrain merge --load-in-4bit` folder in %s: rel err %.2e\n",
+              static_cast<long long>(info["lora_params"].get<int64_t>()), peft_err,
+              info["merged_class"].get<std::string>().c_str(), merged_err);
+}
+
 TEST_CASE("train: 20 steps equal transformers + PEFT + torch AdamW on the same batches", "[train][reference]") {
   if (!testing::ReferenceStackAvailable()) return;
   const std::string family = GENERATE(as<std::string>{}, "qwen2", "qwen3", "gemma2", "gemma3_text");
@@ -453,14 +515,31 @@ TEST_CASE("train: non-finite steps are skipped, named, and stop the run with a c
   }
   const at::Tensor before = params[0].second.detach().clone();
   int skipped = 0;
+  std::set<std::string> where;
   train::RunOptions options;
   options.progress = false;
-  options.on_step = [&](const train::StepMetrics& m) { skipped += m.skipped; };
+  options.on_step = [&](const train::StepMetrics& m) {
+    skipped += m.skipped;
+    where.insert(m.nonfinite_where);
+  };
   const absl::Status status = (*trainer)->Run(options);
   REQUIRE(!status.ok());
   CHECK_THAT(std::string(status.message()), Catch::Contains("3 non-finite steps in a row") &&
                                                 Catch::Contains("checkpoint at step 3"));
   CHECK(skipped == 3);
+  // params[1] is layer 0's q_proj lora_B: the first non-finite activations are its attention's.
+  INFO("trainable tensor poisoned: " << params[1].first);
+  CHECK(params[1].first == "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight");
+  CHECK(where == std::set<std::string>{"activations of model.layers.0.self_attn"});
+  std::printf("train: 3 non-finite steps skipped, each located at \"%s\"\n", where.begin()->c_str());
+  {  // and each is in metrics.jsonl with that place
+    std::ifstream metrics(dir + "/run/metrics.jsonl");
+    int logged = 0;
+    for (std::string line; std::getline(metrics, line);) {
+      logged += line.find("\"nonfinite_where\":\"activations of model.layers.0.self_attn\"") != std::string::npos;
+    }
+    CHECK(logged == 3);
+  }
   CHECK(at::equal(params[0].second.detach(), before));  // no update was applied
   CHECK(IsDirectory(dir + "/run/checkpoints/step-000003"));
 }

@@ -1,8 +1,8 @@
 // Cross-entropy over a large vocabulary without the full logits: hidden states times the LM head,
 // chunk by chunk. Each chunk's gradients are computed while its logits exist (the loss is the last
 // op, so backward only scales them), so it costs the same three GEMMs as the full version. For
-// Gemma's 262k vocabulary the full fp32 logits take 1 GiB per 1k tokens; a chunk of 256 tokens
-// takes 256 MiB.
+// Gemma's 262k vocabulary the full fp32 logits take 1 GiB per 1k tokens; a chunk takes 128 MiB
+// (128 tokens) by default, plus as much again in bf16/fp16 models (the float32 reduction).
 //
 //   auto [loss_sum, n_tokens] = kernels::ChunkedCrossEntropy(hidden, lm_head, labels, {});
 //   (loss_sum / total_tokens_over_micro_batches).backward();  // token-normalized accumulation
@@ -16,7 +16,9 @@
 namespace llmtrain::kernels {
 
 struct CrossEntropyOptions {
-  int64_t chunk_tokens = 256;           ///< rows of logits materialized at once
+  /// Rows of logits materialized at once; 0: as many as chunk_bytes of float32 logits hold.
+  int64_t chunk_tokens = 0;
+  int64_t chunk_bytes = int64_t{128} << 20;
   int64_t ignore_index = -100;          ///< labels equal to this contribute nothing
   std::optional<double> final_softcap;  ///< Gemma 2: logits = cap · tanh(logits / cap) first
 };
@@ -27,7 +29,8 @@ struct CrossEntropyResult {
 };
 
 /// hidden: (N, C) in the model dtype; weight: (V, C) the LM head; labels: int64 (N).
-/// Logits are computed in the model dtype and reduced in float32, as transformers' loss does.
+/// Logits are computed in the model dtype and reduced in float32, as transformers' loss does, and
+/// only for rows whose label is not ignore_index (masked prompt tokens cost no head GEMM).
 /// Differentiable in hidden and weight (when they require grad; gradients for both are held from
 /// forward to backward: (N, C) and, for a trainable head, (V, C)). Not twice differentiable.
 /// CPU and CUDA (ATen ops).

@@ -86,6 +86,12 @@ class Decoder {
   /// lm_head() they feed kernels::ChunkedCrossEntropy without materializing the logits.
   at::Tensor Hidden(const at::Tensor& input_ids, const at::Tensor& attention_mask = {},
                     const at::Tensor& position_ids = {}) const;
+  /// The first module, in forward order, whose output holds a NaN or an infinity on this input:
+  /// "model.embed_tokens", "model.layers.{i}.self_attn" (after its projection o_proj),
+  /// "model.layers.{i}.mlp" or "model.norm"; nullopt when all of them are finite. Runs one forward
+  /// without gradients (the trainer's NaN guard uses it to say where a non-finite loss began).
+  std::optional<std::string> FirstNonFiniteModule(const at::Tensor& input_ids, const at::Tensor& attention_mask = {},
+                                                  const at::Tensor& position_ids = {}) const;
   /// The LM head (V, C): the embedding when tied.
   const at::Tensor& lm_head() const { return lm_head_; }
   /// Turns activation checkpointing on or off (see DecoderOptions).
@@ -141,10 +147,13 @@ class Decoder {
                        KvCache* cache) const;
   at::Tensor ForwardImpl(const at::Tensor& input_ids, const at::Tensor& new_mask,
                          const at::Tensor& position_ids, KvCache* cache) const;
+  /// Called with a module's name and output at each point FirstNonFiniteModule checks.
+  using Probe = std::function<void(const std::string& module, const at::Tensor& output)>;
   at::Tensor HiddenImpl(const at::Tensor& input_ids, const at::Tensor& new_mask,
-                        const at::Tensor& position_ids, KvCache* cache) const;
+                        const at::Tensor& position_ids, KvCache* cache, const Probe* probe = nullptr) const;
   at::Tensor LayerForward(int64_t index, const at::Tensor& x, const at::Tensor& cos,
-                          const at::Tensor& sin, const at::Tensor& mask, KvCache* cache) const;
+                          const at::Tensor& sin, const at::Tensor& mask, KvCache* cache,
+                          const Probe* probe = nullptr) const;
   at::Tensor CheckpointedLayer(int64_t index, const at::Tensor& x, const at::Tensor& cos,
                                const at::Tensor& sin, const at::Tensor& mask) const;
   at::Tensor Norm(const at::Tensor& x, const at::Tensor& w) const;

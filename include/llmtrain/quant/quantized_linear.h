@@ -1,8 +1,11 @@
 // A frozen linear layer whose weight is stored 4-bit (NF4/FP4, quant/quant4.h): QLoRA's base.
 //
-// Forward never materializes the whole weight in 16/32 bits. It dequantizes a tile of output rows
-// (about 1 MiB) into a reused buffer with a vectorized kernel, on all cores, and multiplies the
-// input by that tile straight into the output's columns; the next tile reuses the buffer. The
+// Forward never materializes more than a bounded tile of the weight in 16/32 bits. For a few input
+// rows (generation) each thread dequantizes its own tile of output rows (about 1 MiB) into a
+// reused buffer with a vectorized kernel and multiplies the input by it straight into the output's
+// columns. For many rows (training: at least kLargeRows) a bigger tile (at most LargeTileBytes(),
+// 16 MiB by default) is dequantized on all cores and multiplied by one GEMM on all cores, which
+// runs several times faster than per-thread GEMMs on small tiles. The
 // weight values are code × block scale in float32, rounded straight to the input's dtype, as
 // bitsandbytes' 4-bit matmul computes them (Dequantize4bit instead rounds to the state's dtype
 // first; the two differ only when the state's dtype is narrower than the input's).
@@ -16,6 +19,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include <ATen/core/Tensor.h>
 
@@ -42,6 +46,12 @@ class QuantizedLinear final : public model::Linear {
   /// Bytes of the packed weight and its quant state (scales, nested scales, code tables).
   int64_t StorageBytes() const;
 
+  /// Inputs with at least this many rows take the large-tile path (see the top of this file).
+  static constexpr int64_t kLargeRows = 32;
+  /// The large-tile budget in bytes of dequantized weight (process-wide; at least 64 KiB is used).
+  static void SetLargeTileBytes(int64_t bytes);
+  static int64_t LargeTileBytes();
+
   /// out (…, out) = x (…, in) · W[rows]ᵀ without autograd (the forward kernel), and
   /// grad_x = grad_y · W (the backward one). Public for the benchmarks and tests.
   at::Tensor MatmulNoGrad(const at::Tensor& x) const;
@@ -52,6 +62,8 @@ class QuantizedLinear final : public model::Linear {
   void DequantizeRows(int64_t row_begin, int64_t row_end, at::Tensor& out) const;
 
  private:
+  // Output rows [r0, r0 + rows) dequantized to `dtype` in `buffer` (grown as needed): a view of it.
+  at::Tensor DequantizedTile(int64_t r0, int64_t rows, c10::ScalarType dtype, std::vector<char>* buffer) const;
   // The CUDA path: tiles dequantized by our kernel and multiplied by cuBLASLt (or the fused
   // kernel for small M). x2 is (M, in) or, transposed, (M, out).
   at::Tensor CudaMatmul(const at::Tensor& x2, bool transposed) const;

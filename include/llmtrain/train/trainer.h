@@ -61,6 +61,10 @@ struct StepMetrics {
   double elapsed_seconds = 0;
   int64_t peak_rss_mib = 0;
   bool skipped = false;        ///< non-finite loss or gradient: no update
+  /// For a skipped step, where the non-finite value appeared: the first module whose activations
+  /// hold one ("activations of model.layers.3.mlp"), or, when the forward is finite, the trainable
+  /// tensor nearest the loss whose gradient holds one (backward reaches it first).
+  std::string nonfinite_where;
 };
 
 struct RunOptions {
