@@ -9,10 +9,12 @@
 // operator (ours: bench/op_profile.h; the reference: torch.profiler), self time.
 //
 // --dtype=bf16 runs both sides with bfloat16 compute (our model dtype; the reference's torch_dtype
-// and bnb_4bit_compute_dtype), LoRA weights float32 on both.
+// and bnb_4bit_compute_dtype), LoRA weights float32 on both. --dtype=autocast keeps a float32 model
+// and runs forward and loss under autocast bf16 (train::AutocastGuard; torch.autocast with
+// bnb_4bit_compute_dtype bf16).
 //
 //   build/bin/train_bench [--batch=2] [--seq=128] [--rank=16] [--rounds=5] [--profile=0] [--chunk=N] [--smaps]
-//                         [--dtype=f32|bf16]
+//                         [--dtype=f32|bf16|autocast]
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <sys/resource.h>
@@ -22,6 +24,7 @@
 #include <cstdio>
 #include <cctype>
 #include <cstring>
+#include <optional>
 #include <fstream>
 #include <string>
 #include <vector>
@@ -30,6 +33,7 @@
 #include "llmtrain/kernels/cross_entropy.h"
 #include "llmtrain/lora/lora.h"
 #include "llmtrain/model/decoder.h"
+#include "llmtrain/train/autocast.h"
 #include "llmtrain/train/optimizer.h"
 #include "op_profile.h"
 #include "reference_process.h"
@@ -84,7 +88,9 @@ void PrintLargestMappings(const char* when) {
 int main(int argc, char** argv) {
   int64_t batch = 2, seq = 128, rank = 16, rounds = 5, profile = 0, chunk = kernels::CrossEntropyOptions().chunk_tokens;
   int64_t smaps = 0;
-  std::string dtype = "f32";  // compute dtype of both sides: f32, or bf16 (bnb_4bit_compute_dtype and torch_dtype)
+  // Compute of both sides: f32; bf16 (model dtype; the reference's dtype and bnb_4bit_compute_dtype);
+  // or autocast (a float32 model under autocast bf16: train::AutocastGuard; torch.autocast).
+  std::string dtype = "f32";
   for (int i = 1; i < argc; ++i) {
     const auto arg = [&](const char* name, int64_t* v) {
       if (std::strncmp(argv[i], name, std::strlen(name)) == 0) *v = std::atoll(argv[i] + std::strlen(name));
@@ -115,8 +121,8 @@ int main(int argc, char** argv) {
   options.quantize_4bit = quant::Quant4Options{quant::QuantType::kNf4, 64, /*double_quant=*/true};
   if (dtype == "bf16") {
     options.dtype = Dtype::kBf16;
-  } else if (dtype != "f32") {
-    std::fprintf(stderr, "--dtype: f32 or bf16\n");
+  } else if (dtype != "f32" && dtype != "autocast") {
+    std::fprintf(stderr, "--dtype: f32, bf16 or autocast\n");
     return 2;
   }
   auto model = model::Decoder::Load(gguf, options);
@@ -140,13 +146,17 @@ int main(int argc, char** argv) {
   const at::Tensor ids = at::randint(0, (*model)->config().text.vocab_size, {batch, seq}, at::kLong);
   const auto step = [&] {
     RECORD_FUNCTION("step", std::vector<c10::IValue>());
-    const at::Tensor hidden = (*model)->Hidden(ids);
-    const int64_t c = hidden.size(-1);
-    kernels::CrossEntropyOptions ce_options;
-    ce_options.chunk_tokens = chunk;
-    kernels::CrossEntropyResult ce =
-        kernels::ChunkedCrossEntropy(hidden.narrow(1, 0, seq - 1).reshape({-1, c}), (*model)->lm_head(),
-                                     ids.narrow(1, 1, seq - 1).reshape({-1}), ce_options);
+    kernels::CrossEntropyResult ce;
+    {
+      std::optional<train::AutocastGuard> autocast;
+      if (dtype == "autocast") autocast.emplace(c10::DeviceType::CPU, at::kBFloat16);
+      const at::Tensor hidden = (*model)->Hidden(ids);
+      const int64_t c = hidden.size(-1);
+      kernels::CrossEntropyOptions ce_options;
+      ce_options.chunk_tokens = chunk;
+      ce = kernels::ChunkedCrossEntropy(hidden.narrow(1, 0, seq - 1).reshape({-1, c}), (*model)->lm_head(),
+                                        ids.narrow(1, 1, seq - 1).reshape({-1}), ce_options);
+    }
     (ce.loss_sum / static_cast<double>(ce.n_tokens)).backward();
     adam.Step(1e-4);
     for (at::Tensor& p : params) p.mutable_grad() = at::Tensor();

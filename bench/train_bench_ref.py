@@ -1,7 +1,7 @@
 """Reference side of bench/train_bench: transformers + PEFT + bitsandbytes QLoRA training steps on
 the CPU (NF4, double quantization, float32 compute, LoRA on all linear layers, AdamW), on the same
 GGUF, batch, sequence length, rank and threads as ours.
-Usage: train_bench_ref.py FILE.gguf BATCH SEQ RANK THREADS [f32|bf16]   (compute dtype; LoRA stays float32)
+Usage: train_bench_ref.py FILE.gguf BATCH SEQ RANK THREADS [f32|bf16|autocast]   (LoRA stays float32)
 Prints {"ready": true}, then answers each stdin line "step" with {"s": seconds} of one training
 step (forward, backward, optimizer), "profile N" with the top operators by self time over N steps
 (torch.profiler), and "rss" with {"peak_rss_mib": ...}.
@@ -21,10 +21,13 @@ from transformers import AutoModelForCausalLM, BitsAndBytesConfig  # noqa: E402
 
 path = sys.argv[1]
 batch, seq, rank, threads = (int(a) for a in sys.argv[2:6])
-compute = torch.bfloat16 if len(sys.argv) > 6 and sys.argv[6] == "bf16" else torch.float32
+mode = sys.argv[6] if len(sys.argv) > 6 else "f32"
+# f32; bf16 (model and 4-bit compute dtype); autocast (float32 model, bf16 4-bit compute dtype,
+# forward and loss under torch.autocast).
+compute = torch.bfloat16 if mode == "bf16" else torch.float32
 torch.set_num_threads(threads)
 bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                         bnb_4bit_compute_dtype=compute)
+                         bnb_4bit_compute_dtype=torch.bfloat16 if mode == "autocast" else compute)
 # transformers refuses quantization_config together with gguf_file: the GGUF is converted to an HF
 # folder once (next to it, in the git-ignored .venv/models), then loaded 4-bit from there.
 hf_dir = os.path.join(os.path.dirname(os.path.abspath(path)), "gemma-3-270m-hf-f32")
@@ -52,7 +55,8 @@ ids = torch.randint(0, model.config.vocab_size, (batch, seq), generator=gen)
 
 
 def step():
-    loss = model(input_ids=ids, labels=ids).loss
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode == "autocast"):
+        loss = model(input_ids=ids, labels=ids).loss
     loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)

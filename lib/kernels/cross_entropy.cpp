@@ -5,6 +5,7 @@
 #include "llmtrain/kernels/cross_entropy.h"
 
 #include <ATen/ATen.h>
+#include <ATen/autocast_mode.h>
 #include <ATen/record_function.h>
 #include <torch/csrc/autograd/custom_function.h>
 
@@ -151,12 +152,21 @@ CrossEntropyResult ChunkedCrossEntropy(const at::Tensor& hidden, const at::Tenso
   // counted rows go through the head's GEMMs (index_select's backward scatters their gradients
   // back, zeros elsewhere).
   at::Tensor rows = hidden, targets = labels.to(at::kLong);
+  at::Tensor head = weight;
+  // Under autocast the head's GEMMs run in the autocast dtype, as torch.autocast runs the
+  // lm_head linear; the reduction stays float32 either way.
+  const c10::DeviceType device = hidden.device().type();
+  if (hidden.scalar_type() == at::kFloat && at::autocast::is_autocast_enabled(device)) {
+    const c10::ScalarType dtype = at::autocast::get_autocast_dtype(device);
+    rows = rows.to(dtype);
+    head = weight.to(dtype);
+  }
   if (result.n_tokens < hidden.size(0)) {
     const at::Tensor keep = counted.nonzero().squeeze(1);
-    rows = hidden.index_select(0, keep);
+    rows = rows.index_select(0, keep);
     targets = targets.index_select(0, keep);
   }
-  result.loss_sum = ChunkedCrossEntropyFunction::apply(rows, weight, targets, chunk,
+  result.loss_sum = ChunkedCrossEntropyFunction::apply(rows, head, targets, chunk,
                                                        options.ignore_index, options.final_softcap.value_or(0.0),
                                                        options.final_softcap.has_value());
   return result;

@@ -10,6 +10,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/autocast_mode.h>
 #include <ATen/core/grad_mode.h>
 #include <ATen/record_function.h>
 #include <torch/csrc/autograd/custom_function.h>
@@ -476,8 +477,15 @@ void QuantizedLinear::SetLargeTileBytes(int64_t bytes) {
 
 int64_t QuantizedLinear::LargeTileBytes() { return g_large_tile_bytes.load(); }
 
-at::Tensor QuantizedLinear::Forward(const at::Tensor& x) const {
+at::Tensor QuantizedLinear::Forward(const at::Tensor& input) const {
   RECORD_FUNCTION("llmtrain::quantized_linear", std::vector<c10::IValue>());
+  // Under autocast (train/autocast.h) a float32 input is multiplied in the autocast dtype, as
+  // torch.autocast does with linear: the output is in that dtype too.
+  at::Tensor x = input;
+  const c10::DeviceType device = input.device().type();
+  if (input.scalar_type() == at::kFloat && at::autocast::is_autocast_enabled(device)) {
+    x = input.to(at::autocast::get_autocast_dtype(device));
+  }
   at::Tensor y = x.requires_grad() && at::GradMode::is_enabled()
                      ? QuantizedMatmul::apply(x, reinterpret_cast<int64_t>(this))
                      : MatmulNoGrad(x);

@@ -88,6 +88,7 @@ RunSpec Defaults() {
   t->set_seed(42);
   t->set_max_nonfinite_steps(10);
   t->set_log_every_steps(10);
+  t->set_autocast("");
   EvalSpec* e = d.mutable_eval();
   e->set_every_steps(0);
   e->set_max_batches(0);
@@ -416,6 +417,10 @@ std::vector<SpecError> FindSpecErrors(const RunSpec& s) {
   }
   positive("training.learning_rate", t.learning_rate());
   choice("training.lr_scheduler", t.lr_scheduler(), {"linear", "cosine", "constant"});
+  choice("training.autocast", t.autocast(), {"", "bf16"});
+  if (!t.autocast().empty() && m.dtype() != "f32") {
+    err("training.autocast", absl::StrCat("needs model.dtype \"f32\" (the model is \"", m.dtype(), "\" already)"));
+  }
   if (t.warmup_steps() < 0) err("training.warmup_steps", absl::StrCat("must be ≥ 0, got ", t.warmup_steps()));
   in_unit("training.warmup_ratio", t.warmup_ratio(), false);
   non_negative("training.weight_decay", t.weight_decay());

@@ -32,6 +32,7 @@
 #include "llmtrain/model/generate.h"
 #include "llmtrain/tokenizer/chat_template.h"
 #include "llmtrain/tokenizer/tokenizer.h"
+#include "llmtrain/train/autocast.h"
 #include "llmtrain/train/optimizer.h"
 #include "llmtrain/train/tensorboard.h"
 #include "llmtrain/train/report.h"
@@ -189,7 +190,11 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const spec::RunSpec& sp
 namespace {
 
 // Σ token loss and count of a batch (labels shifted: position t predicts t + 1).
-kernels::CrossEntropyResult BatchLoss(const model::Decoder& model, const data::Batch& b) {
+// Under training.autocast the forward and the loss run inside an AutocastGuard; backward runs
+// outside it, as with torch.autocast.
+kernels::CrossEntropyResult BatchLoss(const model::Decoder& model, const data::Batch& b, const std::string& autocast) {
+  std::optional<AutocastGuard> guard;
+  if (autocast == "bf16") guard.emplace(model.lm_head().device().type(), at::kBFloat16);
   const at::Tensor ids = ToTensor(b.input_ids, b.batch_size, b.seq_len);
   const at::Tensor mask = ToTensor(b.segment_ids.empty() ? b.attention_mask : b.segment_ids, b.batch_size, b.seq_len);
   const at::Tensor positions = ToTensor(b.position_ids, b.batch_size, b.seq_len);
@@ -226,7 +231,7 @@ absl::StatusOr<StepMetrics> Trainer::TrainStep() {
                  b.labels, b.batch_size, b.seq_len);
     }
     if (b.target_tokens == 0) continue;
-    kernels::CrossEntropyResult ce = BatchLoss(*s.model, b);
+    kernels::CrossEntropyResult ce = BatchLoss(*s.model, b, t.autocast());
     (ce.loss_sum / static_cast<double>(total_targets)).backward();
     loss_sum += ce.loss_sum.item<double>();
   }
@@ -243,6 +248,8 @@ absl::StatusOr<StepMetrics> Trainer::TrainStep() {
     m.nonfinite_where = "the loss";
     if (!std::isfinite(m.loss)) {
       lora::SetTraining(s.model.get(), false);
+      std::optional<AutocastGuard> guard;
+      if (t.autocast() == "bf16") guard.emplace(s.model->lm_head().device().type(), at::kBFloat16);
       for (const data::Batch& b : batches) {
         if (b.target_tokens == 0) continue;
         const std::optional<std::string> module = s.model->FirstNonFiniteModule(
@@ -304,7 +311,7 @@ absl::StatusOr<double> Trainer::Evaluate() {
   for (int64_t i = 0; i < n; ++i) {
     LLMTRAIN_ASSIGN_OR_RETURN(data::Batch b, loader.Next());
     if (b.target_tokens == 0) continue;
-    const kernels::CrossEntropyResult ce = BatchLoss(*s.model, b);
+    const kernels::CrossEntropyResult ce = BatchLoss(*s.model, b, s.spec.training().autocast());
     sum += ce.loss_sum.item<double>();
     count += ce.n_tokens;
   }

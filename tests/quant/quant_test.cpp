@@ -1,6 +1,7 @@
 // quant/: NF4/FP4 quantization against bitsandbytes' own quantize_4bit / dequantize_4bit, run at
 // test time on its CPU path (tests/reference/quant_ref.py), on every shape class.
 #include <ATen/ATen.h>
+#include <ATen/autocast_mode.h>
 #include <ATen/Context.h>
 
 #include <catch2/catch.hpp>
@@ -14,6 +15,7 @@
 #include "llmtrain/quant/int8.h"
 #include "llmtrain/quant/quant4.h"
 #include "llmtrain/quant/quantized_linear.h"
+#include "llmtrain/train/autocast.h"
 #include "testing/json_util.h"
 #include "testing/safetensors_util.h"
 #include "testing/reference.h"
@@ -190,6 +192,33 @@ TEST_CASE("quant: QuantizedLinear forward and input gradient equal a dense linea
   }
   std::printf("quant: QuantizedLinear on %zu cases: dequantized tiles bit-identical; float32 forward rel err %.2e, "
               "input gradient rel err %.2e (summation order only)\n", n, worst_fwd, worst_bwd);
+}
+
+// Under autocast (train/autocast.h) a float32 input is multiplied in bfloat16, as if given in
+// bfloat16, and the gradient flows back to float32.
+TEST_CASE("quant: QuantizedLinear under autocast computes in bf16", "[quant]") {
+  auto q = quant::Quantize4bit(at::randn({96, 128}) * 0.05, {quant::QuantType::kNf4, 64, true});
+  REQUIRE(q.ok());
+  const quant::QuantizedLinear layer(*q, at::Tensor());
+  for (const int64_t rows : {int64_t{5}, int64_t{64}}) {
+    INFO("rows " << rows);
+    const at::Tensor x = at::randn({rows, 128}).requires_grad_(true);
+    at::Tensor y;
+    {
+      train::AutocastGuard autocast(c10::DeviceType::CPU, at::kBFloat16);
+      y = layer.Forward(x);
+    }
+    CHECK(y.scalar_type() == at::kBFloat16);
+    const at::Tensor xb = x.detach().to(at::kBFloat16).requires_grad_(true);
+    const at::Tensor yb = layer.Forward(xb);
+    CHECK(at::equal(y.detach(), yb.detach()));
+    const at::Tensor g = at::randn({rows, 96}).to(at::kBFloat16);
+    y.backward(g);
+    yb.backward(g);
+    CHECK(x.grad().scalar_type() == at::kFloat);
+    CHECK(at::equal(x.grad(), xb.grad().to(at::kFloat)));
+  }
+  CHECK_FALSE(at::autocast::is_autocast_enabled(c10::DeviceType::CPU));  // the guard restored it
 }
 
 // Where a GPU exists: the CUDA path (our dequantization kernel + cuBLASLt, or the fused kernel for

@@ -79,11 +79,13 @@ if sys.argv[1] == "replay":
         total = sum(int((b[f"labels.{k}"][:, 1:] != -100).sum()) for k in micro)
         loss_sum = 0.0
         for k in micro:
-            logits = peft_model(input_ids=b[f"ids.{k}"], attention_mask=b[f"mask.{k}"],
-                                position_ids=b[f"pos.{k}"]).logits
-            ce = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
-                                                   b[f"labels.{k}"][:, 1:].reshape(-1), ignore_index=-100,
-                                                   reduction="sum")
+            # training.autocast "bf16": forward and loss under torch.autocast, backward outside.
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.get("autocast", False)):
+                logits = peft_model(input_ids=b[f"ids.{k}"], attention_mask=b[f"mask.{k}"],
+                                    position_ids=b[f"pos.{k}"]).logits
+                ce = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
+                                                       b[f"labels.{k}"][:, 1:].reshape(-1), ignore_index=-100,
+                                                       reduction="sum")
             (ce / total).backward()
             loss_sum += ce.item()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

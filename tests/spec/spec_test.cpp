@@ -109,6 +109,7 @@ TEST_CASE("spec: every invalid spec is refused before any work, naming the field
       {"training.micro_batch_size=0", "training.micro_batch_size", "must be ≥ 1"},
       {"training.gradient_accumulation_steps=0", "training.gradient_accumulation_steps", "must be ≥ 1"},
       {"training.lr_scheduler=step", "training.lr_scheduler", "is not one of"},
+      {"training.autocast=fp8", "training.autocast", "is not one of"},
       {"training.warmup_ratio=1.5", "training.warmup_ratio", "must be in [0, 1)"},
       {"training.adam_beta2=1", "training.adam_beta2", "must be in [0, 1)"},
       {"training.adam_epsilon=0", "training.adam_epsilon", "must be > 0"},
@@ -132,6 +133,17 @@ TEST_CASE("spec: every invalid spec is refused before any work, naming the field
     CHECK_THAT(std::string(status.message()), Catch::Contains(bad.field + ": ") && Catch::Contains(bad.message));
   }
   std::printf("spec: %zu invalid specs refused, each naming its field\n", table.size());
+
+  // A rule across sections: autocast over a bf16 model.
+  {
+    auto run = spec::ParseRunSpec("run.textproto", valid);
+    REQUIRE(run.ok());
+    REQUIRE(spec::ApplyOverride(&*run, "model.dtype=bf16").ok());
+    REQUIRE(spec::ApplyOverride(&*run, "training.autocast=bf16").ok());
+    spec::FillDefaults(&*run);
+    CHECK_THAT(std::string(spec::ValidateRunSpec(*run).message()),
+               Catch::Contains("training.autocast: needs model.dtype \"f32\" (the model is \"bf16\" already)"));
+  }
 
   // All errors at once.
   auto run = spec::ParseRunSpec("run.textproto", valid);

@@ -320,9 +320,12 @@ TEST_CASE("train: the README job's adapter loads in PEFT and its merge in transf
 
 TEST_CASE("train: 20 steps equal transformers + PEFT + torch AdamW on the same batches", "[train][reference]") {
   if (!testing::ReferenceStackAvailable()) return;
-  const std::string family = GENERATE(as<std::string>{}, "qwen2", "qwen3", "gemma2", "gemma3_text");
-  INFO("family " << family);
-  const std::string dir = testing::TempDir("train_equiv_" + family);
+  // Every family in float32; two of them under training.autocast bf16 against torch.autocast.
+  const auto [family, autocast] = GENERATE(table<std::string, bool>({{"qwen2", false}, {"qwen3", false},
+                                                                      {"gemma2", false}, {"gemma3_text", false},
+                                                                      {"qwen2", true}, {"gemma3_text", true}}));
+  INFO("family " << family << (autocast ? " under autocast bf16" : ""));
+  const std::string dir = testing::TempDir("train_equiv_" + family + (autocast ? "_autocast" : ""));
   REQUIRE(testing::RunReference("train_ref.py", {"tiny", dir, family}).exit_code == 0);
   const int64_t steps = 20;
   auto run = spec::ParseRunSpec("test", absl::StrCat(
@@ -330,7 +333,8 @@ TEST_CASE("train: 20 steps equal transformers + PEFT + torch AdamW on the same b
       "lora { r: 4 alpha: 8 dropout: 0 target_modules: \"all-linear\" }\n",
       "data { train_files: \"", dir, "/train.jsonl\" format: \"text\" template: \"none\" max_length: 24 }\n",
       "training { max_steps: ", steps, " micro_batch_size: 2 gradient_accumulation_steps: 2 learning_rate: 0.003",
-      " warmup_steps: 3 weight_decay: 0.01 max_grad_norm: 1.0 seed: 7 log_every_steps: 1 }\n",
+      " warmup_steps: 3 weight_decay: 0.01 max_grad_norm: 1.0 seed: 7 log_every_steps: 1",
+      autocast ? " autocast: \"bf16\"" : "", " }\n",
       "output { dir: \"", dir, "/run\" report_to: \"jsonl\" }\n"));
   REQUIRE(run.ok());
   auto trainer = train::Trainer::Create(*run);
@@ -353,7 +357,8 @@ TEST_CASE("train: 20 steps equal transformers + PEFT + torch AdamW on the same b
   options.on_step = [&](const train::StepMetrics& m) { ours.push_back(m.loss); };
   REQUIRE((*trainer)->Run(options).ok());
   REQUIRE(io::SaveSafetensors(dir + "/batches.safetensors", batches).ok());
-  const nlohmann::json cfg = {{"seed", 7}, {"r", 4}, {"alpha", 8}, {"lr", 0.003}, {"wd", 0.01}, {"warmup", 3}, {"steps", steps}};
+  const nlohmann::json cfg = {{"seed", 7}, {"r", 4},          {"alpha", 8},     {"lr", 0.003},
+                              {"wd", 0.01}, {"warmup", 3}, {"steps", steps}, {"autocast", autocast}};
   const auto replay = testing::RunReference("train_ref.py", {"replay", dir, cfg.dump()});
   REQUIRE(replay.exit_code == 0);
   const std::vector<double> theirs = testing::LastJsonLine(replay.out)["losses"].get<std::vector<double>>();
@@ -370,14 +375,18 @@ TEST_CASE("train: 20 steps equal transformers + PEFT + torch AdamW on the same b
     worst_weight = std::max(worst_weight, (t.detach() - weights[key]).abs().max().item<double>() / (scale > 0 ? scale : 1));
     ++n;
   }
-  std::printf("train: %-11s %lld steps against transformers + PEFT + torch.optim.AdamW: loss %.4f → %.4f (ours) vs "
+  std::printf("train: %-11s %lld steps against transformers + PEFT + torch.optim.AdamW%s: loss %.4f → %.4f (ours) vs "
               "%.4f → %.4f; worst step loss rel diff %.2e; %zu LoRA tensors, worst rel diff %.2e\n",
-              family.c_str(), static_cast<long long>(steps), ours.front(), ours.back(), theirs.front(), theirs.back(), worst_loss, n,
-              worst_weight);
+              family.c_str(), static_cast<long long>(steps), autocast ? " (autocast bf16 both)" : "", ours.front(),
+              ours.back(), theirs.front(), theirs.back(), worst_loss, n, worst_weight);
   // Same data, init and arithmetic order up to BLAS blocking: float32 rounding only, grown over 20
-  // Adam steps (whose first steps move each weight by ±lr whatever the gradient's size).
-  CHECK(worst_loss <= 1e-5);
-  CHECK(worst_weight <= 1e-4);
+  // Adam steps (whose first steps move each weight by ±lr whatever the gradient's size). Under
+  // autocast the same casts happen at the same places, but a GEMM blocked differently can round a
+  // bf16 output one ulp (2^-8) apart; the losses stay within 4e-4 and Adam's normalized steps turn
+  // the rounding of near-zero gradients into weight differences of a few percent (measured 2.6e-2
+  // and 4.1e-2).
+  CHECK(worst_loss <= (autocast ? 2e-3 : 1e-5));
+  CHECK(worst_weight <= (autocast ? 1e-1 : 1e-4));
 }
 
 

@@ -30,7 +30,8 @@ struct CrossEntropyResult {
 
 /// hidden: (N, C) in the model dtype; weight: (V, C) the LM head; labels: int64 (N).
 /// Logits are computed in the model dtype and reduced in float32, as transformers' loss does, and
-/// only for rows whose label is not ignore_index (masked prompt tokens cost no head GEMM).
+/// only for rows whose label is not ignore_index (masked prompt tokens cost no head GEMM). Under
+/// autocast (train/autocast.h) float32 inputs are cast and the GEMMs run in the autocast dtype.
 /// Differentiable in hidden and weight (when they require grad; gradients for both are held from
 /// forward to backward: (N, C) and, for a trainable head, (V, C)). Not twice differentiable.
 /// CPU and CUDA (ATen ops).

@@ -16,6 +16,9 @@
 //   LLMTRAIN_ASSIGN_OR_RETURN(quant::Quantized4 q, quant::Quantize4bit(w, {.double_quant = true}));
 //   auto layer = std::make_shared<quant::QuantizedLinear>(std::move(q), bias);
 //   at::Tensor y = layer->Forward(x);   // x: (…, in) float32/bfloat16/float16
+//
+// Under autocast (train/autocast.h) a float32 input is cast to the autocast dtype, and the layer
+// computes and returns that dtype, as torch.autocast treats linear.
 #pragma once
 
 #include <cstdint>
