@@ -28,7 +28,7 @@ using torch::autograd::variable_list;
 class ChunkedCrossEntropyFunction : public torch::autograd::Function<ChunkedCrossEntropyFunction> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& hidden, const at::Tensor& weight,
-                            const at::Tensor& labels, int64_t chunk, int64_t ignore_index,
+                            const at::Tensor& labels, int64_t chunk, int64_t sub_chunk, int64_t ignore_index,
                             double softcap, bool has_softcap) {
     RECORD_FUNCTION("llmtrain::cross_entropy", std::vector<c10::IValue>());
     const bool need_hidden = hidden.requires_grad(), need_weight = weight.requires_grad();
@@ -42,41 +42,53 @@ class ChunkedCrossEntropyFunction : public torch::autograd::Function<ChunkedCros
         need_weight ? at::empty(weight.sizes(), weight.options().dtype(at::kFloat)) : at::Tensor();
     at::NoGradGuard no_grad;
     const int64_t rows = std::min(n, chunk);
+    // A float32 model reduces its float32 logits in place, so a sub-chunk is the whole chunk. A
+    // bf16/fp16 model's GEMMs take the whole chunk (the larger M runs much faster there) while
+    // the float32 reduction goes through a smaller buffer, sub_chunk rows at a time.
+    const int64_t sub_rows = float_model ? rows : std::min(rows, sub_chunk);
     // Reused per chunk, and no other chunk-sized temporaries: the model-dtype logits (the GEMM's
-    // output, and later the model-dtype gradient), float32 logits that become the log-probabilities
-    // in place (each row's max and sum are taken before the row is written) and then the gradient
-    // (the same buffer as the logits for a float32 model), and tanh(z / cap) under a soft-cap.
+    // output, and then the gradient the backward GEMMs take), float32 logits that become the
+    // log-probabilities in place (each row's max and sum are taken before the row is written) and
+    // then the gradient (the same buffer as the logits for a float32 model), and tanh(z / cap)
+    // under a soft-cap.
     at::Tensor logits_buf = at::empty({rows, vocab}, hidden.options());
-    at::Tensor f32_buf = float_model ? logits_buf : at::empty({rows, vocab}, hidden.options().dtype(at::kFloat));
-    at::Tensor tanh_buf = has_softcap ? at::empty({rows, vocab}, hidden.options().dtype(at::kFloat)) : at::Tensor();
+    at::Tensor f32_buf =
+        float_model ? logits_buf : at::empty({sub_rows, vocab}, hidden.options().dtype(at::kFloat));
+    at::Tensor tanh_buf =
+        has_softcap ? at::empty({sub_rows, vocab}, hidden.options().dtype(at::kFloat)) : at::Tensor();
     for (int64_t begin = 0; begin < n; begin += chunk) {
       const int64_t end = std::min(n, begin + chunk), m = end - begin;
       const at::Tensor h = hidden.slice(0, begin, end);
       at::Tensor logits = logits_buf.narrow(0, 0, m);
       at::mm_out(logits, h, weight.t());
-      at::Tensor logp = f32_buf.narrow(0, 0, m), t;
-      if (!float_model) logp.copy_(logits);
-      if (has_softcap) {  // z = cap · tanh(z / cap), keeping t = tanh(z / cap) for backward
-        t = tanh_buf.narrow(0, 0, m);
-        logp.div_(softcap).tanh_();
-        t.copy_(logp);
-        logp.mul_(softcap);
+      for (int64_t s0 = 0; s0 < m; s0 += sub_rows) {
+        const int64_t s = std::min(sub_rows, m - s0);
+        at::Tensor part = logits.narrow(0, s0, s);
+        at::Tensor logp = float_model ? part : f32_buf.narrow(0, 0, s).copy_(part), t;
+        if (has_softcap) {  // z = cap · tanh(z / cap), keeping t = tanh(z / cap) for backward
+          t = tanh_buf.narrow(0, 0, s);
+          logp.div_(softcap).tanh_();
+          t.copy_(logp);
+          logp.mul_(softcap);
+        }
+        at::_log_softmax_out(logp, logp, 1, false);  // z − logsumexp(z), as transformers' loss
+        const at::Tensor y = labels.slice(0, begin + s0, begin + s0 + s);
+        const at::Tensor counted = y != ignore_index;
+        const at::Tensor safe = at::where(counted, y, at::zeros_like(y)).unsqueeze(1);
+        const at::Tensor nll = -logp.gather(1, safe).squeeze(1);
+        total = total + at::where(counted, nll, at::zeros_like(nll)).sum();
+        if (!need_hidden && !need_weight) continue;
+        // d loss / d logits for g = 1: softmax − onehot on counted rows (zero elsewhere), through
+        // the soft-cap; for a bf16/fp16 model written back over its logits, in the model dtype.
+        at::Tensor d = logp.exp_();
+        d.scatter_add_(1, safe, at::full({s, 1}, -1.0f, d.options()));
+        const at::Tensor ignored = (~counted).nonzero().squeeze(1);
+        if (ignored.numel() > 0) d.index_fill_(0, ignored, 0.0);
+        if (has_softcap) d.mul_(t.square_().neg_().add_(1));
+        if (!float_model) part.copy_(d);
       }
-      at::_log_softmax_out(logp, logp, 1, false);  // z − logsumexp(z), as transformers' loss
-      const at::Tensor y = labels.slice(0, begin, end);
-      const at::Tensor counted = y != ignore_index;
-      const at::Tensor safe = at::where(counted, y, at::zeros_like(y)).unsqueeze(1);
-      const at::Tensor nll = -logp.gather(1, safe).squeeze(1);
-      total = total + at::where(counted, nll, at::zeros_like(nll)).sum();
       if (!need_hidden && !need_weight) continue;
-      // d loss / d logits for g = 1: softmax − onehot on counted rows (zero elsewhere), through
-      // the soft-cap.
-      at::Tensor d = logp.exp_();
-      d.scatter_add_(1, safe, at::full({m, 1}, -1.0f, d.options()));
-      const at::Tensor ignored = (~counted).nonzero().squeeze(1);
-      if (ignored.numel() > 0) d.index_fill_(0, ignored, 0.0);
-      if (has_softcap) d.mul_(t.square_().neg_().add_(1));
-      const at::Tensor d_model = float_model ? d : logits.copy_(d);
+      const at::Tensor& d_model = logits;
       if (need_hidden) {
         at::Tensor rows_out = grad_hidden.slice(0, begin, end);
         at::mm_out(rows_out, d_model, weight);
@@ -122,7 +134,7 @@ class ChunkedCrossEntropyFunction : public torch::autograd::Function<ChunkedCros
       if (grad_weight.defined()) grad_weight.mul_(g.to(grad_weight.scalar_type()));
     }
     return {std::move(grad_hidden), std::move(grad_weight), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
-            at::Tensor()};
+            at::Tensor(), at::Tensor()};
   }
 };
 
@@ -137,11 +149,18 @@ CrossEntropyResult ChunkedCrossEntropy(const at::Tensor& hidden, const at::Tenso
               labels.sizes(), " must be (N) with N = ", hidden.size(0));
   TORCH_CHECK(options.chunk_tokens >= 0 && options.chunk_bytes > 0,
               "ChunkedCrossEntropy: chunk_tokens must be ≥ 0 and chunk_bytes positive");
-  // Rows per chunk: given, or as many as fit the budget of float32 logits (128 for Gemma's 262k
-  // vocabulary with 128 MiB).
-  const int64_t chunk = options.chunk_tokens > 0
-                            ? options.chunk_tokens
-                            : std::max<int64_t>(1, options.chunk_bytes / (weight.size(0) * int64_t{4}));
+  // Rows per chunk: given, or as many model-dtype logits as fit the budget (for Gemma's 262k
+  // vocabulary and 128 MiB: 128 rows in float32, 256 in bf16); a bf16/fp16 model reduces them in
+  // float32 through a buffer of half the budget (64 rows).
+  const int64_t vocab = weight.size(0);
+  const c10::DeviceType device = hidden.device().type();
+  const bool autocast = hidden.scalar_type() == at::kFloat && at::autocast::is_autocast_enabled(device);
+  const int64_t elem =
+      autocast ? static_cast<int64_t>(c10::elementSize(at::autocast::get_autocast_dtype(device)))
+               : static_cast<int64_t>(c10::elementSize(hidden.scalar_type()));
+  const int64_t chunk =
+      options.chunk_tokens > 0 ? options.chunk_tokens : std::max<int64_t>(1, options.chunk_bytes / (vocab * elem));
+  const int64_t sub_chunk = std::max<int64_t>(1, options.chunk_bytes / 2 / (vocab * int64_t{4}));
   const at::Tensor counted = labels != options.ignore_index;
   const at::Tensor in_range = (labels >= 0) & (labels < weight.size(0));
   TORCH_CHECK((in_range | ~counted).all().item<bool>(), "ChunkedCrossEntropy: a label is outside [0, ",
@@ -155,8 +174,7 @@ CrossEntropyResult ChunkedCrossEntropy(const at::Tensor& hidden, const at::Tenso
   at::Tensor head = weight;
   // Under autocast the head's GEMMs run in the autocast dtype, as torch.autocast runs the
   // lm_head linear; the reduction stays float32 either way.
-  const c10::DeviceType device = hidden.device().type();
-  if (hidden.scalar_type() == at::kFloat && at::autocast::is_autocast_enabled(device)) {
+  if (autocast) {
     const c10::ScalarType dtype = at::autocast::get_autocast_dtype(device);
     rows = rows.to(dtype);
     head = weight.to(dtype);
@@ -166,7 +184,7 @@ CrossEntropyResult ChunkedCrossEntropy(const at::Tensor& hidden, const at::Tenso
     rows = rows.index_select(0, keep);
     targets = targets.index_select(0, keep);
   }
-  result.loss_sum = ChunkedCrossEntropyFunction::apply(rows, head, targets, chunk,
+  result.loss_sum = ChunkedCrossEntropyFunction::apply(rows, head, targets, chunk, sub_chunk,
                                                        options.ignore_index, options.final_softcap.value_or(0.0),
                                                        options.final_softcap.has_value());
   return result;

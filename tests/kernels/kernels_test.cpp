@@ -63,7 +63,10 @@ TEST_CASE("chunked cross-entropy in bf16 equals the full bf16 computation", "[ke
   // gradient is rounded to bf16 before the two backward GEMMs on both sides. With and without a
   // soft-cap, with ignored labels.
   const bool softcap = GENERATE(false, true);
-  INFO("softcap " << softcap);
+  // Chunks of 8 rows reduced whole, or a byte budget: chunks of 16 bf16 rows reduced 4 float32
+  // rows at a time.
+  const bool budget = GENERATE(false, true);
+  INFO("softcap " << softcap << " budget " << budget);
   const std::optional<double> cap = softcap ? std::optional<double>(3.0) : std::nullopt;
   at::manual_seed(4);
   const at::Tensor hidden0 = at::randn({29, 32}).to(at::kBFloat16);
@@ -77,7 +80,8 @@ TEST_CASE("chunked cross-entropy in bf16 equals the full bf16 computation", "[ke
   const at::Tensor h = hidden0.clone().set_requires_grad(true);
   const at::Tensor w = weight0.clone().set_requires_grad(true);
   kernels::CrossEntropyOptions options;
-  options.chunk_tokens = 8;
+  options.chunk_tokens = budget ? 0 : 8;
+  options.chunk_bytes = budget ? 16 * 70 * 2 : options.chunk_bytes;
   options.final_softcap = cap;
   const auto result = kernels::ChunkedCrossEntropy(h, w, labels, options);
   (result.loss_sum * 0.5).backward();

@@ -1,8 +1,8 @@
 // Cross-entropy over a large vocabulary without the full logits: hidden states times the LM head,
 // chunk by chunk. Each chunk's gradients are computed while its logits exist (the loss is the last
 // op, so backward only scales them), so it costs the same three GEMMs as the full version. For
-// Gemma's 262k vocabulary the full fp32 logits take 1 GiB per 1k tokens; a chunk takes 128 MiB
-// (128 tokens) by default, plus as much again in bf16/fp16 models (the float32 reduction).
+// Gemma's 262k vocabulary the full fp32 logits take 1 GiB per 1k tokens; a chunk takes 128 MiB by
+// default (128 tokens in float32, 256 in bf16, whose float32 reduction adds 64 MiB).
 //
 //   auto [loss_sum, n_tokens] = kernels::ChunkedCrossEntropy(hidden, lm_head, labels, {});
 //   (loss_sum / total_tokens_over_micro_batches).backward();  // token-normalized accumulation
@@ -16,7 +16,7 @@
 namespace llmtrain::kernels {
 
 struct CrossEntropyOptions {
-  /// Rows of logits materialized at once; 0: as many as chunk_bytes of float32 logits hold.
+  /// Rows of logits materialized at once; 0: as many as chunk_bytes of model-dtype logits hold.
   int64_t chunk_tokens = 0;
   int64_t chunk_bytes = int64_t{128} << 20;
   int64_t ignore_index = -100;          ///< labels equal to this contribute nothing
