@@ -18,6 +18,8 @@ namespace llmtrain::kernels {
 struct CrossEntropyOptions {
   /// Rows of logits materialized at once; 0: as many as chunk_bytes of model-dtype logits hold.
   int64_t chunk_tokens = 0;
+  /// Budget of one chunk's model-dtype logits; bf16/fp16 models reduce them in float32 through a
+  /// buffer of half this size.
   int64_t chunk_bytes = int64_t{128} << 20;
   int64_t ignore_index = -100;          ///< labels equal to this contribute nothing
   std::optional<double> final_softcap;  ///< Gemma 2: logits = cap · tanh(logits / cap) first
