@@ -129,14 +129,7 @@ int main(int argc, char** argv) {
       lora_layer->lora_B().mutable_grad() = at::Tensor();
       lora_layer->Forward(x).backward(g);
     };
-    step();
-    std::vector<double> ours, theirs;
-    for (int64_t r = 0; r < rounds; ++r) {
-      const auto start = Clock::now();
-      step();
-      ours.push_back(std::chrono::duration<double>(Clock::now() - start).count());
-      if (have_reference) theirs.push_back(reference.Ask("lora").value("s", 0.0));
-    }
+    const auto [ours, theirs] = bench::TimeAgainstReference(rounds, step, have_reference ? &reference : nullptr, "lora");
     if (have_reference) {
       std::printf("LoRA on NF4 fwd+bwd: ours %7.2f ms; PEFT + bitsandbytes %7.2f ms: %.2fx faster (goal ≥ 2x)\n",
                   Median(ours) * 1e3, Median(theirs) * 1e3, Median(theirs) / Median(ours));

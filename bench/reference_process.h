@@ -8,6 +8,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <utility>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -22,6 +26,16 @@ inline double Median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v.empty() ? 0.0 : v[v.size() / 2];
 }
+
+class ReferenceProcess;
+
+/// Our step against the reference's: `ours` runs once to warm up, then each round times one call of
+/// it here and asks the reference for one `command` (its reply's "s", seconds), so the machine's
+/// drift hits both alike. Without a reference (null) only ours runs. Returns both series.
+std::pair<std::vector<double>, std::vector<double>> TimeAgainstReference(int64_t rounds,
+                                                                          const std::function<void()>& ours,
+                                                                          ReferenceProcess* reference,
+                                                                          const std::string& command);
 
 class ReferenceProcess {
  public:
@@ -72,5 +86,23 @@ class ReferenceProcess {
   FILE* out_ = nullptr;
 };
 
+
+inline std::pair<std::vector<double>, std::vector<double>> TimeAgainstReference(int64_t rounds,
+                                                                                 const std::function<void()>& ours,
+                                                                                 ReferenceProcess* reference,
+                                                                                 const std::string& command) {
+  ours();
+  std::vector<double> mine, theirs;
+  for (int64_t r = 0; r < rounds; ++r) {
+    const auto start = std::chrono::steady_clock::now();
+    ours();
+    mine.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    if (reference != nullptr) {
+      const nlohmann::json reply = reference->Ask(command);
+      theirs.push_back(reply.is_object() ? reply.value("s", 0.0) : 0.0);
+    }
+  }
+  return {mine, theirs};
+}
 
 }  // namespace llmtrain::bench

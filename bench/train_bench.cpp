@@ -41,7 +41,6 @@
 namespace {
 
 using namespace llmtrain;
-using Clock = std::chrono::steady_clock;
 using bench::Median;
 
 int64_t PeakRssMib() {
@@ -161,17 +160,7 @@ int main(int argc, char** argv) {
     adam.Step(1e-4);
     for (at::Tensor& p : params) p.mutable_grad() = at::Tensor();
   };
-  step();
-  std::vector<double> ours, theirs;
-  for (int64_t r = 0; r < rounds; ++r) {
-    const auto start = Clock::now();
-    step();
-    ours.push_back(std::chrono::duration<double>(Clock::now() - start).count());
-    if (have_reference) {
-      const nlohmann::json reply = reference.Ask("step");
-      theirs.push_back(reply.is_object() ? reply.value("s", 0.0) : 0.0);
-    }
-  }
+  const auto [ours, theirs] = bench::TimeAgainstReference(rounds, step, have_reference ? &reference : nullptr, "step");
   std::printf("ours: RSS %lld MiB after loading (peak %lld MiB while loading), %lld MiB after the steps\n",
               static_cast<long long>(loaded_rss), static_cast<long long>(loaded_peak),
               static_cast<long long>(CurrentRssMib()));

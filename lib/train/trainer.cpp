@@ -189,12 +189,16 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const spec::RunSpec& sp
 
 namespace {
 
-// Σ token loss and count of a batch (labels shifted: position t predicts t + 1).
-// Under training.autocast the forward and the loss run inside an AutocastGuard; backward runs
+// training.autocast: forwards and losses run inside the guard this turns on; backward runs
 // outside it, as with torch.autocast.
+void EnterAutocast(std::optional<AutocastGuard>* guard, const std::string& autocast, const model::Decoder& model) {
+  if (autocast == "bf16") guard->emplace(model.lm_head().device().type(), at::kBFloat16);
+}
+
+// Σ token loss and count of a batch (labels shifted: position t predicts t + 1).
 kernels::CrossEntropyResult BatchLoss(const model::Decoder& model, const data::Batch& b, const std::string& autocast) {
   std::optional<AutocastGuard> guard;
-  if (autocast == "bf16") guard.emplace(model.lm_head().device().type(), at::kBFloat16);
+  EnterAutocast(&guard, autocast, model);
   const at::Tensor ids = ToTensor(b.input_ids, b.batch_size, b.seq_len);
   const at::Tensor mask = ToTensor(b.segment_ids.empty() ? b.attention_mask : b.segment_ids, b.batch_size, b.seq_len);
   const at::Tensor positions = ToTensor(b.position_ids, b.batch_size, b.seq_len);
@@ -249,7 +253,7 @@ absl::StatusOr<StepMetrics> Trainer::TrainStep() {
     if (!std::isfinite(m.loss)) {
       lora::SetTraining(s.model.get(), false);
       std::optional<AutocastGuard> guard;
-      if (t.autocast() == "bf16") guard.emplace(s.model->lm_head().device().type(), at::kBFloat16);
+      EnterAutocast(&guard, t.autocast(), *s.model);
       for (const data::Batch& b : batches) {
         if (b.target_tokens == 0) continue;
         const std::optional<std::string> module = s.model->FirstNonFiniteModule(
