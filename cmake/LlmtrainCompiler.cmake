@@ -1,5 +1,6 @@
-# Compiler settings shared by every target: C++17, warnings, ccache, output folders.
-set(CMAKE_CXX_STANDARD 17)
+# Compiler settings shared by every target: C++20 (ATen's headers compile only as C++20),
+# warnings, ccache, output folders.
+set(CMAKE_CXX_STANDARD 20)
 set(CMAKE_CXX_STANDARD_REQUIRED ON)
 set(CMAKE_CXX_EXTENSIONS OFF)
 set(CMAKE_POSITION_INDEPENDENT_CODE ON)

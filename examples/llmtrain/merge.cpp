@@ -10,7 +10,7 @@
 #include "llmtrain/commands.h"
 #include "llmtrain/core/status.h"
 #include "llmtrain/lora/lora.h"
-#include "llmtrain/model/save.h"
+#include "llmtrain/lora/hf_folder.h"
 
 namespace llmtrain::cli {
 namespace {
@@ -74,13 +74,16 @@ int RunMerge(const std::vector<std::string>& args) {
     if (absl::Status merged = lora::MergeAdapters(model->get()); !merged.ok()) {
       return Fail("merge", std::string(merged.message()));
     }
-    model::SaveOptions save;
+    lora::HfFolderOptions save;
     save.dtype = dtype;
     if (!requantize.empty()) {
-      save.quantize_4bit = quant::Quant4Options{requantize == "nf4" ? quant::QuantType::kNf4 : quant::QuantType::kFp4,
-                                                64, /*double_quant=*/true};
+      quant::Quant4Options q4;
+      q4.type = requantize == "nf4" ? quant::QuantType::kNf4 : quant::QuantType::kFp4;
+      q4.blocksize = 64;
+      q4.double_quant = true;
+      save.quantize_4bit = q4;
     }
-    auto report = model::SaveHfFolder(**model, out, save);
+    auto report = lora::SaveHfFolder(**model, out, save);
     if (!report.ok()) return Fail("merge", std::string(report.status().message()));
     std::printf("merge: %zu adapted projections merged; %lld tensors, %.1f MiB written to %s\n", n_adapters,
                 static_cast<long long>(report->tensors), report->bytes / 1048576.0, out.c_str());

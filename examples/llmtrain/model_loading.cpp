@@ -2,6 +2,7 @@
 #include "absl/strings/str_cat.h"
 #include "llmtrain/commands.h"
 #include "llmtrain/lora/lora.h"
+#include "llmtrain/quant/quantized_linear.h"
 
 namespace llmtrain::cli {
 
@@ -30,8 +31,16 @@ bool ModelFlags::Parse(const std::string& option, const std::vector<std::string>
 absl::StatusOr<std::unique_ptr<model::Decoder>> ModelFlags::Load(const std::string& path, Dtype dtype) const {
   model::DecoderOptions options;
   options.dtype = dtype;
-  // transformers' load_in_4bit defaults: blocks of 64 with double quantization (QLoRA's recipe).
-  if (load_in_4bit) options.quantize_4bit = quant::Quant4Options{quant_type, 64, /*double_quant=*/true};
+  // QLoRA's recipe: blocks of 64 with double quantization. A folder saved 4-bit by
+  // transformers + bitsandbytes loads 4-bit whatever --load-in-4bit says.
+  std::optional<quant::Quant4Options> quantize;
+  if (load_in_4bit) {
+    quantize.emplace();
+    quantize->type = quant_type;
+    quantize->blocksize = 64;
+    quantize->double_quant = true;
+  }
+  options.linear_factory = quant::QuantizedLinearFactory(quantize);
   auto model = model::Decoder::Load(path, options);
   if (!model.ok()) return model.status();
   if (!adapter.empty()) {

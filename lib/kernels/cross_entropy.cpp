@@ -9,6 +9,8 @@
 #include <ATen/record_function.h>
 #include <torch/csrc/autograd/custom_function.h>
 
+#include "absl/strings/str_cat.h"
+
 namespace llmtrain::kernels {
 namespace {
 
@@ -188,6 +190,24 @@ CrossEntropyResult ChunkedCrossEntropy(const at::Tensor& hidden, const at::Tenso
                                                        options.ignore_index, options.final_softcap.value_or(0.0),
                                                        options.final_softcap.has_value());
   return result;
+}
+
+absl::Status Validate(const CrossEntropyOptions& o) {
+  if (o.chunk_tokens < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("CrossEntropyOptions.chunk_tokens: expected ≥ 0, found ", o.chunk_tokens));
+  }
+  if (o.chunk_bytes <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat("CrossEntropyOptions.chunk_bytes: expected > 0, found ", o.chunk_bytes));
+  }
+  if (o.ignore_index >= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("CrossEntropyOptions.ignore_index: expected a negative label, found ", o.ignore_index));
+  }
+  if (o.final_softcap && !(*o.final_softcap > 0)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("CrossEntropyOptions.final_softcap: expected > 0, found ", *o.final_softcap));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace llmtrain::kernels

@@ -10,6 +10,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "nlohmann/json.hpp"
 
 namespace llmtrain::lora {
@@ -245,6 +246,26 @@ absl::StatusOr<LoraConfig> ParseAdapterConfig(absl::string_view where, absl::str
     if (absl::Status s = check_regex("modules_to_save", m); !s.ok()) return s;
   }
   return c;
+}
+
+absl::Status Validate(const LoraConfig& config) {
+  std::vector<std::string> errors;
+  if (config.r <= 0) errors.push_back(absl::StrCat("LoraConfig.r: expected > 0, found ", config.r));
+  if (!(config.alpha > 0)) errors.push_back(absl::StrCat("LoraConfig.alpha: expected > 0, found ", config.alpha));
+  if (!(config.dropout >= 0.0 && config.dropout < 1.0)) {
+    errors.push_back(absl::StrCat("LoraConfig.dropout: expected a value in [0, 1), found ", config.dropout));
+  }
+  if (config.dtype != Dtype::kF32 && config.dtype != Dtype::kBf16) {
+    errors.push_back(absl::StrCat("LoraConfig.dtype: expected f32 or bf16, found ", SafetensorsName(config.dtype)));
+  }
+  for (const auto& [pattern, r] : config.rank_pattern) {
+    if (r <= 0) errors.push_back(absl::StrCat("LoraConfig.rank_pattern[\"", pattern, "\"]: expected > 0, found ", r));
+  }
+  for (const auto& [pattern, a] : config.alpha_pattern) {
+    if (!(a > 0)) errors.push_back(absl::StrCat("LoraConfig.alpha_pattern[\"", pattern, "\"]: expected > 0, found ", a));
+  }
+  if (errors.empty()) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrJoin(errors, "\n"));
 }
 
 }  // namespace llmtrain::lora

@@ -184,6 +184,7 @@ at::Tensor LoraLinear::MergedWeight(c10::ScalarType dtype) const {
 }
 
 absl::StatusOr<std::vector<std::string>> InjectLora(model::Decoder* model, const LoraConfig& config) {
+  if (absl::Status valid = Validate(config); !valid.ok()) return valid;
   if (config.r <= 0) return absl::InvalidArgumentError(absl::StrCat("r: must be positive, got ", config.r));
   if (config.dropout < 0.0 || config.dropout >= 1.0) {
     return absl::InvalidArgumentError(absl::StrCat("lora_dropout: must be in [0, 1), got ", config.dropout));

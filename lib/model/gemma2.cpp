@@ -31,6 +31,7 @@ absl::StatusOr<FamilySpec> detail::GemmaSpec(const io::TextConfig& config) {
   spec.attn_softcap = config.attn_logit_softcapping;    // 50: cap·tanh(s/cap) before the mask
   spec.final_softcap = config.final_logit_softcapping;  // 30
   spec.gguf_norm_offset = 1.0;            // llama.cpp stores 1 + w
+  spec.end_of_turn_tokens = {"<end_of_turn>"};
   spec.weights = detail::LlamaStyleWeights();
   AddGemmaNorms(&spec.weights);
   LLMTRAIN_RETURN_IF_ERROR(detail::FillLayerPattern(config, &spec));

@@ -23,4 +23,10 @@ void DenseLinear::AppendTrainable(std::vector<at::Tensor>* out) const {
   if (bias_.defined() && bias_.requires_grad()) out->push_back(bias_);
 }
 
+absl::StatusOr<std::shared_ptr<Linear>> MakeDenseLinear(const ProjectionSource& source) {
+  auto weight = source.dense_weight();
+  if (!weight.ok()) return weight.status();
+  return std::make_shared<DenseLinear>(*std::move(weight), source.bias);
+}
+
 }  // namespace llmtrain::model

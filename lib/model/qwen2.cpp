@@ -12,6 +12,7 @@ absl::StatusOr<FamilySpec> detail::QwenSpec(const io::TextConfig& config) {
   spec.norm = NormStyle::kQwen;           // y = w · cast(x̂) (Qwen2RMSNorm)
   spec.activation = Activation::kSilu;
   spec.attn_scale = 1.0 / std::sqrt(static_cast<double>(config.head_dim));
+  spec.end_of_turn_tokens = {"<|im_end|>", "<|endoftext|>"};  // ChatML's turn end, and the base models' EOS
   spec.weights = detail::LlamaStyleWeights();
   // Qwen's HF post_attention_layernorm is the pre-MLP norm (GGUF ffn_norm).
   spec.weights.push_back({Role::kPostAttnNorm, "model.layers.{i}.post_attention_layernorm.weight",

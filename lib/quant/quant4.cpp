@@ -134,12 +134,17 @@ at::Tensor DynamicMap() {
   return at::tensor(data, at::kFloat);
 }
 
-absl::StatusOr<Quantized4> Quantize4bit(const at::Tensor& weight, const Quant4Options& options) {
+absl::Status Validate(const Quant4Options& options) {
   static constexpr std::array<int64_t, 8> kBlocksizes = {32, 64, 128, 256, 512, 1024, 2048, 4096};
   if (std::find(kBlocksizes.begin(), kBlocksizes.end(), options.blocksize) == kBlocksizes.end()) {
-    return absl::InvalidArgumentError(absl::StrCat("blocksize: ", options.blocksize,
+    return absl::InvalidArgumentError(absl::StrCat("Quant4Options.blocksize: ", options.blocksize,
                                                    " is not one of 32, 64, 128, 256, 512, 1024, 2048, 4096"));
   }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Quantized4> Quantize4bit(const at::Tensor& weight, const Quant4Options& options) {
+  if (absl::Status valid = Validate(options); !valid.ok()) return valid;
   const c10::ScalarType dtype = weight.scalar_type();
   if (dtype != at::kFloat && dtype != at::kHalf && dtype != at::kBFloat16) {
     return absl::InvalidArgumentError(absl::StrCat("4-bit quantization takes float32, float16 or bfloat16, not ",

@@ -26,18 +26,6 @@ std::string DequantizeScalesCuda(const uint8_t* absmax_codes, const float* neste
                                  const float* nested_absmax, float offset, int64_t n_blocks,
                                  int64_t nested_blocksize, float* scales_out, void* stream);
 
-/// Dequantizes the flattened elements [elem_begin, elem_begin + elem_count) of a 4-bit weight
-/// into out[0, elem_count): element e is byte e / 2 of `packed` (high nibble when e is even),
-/// value = code16[nibble] × scales[e / blocksize] in float32, then rounded to nearest even into
-/// out_dtype (a CudaDtype). `scales` is indexed by the absolute block e / blocksize: only the
-/// blocks the range touches are read, so a caller holding one tile's scales passes that buffer
-/// minus its first block. Wide loads and stores when elem_begin % 16 == 0, blocksize % 16 == 0,
-/// `packed` is 8-byte aligned and `out` 16-byte aligned; any other range takes an
-/// element-per-thread path with the same results.
-std::string Dequantize4bitCuda(const uint8_t* packed, const float* scales, const float* code16,
-                               int64_t elem_begin, int64_t elem_count, int64_t blocksize,
-                               int out_dtype, void* out, void* stream);
-
 /// Row-major GEMM on cuBLASLt with float32 accumulation; x, w and y all hold `dtype` (a
 /// CudaDtype), alpha is 1:
 ///   w_transposed = true:  y(m, n) = x(m, k) · w(n, k)ᵀ + beta · y   (forward:  Y = X · Wᵀ)
@@ -52,14 +40,14 @@ std::string GemmBf16Cuda(const void* x, const void* w, void* y, int64_t m, int64
                          bool w_transposed, int dtype, float beta, void* stream);
 
 /// y(M, N) bfloat16 = x(M, K) bfloat16 · W(N, K)ᵀ, with W the 4-bit weight (out = N, in = K) of
-/// `packed` / `scales` / `code16` (as in Dequantize4bitCuda), dequantized tile by tile in shared
+/// `packed` / `scales` / `code16` (as in kernels::detail::Dequantize4bitCuda, lib/kernels/kernels_cuda.h), dequantized tile by tile in shared
 /// memory and rounded to bfloat16 before the tensor-core products (so W matches
-/// Dequantize4bitCuda(…, kCudaBf16, …)); float32 accumulation. Meant for small M (decode and short
+/// kernels::detail::Dequantize4bitCuda(…, kCudaBf16, …)); float32 accumulation. Meant for small M (decode and short
 /// prompts, M up to a few dozen rows), where streaming the 4-bit W once beats dequantizing it to
 /// memory; any M is correct. Needs compute capability 8.0+, K % blocksize == 0 and
 /// blocksize % 16 == 0 (so K is even and a multiple of 16; every bitsandbytes blocksize
 /// qualifies), M, N, K < 2^31, x 16-byte and packed 8-byte aligned; otherwise it returns an error
-/// without launching and the caller falls back to Dequantize4bitCuda + GemmBf16Cuda. The sum
+/// without launching and the caller falls back to the dequantization kernel + GemmBf16Cuda. The sum
 /// order differs from cuBLAS, so results agree to rounding, not bit for bit.
 std::string FusedNf4GemmCuda(const void* x, int64_t M, int64_t K, const uint8_t* packed,
                              const float* scales, const float* code16, int64_t N, int64_t blocksize,

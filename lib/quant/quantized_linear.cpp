@@ -21,164 +21,21 @@
 #include <cstring>
 #include <vector>
 
-#if defined(__x86_64__)
-#include <immintrin.h>
-#endif
-
-#include "core/half.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "llmtrain/core/status.h"
+#include "llmtrain/kernels/dequant4.h"
+#include "llmtrain/quant/bnb_format.h"
 
 #if LLMTRAIN_WITH_CUDA
 #include <c10/cuda/CUDAStream.h>
 
+#include "kernels/kernels_cuda.h"
 #include "quant/quant4_cuda.h"
 #endif
 
 namespace llmtrain::quant {
 namespace {
-
-// Rounds a float32 product to the state's dtype (kept as float32 bits) the way .to(dtype) does.
-inline float RoundTo(float v, c10::ScalarType dtype) {
-  if (dtype == c10::kBFloat16) return ::llmtrain::detail::Bf16ToFloat(::llmtrain::detail::FloatToBf16(v));
-  if (dtype == c10::kHalf) return ::llmtrain::detail::F16ToFloat(::llmtrain::detail::FloatToF16(v));
-  return v;
-}
-
-inline void Store(float v, c10::ScalarType out_dtype, void* out, int64_t i) {
-  switch (out_dtype) {
-    case c10::kFloat: static_cast<float*>(out)[i] = v; break;
-    case c10::kBFloat16: static_cast<uint16_t*>(out)[i] = ::llmtrain::detail::FloatToBf16(v); break;
-    default: static_cast<uint16_t*>(out)[i] = ::llmtrain::detail::FloatToF16(v); break;
-  }
-}
-
-inline uint8_t Nibble(const uint8_t* packed, int64_t e) {
-  const uint8_t byte = packed[e / 2];
-  return e % 2 == 0 ? byte >> 4 : byte & 0x0F;
-}
-
-#if defined(__x86_64__)
-// 16 elements from 8 packed bytes (element 2j is byte j's high nibble), times `scale`, stored as
-// float32, or rounded to bfloat16 (to_bf16), or rounded to bfloat16 and kept as float32.
-enum class Avx2Out { kF32, kBf16, kBf16AsF32 };
-
-__attribute__((target("avx2"))) void Dequant16Avx2(const uint8_t* bytes, __m256 lo_tab, __m256 hi_tab,
-                                                   __m256 scale, Avx2Out mode, void* out) {
-  uint64_t raw;
-  std::memcpy(&raw, bytes, 8);
-  const __m128i b = _mm_cvtsi64_si128(static_cast<long long>(raw));
-  const __m128i mask = _mm_set1_epi8(0x0F);
-  const __m128i hi = _mm_and_si128(_mm_srli_epi16(b, 4), mask);
-  const __m128i lo = _mm_and_si128(b, mask);
-  const __m128i nibbles = _mm_unpacklo_epi8(hi, lo);  // element order: hi0, lo0, hi1, lo1, …
-  __m256 v[2];
-  for (int half = 0; half < 2; ++half) {
-    const __m256i idx = _mm256_cvtepu8_epi32(half == 0 ? nibbles : _mm_srli_si128(nibbles, 8));
-    // A 16-entry lookup: two 8-entry permutes, picked by bit 3 of the index (moved to the sign).
-    const __m256 from_lo = _mm256_permutevar8x32_ps(lo_tab, idx);
-    const __m256 from_hi = _mm256_permutevar8x32_ps(hi_tab, idx);
-    const __m256 code = _mm256_blendv_ps(from_lo, from_hi, _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));
-    v[half] = _mm256_mul_ps(code, scale);
-  }
-  if (mode == Avx2Out::kF32) {
-    _mm256_storeu_ps(static_cast<float*>(out), v[0]);
-    _mm256_storeu_ps(static_cast<float*>(out) + 8, v[1]);
-    return;
-  }
-  // Round to nearest even on the upper 16 bits (the values are finite).
-  __m256i r[2];
-  for (int half = 0; half < 2; ++half) {
-    const __m256i bits = _mm256_castps_si256(v[half]);
-    const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
-    r[half] = _mm256_add_epi32(bits, _mm256_add_epi32(_mm256_set1_epi32(0x7FFF), odd));
-  }
-  if (mode == Avx2Out::kBf16AsF32) {
-    const __m256i keep = _mm256_set1_epi32(static_cast<int>(0xFFFF0000u));
-    _mm256_storeu_si256(static_cast<__m256i*>(out), _mm256_and_si256(r[0], keep));
-    _mm256_storeu_si256(static_cast<__m256i*>(out) + 1, _mm256_and_si256(r[1], keep));
-    return;
-  }
-  const __m256i packed = _mm256_packus_epi32(_mm256_srli_epi32(r[0], 16), _mm256_srli_epi32(r[1], 16));
-  _mm256_storeu_si256(static_cast<__m256i*>(out), _mm256_permute4x64_epi64(packed, 0xD8));
-}
-
-// Elements [e, end) of one block (e even) in groups of 16; returns where the scalar tail starts.
-__attribute__((target("avx2"))) int64_t DequantBlockAvx2(const uint8_t* packed, const float* code, float scale,
-                                                         int64_t e, int64_t end, int64_t begin, Avx2Out mode,
-                                                         size_t out_size, void* out) {
-  const __m256 lo_tab = _mm256_loadu_ps(code), hi_tab = _mm256_loadu_ps(code + 8);
-  const __m256 scale_v = _mm256_set1_ps(scale);
-  for (; e + 16 <= end; e += 16) {
-    Dequant16Avx2(packed + e / 2, lo_tab, hi_tab, scale_v, mode, static_cast<char*>(out) + (e - begin) * out_size);
-  }
-  return e;
-}
-
-// GCC 12's AVX-512 headers trip -Wmaybe-uninitialized on their own _mm512_undefined_* values.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-// AVX-512: one 16-entry permute looks up 16 codes at once. Same products and the same
-// round-to-nearest-even as the AVX2 path, so the results are identical.
-__attribute__((target("avx512f,avx512bw,avx512vl"))) int64_t DequantBlockAvx512(
-    const uint8_t* packed, const float* code, float scale, int64_t e, int64_t end, int64_t begin, Avx2Out mode,
-    size_t out_size, void* out) {
-  const __m512 table = _mm512_loadu_ps(code);
-  const __m512 scale_v = _mm512_set1_ps(scale);
-  const __m128i mask = _mm_set1_epi8(0x0F);
-  // 32 elements (16 bytes) per step while they last: two lookups from one load.
-  if (mode == Avx2Out::kBf16) {
-    for (; e + 32 <= end; e += 32) {
-      const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(packed + e / 2));
-      const __m128i hi = _mm_and_si128(_mm_srli_epi16(b, 4), mask), lo = _mm_and_si128(b, mask);
-      __m256i half[2];
-      for (int k = 0; k < 2; ++k) {
-        const __m128i nibbles = k == 0 ? _mm_unpacklo_epi8(hi, lo) : _mm_unpackhi_epi8(hi, lo);
-        const __m512 v = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_cvtepu8_epi32(nibbles), table), scale_v);
-        const __m512i bits = _mm512_castps_si512(v);
-        const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
-        const __m512i rounded = _mm512_add_epi32(bits, _mm512_add_epi32(_mm512_set1_epi32(0x7FFF), odd));
-        half[k] = _mm512_cvtepi32_epi16(_mm512_srli_epi32(rounded, 16));
-      }
-      char* dst = static_cast<char*>(out) + (e - begin) * out_size;
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), half[0]);
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst) + 1, half[1]);
-    }
-  }
-  for (; e + 16 <= end; e += 16) {
-    uint64_t raw;
-    std::memcpy(&raw, packed + e / 2, 8);
-    const __m128i b = _mm_cvtsi64_si128(static_cast<long long>(raw));
-    const __m128i nibbles = _mm_unpacklo_epi8(_mm_and_si128(_mm_srli_epi16(b, 4), mask), _mm_and_si128(b, mask));
-    const __m512 v = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_cvtepu8_epi32(nibbles), table), scale_v);
-    char* dst = static_cast<char*>(out) + (e - begin) * out_size;
-    if (mode == Avx2Out::kF32) {
-      _mm512_storeu_ps(dst, v);
-      continue;
-    }
-    const __m512i bits = _mm512_castps_si512(v);
-    const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
-    const __m512i rounded = _mm512_add_epi32(bits, _mm512_add_epi32(_mm512_set1_epi32(0x7FFF), odd));
-    if (mode == Avx2Out::kBf16AsF32) {
-      _mm512_storeu_si512(dst, _mm512_and_si512(rounded, _mm512_set1_epi32(static_cast<int>(0xFFFF0000u))));
-    } else {
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), _mm512_cvtepi32_epi16(_mm512_srli_epi32(rounded, 16)));
-    }
-  }
-  return e;
-}
-
-#pragma GCC diagnostic pop
-
-bool HasAvx512() {
-  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                          __builtin_cpu_supports("avx512vl") && std::getenv("LLMTRAIN_NO_AVX512") == nullptr;
-  return has;
-}
-
-bool HasAvx2() {
-  static const bool has = __builtin_cpu_supports("avx2");
-  return has;
-}
-#endif
 
 std::atomic<int64_t> g_large_tile_bytes{int64_t{16} << 20};
 
@@ -197,81 +54,101 @@ T* Scratch(std::vector<T>* buffer, size_t n) {
   return buffer->data();
 }
 
+}  // namespace
+
+// The layer's weight and kernels. Held by shared pointer: the autograd node of a forward keeps
+// its own reference (ImplHandle below), so backward never reaches through a raw pointer to a
+// layer that may have been replaced or freed since.
+namespace detail {
+struct QuantizedLinearState {
+  QuantizedLinearState(Quantized4 weight, int64_t out, int64_t in) : weight_(std::move(weight)), out_(out), in_(in) {}
+  void DequantizeRows(int64_t row_begin, int64_t row_end, at::Tensor& out) const;
+  // Output rows [r0, r0 + rows) dequantized to `dtype` in `buffer` (grown as needed): a view of it.
+  at::Tensor DequantizedTile(int64_t r0, int64_t rows, c10::ScalarType dtype, std::vector<char>* buffer) const;
+  // y (…, out) = x (…, in) · Wᵀ, and grad_x (…, in) = grad_y (…, out) · W, without autograd.
+  at::Tensor Matmul(const at::Tensor& x) const;
+  at::Tensor MatmulTransposed(const at::Tensor& grad_y) const;
+  // The CUDA path: tiles dequantized by kernels/dequant4.cu and multiplied by cuBLASLt (or the
+  // fused kernel for small M). x2 is (M, in) or, transposed, (M, out).
+  at::Tensor CudaMatmul(const at::Tensor& x2, bool transposed) const;
+
+  Quantized4 weight_;
+  at::Tensor scales_;  // float32 (n_blocks): without double quantization, the stored absmax
+  at::Tensor code_;    // float32 (16)
+  int64_t out_ = 0, in_ = 0;
+  // Device copies of the packed data, scales and code, made on the first CUDA forward.
+  mutable at::Tensor device_packed_, device_scales_, device_code_;
+};
+}  // namespace detail
+
+namespace {
+
+// An owned reference to a layer's Impl that can ride in an autograd node's saved_data.
+struct ImplHandle : torch::CustomClassHolder {
+  explicit ImplHandle(std::shared_ptr<const detail::QuantizedLinearState> impl) : impl(std::move(impl)) {}
+  std::shared_ptr<const detail::QuantizedLinearState> impl;
+};
+
 // grad_x = grad_y · W through the frozen 4-bit weight; W gets no gradient.
 class QuantizedMatmul : public torch::autograd::Function<QuantizedMatmul> {
  public:
-  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, int64_t layer) {
-    ctx->saved_data["layer"] = layer;
-    return reinterpret_cast<const QuantizedLinear*>(layer)->MatmulNoGrad(x);
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
+                            const std::shared_ptr<const detail::QuantizedLinearState>& impl) {
+    ctx->saved_data["impl"] = c10::IValue::make_capsule(c10::make_intrusive<ImplHandle>(impl));
+    return impl->Matmul(x);
   }
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
-    const auto* layer = reinterpret_cast<const QuantizedLinear*>(ctx->saved_data["layer"].toInt());
-    return {layer->MatmulTransposedNoGrad(grads[0]), at::Tensor()};
+    const auto handle = c10::static_intrusive_pointer_cast<ImplHandle>(ctx->saved_data["impl"].toCapsule());
+    return {handle->impl->MatmulTransposed(grads[0]), at::Tensor()};
   }
 };
 
 }  // namespace
 
-void DequantizeElements(const uint8_t* packed, const float* scales, const float* code,
-                        int64_t blocksize, int64_t begin, int64_t count, c10::ScalarType state_dtype,
-                        c10::ScalarType out_dtype, void* out) {
-  const int64_t end = begin + count;
-  const size_t out_size = c10::elementSize(out_dtype);
-#if defined(__x86_64__)
-  const bool vector = HasAvx2() && (out_dtype == c10::kFloat || out_dtype == c10::kBFloat16) &&
-                      (state_dtype == c10::kFloat || state_dtype == c10::kBFloat16);
-  const Avx2Out mode = out_dtype == c10::kBFloat16 ? Avx2Out::kBf16
-                       : state_dtype == c10::kBFloat16 ? Avx2Out::kBf16AsF32 : Avx2Out::kF32;
-#endif
-  int64_t e = begin;
-  while (e < end) {
-    const int64_t block = e / blocksize;
-    const int64_t segment_end = std::min(end, (block + 1) * blocksize);
-    const float scale = scales[block];
-#if defined(__x86_64__)
-    if (vector) {
-      if (e % 2 != 0) {  // an odd start: one element, so the vector loop starts on a byte
-        Store(RoundTo(code[Nibble(packed, e)] * scale, state_dtype), out_dtype, out, e - begin);
-        ++e;
-      }
-      e = HasAvx512() ? DequantBlockAvx512(packed, code, scale, e, segment_end, begin, mode, out_size, out)
-                      : DequantBlockAvx2(packed, code, scale, e, segment_end, begin, mode, out_size, out);
-    }
-#endif
-    for (; e < segment_end; ++e) {
-      Store(RoundTo(code[Nibble(packed, e)] * scale, state_dtype), out_dtype, out, e - begin);
-    }
-  }
-}
-
-QuantizedLinear::QuantizedLinear(Quantized4 weight, at::Tensor bias)
-    : weight_(std::move(weight)), bias_(std::move(bias)) {
-  TORCH_CHECK(weight_.state.shape.size() == 2, "QuantizedLinear: the quantized weight must be 2-D (out, in)");
-  out_ = weight_.state.shape[0];
-  in_ = weight_.state.shape[1];
-  TORCH_CHECK(!bias_.defined() || (bias_.dim() == 1 && bias_.size(0) == out_),
-              "QuantizedLinear: bias must have ", out_, " elements");
-  weight_.packed = weight_.packed.contiguous();
-  code_ = weight_.state.code.to(at::kFloat).contiguous();
+QuantizedLinear::QuantizedLinear(Quantized4 weight, at::Tensor bias) : bias_(std::move(bias)) {
+  TORCH_CHECK(weight.state.shape.size() == 2, "QuantizedLinear: the quantized weight must be 2-D (out, in)");
+  const int64_t out = weight.state.shape[0], in = weight.state.shape[1];
+  TORCH_CHECK(!bias_.defined() || (bias_.dim() == 1 && bias_.size(0) == out),
+              "QuantizedLinear: bias must have ", out, " elements");
+  auto impl = std::make_shared<detail::QuantizedLinearState>(std::move(weight), out, in);
+  impl->weight_.packed = impl->weight_.packed.contiguous();
+  impl->code_ = impl->weight_.state.code.to(at::kFloat).contiguous();
   // Without double quantization the scales are the stored float32 absmax. With it they stay
   // 8-bit and each tile rebuilds its own from the nested codes (DequantizeRows), so the layer
   // keeps the memory double quantization saves.
-  if (!weight_.state.nested) scales_ = weight_.state.absmax.to(at::kFloat).contiguous();
+  if (!impl->weight_.state.nested) impl->scales_ = impl->weight_.state.absmax.to(at::kFloat).contiguous();
+  impl_ = std::move(impl);
+}
+
+QuantizedLinear::~QuantizedLinear() = default;
+
+int64_t QuantizedLinear::in_features() const { return impl_->in_; }
+int64_t QuantizedLinear::out_features() const { return impl_->out_; }
+absl::string_view QuantizedLinear::kind() const { return QuantTypeName(impl_->weight_.state.type); }
+const Quantized4& QuantizedLinear::quantized() const { return impl_->weight_; }
+
+void QuantizedLinear::DequantizeRows(int64_t row_begin, int64_t row_end, at::Tensor& out) const {
+  TORCH_CHECK(0 <= row_begin && row_begin <= row_end && row_end <= impl_->out_, "DequantizeRows: rows [", row_begin,
+              ", ", row_end, ") of ", impl_->out_);
+  TORCH_CHECK(out.is_cpu() && out.is_contiguous() && out.numel() == (row_end - row_begin) * impl_->in_,
+              "DequantizeRows: out must be a contiguous CPU tensor of ", (row_end - row_begin) * impl_->in_,
+              " elements");
+  impl_->DequantizeRows(row_begin, row_end, out);
 }
 
 int64_t QuantizedLinear::StorageBytes() const {
-  const Quant4State& s = weight_.state;
-  int64_t bytes = weight_.packed.nbytes() + s.absmax.nbytes() + s.code.nbytes() + 4 /*offset*/;
+  const Quant4State& s = impl_->weight_.state;
+  int64_t bytes = impl_->weight_.packed.nbytes() + s.absmax.nbytes() + s.code.nbytes() + 4 /*offset*/;
   if (s.nested) bytes += s.nested_absmax.nbytes() + s.nested_code.nbytes();
   return bytes;
 }
 
 at::Tensor QuantizedLinear::DenseWeight(c10::ScalarType dtype) const {
-  return Dequantize4bit(weight_).to(dtype);
+  return Dequantize4bit(impl_->weight_).to(dtype);
 }
 
-void QuantizedLinear::DequantizeRows(int64_t row_begin, int64_t row_end, at::Tensor& out) const {
+void detail::QuantizedLinearState::DequantizeRows(int64_t row_begin, int64_t row_end, at::Tensor& out) const {
   RECORD_FUNCTION("llmtrain::dequantize_4bit", std::vector<c10::IValue>());
   const Quant4State& s = weight_.state;
   const int64_t begin = row_begin * in_, count = (row_end - row_begin) * in_;
@@ -294,7 +171,7 @@ void QuantizedLinear::DequantizeRows(int64_t row_begin, int64_t row_end, at::Ten
   } else {
     scales = scales_.data_ptr<float>();
   }
-  // DequantizeElements indexes scales by absolute block: shift the pointer back by scale_base.
+  // Dequantize4bitCpu indexes scales by absolute block: shift the pointer back by scale_base.
   // Splitting the rows over threads keeps each block's arithmetic the same.
   const uint8_t* packed = weight_.packed.data_ptr<uint8_t>();
   const float* code = code_.data_ptr<float>();
@@ -306,7 +183,7 @@ void QuantizedLinear::DequantizeRows(int64_t row_begin, int64_t row_end, at::Ten
   const size_t elem = c10::elementSize(out_dtype);
   const auto run = [&](int64_t r0, int64_t r1) {
     const int64_t e0 = (row_begin + r0) * in_;
-    DequantizeElements(packed, scales - scale_base, code, s.blocksize, e0, (r1 - r0) * in_, direct,
+    kernels::detail::Dequantize4bitCpu(packed, scales - scale_base, code, s.blocksize, e0, (r1 - r0) * in_, direct,
                        out_dtype, base + (r0 * in_) * elem);
   };
   if (at::in_parallel_region()) {
@@ -316,7 +193,7 @@ void QuantizedLinear::DequantizeRows(int64_t row_begin, int64_t row_end, at::Ten
   }
 }
 
-at::Tensor QuantizedLinear::DequantizedTile(int64_t r0, int64_t rows, c10::ScalarType dtype,
+at::Tensor detail::QuantizedLinearState::DequantizedTile(int64_t r0, int64_t rows, c10::ScalarType dtype,
                                             std::vector<char>* buffer) const {
   char* mem = Scratch(buffer, static_cast<size_t>(rows * in_) * c10::elementSize(dtype));
   at::Tensor w = at::from_blob(mem, {rows, in_}, at::TensorOptions().dtype(dtype));
@@ -324,7 +201,7 @@ at::Tensor QuantizedLinear::DequantizedTile(int64_t r0, int64_t rows, c10::Scala
   return w;
 }
 
-at::Tensor QuantizedLinear::MatmulNoGrad(const at::Tensor& x) const {
+at::Tensor detail::QuantizedLinearState::Matmul(const at::Tensor& x) const {
   TORCH_CHECK(x.size(-1) == in_, "QuantizedLinear: input has ", x.size(-1), " features, the layer ", in_);
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
   out_shape.back() = out_;
@@ -336,9 +213,9 @@ at::Tensor QuantizedLinear::MatmulNoGrad(const at::Tensor& x) const {
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf,
               "QuantizedLinear: input dtype must be float32, bfloat16 or float16");
   if (M == 0) return y.view(out_shape);
-  if (M >= kLargeRows) {
+  if (M >= QuantizedLinear::kLargeRows) {
     // Large tiles, each dequantized on all cores and multiplied by one GEMM on all cores.
-    const int64_t tile = TileRows(in_, out_, dtype, LargeTileBytes());
+    const int64_t tile = TileRows(in_, out_, dtype, QuantizedLinear::LargeTileBytes());
     static thread_local std::vector<char> buffer;
     for (int64_t r0 = 0; r0 < out_; r0 += tile) {
       const int64_t rows = std::min(tile, out_ - r0);
@@ -367,7 +244,7 @@ at::Tensor QuantizedLinear::MatmulNoGrad(const at::Tensor& x) const {
   return y.view(out_shape);
 }
 
-at::Tensor QuantizedLinear::MatmulTransposedNoGrad(const at::Tensor& grad_y) const {
+at::Tensor detail::QuantizedLinearState::MatmulTransposed(const at::Tensor& grad_y) const {
   RECORD_FUNCTION("llmtrain::quantized_linear_backward", std::vector<c10::IValue>());
   TORCH_CHECK(grad_y.size(-1) == out_, "QuantizedLinear: gradient has ", grad_y.size(-1),
               " features, the layer ", out_);
@@ -381,7 +258,7 @@ at::Tensor QuantizedLinear::MatmulTransposedNoGrad(const at::Tensor& grad_y) con
   if (M == 0) return gx.view(in_shape);
   // Tiles of output rows, each dequantized on all cores; the first tile's GEMM writes gx, the
   // others accumulate into it. Large inputs take large tiles (fewer passes over gx).
-  const int64_t tile = M >= kLargeRows ? TileRows(in_, out_, dtype, LargeTileBytes()) : TileRows(in_, out_, dtype);
+  const int64_t tile = M >= QuantizedLinear::kLargeRows ? TileRows(in_, out_, dtype, QuantizedLinear::LargeTileBytes()) : TileRows(in_, out_, dtype);
   static thread_local std::vector<char> buffer;
   for (int64_t r0 = 0; r0 < out_; r0 += tile) {
     const int64_t rows = std::min(tile, out_ - r0);
@@ -396,12 +273,13 @@ at::Tensor QuantizedLinear::MatmulTransposedNoGrad(const at::Tensor& grad_y) con
 }
 
 #if LLMTRAIN_WITH_CUDA
-at::Tensor QuantizedLinear::CudaMatmul(const at::Tensor& x2, bool transposed) const {
+at::Tensor detail::QuantizedLinearState::CudaMatmul(const at::Tensor& x2, bool transposed) const {
   namespace d = ::llmtrain::quant::detail;
+  namespace kd = ::llmtrain::kernels::detail;
   const c10::ScalarType dtype = x2.scalar_type();
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf,
               "QuantizedLinear: input dtype must be float32, bfloat16 or float16");
-  const int cuda_dtype = dtype == at::kFloat ? d::kCudaF32 : dtype == at::kBFloat16 ? d::kCudaBf16 : d::kCudaF16;
+  const int cuda_dtype = dtype == at::kFloat ? kd::kCudaF32 : dtype == at::kBFloat16 ? kd::kCudaBf16 : kd::kCudaF16;
   void* stream = c10::cuda::getCurrentCUDAStream(x2.device().index()).stream();
   const auto check = [](const std::string& error) {
     TORCH_CHECK(error.empty(), "QuantizedLinear (CUDA): ", error);
@@ -444,7 +322,7 @@ at::Tensor QuantizedLinear::CudaMatmul(const at::Tensor& x2, bool transposed) co
     at::Tensor part = one_tile ? y : at::empty({M, tile}, x.options());
     for (int64_t r0 = 0; r0 < out_; r0 += tile) {
       const int64_t rows = std::min(tile, out_ - r0);
-      check(d::Dequantize4bitCuda(packed, scales, code, r0 * in_, rows * in_, s.blocksize, cuda_dtype,
+      check(kd::Dequantize4bitCuda(packed, scales, code, r0 * in_, rows * in_, s.blocksize, cuda_dtype,
                                   buffer.data_ptr(), stream));
       at::Tensor out = one_tile ? y : part.narrow(1, 0, rows).contiguous();
       check(d::GemmBf16Cuda(x.data_ptr(), buffer.data_ptr(), out.data_ptr(), M, rows, in_, /*w_transposed=*/true,
@@ -457,7 +335,7 @@ at::Tensor QuantizedLinear::CudaMatmul(const at::Tensor& x2, bool transposed) co
   if (M == 0) return gx;
   for (int64_t r0 = 0; r0 < out_; r0 += tile) {
     const int64_t rows = std::min(tile, out_ - r0);
-    check(d::Dequantize4bitCuda(packed, scales, code, r0 * in_, rows * in_, s.blocksize, cuda_dtype,
+    check(kd::Dequantize4bitCuda(packed, scales, code, r0 * in_, rows * in_, s.blocksize, cuda_dtype,
                                 buffer.data_ptr(), stream));
     const at::Tensor g = x.narrow(1, r0, rows).contiguous();
     check(d::GemmBf16Cuda(g.data_ptr(), buffer.data_ptr(), gx.data_ptr(), M, in_, rows, /*w_transposed=*/false,
@@ -466,7 +344,7 @@ at::Tensor QuantizedLinear::CudaMatmul(const at::Tensor& x2, bool transposed) co
   return gx;
 }
 #else
-at::Tensor QuantizedLinear::CudaMatmul(const at::Tensor&, bool) const {
+at::Tensor detail::QuantizedLinearState::CudaMatmul(const at::Tensor&, bool) const {
   TORCH_CHECK(false, "QuantizedLinear: this llmtrain build has no CUDA support");
 }
 #endif
@@ -487,10 +365,46 @@ at::Tensor QuantizedLinear::Forward(const at::Tensor& input) const {
     x = input.to(at::autocast::get_autocast_dtype(device));
   }
   at::Tensor y = x.requires_grad() && at::GradMode::is_enabled()
-                     ? QuantizedMatmul::apply(x, reinterpret_cast<int64_t>(this))
-                     : MatmulNoGrad(x);
+                     ? QuantizedMatmul::apply(x, impl_)
+                     : impl_->Matmul(x);
   if (bias_.defined()) y = y + bias_.to(y.scalar_type());
   return y;
+}
+
+namespace detail {
+
+at::Tensor MatmulNoGrad(const QuantizedLinear& layer, const at::Tensor& x) { return layer.impl_->Matmul(x); }
+
+at::Tensor MatmulTransposedNoGrad(const QuantizedLinear& layer, const at::Tensor& grad_y) {
+  return layer.impl_->MatmulTransposed(grad_y);
+}
+
+}  // namespace detail
+
+}  // namespace llmtrain::quant
+
+namespace llmtrain::quant {
+
+model::LinearFactory QuantizedLinearFactory(std::optional<Quant4Options> quantize) {
+  return [quantize](const model::ProjectionSource& source) -> absl::StatusOr<std::shared_ptr<model::Linear>> {
+    if (!source.from_gguf && IsBnbQuantized(source.weight_key, source.has)) {
+      // Saved 4-bit by transformers + bitsandbytes: the packed codes and quant state as they are.
+      const auto get = [&](const std::string& key) { return source.load(key, at::kByte); };
+      LLMTRAIN_ASSIGN_OR_RETURN(Quantized4 q, FromBnbTensors(source.weight_key, get));
+      if (q.state.shape != source.shape) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "4-bit tensor \"", source.weight_key, "\" has shape [", absl::StrJoin(q.state.shape, ", "),
+            "], but the config needs [", absl::StrJoin(source.shape, ", "), "]"));
+      }
+      return std::make_shared<QuantizedLinear>(std::move(q), source.bias);
+    }
+    if (!quantize.has_value()) return model::MakeDenseLinear(source);
+    // Quantized as it loads; the dense weight is dropped here, so the dense weights never coexist.
+    LLMTRAIN_ASSIGN_OR_RETURN(at::Tensor dense, source.dense_weight());
+    auto q = Quantize4bit(dense.detach(), *quantize);
+    if (!q.ok()) return Annotate(q.status(), source.weight_key);
+    return std::make_shared<QuantizedLinear>(*std::move(q), source.bias);
+  };
 }
 
 }  // namespace llmtrain::quant

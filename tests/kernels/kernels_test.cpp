@@ -1,15 +1,23 @@
 // kernels/: chunked cross-entropy against the full computation (ATen's cross_entropy on the full
-// float32 logits), in value, gradients and peak memory.
+// float32 logits), in value, gradients and peak memory; RMSNorm, RoPE and 4-bit dequantization
+// against independent formulas, and their CUDA paths against the CPU ones where a GPU exists.
 #include <ATen/ATen.h>
 #include <c10/core/CPUAllocator.h>
+#include <torch/csrc/autograd/autograd.h>
 
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <cstdio>
 #include <cstring>
 
+#include "absl/strings/match.h"
 #include "llmtrain/kernels/cross_entropy.h"
+#include "llmtrain/kernels/dequant4.h"
+#include "llmtrain/kernels/rms_norm.h"
+#include "llmtrain/kernels/rope.h"
+#include "llmtrain/quant/quant4.h"
 #include "testing/memory.h"
+#include "testing/reference.h"
 
 namespace llmtrain {
 namespace {
@@ -142,6 +150,160 @@ TEST_CASE("chunked cross-entropy peak memory at Gemma 3 270M size, T = 2048", "[
               static_cast<double>(chunked_peak) / static_cast<double>(full_peak));
   CHECK(chunked_peak * 4 <= full_peak);
   CHECK(std::abs(chunked_loss - full_loss) <= 1e-5 * std::abs(full_loss));
+}
+
+}  // namespace
+}  // namespace llmtrain
+
+// RMSNorm, RoPE and 4-bit dequantization: the CPU paths against independent double-precision
+// formulas (and quant/'s scalar dequantization, which quant_test checks against bitsandbytes),
+// gradients by gradcheck, and the CUDA paths against the CPU ones where a GPU exists.
+
+namespace llmtrain {
+namespace {
+
+TEST_CASE("RmsNorm equals x · rsqrt(mean(x²) + eps) in both scale styles, values and gradients", "[kernels]") {
+  const bool gemma = GENERATE(false, true);
+  const at::ScalarType dtype = GENERATE(at::kFloat, at::kBFloat16);
+  INFO((gemma ? "(1 + w)" : "w ·") << " in " << dtype);
+  at::manual_seed(5);
+  const at::Tensor x = at::randn({3, 7, 48}).to(dtype);
+  const at::Tensor w = (at::randn({48}) * 0.1).to(dtype);
+  kernels::RmsNormOptions options;
+  options.eps = 1e-6;
+  options.scale = gemma ? kernels::NormScale::kOnePlusWeight : kernels::NormScale::kWeight;
+  REQUIRE(kernels::Validate(options).ok());
+  const at::Tensor y = kernels::RmsNorm(x, w, options);
+  CHECK(y.scalar_type() == dtype);
+  // The formula in double; the kernel rounds to the dtype once (Gemma) or twice (Qwen: x̂ to the
+  // dtype, then times w): within one dtype ulp per rounding of the double result.
+  const at::Tensor xd = x.to(at::kDouble), wd = w.to(at::kDouble);
+  const at::Tensor normed = xd * at::rsqrt(xd.pow(2).mean(-1, true) + 1e-6);
+  const at::Tensor want = gemma ? normed * (1.0 + wd) : wd * normed;
+  const double ulp = dtype == at::kFloat ? 1.2e-7 : 7.9e-3;
+  CHECK((y.to(at::kDouble) - want).abs().max().item<double>() <= 3 * ulp * want.abs().max().item<double>());
+
+  // Gradients of x and w against finite differences, in double (gradcheck's default tolerances).
+  const at::Tensor xg = at::randn({2, 5, 8}, at::kDouble).requires_grad_(true);
+  const at::Tensor wg = (at::randn({8}, at::kDouble) * 0.1).requires_grad_(true);
+  const auto f = [&](const at::Tensor& a, const at::Tensor& b) { return kernels::RmsNorm(a, b, options); };
+  const at::Tensor out = f(xg, wg);
+  const at::Tensor g = at::randn_like(out);
+  const auto grads = torch::autograd::grad({out}, {xg, wg}, {g});
+  const double h = 1e-6;
+  for (int which = 0; which < 2; ++which) {
+    const at::Tensor& p = which == 0 ? xg : wg;
+    at::Tensor numeric = at::zeros_like(p);
+    for (int64_t i = 0; i < p.numel(); ++i) {
+      at::Tensor plus = p.detach().clone(), minus = p.detach().clone();
+      plus.view(-1)[i] += h;
+      minus.view(-1)[i] -= h;
+      const at::Tensor fp = which == 0 ? f(plus, wg.detach()) : f(xg.detach(), plus);
+      const at::Tensor fm = which == 0 ? f(minus, wg.detach()) : f(xg.detach(), minus);
+      numeric.view(-1)[i] = ((fp - fm) * g).sum() / (2 * h);
+    }
+    INFO((which == 0 ? "dx" : "dw"));
+    CHECK((grads[which] - numeric).abs().max().item<double>() <= 1e-5 + 1e-3 * numeric.abs().max().item<double>());
+  }
+  kernels::RmsNormOptions bad;
+  bad.eps = -1;
+  CHECK(absl::StrContains(kernels::Validate(bad).message(), "RmsNormOptions.eps"));
+}
+
+TEST_CASE("RoPE rotates pairs (i, i + D/2) by position · inv_freq", "[kernels]") {
+  const at::ScalarType dtype = GENERATE(at::kFloat, at::kBFloat16);
+  INFO("dtype " << dtype);
+  const int64_t B = 2, H = 3, T = 5, D = 16;
+  const at::Tensor inv = kernels::RopeInverseFrequencies(D, 10000.0, 2.0);
+  // transformers: 1 / theta^(2i / D), divided by the linear factor.
+  for (int64_t i = 0; i < D / 2; ++i) {
+    CHECK(inv[i].item<float>() == static_cast<float>(1.0f / std::pow(10000.0f, static_cast<float>(2 * i) / D)) / 2.0f);
+  }
+  const at::Tensor positions = at::arange(T, at::kLong).view({1, T}).repeat({B, 1}) + at::tensor({0, 3}).view({B, 1});
+  const kernels::RopeTables tables = kernels::MakeRopeTables(positions, inv, dtype);
+  REQUIRE(tables.cos.sizes() == at::IntArrayRef({B, 1, T, D}));
+  at::manual_seed(9);
+  const at::Tensor x = at::randn({B, H, T, D}).to(dtype);
+  const at::Tensor y = kernels::ApplyRope(x, tables.cos, tables.sin);
+  // A rotation of each pair by angle p · inv_freq[i], in double.
+  const at::Tensor angle = positions.to(at::kDouble).view({B, 1, T, 1}) * inv.to(at::kDouble).view({1, 1, 1, D / 2});
+  const at::Tensor x1 = x.narrow(-1, 0, D / 2).to(at::kDouble), x2 = x.narrow(-1, D / 2, D / 2).to(at::kDouble);
+  const at::Tensor want = at::cat({x1 * angle.cos() - x2 * angle.sin(), x2 * angle.cos() + x1 * angle.sin()}, -1);
+  const double tol = dtype == at::kFloat ? 1e-5 : 3e-2;  // the tables are rounded to the dtype too
+  CHECK((y.to(at::kDouble) - want).abs().max().item<double>() <= tol * want.abs().max().item<double>());
+}
+
+TEST_CASE("Dequantize4bit equals quant's scalar dequantization on any range", "[kernels]") {
+  const bool nested = GENERATE(false, true);
+  const int64_t blocksize = GENERATE(64, 256);
+  INFO("double quant " << nested << " blocksize " << blocksize);
+  at::manual_seed(1);
+  const at::Tensor w = at::randn({37, 130});  // 4810 elements: the last block partial, odd rows
+  quant::Quant4Options q4;
+  q4.blocksize = blocksize;
+  q4.double_quant = nested;
+  auto q = quant::Quantize4bit(w, q4);
+  REQUIRE(q.ok());
+  const at::Tensor oracle = quant::Dequantize4bit(*q).view({-1});  // float32
+  const at::Tensor scales = quant::BlockScales(q->state);
+  const at::Tensor code = q->state.code.to(at::kFloat).contiguous();
+  for (const auto& [begin, count] : std::vector<std::pair<int64_t, int64_t>>{{0, 4810}, {1, 999}, {130, 3000}, {4809, 1}}) {
+    for (const at::ScalarType dtype : {at::kFloat, at::kBFloat16, at::kHalf}) {
+      INFO("elements [" << begin << ", " << begin + count << ") as " << dtype);
+      at::Tensor out = at::empty({count}, dtype);
+      kernels::Dequantize4bit(q->packed, scales, code, blocksize, begin, out);
+      CHECK(at::equal(out, oracle.narrow(0, begin, count).to(dtype)));
+      at::Tensor through = at::empty({count}, at::kFloat);
+      kernels::Dequantize4bit(q->packed, scales, code, blocksize, begin, through, at::kBFloat16);
+      CHECK(at::equal(through, oracle.narrow(0, begin, count).to(at::kBFloat16).to(at::kFloat)));
+    }
+  }
+  at::Tensor too_long = at::empty({4811}, at::kFloat);
+  CHECK_THROWS_WITH(kernels::Dequantize4bit(q->packed, scales, code, blocksize, 0, too_long),
+                    Catch::Contains("packed bytes") || Catch::Contains("block scales"));
+}
+
+TEST_CASE("kernels: the CUDA RmsNorm, RoPE and Dequantize4bit agree with the CPU paths", "[kernels][cuda]") {
+  if (!at::hasCUDA()) {
+    testing::Skip("no CUDA device: the CUDA kernels of kernels/ were not run (they are compiled and linked)");
+    return;
+  }
+  at::NoGradGuard no_grad;
+  at::manual_seed(11);
+  for (const at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
+    INFO("dtype " << dtype);
+    // RMSNorm: the fused kernel sums in another order, so float32 rounding apart.
+    const at::Tensor x = at::randn({5, 3, 96}).to(dtype), w = (at::randn({96}) * 0.1).to(dtype);
+    for (const auto scale : {kernels::NormScale::kWeight, kernels::NormScale::kOnePlusWeight}) {
+      kernels::RmsNormOptions options;
+      options.scale = scale;
+      const at::Tensor cpu = kernels::RmsNorm(x, w, options).to(at::kDouble);
+      const at::Tensor gpu = kernels::RmsNorm(x.cuda(), w.cuda(), options).cpu().to(at::kDouble);
+      const double ulp = dtype == at::kFloat ? 1.2e-7 : 7.9e-3;
+      CHECK((gpu - cpu).abs().max().item<double>() <= 2 * ulp * cpu.abs().max().item<double>());
+    }
+    // RoPE: the same three roundings as the ATen ops, so equal.
+    const at::Tensor q = at::randn({2, 4, 7, 32}).to(dtype);
+    const at::Tensor positions = at::arange(7, at::kLong).view({1, 7}).repeat({2, 1});
+    const kernels::RopeTables t = kernels::MakeRopeTables(positions, kernels::RopeInverseFrequencies(32, 1e4), dtype);
+    CHECK(at::equal(kernels::ApplyRope(q.cuda(), t.cos.cuda(), t.sin.cuda()).cpu(), kernels::ApplyRope(q, t.cos, t.sin)));
+  }
+  // 4-bit dequantization: the same product and rounding, so equal, on aligned and odd ranges.
+  quant::Quant4Options q4;
+  q4.double_quant = true;
+  auto q = quant::Quantize4bit(at::randn({33, 128}), q4);
+  REQUIRE(q.ok());
+  const at::Tensor scales = quant::BlockScales(q->state), code = q->state.code.to(at::kFloat).contiguous();
+  for (const auto& [begin, count] : std::vector<std::pair<int64_t, int64_t>>{{0, 4224}, {16, 1024}, {3, 777}}) {
+    for (const at::ScalarType dtype : {at::kFloat, at::kBFloat16, at::kHalf}) {
+      INFO("elements [" << begin << ", " << begin + count << ") as " << dtype);
+      at::Tensor cpu = at::empty({count}, dtype);
+      kernels::Dequantize4bit(q->packed, scales, code, q4.blocksize, begin, cpu);
+      at::Tensor gpu = at::empty({count}, at::TensorOptions().dtype(dtype).device(at::kCUDA));
+      kernels::Dequantize4bit(q->packed.cuda(), scales.cuda(), code.cuda(), q4.blocksize, begin, gpu);
+      CHECK(at::equal(gpu.cpu(), cpu));
+    }
+  }
 }
 
 }  // namespace

@@ -13,6 +13,8 @@
 
 #include <ATen/core/Tensor.h>
 
+#include "absl/status/status.h"
+
 namespace llmtrain::kernels {
 
 struct CrossEntropyOptions {
@@ -24,6 +26,10 @@ struct CrossEntropyOptions {
   int64_t ignore_index = -100;          ///< labels equal to this contribute nothing
   std::optional<double> final_softcap;  ///< Gemma 2: logits = cap · tanh(logits / cap) first
 };
+
+/// InvalidArgument naming the field: negative chunk_tokens, chunk_bytes ≤ 0, ignore_index ≥ 0,
+/// a soft-cap ≤ 0.
+absl::Status Validate(const CrossEntropyOptions& options);
 
 struct CrossEntropyResult {
   at::Tensor loss_sum;   ///< scalar float32: Σ over counted tokens of −log p(label)

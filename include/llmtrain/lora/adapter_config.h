@@ -59,6 +59,10 @@ struct LoraConfig {
   std::string base_model_name_or_path;
 };
 
+/// InvalidArgument naming the field: r ≤ 0, alpha ≤ 0, dropout outside [0, 1), a dtype other
+/// than f32/bf16, a non-positive rank or alpha in rank_pattern / alpha_pattern.
+absl::Status Validate(const LoraConfig& config);
+
 /// True if `config` adapts module `name` (e.g. "model.layers.0.self_attn.q_proj"), by PEFT's rules:
 /// exclude_modules first, never a module to save, then the regex (full match), an exact name, or a
 /// dot-boundary suffix filtered by layers_to_transform.

@@ -8,10 +8,8 @@
 //   at::Tensor logits = model->Forward(input_ids, attention_mask);  // (B, T, V)
 #pragma once
 
-#include <functional>
-#include <map>
-#include <optional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -23,9 +21,12 @@
 #include "llmtrain/io/hf_config.h"
 #include "llmtrain/model/family.h"
 #include "llmtrain/model/linear.h"
-#include "llmtrain/quant/quant4.h"
 
 namespace llmtrain::model {
+
+namespace detail {
+struct DecoderState;
+}  // namespace detail
 
 struct DecoderOptions {
   /// Dtype of the weights and activations: f32, bf16 or f16 (Gemma refuses f16, whose residual
@@ -38,12 +39,17 @@ struct DecoderOptions {
   /// activation memory drops from all intermediates of every layer to one layer's worth.
   /// Gradients are identical. Applies when autograd is on and no KV cache is used.
   bool activation_checkpointing = false;
-  /// Quantize the seven projections of every layer to 4 bits as they load (QLoRA's frozen base;
-  /// transformers' load_in_4bit): each weight is converted to `dtype`, quantized, and dropped, so
-  /// the dense weights never coexist. Embedding, norms and head stay in `dtype`. A folder saved
-  /// in bitsandbytes' 4-bit format loads 4-bit whatever this says.
-  std::optional<quant::Quant4Options> quantize_4bit;
+  /// Makes each of the seven projections of every layer as it loads; unset = dense
+  /// (MakeDenseLinear). quant::QuantizedLinearFactory gives QLoRA's frozen 4-bit base
+  /// (transformers' load_in_4bit): each weight is converted to `dtype`, quantized and dropped, so
+  /// the dense weights never coexist, and folders saved in bitsandbytes' 4-bit format load as
+  /// they are. Embedding, norms and head stay in `dtype`.
+  LinearFactory linear_factory;
 };
+
+/// InvalidArgument naming the field for options the decoder cannot run (a dtype other than
+/// f32, bf16, f16).
+absl::Status Validate(const DecoderOptions& options);
 
 /// Keys and values of earlier tokens, per layer, for incremental decoding. Filled by Forward.
 struct KvCache {
@@ -80,7 +86,7 @@ class Decoder {
 
   /// Token ids that end generation: the config's eos_token_id(s), generation_config.json's
   /// (HF folders), and the chat end-of-turn tokens found in a GGUF vocabulary.
-  const std::vector<int64_t>& eos_token_ids() const { return eos_token_ids_; }
+  const std::vector<int64_t>& eos_token_ids() const;
 
   /// The final-normed hidden states (B, T, C) that the LM head turns into logits; with
   /// lm_head() they feed kernels::ChunkedCrossEntropy without materializing the logits.
@@ -93,15 +99,9 @@ class Decoder {
   std::optional<std::string> FirstNonFiniteModule(const at::Tensor& input_ids, const at::Tensor& attention_mask = {},
                                                   const at::Tensor& position_ids = {}) const;
   /// The LM head (V, C): the embedding when tied.
-  const at::Tensor& lm_head() const { return lm_head_; }
+  const at::Tensor& lm_head() const;
   /// Turns activation checkpointing on or off (see DecoderOptions).
-  void set_activation_checkpointing(bool on) { options_.activation_checkpointing = on; }
-
-  /// One decoder layer without a cache (used by activation checkpointing to recompute it).
-  at::Tensor RunLayer(int64_t index, const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
-                      const at::Tensor& mask) const;
-  /// The parameters of layer `index` that require grad, in a fixed order.
-  std::vector<at::Tensor> LayerParameters(int64_t index) const;
+  void set_activation_checkpointing(bool on);
 
   /// InvalidArgument naming the problem if Forward would refuse these inputs.
   absl::Status CheckInputs(const at::Tensor& input_ids, const at::Tensor& attention_mask) const;
@@ -109,7 +109,7 @@ class Decoder {
   /// Stored tensors by HF name ("model.layers.0.self_attn.q_proj.weight", also for a model loaded
   /// from GGUF), in load order: every dense tensor, not the weights of 4-bit projections
   /// (see linear()).
-  const std::vector<std::pair<std::string, at::Tensor>>& named_parameters() const { return params_; }
+  const std::vector<std::pair<std::string, at::Tensor>>& named_parameters() const;
 
   /// The HF module names of the projections, layer by layer: "model.layers.{i}.self_attn.q_proj",
   /// k_proj, v_proj, o_proj, "model.layers.{i}.mlp.gate_proj", up_proj, down_proj.
@@ -122,55 +122,19 @@ class Decoder {
   absl::Status ReplaceLinear(absl::string_view name, std::shared_ptr<Linear> layer);
   /// The index of `name` in named_parameters(), or -1.
   int64_t FindParameter(absl::string_view name) const;
-  const io::HfConfig& config() const { return config_; }
-  const FamilySpec& spec() const { return spec_; }
-  Dtype dtype() const { return options_.dtype; }
+  const io::HfConfig& config() const;
+  const FamilySpec& spec() const;
+  Dtype dtype() const;
 
- private:
-  struct Layer;
-  /// Tensors of a checkpoint by name: shapes up front, values materialized on demand.
-  struct TensorSource {
-    std::map<std::string, std::vector<int64_t>> shapes;
-    /// The tensor called `name`, converted to `dtype` where the source can do it cheaply.
-    std::function<absl::StatusOr<at::Tensor>(const std::string& name, c10::ScalarType dtype)> load;
-    bool loads_owned = false;  ///< load() returns fresh tensors (GGUF), not views of a mapping
-  };
-  Decoder();
-
- public:
   ~Decoder();
+  Decoder(const Decoder&) = delete;
+  Decoder& operator=(const Decoder&) = delete;
 
  private:
-  absl::Status BuildFromTensors(const TensorSource& source, bool from_gguf, absl::string_view where);
-  at::Tensor Attention(const Layer& layer, int64_t index, const at::Tensor& x,
-                       const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& mask,
-                       KvCache* cache) const;
-  at::Tensor ForwardImpl(const at::Tensor& input_ids, const at::Tensor& new_mask,
-                         const at::Tensor& position_ids, KvCache* cache) const;
-  /// Called with a module's name and output at each point FirstNonFiniteModule checks.
-  using Probe = std::function<void(const std::string& module, const at::Tensor& output)>;
-  at::Tensor HiddenImpl(const at::Tensor& input_ids, const at::Tensor& new_mask,
-                        const at::Tensor& position_ids, KvCache* cache, const Probe* probe = nullptr) const;
-  at::Tensor LayerForward(int64_t index, const at::Tensor& x, const at::Tensor& cos,
-                          const at::Tensor& sin, const at::Tensor& mask, KvCache* cache,
-                          const Probe* probe = nullptr) const;
-  at::Tensor CheckpointedLayer(int64_t index, const at::Tensor& x, const at::Tensor& cos,
-                               const at::Tensor& sin, const at::Tensor& mask) const;
-  at::Tensor Norm(const at::Tensor& x, const at::Tensor& w) const;
-
-  io::HfConfig config_;
-  FamilySpec spec_;
-  DecoderOptions options_;
-  std::vector<std::pair<std::string, at::Tensor>> params_;
-  at::Tensor embed_;     // (V, C)
-  at::Tensor final_norm_;
-  at::Tensor lm_head_;   // (V, C); the embedding when tied
-  std::vector<Layer> layers_;
-  // HF module name → (layer, projection slot), in LinearNames() order.
-  std::vector<std::pair<std::string, std::pair<int64_t, int>>> linear_names_;
-  std::vector<at::Tensor> inv_freq_;  // per distinct layer RoPE, (D/2) float32
-  std::vector<int64_t> layer_rope_;   // per layer: index into inv_freq_
-  std::vector<int64_t> eos_token_ids_;
+  explicit Decoder(std::shared_ptr<detail::DecoderState> state);
+  // Everything a forward reads, shared with the autograd nodes of activation checkpointing
+  // (lib/model/decoder_state.h), so backward holds its own reference and no raw pointer.
+  std::shared_ptr<detail::DecoderState> state_;
 };
 
 }  // namespace llmtrain::model

@@ -63,6 +63,9 @@ struct FamilySpec {
   std::vector<LayerRope> rope;   ///< per layer
   bool tied_embeddings = false;
   double gguf_norm_offset = 0.0;  ///< llama.cpp stores Gemma norms as 1 + w: subtract this
+  /// Tokens that end a chat turn (Gemma "<end_of_turn>", Qwen "<|im_end|>"): generation stops on
+  /// them too when a GGUF vocabulary has them (HF folders list theirs in generation_config.json).
+  std::vector<std::string> end_of_turn_tokens;
   std::vector<WeightName> weights;  ///< the name table (model-level and per-layer rows)
 };
 

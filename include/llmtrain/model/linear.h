@@ -1,17 +1,22 @@
 // A linear layer y = x Wᵀ + b behind one interface, so a decoder's projections can be dense,
 // 4-bit (quant::QuantizedLinear) or carry a LoRA adapter (lora::LoraLinear) without the
-// decoder knowing which.
+// decoder knowing which. The decoder builds its projections through a LinearFactory: dense by
+// default, 4-bit with the factory quant/ provides (quant::QuantizedLinearFactory), so the model
+// layer never depends on the layers above it.
 //
 //   std::shared_ptr<model::Linear> q = decoder->linear("model.layers.0.self_attn.q_proj");
 //   at::Tensor y = q->Forward(x);   // (…, in) → (…, out)
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include <ATen/core/Tensor.h>
 
+#include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 
 namespace llmtrain::model {
@@ -55,5 +60,33 @@ class DenseLinear final : public Linear {
  private:
   at::Tensor weight_, bias_;
 };
+
+/// What a loading decoder offers a LinearFactory for one projection. Tensor names are the
+/// checkpoint's own (HF names for folders, GGUF names for .gguf files).
+struct ProjectionSource {
+  std::string module;              ///< HF module name, e.g. "model.layers.0.self_attn.q_proj"
+  std::string weight_key;          ///< the weight's name in the checkpoint
+  std::vector<int64_t> shape;      ///< (out, in) as the config needs it
+  c10::ScalarType dtype = c10::kFloat;  ///< the model's dtype
+  bool from_gguf = false;
+  at::Tensor bias;                 ///< (out) in the model dtype, or undefined
+  /// Whether the checkpoint holds a tensor called `key`.
+  std::function<bool(const std::string& key)> has;
+  /// Tensor `key` as stored, converted to `dtype` where the format converts on load (GGUF); the
+  /// result is owned (never a view of a mapped file). Marks `key` as used, so the decoder's
+  /// "every tensor has a role" check accepts it. NotFound names the key.
+  std::function<absl::StatusOr<at::Tensor>(const std::string& key, c10::ScalarType dtype)> load;
+  /// The dense weight (out, in) in the model dtype, its shape checked against `shape`: what a
+  /// DenseLinear holds. Marks the weight as used.
+  std::function<absl::StatusOr<at::Tensor>()> dense_weight;
+};
+
+/// Makes one projection of a loading decoder (see DecoderOptions::linear_factory). Called once per
+/// projection, in load order, so at most one dense weight is alive at a time.
+using LinearFactory =
+    std::function<absl::StatusOr<std::shared_ptr<Linear>>(const ProjectionSource& source)>;
+
+/// The default factory: a DenseLinear over the stored weight and bias.
+absl::StatusOr<std::shared_ptr<Linear>> MakeDenseLinear(const ProjectionSource& source);
 
 }  // namespace llmtrain::model

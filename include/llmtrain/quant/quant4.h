@@ -32,6 +32,9 @@ struct Quant4Options {
   bool double_quant = false;  ///< bitsandbytes compress_statistics / bnb_4bit_use_double_quant
 };
 
+/// InvalidArgument naming the field: a blocksize bitsandbytes does not take.
+absl::Status Validate(const Quant4Options& options);
+
 /// bitsandbytes QuantState of a 4-bit tensor.
 struct Quant4State {
   QuantType type = QuantType::kNf4;

@@ -11,7 +11,7 @@
 // first; the two differ only when the state's dtype is narrower than the input's).
 // Backward gives the input gradient through the frozen weight, tile by tile the same way; the
 // weight gets no gradient. On CUDA tensors the tile is dequantized by our kernel and multiplied
-// by cuBLASLt (see docs/benchmarks.md).
+// by cuBLASLt (see docs/benchmarks.md). The dequantization itself is kernels/dequant4.h.
 //
 //   LLMTRAIN_ASSIGN_OR_RETURN(quant::Quantized4 q, quant::Quantize4bit(w, {.double_quant = true}));
 //   auto layer = std::make_shared<quant::QuantizedLinear>(std::move(q), bias);
@@ -22,6 +22,8 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
+#include <optional>
 #include <vector>
 
 #include <ATen/core/Tensor.h>
@@ -31,21 +33,36 @@
 
 namespace llmtrain::quant {
 
+class QuantizedLinear;
+
+namespace detail {
+/// The weight and kernels of one QuantizedLinear (quantized_linear.cpp), shared with the autograd
+/// nodes of its forwards so backward holds its own reference.
+struct QuantizedLinearState;
+
+/// The forward and backward kernels without autograd: out (…, out) = x (…, in) · Wᵀ, and
+/// grad_x = grad_y · W. For tests and benchmarks; QuantizedLinear::Forward is the API.
+at::Tensor MatmulNoGrad(const QuantizedLinear& layer, const at::Tensor& x);
+at::Tensor MatmulTransposedNoGrad(const QuantizedLinear& layer, const at::Tensor& grad_y);
+}  // namespace detail
+
 class QuantizedLinear final : public model::Linear {
  public:
-  /// `weight` is a quantized 2-D (out, in) tensor; bias (out) or undefined.
+  /// `weight` is a quantized 2-D (out, in) tensor; bias (out) or undefined. Throws c10::Error
+  /// when they do not fit.
   explicit QuantizedLinear(Quantized4 weight, at::Tensor bias = {});
+  ~QuantizedLinear() override;
 
   at::Tensor Forward(const at::Tensor& x) const override;
-  int64_t in_features() const override { return in_; }
-  int64_t out_features() const override { return out_; }
+  int64_t in_features() const override;
+  int64_t out_features() const override;
   at::Tensor DenseWeight(c10::ScalarType dtype) const override;
   const at::Tensor& bias() const override { return bias_; }
   at::Tensor stored_weight() const override { return {}; }
   void AppendTrainable(std::vector<at::Tensor>* out) const override {}
-  absl::string_view kind() const override { return QuantTypeName(weight_.state.type); }
+  absl::string_view kind() const override;
 
-  const Quantized4& quantized() const { return weight_; }
+  const Quantized4& quantized() const;
   /// Bytes of the packed weight and its quant state (scales, nested scales, code tables).
   int64_t StorageBytes() const;
 
@@ -55,38 +72,21 @@ class QuantizedLinear final : public model::Linear {
   static void SetLargeTileBytes(int64_t bytes);
   static int64_t LargeTileBytes();
 
-  /// out (…, out) = x (…, in) · W[rows]ᵀ without autograd (the forward kernel), and
-  /// grad_x = grad_y · W (the backward one). Public for the benchmarks and tests.
-  at::Tensor MatmulNoGrad(const at::Tensor& x) const;
-  at::Tensor MatmulTransposedNoGrad(const at::Tensor& grad_y) const;
-
   /// Dequantizes output rows [row_begin, row_end) into `out` ((row_end − row_begin) × in,
   /// contiguous, float32/bfloat16/float16, CPU): code × scale in float32 rounded to out's dtype.
   void DequantizeRows(int64_t row_begin, int64_t row_end, at::Tensor& out) const;
 
  private:
-  // Output rows [r0, r0 + rows) dequantized to `dtype` in `buffer` (grown as needed): a view of it.
-  at::Tensor DequantizedTile(int64_t r0, int64_t rows, c10::ScalarType dtype, std::vector<char>* buffer) const;
-  // The CUDA path: tiles dequantized by our kernel and multiplied by cuBLASLt (or the fused
-  // kernel for small M). x2 is (M, in) or, transposed, (M, out).
-  at::Tensor CudaMatmul(const at::Tensor& x2, bool transposed) const;
-
-  Quantized4 weight_;
+  friend at::Tensor detail::MatmulNoGrad(const QuantizedLinear&, const at::Tensor&);
+  friend at::Tensor detail::MatmulTransposedNoGrad(const QuantizedLinear&, const at::Tensor&);
+  std::shared_ptr<const detail::QuantizedLinearState> impl_;
   at::Tensor bias_;
-  at::Tensor scales_;  // float32 (n_blocks): the block scales, rebuilt once from the nested codes
-  at::Tensor code_;    // float32 (16)
-  int64_t out_ = 0, in_ = 0;
-  // Device copies of the packed data, scales and code, made on the first CUDA forward.
-  mutable at::Tensor device_packed_, device_scales_, device_code_;
 };
 
-/// The dequantization kernel on raw memory: elements [begin, begin + count) of a 4-bit tensor
-/// (bitsandbytes layout) into `out` as float32 (out_dtype kFloat), bfloat16 or float16, each value
-/// code[nibble] × scales[element / blocksize] in float32, rounded to `state_dtype` first when it
-/// is narrower than float32 (what Dequantize4bit then .to(out_dtype) gives). Single-threaded;
-/// AVX-512 or AVX2 where the CPU has them (LLMTRAIN_NO_AVX512=1 forces AVX2, for tests).
-void DequantizeElements(const uint8_t* packed, const float* scales, const float* code,
-                        int64_t blocksize, int64_t begin, int64_t count, c10::ScalarType state_dtype,
-                        c10::ScalarType out_dtype, void* out);
+/// The projection factory of a 4-bit base (DecoderOptions::linear_factory): a projection the
+/// checkpoint stores in bitsandbytes' 4-bit format (HF folders saved by transformers) loads as
+/// it is; any other projection is quantized with `quantize` as it loads (its dense weight is
+/// dropped at once), or stays dense when `quantize` is unset. Errors name the tensor.
+model::LinearFactory QuantizedLinearFactory(std::optional<Quant4Options> quantize);
 
 }  // namespace llmtrain::quant

@@ -1,5 +1,5 @@
-// SaveHfFolder (model/save.h).
-#include "llmtrain/model/save.h"
+// SaveHfFolder (lora/hf_folder.h).
+#include "llmtrain/lora/hf_folder.h"
 
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
@@ -16,7 +16,7 @@
 #include "llmtrain/quant/quantized_linear.h"
 #include "nlohmann/json.hpp"
 
-namespace llmtrain::model {
+namespace llmtrain::lora {
 namespace {
 
 const char* TorchName(c10::ScalarType t) {
@@ -25,16 +25,23 @@ const char* TorchName(c10::ScalarType t) {
 
 }  // namespace
 
-absl::StatusOr<SaveReport> SaveHfFolder(const Decoder& model, absl::string_view dir_view, const SaveOptions& options) {
-  const std::string dir(dir_view);
-  const c10::ScalarType dtype = io::ToScalarType(options.dtype.value_or(model.dtype()));
-  if (dtype != c10::kFloat && dtype != c10::kBFloat16 && dtype != c10::kHalf) {
-    return absl::InvalidArgumentError("save dtype: must be f32, bf16 or f16");
+absl::Status Validate(const HfFolderOptions& options) {
+  if (options.dtype && *options.dtype != Dtype::kF32 && *options.dtype != Dtype::kBf16 && *options.dtype != Dtype::kF16) {
+    return absl::InvalidArgumentError(absl::StrCat("HfFolderOptions.dtype: expected f32, bf16 or f16, found ",
+                                                   SafetensorsName(*options.dtype)));
   }
   if (options.quantize_int8 && options.quantize_4bit) {
-    return absl::InvalidArgumentError("save: choose 4-bit or int8 quantization, not both");
+    return absl::InvalidArgumentError("HfFolderOptions: quantize_4bit and quantize_int8 are both set; choose one");
   }
-  SaveReport report;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<HfFolderReport> SaveHfFolder(const model::Decoder& model, absl::string_view dir_view,
+                                            const HfFolderOptions& options) {
+  const std::string dir(dir_view);
+  LLMTRAIN_RETURN_IF_ERROR(Validate(options));
+  const c10::ScalarType dtype = io::ToScalarType(options.dtype.value_or(model.dtype()));
+  HfFolderReport report;
   std::vector<std::pair<std::string, at::Tensor>> tensors;
   std::optional<quant::Quant4Options> written_4bit;
   double err2 = 0.0, ref2 = 0.0;
@@ -44,8 +51,8 @@ absl::StatusOr<SaveReport> SaveHfFolder(const Decoder& model, absl::string_view 
     // named_parameters() and written below, unless it is quantized here.
     std::map<std::string, bool> handled;  // weight keys written as 4-bit
     for (const std::string& name : model.LinearNames()) {
-      std::shared_ptr<Linear> layer = model.linear(name);
-      if (auto lora = std::dynamic_pointer_cast<lora::LoraLinear>(layer)) layer = lora->base();
+      std::shared_ptr<model::Linear> layer = model.linear(name);
+      if (auto adapter = std::dynamic_pointer_cast<LoraLinear>(layer)) layer = adapter->base();
       const std::string key = name + ".weight";
       std::optional<quant::Quantized4> q;
       if (auto* q4 = dynamic_cast<const quant::QuantizedLinear*>(layer.get())) {
@@ -53,7 +60,7 @@ absl::StatusOr<SaveReport> SaveHfFolder(const Decoder& model, absl::string_view 
           return absl::InvalidArgumentError(absl::StrCat(name, ": is 4-bit already; an int8 folder needs dense projections"));
         }
         q = q4->quantized();
-        written_4bit = quant::Quant4Options{q->state.type, q->state.blocksize, q->state.nested};
+        written_4bit = quant::Quant4Options{.type = q->state.type, .blocksize = q->state.blocksize, .double_quant = q->state.nested};
       } else if (options.quantize_int8) {
         const at::Tensor w = layer->DenseWeight(dtype);
         auto q8 = quant::QuantizeInt8(w);
@@ -118,4 +125,4 @@ absl::StatusOr<SaveReport> SaveHfFolder(const Decoder& model, absl::string_view 
   return report;
 }
 
-}  // namespace llmtrain::model
+}  // namespace llmtrain::lora

@@ -1,10 +1,12 @@
 // Writes a decoder as a Hugging Face folder (config.json + model.safetensors) that transformers'
 // from_pretrained loads: dense tensors in one dtype, and 4-bit projections in bitsandbytes'
-// format with config.json's quantization_config (quant/bnb_format.h).
+// format with config.json's quantization_config (quant/bnb_format.h). It lives in lora/, the
+// lowest layer that knows both 4-bit layers and adapters: an adapter's base is written (merge
+// first with MergeAdapters to write the adapted weights).
 //
-//   model::SaveOptions options;
+//   lora::HfFolderOptions options;
 //   options.dtype = Dtype::kBf16;
-//   LLMTRAIN_ASSIGN_OR_RETURN(model::SaveReport report, model::SaveHfFolder(*model, "out/merged", options));
+//   LLMTRAIN_ASSIGN_OR_RETURN(lora::HfFolderReport report, lora::SaveHfFolder(*model, "out/merged", options));
 #pragma once
 
 #include <cstdint>
@@ -16,9 +18,9 @@
 #include "llmtrain/model/decoder.h"
 #include "llmtrain/quant/quant4.h"
 
-namespace llmtrain::model {
+namespace llmtrain::lora {
 
-struct SaveOptions {
+struct HfFolderOptions {
   /// dtype of the dense tensors (f32, bf16, f16); unset = the model's.
   std::optional<Dtype> dtype;
   /// Quantize the dense projections to 4 bits on the way out (projections already 4-bit are
@@ -29,7 +31,7 @@ struct SaveOptions {
   bool quantize_int8 = false;
 };
 
-struct SaveReport {
+struct HfFolderReport {
   int64_t tensors = 0;
   int64_t bytes = 0;           ///< of tensor data
   int64_t quantized = 0;       ///< projections written 4-bit or 8-bit
@@ -41,6 +43,10 @@ struct SaveReport {
 
 /// Writes `dir`/config.json and `dir`/model.safetensors, each atomically. Adapters are not
 /// written (merge them first, or save them with lora::SaveAdapter); their base layers are.
-absl::StatusOr<SaveReport> SaveHfFolder(const Decoder& model, absl::string_view dir, const SaveOptions& options);
+absl::StatusOr<HfFolderReport> SaveHfFolder(const model::Decoder& model, absl::string_view dir,
+                                            const HfFolderOptions& options);
 
-}  // namespace llmtrain::model
+/// InvalidArgument naming the field: a dtype other than f32/bf16/f16, or both 4-bit and int8.
+absl::Status Validate(const HfFolderOptions& options);
+
+}  // namespace llmtrain::lora

@@ -1,0 +1,33 @@
+// CUDA entry points of kernels/ (internal). Compiled only when nvcc is found. All pointers are
+// device pointers on the current device, `stream` is a cudaStream_t, and every function returns
+// an empty string on success, else the CUDA error text (or why the arguments were refused).
+// Nothing is synchronized. The front ends (rms_norm.cpp, rope.cpp, dequant4.cpp) check shapes,
+// dtypes and devices before calling these.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace llmtrain::kernels::detail {
+
+/// Element types of the `dtype` arguments.
+enum CudaDtype : int { kCudaF32 = 0, kCudaBf16 = 1, kCudaF16 = 2 };
+
+/// y(rows, C) = RMSNorm of x(rows, C) with weight w(C) (w_dtype), both contiguous; one_plus:
+/// y = cast(x̂ · (1 + w)) in float32, else y = cast(float(w) · float(cast(x̂))). x and y hold `dtype`.
+std::string RmsNormCuda(const void* x, const void* w, void* y, int64_t rows, int64_t C, double eps,
+                        bool one_plus, int dtype, int w_dtype, void* stream);
+
+/// y = x · cos + rotate_half(x) · sin for x (B, H, T, D) and cos/sin (B, 1, T, D), contiguous, all
+/// of `dtype`; each product and the sum rounded to `dtype`.
+std::string RopeCuda(const void* x, const void* cos, const void* sin, void* y, int64_t B, int64_t H,
+                     int64_t T, int64_t D, int dtype, void* stream);
+
+/// out[0, count) = code16[nibble(e)] × scales[e / blocksize] for e in [begin, begin + count) of a
+/// 4-bit tensor in bitsandbytes' layout (element 2j is byte j's high nibble), the float32 product
+/// rounded to nearest even into `out_dtype`. `scales` is indexed by the absolute block.
+std::string Dequantize4bitCuda(const uint8_t* packed, const float* scales, const float* code16,
+                               int64_t begin, int64_t count, int64_t blocksize, int out_dtype, void* out,
+                               void* stream);
+
+}  // namespace llmtrain::kernels::detail

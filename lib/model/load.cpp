@@ -1,0 +1,353 @@
+// Loading the shared decoder (model/decoder.h) from an HF folder or a GGUF file: the family's
+// name table says which tensor goes where; every expected tensor must be present with its shape,
+// and every tensor in the file must be expected. Tensors are materialized one at a time as the
+// table asks for them (GGUF: dequantized then, straight into the model dtype), and projections
+// go through DecoderOptions::linear_factory one by one, so peak memory stays near the final
+// weights.
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <map>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
+#include "llmtrain/core/atomic_file.h"
+#include "llmtrain/core/status.h"
+#include "llmtrain/io/gguf.h"
+#include "llmtrain/io/safetensors.h"
+#include "llmtrain/io/tensors.h"
+#include "llmtrain/kernels/rope.h"
+#include "model/decoder_state.h"
+#include "nlohmann/json.hpp"
+
+namespace llmtrain::model::detail {
+namespace {
+
+// Tensors of a checkpoint by name: shapes up front, values materialized on demand.
+struct TensorSource {
+  std::map<std::string, std::vector<int64_t>> shapes;
+  /// The tensor called `name`, converted to `dtype` where the source can do it cheaply.
+  std::function<absl::StatusOr<at::Tensor>(const std::string& name, c10::ScalarType dtype)> load;
+  bool loads_owned = false;  ///< load() returns fresh tensors (GGUF), not views of a mapping
+};
+
+int LinearSlot(Role role) {
+  for (int i = 0; i < 7; ++i) {
+    if (kLinearRoles[i] == role) return i;
+  }
+  return -1;
+}
+
+// The bias role that belongs to a projection role (q/k/v), if any.
+std::optional<Role> BiasRoleOf(Role role) {
+  switch (role) {
+    case Role::kQ: return Role::kQBias;
+    case Role::kK: return Role::kKBias;
+    case Role::kV: return Role::kVBias;
+    default: return std::nullopt;
+  }
+}
+
+bool IsBiasRole(Role role) { return role == Role::kQBias || role == Role::kKBias || role == Role::kVBias; }
+
+bool IsNormRole(Role role) {
+  return role == Role::kInputNorm || role == Role::kPostAttnNorm || role == Role::kPreFfwNorm ||
+         role == Role::kPostFfwNorm || role == Role::kFinalNorm || role == Role::kQNorm || role == Role::kKNorm;
+}
+
+// The shape the family expects for `role` under `config` (row-major, PyTorch order).
+std::vector<int64_t> ExpectedShape(Role role, const io::TextConfig& c) {
+  const int64_t q_dim = c.num_attention_heads * c.head_dim;
+  const int64_t kv_dim = c.num_key_value_heads * c.head_dim;
+  switch (role) {
+    case Role::kEmbed: case Role::kLmHead: return {c.vocab_size, c.hidden_size};
+    case Role::kFinalNorm: case Role::kInputNorm: case Role::kPostAttnNorm:
+    case Role::kPreFfwNorm: case Role::kPostFfwNorm: return {c.hidden_size};
+    case Role::kQ: return {q_dim, c.hidden_size};
+    case Role::kK: case Role::kV: return {kv_dim, c.hidden_size};
+    case Role::kO: return {c.hidden_size, q_dim};
+    case Role::kQBias: return {q_dim};
+    case Role::kKBias: case Role::kVBias: return {kv_dim};
+    case Role::kQNorm: case Role::kKNorm: return {c.head_dim};
+    case Role::kGate: case Role::kUp: return {c.intermediate_size, c.hidden_size};
+    case Role::kDown: return {c.hidden_size, c.intermediate_size};
+  }
+  return {};
+}
+
+std::string ShapeString(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) absl::StrAppend(&s, i ? ", " : "", shape[i]);
+  return s + "]";
+}
+
+std::string LayerName(const std::string& pattern, int64_t i) {
+  return absl::StrReplaceAll(pattern, {{"{i}", absl::StrCat(i)}});
+}
+
+absl::Status BuildFromTensors(const TensorSource& source, bool from_gguf, const std::string& where,
+                              DecoderState* state) {
+  const io::TextConfig& c = state->config.text;
+  const FamilySpec& spec = state->spec;
+  const c10::ScalarType dtype = io::ToScalarType(state->options.dtype);
+  std::map<std::string, bool> used;
+  for (const auto& [name, unused] : source.shapes) used[name] = false;
+  state->layers.assign(c.num_hidden_layers, LayerWeights());
+
+  std::map<std::string, std::string> hf_names;  // file name → HF name (GGUF loads)
+  const auto hf_name_of = [&](const std::string& name) {
+    const auto it = hf_names.find(name);
+    return it == hf_names.end() ? name : it->second;
+  };
+  if (from_gguf) {
+    for (const WeightName& row : spec.weights) {
+      for (int64_t i = 0; i < (absl::StrContains(row.gguf, "{i}") ? c.num_hidden_layers : 1); ++i) {
+        hf_names[LayerName(row.gguf, i)] = LayerName(row.hf, i);
+      }
+    }
+  }
+  // A tensor with a role, shape-checked, as an owned tensor in the model dtype (not yet listed).
+  const auto load_value = [&](const std::string& name, Role role) -> absl::StatusOr<at::Tensor> {
+    const auto it = source.shapes.find(name);
+    if (it == source.shapes.end()) return absl::NotFoundError(absl::StrCat(where, ": missing tensor \"", name, "\""));
+    const std::vector<int64_t> want = ExpectedShape(role, c);
+    if (it->second != want) {
+      return absl::InvalidArgumentError(absl::StrCat(where, ": tensor \"", name, "\" has shape ",
+                                                     ShapeString(it->second), ", but the config needs ",
+                                                     ShapeString(want)));
+    }
+    used[name] = true;
+    // Views of a mapped file are copied (they stay read-only); a fresh tensor is kept as it is, so
+    // loading never holds two copies of a weight.
+    const bool shift = from_gguf && IsNormRole(role) && spec.gguf_norm_offset != 0.0;
+    LLMTRAIN_ASSIGN_OR_RETURN(at::Tensor value, source.load(name, shift ? at::kFloat : dtype));
+    bool owned = source.loads_owned;
+    if (shift) {
+      value = value.to(at::kFloat) - spec.gguf_norm_offset;  // undo llama.cpp's 1 + w
+      owned = true;
+    }
+    if (value.scalar_type() != dtype) {
+      value = value.to(dtype);
+      owned = true;
+    }
+    if (!owned) value = value.clone();
+    value = value.contiguous();
+    value.set_requires_grad(state->options.requires_grad);
+    return value;
+  };
+  // The same, listed in named_parameters() by HF name whatever the file called it (GGUF
+  // "blk.0.attn_q.weight" and HF "model.layers.0.self_attn.q_proj.weight" share a row).
+  const auto take = [&](const std::string& name, Role role) -> absl::StatusOr<at::Tensor> {
+    LLMTRAIN_ASSIGN_OR_RETURN(at::Tensor value, load_value(name, role));
+    state->params.emplace_back(hf_name_of(name), value);
+    return value;
+  };
+  const LinearFactory factory = state->options.linear_factory ? state->options.linear_factory : MakeDenseLinear;
+  // One projection through the factory, with its bias (the family's bias row for q/k/v).
+  const auto make_linear = [&](const WeightName& row, int64_t i) -> absl::Status {
+    const int slot = LinearSlot(row.role);
+    ProjectionSource p;
+    p.module = LayerName(row.hf, i);
+    if (absl::EndsWith(p.module, ".weight")) p.module.resize(p.module.size() - 7);
+    p.weight_key = LayerName(from_gguf ? row.gguf : row.hf, i);
+    p.shape = ExpectedShape(row.role, c);
+    p.dtype = dtype;
+    p.from_gguf = from_gguf;
+    if (const std::optional<Role> bias_role = BiasRoleOf(row.role)) {
+      for (const WeightName& b : spec.weights) {
+        if (b.role == *bias_role) {
+          LLMTRAIN_ASSIGN_OR_RETURN(p.bias, take(LayerName(from_gguf ? b.gguf : b.hf, i), b.role));
+        }
+      }
+    }
+    p.has = [&](const std::string& key) { return source.shapes.count(key) != 0; };
+    p.load = [&](const std::string& key, c10::ScalarType as) -> absl::StatusOr<at::Tensor> {
+      if (source.shapes.count(key) == 0) return absl::NotFoundError(absl::StrCat("missing tensor \"", key, "\""));
+      used[key] = true;
+      LLMTRAIN_ASSIGN_OR_RETURN(at::Tensor t, source.load(key, as));
+      return source.loads_owned ? t : t.clone();
+    };
+    p.dense_weight = [&, weight_key = p.weight_key, role = row.role]() { return load_value(weight_key, role); };
+    auto made = factory(p);
+    if (!made.ok()) {  // dense_weight's errors name the file already
+      return absl::StartsWith(made.status().message(), where) ? made.status() : Annotate(made.status(), where);
+    }
+    std::shared_ptr<Linear> layer = *std::move(made);
+    if (layer == nullptr || layer->in_features() != p.shape[1] || layer->out_features() != p.shape[0]) {
+      return absl::InternalError(absl::StrCat(where, ": the linear factory made a wrong layer for ", p.module));
+    }
+    // Dense weights are listed in named_parameters(); 4-bit ones are not (see Decoder::linear).
+    if (const at::Tensor w = layer->stored_weight(); w.defined()) {
+      state->params.emplace_back(p.module + ".weight", w);
+    }
+    state->layers[i].proj[slot] = std::move(layer);
+    state->linear_names.emplace_back(p.module, std::make_pair(i, slot));
+    return absl::OkStatus();
+  };
+
+  for (const WeightName& row : spec.weights) {
+    const std::string& pattern = from_gguf ? row.gguf : row.hf;
+    if (IsBiasRole(row.role)) continue;  // loaded with their projection
+    if (absl::StrContains(pattern, "{i}")) {
+      for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+        if (LinearSlot(row.role) >= 0) {
+          LLMTRAIN_RETURN_IF_ERROR(make_linear(row, i));
+          continue;
+        }
+        LLMTRAIN_ASSIGN_OR_RETURN(at::Tensor t, take(LayerName(pattern, i), row.role));
+        LayerWeights& l = state->layers[i];
+        switch (row.role) {
+          case Role::kInputNorm: l.input_norm = t; break;
+          case Role::kPostAttnNorm: l.post_attn_norm = t; break;
+          case Role::kPreFfwNorm: l.pre_ffw_norm = t; break;
+          case Role::kPostFfwNorm: l.post_ffw_norm = t; break;
+          case Role::kQNorm: l.q_norm = t; break;
+          case Role::kKNorm: l.k_norm = t; break;
+          default: break;
+        }
+      }
+      continue;
+    }
+    if (row.role == Role::kLmHead && spec.tied_embeddings) {
+      // Tied: the head is the embedding. Some checkpoints store a copy; it must be that copy.
+      if (source.shapes.count(pattern) != 0) {
+        used[pattern] = true;
+        std::string embed_name;
+        for (const WeightName& e : spec.weights) {
+          if (e.role == Role::kEmbed) embed_name = from_gguf ? e.gguf : e.hf;
+        }
+        auto head = source.load(pattern, at::kFloat);
+        auto embed = source.shapes.count(embed_name) ? source.load(embed_name, at::kFloat) : head;
+        if (!head.ok() || !embed.ok() || !at::equal(*head, *embed) || source.shapes.count(embed_name) == 0) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              where, ": tensor \"", pattern, "\" differs from the embedding, but the config ties them "
+              "(tie_word_embeddings = true)"));
+        }
+      }
+      continue;
+    }
+    LLMTRAIN_ASSIGN_OR_RETURN(at::Tensor t, take(pattern, row.role));
+    if (row.role == Role::kEmbed) state->embed = t;
+    if (row.role == Role::kFinalNorm) state->final_norm = t;
+    if (row.role == Role::kLmHead) state->lm_head = t;
+  }
+  if (spec.tied_embeddings) state->lm_head = state->embed;
+  // linear_names in LinearNames() order: layer by layer, q, k, v, o, gate, up, down.
+  std::stable_sort(state->linear_names.begin(), state->linear_names.end(),
+                   [](const auto& a, const auto& b) { return a.second < b.second; });
+  for (const auto& [name, was_used] : used) {
+    if (!was_used) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          where, ": tensor \"", name, "\" is not a weight of ", spec.model_type,
+          " (no row of its name table maps it; a checkpoint with 4-bit projections needs "
+          "DecoderOptions::linear_factory = quant::QuantizedLinearFactory)"));
+    }
+  }
+  // RoPE inverse frequencies, one table per distinct (theta, factor) and an index per layer.
+  std::vector<LayerRope> distinct;
+  for (const LayerRope& rope : spec.rope) {
+    const auto same = std::find_if(distinct.begin(), distinct.end(), [&](const LayerRope& r) {
+      return r.theta == rope.theta && r.linear_factor == rope.linear_factor;
+    });
+    if (same != distinct.end()) {
+      state->layer_rope.push_back(same - distinct.begin());
+      continue;
+    }
+    state->layer_rope.push_back(static_cast<int64_t>(distinct.size()));
+    distinct.push_back(rope);
+    state->inv_freq.push_back(kernels::RopeInverseFrequencies(c.head_dim, rope.theta, rope.linear_factor));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::shared_ptr<DecoderState>> LoadDecoderState(absl::string_view path_view,
+                                                               const DecoderOptions& options) {
+  const std::string path(path_view);
+  auto state = std::make_shared<DecoderState>();
+  state->options = options;
+  TensorSource source;
+  std::unique_ptr<io::GgufFile> gguf;
+  std::unique_ptr<io::Checkpoint> checkpoint;
+  const bool from_gguf = absl::EndsWith(path, ".gguf");
+  std::vector<std::string> vocabulary;  // GGUF: the token strings, to find the family's end tokens
+  try {
+    if (from_gguf) {
+      LLMTRAIN_ASSIGN_OR_RETURN(gguf, io::GgufFile::Open(path));
+      LLMTRAIN_ASSIGN_OR_RETURN(state->config, io::HfConfigFromGguf(*gguf));
+      for (const io::GgufTensorInfo& t : gguf->tensors()) source.shapes[t.name] = t.shape;
+      if (const io::GgufValue* tokens = gguf->FindMetadata("tokenizer.ggml.tokens")) vocabulary = tokens->strings;
+      source.loads_owned = true;
+      source.load = [&gguf](const std::string& name, c10::ScalarType dtype) {
+        return io::LoadGgufTensor(*gguf, *gguf->FindTensor(name), dtype);
+      };
+    } else {
+      if (!IsDirectory(path)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(path, ": expected a model folder (config.json + safetensors) or a .gguf file"));
+      }
+      LLMTRAIN_ASSIGN_OR_RETURN(state->config, io::LoadHfConfig(path + "/config.json"));
+      LLMTRAIN_ASSIGN_OR_RETURN(checkpoint, io::Checkpoint::Open(path));
+      for (const std::string& name : checkpoint->Names()) {
+        LLMTRAIN_ASSIGN_OR_RETURN(auto found, checkpoint->Find(name));
+        source.shapes[name] = found.second->shape;
+      }
+      source.load = [&checkpoint](const std::string& name, c10::ScalarType) {
+        return io::LoadTensor(*checkpoint, name);  // a view of the mapping, in the stored dtype
+      };
+      // generation_config.json may list more end tokens than config.json (Gemma: <end_of_turn>).
+      if (auto text = ReadFileToString(path + "/generation_config.json"); text.ok()) {
+        const nlohmann::json generation = nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false);
+        if (generation.is_object() && generation.contains("eos_token_id")) {
+          const nlohmann::json& eos = generation["eos_token_id"];
+          if (eos.is_number_integer()) state->eos_token_ids.push_back(eos.get<int64_t>());
+          if (eos.is_array()) {
+            for (const auto& e : eos) {
+              if (e.is_number_integer()) state->eos_token_ids.push_back(e.get<int64_t>());
+            }
+          }
+        }
+      }
+    }
+    if (state->config.vision.has_value()) {
+      return absl::UnimplementedError(
+          absl::StrCat(path, ": model_type gemma3 (image+text) is not supported by the text decoder yet"));
+    }
+    auto spec = BuildFamilySpec(state->config.text);
+    if (!spec.ok()) return Annotate(spec.status(), path);
+    state->spec = *std::move(spec);
+    if (state->spec.refuses_fp16 && options.dtype == Dtype::kF16) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          path, ": dtype f16: ", state->spec.model_type,
+          " overflows float16 in its residual stream (transformers produces inf/NaN); use bf16 or f32"));
+    }
+    // Chat models end a turn with a token of their own; generation must stop there too.
+    for (size_t id = 0; id < vocabulary.size(); ++id) {
+      const auto& ends = state->spec.end_of_turn_tokens;
+      if (std::find(ends.begin(), ends.end(), vocabulary[id]) != ends.end()) {
+        state->eos_token_ids.push_back(static_cast<int64_t>(id));
+      }
+    }
+    LLMTRAIN_RETURN_IF_ERROR(BuildFromTensors(source, from_gguf, path, state.get()));
+#ifdef __GLIBC__
+    // Loading frees many dequantized temporaries of a few MiB each. glibc raises its mmap
+    // threshold after the first such free, so the later ones come from the heap and stay
+    // resident after being freed (434 MiB for the 270M GGUF quantized to NF4). Hand them back.
+    malloc_trim(0);
+#endif
+    std::vector<int64_t>& eos = state->eos_token_ids;
+    eos.insert(eos.end(), state->config.text.eos_token_ids.begin(), state->config.text.eos_token_ids.end());
+    std::sort(eos.begin(), eos.end());
+    eos.erase(std::unique(eos.begin(), eos.end()), eos.end());
+  } catch (...) {
+    return StatusFromCurrentException(absl::StrCat("loading ", path));
+  }
+  return state;
+}
+
+}  // namespace llmtrain::model::detail
