@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "llmtrain/commands.h"
 #include "llmtrain/core/status.h"
+#include "llmtrain/spec/build.h"
 #include "llmtrain/spec/run_spec.h"
 #include "llmtrain/train/trainer.h"
 
@@ -53,7 +54,7 @@ int RunTrain(const std::vector<std::string>& args) {
   try {
     auto run = spec::LoadRunSpec(file, overrides);
     if (!run.ok()) return Fail("train", std::string(run.status().message()));
-    auto trainer = train::Trainer::Create(*run);
+    auto trainer = spec::BuildTrainer(*run);
     if (!trainer.ok()) return Fail("train", std::string(trainer.status().message()));
     std::signal(SIGINT, OnSignal);
     std::signal(SIGTERM, OnSignal);

@@ -10,6 +10,7 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 
 namespace llmtrain::train {
 
@@ -132,6 +133,19 @@ double ClipGradNorm(const std::vector<at::Tensor>& params, double max_norm) {
     for (at::Tensor& g : grads) g.mul_(coef);
   }
   return total.item<double>();
+}
+
+absl::Status Validate(const AdamWOptions& o) {
+  std::vector<std::string> errors;
+  if (!(o.lr > 0) || !std::isfinite(o.lr)) errors.push_back(absl::StrCat("AdamWOptions.lr: expected > 0, found ", o.lr));
+  if (!(o.beta1 >= 0 && o.beta1 < 1)) errors.push_back(absl::StrCat("AdamWOptions.beta1: expected [0, 1), found ", o.beta1));
+  if (!(o.beta2 >= 0 && o.beta2 < 1)) errors.push_back(absl::StrCat("AdamWOptions.beta2: expected [0, 1), found ", o.beta2));
+  if (!(o.eps > 0)) errors.push_back(absl::StrCat("AdamWOptions.eps: expected > 0, found ", o.eps));
+  if (!(o.weight_decay >= 0)) {
+    errors.push_back(absl::StrCat("AdamWOptions.weight_decay: expected ≥ 0, found ", o.weight_decay));
+  }
+  if (errors.empty()) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrJoin(errors, "\n"));
 }
 
 }  // namespace llmtrain::train

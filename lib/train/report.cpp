@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 #include <sstream>
 #include <vector>
 
@@ -72,18 +73,33 @@ absl::StatusOr<std::string> RunReportHtml(absl::string_view dir_view) {
     if (!j.is_object()) {
       return absl::InvalidArgumentError(absl::StrCat(dir, "/metrics.jsonl:", line_no, ": not a JSON object"));
     }
-    const double step = j.value("step", 0.0);
-    if (j.value("type", "") == "train") {
-      loss.emplace_back(step, j.value("loss", 0.0));
-      lr.emplace_back(step, j.value("lr", 0.0));
-      tps.emplace_back(step, j.value("tokens_per_second", 0.0));
-    } else if (j.value("type", "") == "eval") {
-      eval_loss.emplace_back(step, j.value("eval_loss", 0.0));
+    // A skipped step's loss is NaN, which JSON writes as null: such points are left out of the
+    // plots, as are values of the wrong type in a hand-edited file.
+    const auto number = [&j](const char* key) -> std::optional<double> {
+      const auto it = j.find(key);
+      if (it == j.end() || !it->is_number() || !std::isfinite(it->get<double>())) return std::nullopt;
+      return it->get<double>();
+    };
+    const auto text = [](const nlohmann::json& o, const char* key) {
+      const auto it = o.find(key);
+      return it != o.end() && it->is_string() ? it->get<std::string>() : std::string();
+    };
+    const std::optional<double> step = number("step");
+    if (!step) continue;
+    const auto add = [&](std::vector<std::pair<double, double>>* series, const char* key) {
+      if (const std::optional<double> v = number(key)) series->emplace_back(*step, *v);
+    };
+    if (text(j, "type") == "train") {
+      add(&loss, "loss");
+      add(&lr, "lr");
+      add(&tps, "tokens_per_second");
+    } else if (text(j, "type") == "eval") {
+      add(&eval_loss, "eval_loss");
       if (j.contains("samples") && j["samples"].is_array()) {
-        for (const auto& s : j["samples"]) {
-          absl::StrAppend(&samples, "<tr><td>", static_cast<int64_t>(step), "</td><td>",
-                          Escape(s.value("prompt", "")), "</td><td><pre>", Escape(s.value("output", "")),
-                          "</pre></td></tr>");
+        for (const auto& sample : j["samples"]) {
+          if (!sample.is_object()) continue;
+          absl::StrAppend(&samples, "<tr><td>", static_cast<int64_t>(*step), "</td><td>", Escape(text(sample, "prompt")),
+                          "</td><td><pre>", Escape(text(sample, "output")), "</pre></td></tr>");
         }
       }
     }

@@ -10,10 +10,14 @@
 #include "llmtrain/train/optimizer.h"
 #include "llmtrain/train/trainer.h"
 #include "llmtrain/lora/lora.h"
+#include "llmtrain/quant/quantized_linear.h"
 #include "llmtrain/model/decoder.h"
 #include "llmtrain/core/atomic_file.h"
+#include "llmtrain/spec/build.h"
 #include "llmtrain/spec/run_spec.h"
+#include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
+#include "llmtrain/train/checkpoint.h"
 #include "llmtrain/io/safetensors.h"
 #include "llmtrain/io/tensors.h"
 #include <fstream>
@@ -56,7 +60,7 @@ TEST_CASE("train: AdamW, cosine warmup and clipping equal PyTorch + transformers
 
   std::vector<at::Tensor> params;
   for (int64_t i = 0; i < n; ++i) params.push_back(ref[absl::StrCat("p", i)].clone().requires_grad_(true));
-  train::AdamW adam(params, {1e-2, 0.9, 0.95, 1e-6, 0.1});
+  train::AdamW adam(params, {.lr = 1e-2, .beta1 = 0.9, .beta2 = 0.95, .eps = 1e-6, .weight_decay = 0.1});
   const train::LrSchedule schedule(train::ScheduleKind::kCosine, warmup, steps);
   size_t equal_params = 0, equal_norms = 0;
   for (int64_t s = 0; s < steps; ++s) {
@@ -79,7 +83,7 @@ TEST_CASE("train: AdamW, cosine warmup and clipping equal PyTorch + transformers
   // State round trip: a restored optimizer continues identically.
   std::vector<at::Tensor> copy;
   for (const at::Tensor& p : params) copy.push_back(p.detach().clone().requires_grad_(true));
-  train::AdamW restored(copy, {1e-2, 0.9, 0.95, 1e-6, 0.1});
+  train::AdamW restored(copy, {.lr = 1e-2, .beta1 = 0.9, .beta2 = 0.95, .eps = 1e-6, .weight_decay = 0.1});
   std::vector<at::Tensor> state;
   for (const at::Tensor& t : adam.StateTensors()) state.push_back(t.clone());
   REQUIRE(restored.LoadState(state, adam.step()).ok());
@@ -95,8 +99,8 @@ TEST_CASE("train: AdamW, cosine warmup and clipping equal PyTorch + transformers
 TEST_CASE("train: bf16 parameters keep float32 moments and a float32 master copy", "[train]") {
   at::Tensor p = at::randn({64}).to(at::kBFloat16).requires_grad_(true);
   at::Tensor ref = p.detach().to(at::kFloat).requires_grad_(true);
-  train::AdamW a({p}, {1e-3, 0.9, 0.999, 1e-8, 0.0});
-  train::AdamW b({ref}, {1e-3, 0.9, 0.999, 1e-8, 0.0});
+  train::AdamW a({p}, {.lr = 1e-3, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .weight_decay = 0.0});
+  train::AdamW b({ref}, {.lr = 1e-3, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .weight_decay = 0.0});
   for (int s = 0; s < 20; ++s) {
     const at::Tensor g = at::randn({64});
     p.mutable_grad() = g.to(at::kBFloat16);
@@ -164,8 +168,8 @@ std::string Bytes(const std::string& path) {
 
 TEST_CASE("train: gradient accumulation 4 × 1 equals one batch of 4", "[train][real]") {
   const std::string dir = testing::TempDir("train_accum");
-  auto one = train::Trainer::Create(SmallRun(dir + "/a", 4, 1, 2));
-  auto four = train::Trainer::Create(SmallRun(dir + "/b", 1, 4, 2));
+  auto one = spec::BuildTrainer(SmallRun(dir + "/a", 4, 1, 2));
+  auto four = spec::BuildTrainer(SmallRun(dir + "/b", 1, 4, 2));
   REQUIRE(one.ok());
   REQUIRE(four.ok());
   for (int step = 0; step < 2; ++step) {
@@ -184,7 +188,7 @@ TEST_CASE("train: gradient accumulation 4 × 1 equals one batch of 4", "[train][
 TEST_CASE("train: a run stopped and resumed ends with the uninterrupted run's adapter, byte for byte", "[train][real]") {
   const std::string dir = testing::TempDir("train_resume");
   {
-    auto whole = train::Trainer::Create(SmallRun(dir + "/whole", 2, 2, 6));
+    auto whole = spec::BuildTrainer(SmallRun(dir + "/whole", 2, 2, 6));
     REQUIRE(whole.ok());
     train::RunOptions options;
     options.progress = false;
@@ -192,7 +196,7 @@ TEST_CASE("train: a run stopped and resumed ends with the uninterrupted run's ad
   }
   std::atomic<bool> stop{false};
   {
-    auto first = train::Trainer::Create(SmallRun(dir + "/split", 2, 2, 6));
+    auto first = spec::BuildTrainer(SmallRun(dir + "/split", 2, 2, 6));
     REQUIRE(first.ok());
     train::RunOptions options;
     options.progress = false;
@@ -205,7 +209,7 @@ TEST_CASE("train: a run stopped and resumed ends with the uninterrupted run's ad
   CHECK(IsDirectory(dir + "/split/run/checkpoints/step-000003"));
   CHECK_FALSE(IsDirectory(dir + "/split/run/adapter"));
   {
-    auto again = train::Trainer::Create(SmallRun(dir + "/split", 2, 2, 6));
+    auto again = spec::BuildTrainer(SmallRun(dir + "/split", 2, 2, 6));
     REQUIRE(again.ok());
     train::RunOptions options;
     options.progress = false;
@@ -274,7 +278,7 @@ TEST_CASE("train: the README job's adapter loads in PEFT and its merge in transf
                                 "output.dir=" + dir + "/run"});
   REQUIRE(run.ok());
   {
-    auto trainer = train::Trainer::Create(*run);
+    auto trainer = spec::BuildTrainer(*run);
     REQUIRE(trainer.ok());
     train::RunOptions options;
     options.progress = false;
@@ -300,7 +304,12 @@ TEST_CASE("train: the README job's adapter loads in PEFT and its merge in transf
   double peft_err = 0, merged_err = 0;
   for (const bool four_bit : {false, true}) {
     model::DecoderOptions options;
-    if (four_bit) options.quantize_4bit = quant::Quant4Options{quant::QuantType::kNf4, 64, /*double_quant=*/true};
+    if (four_bit) {
+      quant::Quant4Options q4;  // NF4, blocks of 64, double quantization: the README job's base
+      q4.blocksize = 64;
+      q4.double_quant = true;
+      options.linear_factory = quant::QuantizedLinearFactory(q4);
+    }
     auto model = model::Decoder::Load(RealModel(), options);
     REQUIRE(model.ok());
     REQUIRE(lora::LoadAdapter(model->get(), adapter).ok());
@@ -337,7 +346,7 @@ TEST_CASE("train: 20 steps equal transformers + PEFT + torch AdamW on the same b
       autocast ? " autocast: \"bf16\"" : "", " }\n",
       "output { dir: \"", dir, "/run\" report_to: \"jsonl\" }\n"));
   REQUIRE(run.ok());
-  auto trainer = train::Trainer::Create(*run);
+  auto trainer = spec::BuildTrainer(*run);
   INFO(trainer.status().ToString());
   REQUIRE(trainer.ok());
   std::vector<std::pair<std::string, at::Tensor>> batches;
@@ -514,7 +523,7 @@ TEST_CASE("train: non-finite steps are skipped, named, and stop the run with a c
       "training { max_steps: 20 micro_batch_size: 2 max_nonfinite_steps: 3 }\n",
       "output { dir: \"", dir, "/run\" report_to: \"jsonl\" }\n"));
   REQUIRE(run.ok());
-  auto trainer = train::Trainer::Create(*run);
+  auto trainer = spec::BuildTrainer(*run);
   REQUIRE(trainer.ok());
   // One adapter weight poisoned: every step's loss is NaN.
   const auto params = (*trainer)->TrainableParameters();
@@ -551,6 +560,68 @@ TEST_CASE("train: non-finite steps are skipped, named, and stop the run with a c
   }
   CHECK(at::equal(params[0].second.detach(), before));  // no update was applied
   CHECK(IsDirectory(dir + "/run/checkpoints/step-000003"));
+}
+
+}  // namespace
+}  // namespace llmtrain
+
+namespace llmtrain {
+namespace {
+
+TEST_CASE("train: trainer_state.json is parsed strictly, naming the key at fault", "[train]") {
+  train::TrainerState state;
+  state.step = 12;
+  state.adam_step = 11;
+  state.data_cursor = 24;
+  state.total_steps = 30;
+  auto back = train::ParseTrainerState("state.json", train::TrainerStateJson(state));
+  REQUIRE(back.ok());
+  CHECK(back->step == 12);
+  CHECK(back->adam_step == 11);
+  CHECK(back->data_cursor == 24);
+  CHECK(back->total_steps == 30);
+  CHECK_THAT(std::string(train::ParseTrainerState("s.json", "[1, 2]").status().message()),
+             Catch::Contains("s.json: expected a JSON object"));
+  CHECK_THAT(std::string(train::ParseTrainerState("s.json", "{\"step\": 1}").status().message()),
+             Catch::Contains("s.json: \"adam_step\" is missing"));
+  const std::string negative = absl::StrReplaceAll(train::TrainerStateJson(state), {{"\"data_cursor\": 24", "\"data_cursor\": -3"}});
+  CHECK_THAT(std::string(train::ParseTrainerState("s.json", negative).status().message()),
+             Catch::Contains("\"data_cursor\": expected a non-negative integer, found -3"));
+}
+
+TEST_CASE("train: resuming from a damaged checkpoint is an error naming the file and key", "[train][reference]") {
+  if (!testing::ReferenceStackAvailable()) return;
+  const std::string dir = testing::TempDir("train_damaged_resume");
+  REQUIRE(testing::RunReference("train_ref.py", {"tiny", dir, "qwen2"}).exit_code == 0);
+  auto run = spec::ParseRunSpec("test", absl::StrCat(
+      "model { path: \"", dir, "/model\" load_in_4bit: false }\n",
+      "lora { r: 2 alpha: 4 target_modules: \"q_proj\" }\n",
+      "data { train_files: \"", dir, "/train.jsonl\" format: text template: none max_length: 16 }\n",
+      "training { max_steps: 4 micro_batch_size: 2 }\n", "checkpoint { every_steps: 2 }\n",
+      "output { dir: \"", dir, "/run\" report_to: jsonl }\n"));
+  REQUIRE(run.ok());
+  {
+    auto trainer = spec::BuildTrainer(*run);
+    REQUIRE(trainer.ok());
+    std::atomic<bool> stop{false};
+    train::RunOptions options;
+    options.progress = false;
+    options.stop = &stop;
+    options.on_step = [&](const train::StepMetrics& m) { stop.store(m.step == 2); };
+    REQUIRE((*trainer)->Run(options).ok());
+  }
+  const std::string state_path = train::CheckpointDir(dir + "/run", 2) + "/trainer_state.json";
+  auto text = ReadFileToString(state_path);
+  REQUIRE(text.ok());
+  REQUIRE(WriteFileAtomically(state_path, absl::StrReplaceAll(*text, {{"\"data_cursor\"", "\"data_curs0r\""}})).ok());
+  auto trainer = spec::BuildTrainer(*run);
+  REQUIRE(trainer.ok());
+  train::RunOptions options;
+  options.resume = true;
+  options.progress = false;
+  const absl::Status status = (*trainer)->Run(options);
+  CHECK(status.code() == absl::StatusCode::kDataLoss);
+  CHECK_THAT(std::string(status.message()), Catch::Contains("step-000002/trainer_state.json: \"data_cursor\" is missing"));
 }
 
 }  // namespace

@@ -27,6 +27,9 @@ struct AdamWOptions {
   double weight_decay = 0.01;  ///< decoupled: p ← p · (1 − lr · wd) before the Adam update
 };
 
+/// InvalidArgument naming the field: lr ≤ 0, a beta outside [0, 1), eps ≤ 0, weight_decay < 0.
+absl::Status Validate(const AdamWOptions& options);
+
 /// AdamW over tensors that require grad. The moments are float32 whatever the parameter dtype;
 /// a bf16 parameter is updated through a float32 copy of itself (the master copy) and rounded
 /// once per step.
@@ -39,6 +42,8 @@ class AdamW {
   void Step(double lr);
   int64_t step() const { return step_; }
   const AdamWOptions& options() const { return options_; }
+  /// The tensors it updates, in the order given.
+  const std::vector<at::Tensor>& params() const { return params_; }
 
   /// State for checkpoints: per parameter exp_avg, exp_avg_sq (and the master copy of bf16
   /// parameters), and the step count.

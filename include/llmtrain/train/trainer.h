@@ -1,16 +1,25 @@
-// The training loop a run spec describes (spec/run_spec.h): QLoRA (or LoRA) fine-tuning with
-// token-normalized gradient accumulation, AdamW, warmup schedules, clipping, a non-finite guard,
-// evaluation with samples, metrics, and atomic checkpoints that a resumed run continues from
-// exactly.
+// The training loop, built from components: a model with a LoRA adapter injected, the data
+// loaders, AdamW and its schedule, an engine (where gradients are synchronized), metric writers,
+// and TrainerOptions for the loop's own settings. spec/build.h assembles all of it from a run
+// spec; a program can assemble it by hand (examples/gemma_finetune.cpp), or skip the Trainer and
+// write its own loop from the same parts (examples/custom_loop.cpp).
 //
-// Run folder (output.dir):
-//   metrics.jsonl                 one JSON line per logged step and per evaluation
-//   checkpoints/step-000120/      adapter/ (PEFT format), optimizer.safetensors, trainer_state.json,
-//                                 spec.textproto — a folder appears only once complete
-//   adapter/                      the final adapter (PEFT format)
+// The loop: token-normalized gradient accumulation, clipping, AdamW under the schedule, a
+// non-finite guard, evaluation with samples, metrics, and atomic checkpoints that a resumed run
+// continues from exactly.
 //
-//   LLMTRAIN_ASSIGN_OR_RETURN(spec::RunSpec run, spec::LoadRunSpec("run.textproto"));
-//   LLMTRAIN_ASSIGN_OR_RETURN(auto trainer, train::Trainer::Create(run));
+// Run folder (TrainerOptions::output_dir):
+//   metrics.jsonl, tensorboard/, report.html   what the MetricsWriters write
+//   checkpoints/step-000120/                   adapter/ (PEFT format), optimizer.safetensors,
+//                                              trainer_state.json and the run files — a folder
+//                                              appears only once complete
+//   adapter/                                   the final adapter (PEFT format)
+//
+//   train::TrainerComponents parts = …;   // see spec::BuildTrainerComponents
+//   train::TrainerOptions options;
+//   options.max_steps = 200;
+//   options.output_dir = "runs/qlora";
+//   LLMTRAIN_ASSIGN_OR_RETURN(auto trainer, train::Trainer::Create(std::move(parts), options));
 //   LLMTRAIN_RETURN_IF_ERROR(trainer->Run({.resume = true}));
 #pragma once
 
@@ -19,14 +28,32 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <ATen/core/Tensor.h>
 
 #include "absl/status/statusor.h"
-#include "llmtrain/spec/run_spec.h"
+#include "llmtrain/lora/adapter_config.h"
+#include "llmtrain/train/metrics.h"
+
+namespace llmtrain::model {
+class Decoder;
+}  // namespace llmtrain::model
+namespace llmtrain::tokenizer {
+class Tokenizer;
+class ChatTemplate;
+}  // namespace llmtrain::tokenizer
+namespace llmtrain::data {
+class Dataset;
+class Collator;
+class DataLoader;
+}  // namespace llmtrain::data
 
 namespace llmtrain::train {
+
+class AdamW;
+class LrSchedule;
 
 /// Where gradients are synchronized and parameters live. The trainer calls it and nothing else
 /// for distribution, so the sharded data-parallel engine can replace the single-process one.
@@ -51,24 +78,62 @@ class SingleProcessEngine final : public Engine {
   int world_size() const override { return 1; }
 };
 
-struct StepMetrics {
-  int64_t step = 0;            ///< optimizer steps done
-  double loss = 0;             ///< mean token loss over the step's micro-batches
-  double lr = 0;
-  double grad_norm = 0;        ///< before clipping
-  int64_t target_tokens = 0;
-  double tokens_per_second = 0;
-  double elapsed_seconds = 0;
-  int64_t peak_rss_mib = 0;
-  bool skipped = false;        ///< non-finite loss or gradient: no update
-  /// For a skipped step, where the non-finite value appeared: the first module whose activations
-  /// hold one ("activations of model.layers.3.mlp"), or, when the forward is finite, the trainable
-  /// tensor nearest the loss whose gradient holds one (backward reaches it first).
-  std::string nonfinite_where;
+/// Mixed precision of forwards and losses (train/autocast.h).
+enum class Autocast {
+  kOff,
+  kBf16,  ///< torch.autocast(dtype=bfloat16) over a float32 model
 };
 
+/// The loop's own settings. Defaults equal the run spec's (spec_test checks it).
+struct TrainerOptions {
+  int64_t max_steps = 0;                    ///< optimizer steps; 0 = from epochs
+  double epochs = 1.0;                      ///< passes over the train data when max_steps is 0
+  int64_t gradient_accumulation_steps = 1;  ///< micro-batches per optimizer step
+  double max_grad_norm = 1.0;               ///< clip the global gradient norm to this; 0 = no clipping
+  int64_t max_nonfinite_steps = 10;         ///< stop (with a checkpoint) after this many skipped steps in a row
+  int64_t log_every_steps = 10;             ///< a metrics record every N steps (and steps 1, last, skipped)
+  Autocast autocast = Autocast::kOff;       ///< needs a float32 model
+  int64_t eval_every_steps = 0;             ///< evaluate every N steps; 0 = at the start and the end only
+  int64_t eval_max_batches = 0;             ///< batches per evaluation; 0 = the whole eval data
+  std::vector<std::string> sample_prompts;  ///< generated from at each evaluation (needs a tokenizer)
+  int64_t sample_max_new_tokens = 32;
+  double sample_temperature = 0.0;          ///< 0 = greedy
+  std::string output_dir;                   ///< the run folder (required)
+  int64_t checkpoint_every_steps = 0;       ///< 0 = only at the end, on stop, and on the non-finite limit
+  int64_t keep_last = 2;                    ///< complete checkpoints kept
+  /// Files written into output_dir and into every checkpoint, by name (spec/build.h puts the
+  /// run spec here as spec.textproto), and the data summary shown by the report.
+  std::vector<std::pair<std::string, std::string>> run_files;
+};
+
+/// InvalidArgument listing every bad field ("TrainerOptions.keep_last: expected ≥ 1, found 0").
+absl::Status Validate(const TrainerOptions& options);
+
+/// What a Trainer runs on. Everything is owned by the Trainer once created; the pointers between
+/// the parts (the collator's tokenizer, the loader's dataset) stay valid because each part lives
+/// behind its own pointer.
+struct TrainerComponents {
+  std::unique_ptr<model::Decoder> model;            ///< with the adapter injected (lora::InjectLora)
+  lora::LoraConfig adapter;                         ///< the adapter's config, for saving it
+  std::unique_ptr<tokenizer::Tokenizer> tokenizer;  ///< for samples; may be null without sample prompts
+  std::unique_ptr<tokenizer::ChatTemplate> chat;    ///< samples are wrapped as a user turn; may be null
+  std::unique_ptr<data::Dataset> train_data;
+  std::unique_ptr<data::Dataset> eval_data;         ///< may be null: no evaluation
+  std::unique_ptr<data::Collator> collator;
+  std::unique_ptr<data::DataLoader> train_loader;   ///< over train_data, through collator
+  /// Over lora::TrainableParameters(*model, adapter), in that order (checkpoints rely on it).
+  std::unique_ptr<AdamW> optimizer;
+  std::unique_ptr<LrSchedule> schedule;             ///< over TotalSteps(options, …)
+  std::shared_ptr<Engine> engine;                   ///< null: SingleProcessEngine
+  std::vector<std::unique_ptr<MetricsWriter>> metrics;
+};
+
+/// The optimizer steps of a run: options.max_steps, or ceil(epochs · ceil(records / micro_batch) /
+/// gradient_accumulation_steps), at least 1.
+int64_t TotalSteps(const TrainerOptions& options, int64_t train_records, int64_t micro_batch_size);
+
 struct RunOptions {
-  bool resume = false;  ///< continue from the newest complete checkpoint in output.dir
+  bool resume = false;  ///< continue from the newest complete checkpoint in output_dir
   /// Set from another thread or a signal handler to stop after the current step with a checkpoint
   /// (the CLI sets it on SIGINT / SIGTERM).
   std::atomic<bool>* stop = nullptr;
@@ -85,29 +150,33 @@ struct RunOptions {
 
 class Trainer {
  public:
-  /// Validates the spec (every error at once, before anything loads), then loads the tokenizer,
-  /// the data (bad records reported; refused over data.max_bad_fraction), the model (4-bit if
-  /// asked) and injects the adapter.
-  static absl::StatusOr<std::unique_ptr<Trainer>> Create(const spec::RunSpec& spec,
-                                                         std::shared_ptr<Engine> engine = nullptr);
+  /// Checks the options and that the parts fit together (the optimizer holds exactly the
+  /// adapter's trainable tensors, the schedule and loader are there, autocast has a float32
+  /// model); InvalidArgument names what does not.
+  static absl::StatusOr<std::unique_ptr<Trainer>> Create(TrainerComponents components, const TrainerOptions& options);
   ~Trainer();
 
-  /// Trains to the spec's step count (or until options.stop), evaluating and checkpointing as
-  /// the spec says; writes output.dir/adapter at the end.
+  /// Trains to the step count (or until options.stop), evaluating and checkpointing as the
+  /// options say; writes output_dir/adapter at the end. LibTorch errors come back as a Status.
   absl::Status Run(const RunOptions& options = {});
 
-  /// Mean token loss over the eval data (eval.max_batches of it), no gradients.
+  /// Mean token loss over the eval data (eval_max_batches of it), no gradients.
   absl::StatusOr<double> Evaluate();
+  /// One optimizer step's update without the loop (tests of accumulation).
+  absl::StatusOr<StepMetrics> TrainStep();
 
   int64_t total_steps() const;
-  /// One optimizer step's update without the loop: for tests of accumulation.
-  absl::StatusOr<StepMetrics> TrainStep();
   /// The LoRA tensors being trained, by their saved key.
-  std::vector<std::pair<std::string, at::Tensor>> TrainableParameters() const;
+  const std::vector<std::pair<std::string, at::Tensor>>& TrainableParameters() const;
+  const model::Decoder& model() const;
 
  private:
   struct State;
   explicit Trainer(std::unique_ptr<State> state);
+  absl::Status RunLoop(const RunOptions& options);
+  absl::StatusOr<bool> Resume();  // false: no checkpoint to resume from
+  absl::Status SaveCheckpoint();
+  absl::Status EvaluateAndWrite();
   std::unique_ptr<State> s_;
 };
 

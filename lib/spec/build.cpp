@@ -1,0 +1,211 @@
+// RunSpec → components (spec/build.h).
+#include "llmtrain/spec/build.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "llmtrain/core/log.h"
+#include "llmtrain/core/status.h"
+#include "llmtrain/lora/lora.h"
+#include "llmtrain/quant/quantized_linear.h"
+#include "llmtrain/tokenizer/chat_template.h"
+#include "llmtrain/tokenizer/tokenizer.h"
+
+namespace llmtrain::spec {
+
+std::optional<quant::Quant4Options> ToQuant4Options(const RunSpec& spec) {
+  const ModelSpec& m = spec.model();
+  if (!m.load_in_4bit()) return std::nullopt;
+  quant::Quant4Options q;
+  q.type = m.quant_type() == ModelSpec::fp4 ? quant::QuantType::kFp4 : quant::QuantType::kNf4;
+  q.blocksize = m.quant_blocksize();
+  q.double_quant = m.double_quant();
+  return q;
+}
+
+model::DecoderOptions ToDecoderOptions(const RunSpec& spec) {
+  model::DecoderOptions o;
+  o.dtype = spec.model().dtype() == ModelSpec::bf16 ? Dtype::kBf16 : Dtype::kF32;
+  o.activation_checkpointing = spec.training().activation_checkpointing();
+  o.linear_factory = quant::QuantizedLinearFactory(ToQuant4Options(spec));
+  return o;
+}
+
+lora::LoraConfig ToLoraConfig(const RunSpec& spec) {
+  const LoraSpec& l = spec.lora();
+  lora::LoraConfig c;
+  c.r = l.r();
+  c.alpha = l.alpha();
+  c.dropout = l.dropout();
+  c.use_rslora = l.use_rslora();
+  c.use_dora = l.use_dora();
+  c.init = l.init() == LoraSpec::gaussian ? lora::InitMode::kGaussian : lora::InitMode::kDefault;
+  if (!l.target_regex().empty()) {
+    c.target_regex = l.target_regex();
+  } else {
+    c.target_modules.assign(l.target_modules().begin(), l.target_modules().end());
+  }
+  c.layers_to_transform.assign(l.layers_to_transform().begin(), l.layers_to_transform().end());
+  for (const auto& [k, v] : l.rank_pattern()) c.rank_pattern.emplace_back(k, v);
+  for (const auto& [k, v] : l.alpha_pattern()) c.alpha_pattern.emplace_back(k, v);
+  std::sort(c.rank_pattern.begin(), c.rank_pattern.end());
+  std::sort(c.alpha_pattern.begin(), c.alpha_pattern.end());
+  c.modules_to_save.assign(l.modules_to_save().begin(), l.modules_to_save().end());
+  c.dtype = l.dtype() == LoraSpec::bf16 ? Dtype::kBf16 : Dtype::kF32;
+  c.seed = spec.training().seed();
+  c.base_model_name_or_path = spec.model().path();
+  return c;
+}
+
+absl::StatusOr<data::DatasetOptions> ToDatasetOptions(const RunSpec& spec) {
+  data::DatasetOptions o;
+  LLMTRAIN_ASSIGN_OR_RETURN(o.format, data::ParseFormat(DataSpec::Format_Name(spec.data().format())));
+  return o;
+}
+
+data::CollatorOptions ToCollatorOptions(const RunSpec& spec) {
+  const DataSpec& d = spec.data();
+  data::CollatorOptions o;
+  o.max_length = d.max_length();
+  o.truncation = d.truncation() == DataSpec::drop ? data::CollatorOptions::Truncation::kDrop
+                                          : data::CollatorOptions::Truncation::kRight;
+  o.train_on_prompt = !d.mask_prompt();
+  o.packing = d.packing();
+  o.batch_size = spec.training().micro_batch_size();
+  return o;
+}
+
+data::LoaderOptions ToLoaderOptions(const RunSpec& spec, int rank, int world_size) {
+  data::LoaderOptions o;
+  o.seed = spec.data().seed();
+  o.rank = rank;
+  o.world_size = world_size;
+  return o;
+}
+
+train::AdamWOptions ToAdamWOptions(const RunSpec& spec) {
+  const TrainingSpec& t = spec.training();
+  train::AdamWOptions o;
+  o.lr = t.learning_rate();
+  o.beta1 = t.adam_beta1();
+  o.beta2 = t.adam_beta2();
+  o.eps = t.adam_epsilon();
+  o.weight_decay = t.weight_decay();
+  return o;
+}
+
+absl::StatusOr<train::LrSchedule> ToLrSchedule(const RunSpec& spec, int64_t total_steps) {
+  const TrainingSpec& t = spec.training();
+  LLMTRAIN_ASSIGN_OR_RETURN(train::ScheduleKind kind, train::ParseScheduleKind(TrainingSpec::LrScheduler_Name(t.lr_scheduler())));
+  // transformers: warmup_steps, else ceil(total × warmup_ratio).
+  const int64_t warmup = t.warmup_steps() > 0 ? t.warmup_steps()
+                                              : static_cast<int64_t>(std::ceil(total_steps * t.warmup_ratio()));
+  return train::LrSchedule(kind, warmup, total_steps);
+}
+
+train::TrainerOptions ToTrainerOptions(const RunSpec& spec) {
+  const TrainingSpec& t = spec.training();
+  train::TrainerOptions o;
+  o.max_steps = t.max_steps();
+  o.epochs = t.epochs();
+  o.gradient_accumulation_steps = t.gradient_accumulation_steps();
+  o.max_grad_norm = t.max_grad_norm();
+  o.max_nonfinite_steps = t.max_nonfinite_steps();
+  o.log_every_steps = t.log_every_steps();
+  o.autocast = t.autocast() == TrainingSpec::bf16 ? train::Autocast::kBf16 : train::Autocast::kOff;
+  o.eval_every_steps = spec.eval().every_steps();
+  o.eval_max_batches = spec.eval().max_batches();
+  o.sample_prompts.assign(spec.eval().sample_prompts().begin(), spec.eval().sample_prompts().end());
+  o.sample_max_new_tokens = spec.eval().max_new_tokens();
+  o.sample_temperature = spec.eval().temperature();
+  o.output_dir = spec.output().dir();
+  o.checkpoint_every_steps = spec.checkpoint().every_steps();
+  o.keep_last = spec.checkpoint().keep_last();
+  o.run_files.emplace_back("spec.textproto", SpecToText(spec));
+  return o;
+}
+
+absl::StatusOr<train::TrainerComponents> BuildTrainerComponents(const RunSpec& spec_in,
+                                                                std::shared_ptr<train::Engine> engine) {
+  RunSpec spec = spec_in;
+  FillDefaults(&spec);
+  LLMTRAIN_RETURN_IF_ERROR(ValidateRunSpec(spec));
+  train::TrainerComponents parts;
+  parts.engine = engine ? std::move(engine) : std::make_shared<train::SingleProcessEngine>();
+  try {
+    // Data first: a bad data set is refused before the model takes memory and time.
+    LLMTRAIN_ASSIGN_OR_RETURN(const data::DatasetOptions dataset_options, ToDatasetOptions(spec));
+    const std::vector<std::string> train_files(spec.data().train_files().begin(), spec.data().train_files().end());
+    LLMTRAIN_ASSIGN_OR_RETURN(parts.train_data, data::Dataset::Open(train_files, dataset_options));
+    LogInfo(absl::StrCat("train data: ", parts.train_data->Summary()));
+    LLMTRAIN_RETURN_IF_ERROR(parts.train_data->CheckBadFraction(spec.data().max_bad_fraction()));
+    if (parts.train_data->size() == 0) return absl::InvalidArgumentError("data.train_files: no valid records");
+    if (!spec.data().eval_files().empty()) {
+      const std::vector<std::string> eval_files(spec.data().eval_files().begin(), spec.data().eval_files().end());
+      LLMTRAIN_ASSIGN_OR_RETURN(parts.eval_data, data::Dataset::Open(eval_files, dataset_options));
+      LLMTRAIN_RETURN_IF_ERROR(parts.eval_data->CheckBadFraction(spec.data().max_bad_fraction()));
+    }
+    const std::string tokenizer_path = spec.model().tokenizer().empty() ? spec.model().path() : spec.model().tokenizer();
+    LLMTRAIN_ASSIGN_OR_RETURN(parts.tokenizer, tokenizer::Tokenizer::Load(tokenizer_path));
+    if (spec.data().template_() == DataSpec::model) {
+      LLMTRAIN_ASSIGN_OR_RETURN(parts.chat, tokenizer::ChatTemplate::ForTokenizer(*parts.tokenizer));
+    }
+    parts.collator = std::make_unique<data::Collator>(*parts.tokenizer, parts.chat.get(), ToCollatorOptions(spec));
+    parts.train_loader = std::make_unique<data::DataLoader>(
+        *parts.train_data, *parts.collator,
+        ToLoaderOptions(spec, parts.engine->rank(), parts.engine->world_size()));
+
+    LLMTRAIN_ASSIGN_OR_RETURN(parts.model, model::Decoder::Load(spec.model().path(), ToDecoderOptions(spec)));
+    parts.adapter = ToLoraConfig(spec);
+    LLMTRAIN_ASSIGN_OR_RETURN(const std::vector<std::string> targeted, lora::InjectLora(parts.model.get(), parts.adapter));
+    std::vector<at::Tensor> params;
+    int64_t n_params = 0;
+    for (const auto& [key, t] : lora::TrainableParameters(*parts.model, parts.adapter)) {
+      params.push_back(t);
+      n_params += t.numel();
+    }
+    LogInfo(absl::StrFormat("model: %s, %d projections adapted, %d trainable parameters",
+                            parts.model->spec().model_type, targeted.size(), n_params));
+    parts.optimizer = std::make_unique<train::AdamW>(params, ToAdamWOptions(spec));
+    const train::TrainerOptions options = ToTrainerOptions(spec);
+    const int64_t total = train::TotalSteps(options, parts.train_data->size(), spec.training().micro_batch_size());
+    LLMTRAIN_ASSIGN_OR_RETURN(train::LrSchedule schedule, ToLrSchedule(spec, total));
+    parts.schedule = std::make_unique<train::LrSchedule>(schedule);
+
+    // Metrics: metrics.jsonl and TensorBoard as output.report_to says, and the report at the end.
+    const std::string& dir = spec.output().dir();
+    const auto& report_to = spec.output().report_to();
+    if (std::find(report_to.begin(), report_to.end(), OutputSpec::jsonl) != report_to.end()) {
+      parts.metrics.push_back(train::MakeJsonlMetricsWriter(dir + "/metrics.jsonl"));
+    }
+    if (std::find(report_to.begin(), report_to.end(), OutputSpec::tensorboard) != report_to.end()) {
+      LLMTRAIN_ASSIGN_OR_RETURN(auto tensorboard, train::MakeTensorBoardMetricsWriter(dir + "/tensorboard"));
+      parts.metrics.push_back(std::move(tensorboard));
+    }
+    parts.metrics.push_back(train::MakeReportWriter(dir));
+    at::manual_seed(spec.training().seed());  // dropout's generator
+  } catch (...) {
+    return StatusFromCurrentException("setting up the run");
+  }
+  return parts;
+}
+
+absl::StatusOr<std::unique_ptr<train::Trainer>> BuildTrainer(const RunSpec& spec_in,
+                                                             std::shared_ptr<train::Engine> engine) {
+  RunSpec spec = spec_in;
+  FillDefaults(&spec);
+  LLMTRAIN_ASSIGN_OR_RETURN(train::TrainerComponents parts, BuildTrainerComponents(spec, std::move(engine)));
+  train::TrainerOptions options = ToTrainerOptions(spec);
+  // What the report shows beside the metrics: the data summary with every bad record.
+  std::string summary = absl::StrCat("train: ", parts.train_data->Summary(), "\n");
+  for (const auto& bad : parts.train_data->bad_records()) absl::StrAppend(&summary, "  bad: ", bad.ToString(), "\n");
+  if (parts.eval_data) absl::StrAppend(&summary, "eval: ", parts.eval_data->Summary(), "\n");
+  options.run_files.emplace_back("data_summary.txt", summary);
+  return train::Trainer::Create(std::move(parts), options);
+}
+
+}  // namespace llmtrain::spec

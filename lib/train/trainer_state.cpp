@@ -1,0 +1,26 @@
+// trainer_state.json's parser (train/checkpoint.h): LibTorch-free, so its fuzz target
+// (tests/fuzz/trainer_state_fuzz.cpp) links it alone.
+#include "absl/strings/str_cat.h"
+#include "llmtrain/train/checkpoint.h"
+#include "nlohmann/json.hpp"
+#include "train/trainer_state_fields.h"
+
+namespace llmtrain::train {
+
+absl::StatusOr<TrainerState> ParseTrainerState(absl::string_view where, absl::string_view json_text) {
+  const nlohmann::json j = nlohmann::json::parse(json_text.begin(), json_text.end(), nullptr, /*allow_exceptions=*/false);
+  if (!j.is_object()) return absl::DataLossError(absl::StrCat(where, ": expected a JSON object"));
+  TrainerState state;
+  for (const auto& [key, member] : detail::TrainerStateFields()) {
+    const auto it = j.find(key);
+    if (it == j.end()) return absl::DataLossError(absl::StrCat(where, ": \"", key, "\" is missing"));
+    if (!it->is_number_integer() || it->get<int64_t>() < 0) {
+      return absl::DataLossError(
+          absl::StrCat(where, ": \"", key, "\": expected a non-negative integer, found ", it->dump()));
+    }
+    state.*member = it->get<int64_t>();
+  }
+  return state;
+}
+
+}  // namespace llmtrain::train
