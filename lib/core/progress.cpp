@@ -108,4 +108,15 @@ void ProgressReporter::Finish() {
   finished_ = true;
 }
 
+absl::Status Validate(const ProgressOptions& o) {
+  if (o.total < 0) return absl::InvalidArgumentError(absl::StrCat("ProgressOptions.total: expected ≥ 0, found ", o.total));
+  if (!(o.plain_interval_seconds > 0) || !(o.tty_interval_seconds > 0)) {
+    return absl::InvalidArgumentError(absl::StrCat("ProgressOptions.plain_interval_seconds / tty_interval_seconds: "
+                                                   "expected > 0, found ", o.plain_interval_seconds, " / ",
+                                                   o.tty_interval_seconds));
+  }
+  if (o.stream == nullptr) return absl::InvalidArgumentError("ProgressOptions.stream: expected a stream, found null");
+  return absl::OkStatus();
+}
+
 }  // namespace llmtrain

@@ -157,4 +157,21 @@ absl::StatusOr<Batch> DataLoader::Next() {
   return collator_.Collate(rows);
 }
 
+absl::Status Validate(const CollatorOptions& o) {
+  if (o.max_length < 2) return absl::InvalidArgumentError(absl::StrCat("CollatorOptions.max_length: expected ≥ 2, found ", o.max_length));
+  if (o.batch_size < 1) return absl::InvalidArgumentError(absl::StrCat("CollatorOptions.batch_size: expected ≥ 1, found ", o.batch_size));
+  if (o.token_budget < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("CollatorOptions.token_budget: expected ≥ 0, found ", o.token_budget));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Validate(const LoaderOptions& o) {
+  if (o.world_size < 1 || o.rank < 0 || o.rank >= o.world_size) {
+    return absl::InvalidArgumentError(absl::StrCat("LoaderOptions.rank / world_size: expected 0 ≤ rank < world_size, found ",
+                                                   o.rank, " / ", o.world_size));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace llmtrain::data

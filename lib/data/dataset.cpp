@@ -330,6 +330,7 @@ Dataset::~Dataset() = default;
 
 absl::StatusOr<std::unique_ptr<Dataset>> Dataset::Open(absl::Span<const std::string> files,
                                                        const DatasetOptions& options) {
+  if (absl::Status valid = Validate(options); !valid.ok()) return valid;
   if (files.empty()) return absl::InvalidArgumentError("no data files given");
   std::vector<std::shared_ptr<const io::MappedFile>> mapped;
   for (const std::string& name : files) {
@@ -499,5 +500,21 @@ std::optional<int64_t> Sampler::Next() {
 }
 
 void Sampler::Seek(const Position& position) { position_ = position; }
+
+absl::Status Validate(const DatasetOptions& o) {
+  if (o.max_record_bytes < 1 || o.detect_records < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("DatasetOptions.max_record_bytes / detect_records: expected ≥ 1, found ",
+                                                   o.max_record_bytes, " / ", o.detect_records));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Validate(const SamplerOptions& o) {
+  if (o.world_size < 1 || o.rank < 0 || o.rank >= o.world_size) {
+    return absl::InvalidArgumentError(absl::StrCat("SamplerOptions.rank / world_size: expected 0 ≤ rank < world_size, found ",
+                                                   o.rank, " / ", o.world_size));
+  }
+  return absl::OkStatus();
+}
 
 }  // namespace llmtrain::data

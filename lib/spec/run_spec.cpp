@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cctype>
 #include <regex>
 
 #include "absl/strings/ascii.h"
@@ -19,11 +20,12 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "llmtrain/core/atomic_file.h"
-#include "llmtrain/data/dataset.h"
 #include "llmtrain/io/gguf.h"
 #include "llmtrain/io/hf_config.h"
 #include "llmtrain/lora/adapter_config.h"
 #include "llmtrain/model/family.h"
+#include "llmtrain/core/status.h"
+#include "nlohmann/json.hpp"
 #include "spec/run_spec_proto_text.h"  // kRunSpecProto: the .proto's text, for the commented defaults
 
 namespace llmtrain::spec {
@@ -46,9 +48,9 @@ RunSpec Defaults() {
   ModelSpec* m = d.mutable_model();
   m->set_path("");
   m->set_family("");
-  m->set_dtype("f32");
+  m->set_dtype(ModelSpec::f32);
   m->set_load_in_4bit(true);
-  m->set_quant_type("nf4");
+  m->set_quant_type(ModelSpec::nf4);
   m->set_quant_blocksize(64);
   m->set_double_quant(true);
   m->set_tokenizer("");
@@ -59,13 +61,13 @@ RunSpec Defaults() {
   l->set_target_regex("");
   l->set_use_rslora(false);
   l->set_use_dora(false);
-  l->set_dtype("f32");
-  l->set_init("default");
+  l->set_dtype(LoraSpec::f32);
+  l->set_init(LoraSpec::default_);
   DataSpec* a = d.mutable_data();
-  a->set_format("auto");
-  a->set_template_("model");
+  a->set_format(DataSpec::auto_);
+  a->set_template_(DataSpec::model);
   a->set_max_length(512);
-  a->set_truncation("right");
+  a->set_truncation(DataSpec::right);
   a->set_packing(false);
   a->set_mask_prompt(true);
   a->set_max_bad_fraction(0.01);
@@ -76,7 +78,7 @@ RunSpec Defaults() {
   t->set_micro_batch_size(4);
   t->set_gradient_accumulation_steps(1);
   t->set_learning_rate(2e-4);
-  t->set_lr_scheduler("linear");
+  t->set_lr_scheduler(TrainingSpec::linear);
   t->set_warmup_steps(0);
   t->set_warmup_ratio(0.0);
   t->set_weight_decay(0.0);
@@ -88,7 +90,7 @@ RunSpec Defaults() {
   t->set_seed(42);
   t->set_max_nonfinite_steps(10);
   t->set_log_every_steps(10);
-  t->set_autocast("");
+  t->set_autocast(TrainingSpec::off);
   EvalSpec* e = d.mutable_eval();
   e->set_every_steps(0);
   e->set_max_batches(0);
@@ -99,7 +101,7 @@ RunSpec Defaults() {
   c->set_keep_last(2);
   d.mutable_output()->set_dir("");
   DistributedSpec* s = d.mutable_distributed();
-  s->set_engine("single");
+  s->set_engine(DistributedSpec::single);
   s->set_world_size(1);
   s->set_cpu_offload(false);
   return d;
@@ -124,10 +126,150 @@ void FillFrom(const pb::Message& from, pb::Message* to) {
         case pb::FieldDescriptor::CPPTYPE_UINT64: rt->SetUInt64(to, f, rf->GetUInt64(from, f)); break;
         case pb::FieldDescriptor::CPPTYPE_DOUBLE: rt->SetDouble(to, f, rf->GetDouble(from, f)); break;
         case pb::FieldDescriptor::CPPTYPE_BOOL: rt->SetBool(to, f, rf->GetBool(from, f)); break;
+        case pb::FieldDescriptor::CPPTYPE_ENUM: rt->SetEnumValue(to, f, rf->GetEnumValue(from, f)); break;
         default: break;
       }
     }
   }
+}
+
+// The value of `type` called `name`: its name as written in the .proto; "" is accepted for a
+// value named "off" (what an empty string meant before the field was an enum).
+const pb::EnumValueDescriptor* FindEnumValue(const pb::EnumDescriptor* type, absl::string_view name) {
+  if (name.empty()) return type->FindValueByName("off");
+  return type->FindValueByName(std::string(name));
+}
+
+// "f32", "bf16": the names of an enum's values, for messages.
+std::string EnumNames(const pb::EnumDescriptor* type) {
+  std::vector<std::string> names;
+  for (int i = 0; i < type->value_count(); ++i) names.push_back(absl::StrCat("\"", type->value(i)->name(), "\""));
+  return absl::StrJoin(names, ", ");
+}
+
+// Enum values in spec text. Text protos write them as identifiers (dtype: bf16); specs written
+// before these fields were enums quote them (dtype: "bf16"), which TextFormat refuses, and a bad
+// name gets TextFormat's message without the field's path. This pass walks the text as tokens
+// (strings and comments kept whole), rewrites each quoted enum value as an identifier, and reports
+// an unknown name with the field's full path ("training.autocast: \"fp8\" is not one of …").
+absl::StatusOr<std::string> NormalizeEnumsInText(absl::string_view where, absl::string_view text) {
+  std::string out;
+  out.reserve(text.size());
+  std::vector<const pb::Descriptor*> types = {RunSpec::descriptor()};
+  std::vector<std::string> path;
+  std::string last_identifier;
+  const pb::FieldDescriptor* value_field = nullptr;  // the enum field whose value comes next
+  bool in_list = false;
+  int line = 1;
+  const auto field_path = [&](const pb::FieldDescriptor* f) {
+    return absl::StrCat(absl::StrJoin(path, "."), path.empty() ? "" : ".", f->name());
+  };
+  const auto check = [&](absl::string_view name) -> absl::StatusOr<std::string> {
+    const pb::EnumValueDescriptor* v = FindEnumValue(value_field->enum_type(), name);
+    if (v == nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat(where, ": line ", line, ": ", field_path(value_field), ": \"",
+                                                     name, "\" is not one of ", EnumNames(value_field->enum_type())));
+    }
+    return v->name();
+  };
+  size_t i = 0;
+  while (i < text.size()) {
+    const char c = text[i];
+    if (c == '\n') ++line;
+    if (c == '#') {  // a comment, to the end of the line
+      const size_t end = std::min(text.find('\n', i), text.size());
+      absl::StrAppend(&out, text.substr(i, end - i));
+      i = end;
+      continue;
+    }
+    if (c == '"' || c == '\'') {
+      size_t end = i + 1;
+      while (end < text.size() && text[end] != c && text[end] != '\n') end += text[end] == '\\' ? 2 : 1;
+      end = std::min(end + 1, text.size());
+      if (value_field != nullptr) {
+        const absl::string_view inner = text.substr(i + 1, end - i - 2);
+        LLMTRAIN_ASSIGN_OR_RETURN(std::string name, check(inner));
+        absl::StrAppend(&out, name);
+        if (!in_list) value_field = nullptr;
+      } else {
+        absl::StrAppend(&out, text.substr(i, end - i));
+      }
+      i = end;
+      continue;
+    }
+    if (std::isalpha(static_cast<unsigned char>(c)) || c == '_') {
+      size_t end = i;
+      while (end < text.size() && (std::isalnum(static_cast<unsigned char>(text[end])) || text[end] == '_')) ++end;
+      const absl::string_view word = text.substr(i, end - i);
+      if (value_field != nullptr) {
+        LLMTRAIN_ASSIGN_OR_RETURN(std::string name, check(word));
+        absl::StrAppend(&out, name);
+        if (!in_list) value_field = nullptr;
+      } else {
+        absl::StrAppend(&out, word);
+        last_identifier = std::string(word);
+      }
+      i = end;
+      continue;
+    }
+    if (c == ':' && !types.empty() && types.back() != nullptr) {
+      const pb::FieldDescriptor* f = types.back()->FindFieldByName(last_identifier);
+      value_field = f != nullptr && f->cpp_type() == pb::FieldDescriptor::CPPTYPE_ENUM ? f : nullptr;
+    } else if (c == '[') {
+      in_list = value_field != nullptr;
+    } else if (c == ']') {
+      in_list = false;
+      value_field = nullptr;
+    } else if (c == '{' || c == '<') {
+      const pb::FieldDescriptor* f =
+          types.back() != nullptr ? types.back()->FindFieldByName(last_identifier) : nullptr;
+      types.push_back(f != nullptr ? f->message_type() : nullptr);
+      path.push_back(last_identifier);
+      value_field = nullptr;
+    } else if ((c == '}' || c == '>') && types.size() > 1) {
+      types.pop_back();
+      path.pop_back();
+    } else if (!std::isspace(static_cast<unsigned char>(c)) && c != ',' && c != ';') {
+      value_field = nullptr;  // a number or another symbol: not an enum value
+    }
+    out += c;
+    ++i;
+  }
+  return out;
+}
+
+// The same for JSON specs: enum fields may hold any string, so a bad one is named by its path
+// here (the JSON parser's own message lacks it), and "" becomes "off".
+absl::Status NormalizeEnumsInJson(absl::string_view where, const pb::Descriptor* type, nlohmann::json* node,
+                                  const std::string& path) {
+  if (!node->is_object()) return absl::OkStatus();
+  for (auto it = node->begin(); it != node->end(); ++it) {
+    const pb::FieldDescriptor* f = type->FindFieldByName(it.key());
+    if (f == nullptr) f = type->FindFieldByCamelcaseName(it.key());
+    if (f == nullptr) continue;  // the JSON parser names unknown fields
+    const std::string field = absl::StrCat(path, path.empty() ? "" : ".", f->name());
+    if (f->cpp_type() == pb::FieldDescriptor::CPPTYPE_MESSAGE && !f->is_map()) {
+      LLMTRAIN_RETURN_IF_ERROR(NormalizeEnumsInJson(where, f->message_type(), &it.value(), field));
+      continue;
+    }
+    if (f->cpp_type() != pb::FieldDescriptor::CPPTYPE_ENUM) continue;
+    std::vector<nlohmann::json*> values;
+    if (it.value().is_array()) {
+      for (auto& v : it.value()) values.push_back(&v);
+    } else {
+      values.push_back(&it.value());
+    }
+    for (nlohmann::json* v : values) {
+      if (!v->is_string()) continue;
+      const pb::EnumValueDescriptor* e = FindEnumValue(f->enum_type(), v->get<std::string>());
+      if (e == nullptr) {
+        return absl::InvalidArgumentError(absl::StrCat(where, ": ", field, ": \"", v->get<std::string>(),
+                                                       "\" is not one of ", EnumNames(f->enum_type())));
+      }
+      *v = e->name();
+    }
+  }
+  return absl::OkStatus();
 }
 
 // Parses `text` into field `f` of `msg` (singular) or appends it (repeated).
@@ -166,6 +308,15 @@ absl::Status SetScalar(pb::Message* msg, const pb::FieldDescriptor* f, const std
       rep ? r->AddBool(msg, f, v) : r->SetBool(msg, f, v);
       return absl::OkStatus();
     }
+    case pb::FieldDescriptor::CPPTYPE_ENUM: {
+      const pb::EnumValueDescriptor* v = FindEnumValue(f->enum_type(), text);
+      if (v == nullptr) {
+        return absl::InvalidArgumentError(absl::StrCat("--set ", path, ": \"", text, "\" is not one of ",
+                                                       EnumNames(f->enum_type())));
+      }
+      rep ? r->AddEnumValue(msg, f, v->number()) : r->SetEnumValue(msg, f, v->number());
+      return absl::OkStatus();
+    }
     default:
       return absl::InvalidArgumentError(absl::StrCat("--set ", path, ": not a scalar field"));
   }
@@ -175,11 +326,6 @@ bool OneOf(const std::string& v, std::initializer_list<const char*> allowed) {
   return std::any_of(allowed.begin(), allowed.end(), [&](const char* a) { return v == a; });
 }
 
-std::string Quoted(std::initializer_list<const char*> allowed) {
-  std::vector<std::string> q;
-  for (const char* a : allowed) q.push_back(absl::StrCat("\"", a, "\""));
-  return absl::StrJoin(q, ", ");
-}
 
 bool ValidRegex(const std::string& pattern) {
   // std::regex compiles and matches recursively: a bound keeps hostile patterns off the stack.
@@ -198,18 +344,22 @@ absl::StatusOr<RunSpec> ParseRunSpec(absl::string_view where, absl::string_view 
   RunSpec spec;
   const std::string text(text_view);
   if (absl::StartsWith(absl::StripLeadingAsciiWhitespace(text), "{")) {
+    nlohmann::json json = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+    if (json.is_discarded()) return absl::InvalidArgumentError(absl::StrCat(where, ": not valid JSON"));
+    LLMTRAIN_RETURN_IF_ERROR(NormalizeEnumsInJson(where, RunSpec::descriptor(), &json, ""));
     pb::util::JsonParseOptions options;
     options.ignore_unknown_fields = false;
-    const auto status = pb::util::JsonStringToMessage(text, &spec, options);
+    const auto status = pb::util::JsonStringToMessage(json.dump(), &spec, options);
     if (!status.ok()) {
       return absl::InvalidArgumentError(absl::StrCat(where, ": ", std::string(status.message())));
     }
     return spec;
   }
+  LLMTRAIN_ASSIGN_OR_RETURN(const std::string normalized, NormalizeEnumsInText(where, text));
   pb::TextFormat::Parser parser;
   Collector collector;
   parser.RecordErrorsTo(&collector);
-  if (!parser.ParseFromString(text, &spec)) {
+  if (!parser.ParseFromString(normalized, &spec)) {
     return absl::InvalidArgumentError(absl::StrCat(where, ": ", collector.first.empty() ? "not a valid spec" : collector.first));
   }
   return spec;
@@ -266,8 +416,8 @@ void FillDefaults(RunSpec* spec) {
     spec->mutable_lora()->add_target_modules("all-linear");
   }
   if (spec->output().report_to().empty()) {
-    spec->mutable_output()->add_report_to("jsonl");
-    spec->mutable_output()->add_report_to("tensorboard");
+    spec->mutable_output()->add_report_to(OutputSpec::jsonl);
+    spec->mutable_output()->add_report_to(OutputSpec::tensorboard);
   }
 }
 
@@ -294,9 +444,6 @@ std::vector<SpecError> FindSpecErrors(const RunSpec& s) {
   };
   const auto in_unit = [&](const std::string& field, double v, bool closed) {
     if (!(v >= 0 && (closed ? v <= 1 : v < 1))) err(field, absl::StrCat("must be in [0, 1", closed ? "]" : ")", ", got ", v));
-  };
-  const auto choice = [&](const std::string& field, const std::string& v, std::initializer_list<const char*> allowed) {
-    if (!OneOf(v, allowed)) err(field, absl::StrCat("\"", v, "\" is not one of ", Quoted(allowed)));
   };
   const auto file = [&](const std::string& field, const std::string& path) {
     if (!IsRegularFile(path)) err(field, absl::StrCat(path, ": no such file"));
@@ -327,8 +474,6 @@ std::vector<SpecError> FindSpecErrors(const RunSpec& s) {
   if (config && !m.family().empty() && m.family() != config->text.model_type) {
     err("model.family", absl::StrCat("\"", m.family(), "\" but the model is ", config->text.model_type));
   }
-  choice("model.dtype", m.dtype(), {"f32", "bf16"});
-  choice("model.quant_type", m.quant_type(), {"nf4", "fp4"});
   if (!OneOf(absl::StrCat(m.quant_blocksize()), {"32", "64", "128", "256", "512", "1024", "2048", "4096"})) {
     err("model.quant_blocksize", absl::StrCat(m.quant_blocksize(), " is not one of 32, 64, 128, 256, 512, 1024, 2048, 4096"));
   }
@@ -341,8 +486,6 @@ std::vector<SpecError> FindSpecErrors(const RunSpec& s) {
   if (l.r() <= 0 || l.r() > 65536) err("lora.r", absl::StrCat("must be in [1, 65536], got ", l.r()));
   positive("lora.alpha", l.alpha());
   in_unit("lora.dropout", l.dropout(), false);
-  choice("lora.dtype", l.dtype(), {"f32", "bf16"});
-  choice("lora.init", l.init(), {"default", "gaussian"});
   if (!l.target_regex().empty() && !ValidRegex(l.target_regex())) {
     err("lora.target_regex", absl::StrCat("\"", l.target_regex(), "\" is not a valid regular expression"));
   }
@@ -393,12 +536,6 @@ std::vector<SpecError> FindSpecErrors(const RunSpec& s) {
   if (d.train_files().empty()) err("data.train_files", "is required (at least one file)");
   for (int i = 0; i < d.train_files_size(); ++i) file(absl::StrCat("data.train_files[", i, "]"), d.train_files(i));
   for (int i = 0; i < d.eval_files_size(); ++i) file(absl::StrCat("data.eval_files[", i, "]"), d.eval_files(i));
-  if (!data::ParseFormat(d.format()).ok()) {
-    err("data.format", absl::StrCat("\"", d.format(), "\" is not one of \"auto\", \"dolly\", \"alpaca\", \"messages\", "
-                                    "\"sharegpt\", \"text\", \"captions\""));
-  }
-  choice("data.template", d.template_(), {"model", "none"});
-  choice("data.truncation", d.truncation(), {"right", "drop"});
   if (d.max_length() <= 1) {
     err("data.max_length", absl::StrCat("must be ≥ 2, got ", d.max_length()));
   } else if (config && config->text.max_position_embeddings > 0 && d.max_length() > config->text.max_position_embeddings) {
@@ -416,10 +553,9 @@ std::vector<SpecError> FindSpecErrors(const RunSpec& s) {
     err("training.gradient_accumulation_steps", absl::StrCat("must be ≥ 1, got ", t.gradient_accumulation_steps()));
   }
   positive("training.learning_rate", t.learning_rate());
-  choice("training.lr_scheduler", t.lr_scheduler(), {"linear", "cosine", "constant"});
-  choice("training.autocast", t.autocast(), {"", "bf16"});
-  if (!t.autocast().empty() && m.dtype() != "f32") {
-    err("training.autocast", absl::StrCat("needs model.dtype \"f32\" (the model is \"", m.dtype(), "\" already)"));
+  if (t.autocast() != TrainingSpec::off && m.dtype() != ModelSpec::f32) {
+    err("training.autocast", absl::StrCat("needs model.dtype \"f32\" (the model is \"",
+                                          ModelSpec::Dtype_Name(m.dtype()), "\" already)"));
   }
   if (t.warmup_steps() < 0) err("training.warmup_steps", absl::StrCat("must be ≥ 0, got ", t.warmup_steps()));
   in_unit("training.warmup_ratio", t.warmup_ratio(), false);
@@ -442,10 +578,6 @@ std::vector<SpecError> FindSpecErrors(const RunSpec& s) {
   }
   if (s.checkpoint().keep_last() < 1) err("checkpoint.keep_last", absl::StrCat("must be ≥ 1, got ", s.checkpoint().keep_last()));
   if (s.output().dir().empty()) err("output.dir", "is required (the run folder)");
-  for (int i = 0; i < s.output().report_to_size(); ++i) {
-    choice(absl::StrCat("output.report_to[", i, "]"), s.output().report_to(i), {"jsonl", "tensorboard"});
-  }
-  choice("distributed.engine", s.distributed().engine(), {"single"});
   if (s.distributed().world_size() != 1) {
     err("distributed.world_size", absl::StrCat("must be 1 for the single-process engine, got ", s.distributed().world_size()));
   }

@@ -18,6 +18,8 @@ namespace llmtrain::tokenizer {
 namespace detail {
 
 struct TokenizerAccess {
+  // Tokenizer::Impl is private: detail::Build gets a fresh one here.
+  static std::unique_ptr<Tokenizer::Impl> NewImpl();
   static std::unique_ptr<Tokenizer> Make(std::unique_ptr<Tokenizer::Impl> impl) {
     return std::unique_ptr<Tokenizer>(new Tokenizer(std::move(impl)));
   }
@@ -755,6 +757,8 @@ struct Tokenizer::Impl {
   }
 };
 
+std::unique_ptr<Tokenizer::Impl> detail::TokenizerAccess::NewImpl() { return std::make_unique<Tokenizer::Impl>(); }
+
 Tokenizer::Tokenizer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Tokenizer::~Tokenizer() = default;
 
@@ -841,7 +845,7 @@ std::string StreamDecoder::Finish() {
 namespace detail {
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> Build(absl::string_view where, Pipeline pipeline) {
-  auto impl = std::make_unique<Tokenizer::Impl>();
+  auto impl = TokenizerAccess::NewImpl();
   impl->p = std::move(pipeline);
   Pipeline& p = impl->p;
   int32_t max_id = static_cast<int32_t>(p.model.id_to_token.size()) - 1;

@@ -118,7 +118,7 @@ TEST_CASE("spec: every invalid spec is refused before any work, naming the field
       {"checkpoint.every_steps=-1", "checkpoint.every_steps", "must be ≥ 0"},
       {"eval.every_steps=-2", "eval.every_steps", "must be ≥ 0"},
       {"output.dir=", "output.dir", "is required"},
-      {"output.report_to=wandb", "output.report_to[0]", "is not one of"},
+      {"output.report_to=wandb", "output.report_to", "is not one of"},
       {"distributed.world_size=2", "distributed.world_size", "must be 1"},
       {"distributed.engine=zero3", "distributed.engine", "is not one of"},
   };
@@ -126,9 +126,13 @@ TEST_CASE("spec: every invalid spec is refused before any work, naming the field
     INFO("change " << bad.change);
     auto run = spec::ParseRunSpec("run.textproto", valid);
     REQUIRE(run.ok());
-    REQUIRE(spec::ApplyOverride(&*run, bad.change).ok());
-    spec::FillDefaults(&*run);
-    const absl::Status status = spec::ValidateRunSpec(*run);
+    // An enumerated field refuses an unknown name as it is set; other rules are checked by
+    // ValidateRunSpec. Either way, before any work, naming the field.
+    absl::Status status = spec::ApplyOverride(&*run, bad.change);
+    if (status.ok()) {
+      spec::FillDefaults(&*run);
+      status = spec::ValidateRunSpec(*run);
+    }
     REQUIRE(!status.ok());
     CHECK_THAT(std::string(status.message()), Catch::Contains(bad.field + ": ") && Catch::Contains(bad.message));
   }
@@ -148,13 +152,57 @@ TEST_CASE("spec: every invalid spec is refused before any work, naming the field
   // All errors at once.
   auto run = spec::ParseRunSpec("run.textproto", valid);
   REQUIRE(run.ok());
-  for (const char* change : {"lora.r=0", "training.learning_rate=-1", "data.format=csv"}) {
+  for (const char* change : {"lora.r=0", "training.learning_rate=-1", "data.max_length=0"}) {
     REQUIRE(spec::ApplyOverride(&*run, change).ok());
   }
   spec::FillDefaults(&*run);
   const std::string message(spec::ValidateRunSpec(*run).message());
   CHECK_THAT(message, Catch::Contains("the run spec has 3 errors") && Catch::Contains("lora.r: ") &&
-                          Catch::Contains("training.learning_rate: ") && Catch::Contains("data.format: "));
+                          Catch::Contains("training.learning_rate: ") && Catch::Contains("data.max_length: "));
+}
+
+TEST_CASE("spec: enumerated fields are proto enums that accept their names in every form", "[spec]") {
+  const std::string dir = testing::TempDir("spec_enums");
+  const std::string valid = ValidSpec(dir);
+  // Identifiers, quoted names (specs written before the fields were enums), lists, JSON, --set.
+  auto bare = spec::ParseRunSpec("a.textproto", "model { dtype: bf16 }\ntraining { autocast: off "
+                                 "lr_scheduler: cosine }\ndata { format: dolly template: none }\n"
+                                 "output { report_to: [jsonl, tensorboard] }\n");
+  auto quoted = spec::ParseRunSpec("b.textproto", "model { dtype: \"bf16\" }\ntraining { autocast: \"\" "
+                                   "lr_scheduler: 'cosine' }\ndata { format: \"dolly\" template: \"none\" }\n"
+                                   "# a comment with \"quotes\" and dtype: x\n"
+                                   "output { report_to: [\"jsonl\", \"tensorboard\"] }\n");
+  INFO(bare.status().ToString() << " / " << quoted.status().ToString());
+  REQUIRE(bare.ok());
+  REQUIRE(quoted.ok());
+  CHECK(spec::SpecToText(*bare) == spec::SpecToText(*quoted));
+  CHECK(bare->model().dtype() == spec::ModelSpec::bf16);
+  CHECK(bare->training().lr_scheduler() == spec::TrainingSpec::cosine);
+  CHECK(bare->data().format() == spec::DataSpec::dolly);
+  CHECK(bare->output().report_to_size() == 2);
+  // A string that only looks like an enum value is left alone.
+  auto prompt = spec::ParseRunSpec("c.textproto", valid + "eval { sample_prompts: \"dtype: \\\"x\\\"\" }\n");
+  INFO(prompt.status().ToString());
+  REQUIRE(prompt.ok());
+  CHECK(prompt->eval().sample_prompts(0) == "dtype: \"x\"");
+  auto json = spec::ParseRunSpec("d.json", "{\"model\": {\"dtype\": \"bf16\", \"quantType\": \"fp4\"}, "
+                                 "\"training\": {\"autocast\": \"\"}, \"output\": {\"reportTo\": [\"jsonl\"]}}");
+  INFO(json.status().ToString());
+  REQUIRE(json.ok());
+  CHECK(json->model().quant_type() == spec::ModelSpec::fp4);
+  CHECK(json->training().autocast() == spec::TrainingSpec::off);
+  spec::RunSpec set;
+  REQUIRE(spec::ApplyOverride(&set, "lora.init=gaussian").ok());
+  CHECK(set.lora().init() == spec::LoraSpec::gaussian);
+  // Unknown names are refused with the field's full path, in text, JSON and --set.
+  const auto text_error = spec::ParseRunSpec("e.textproto", "training {\n  autocast: fp8\n}\n");
+  CHECK_THAT(std::string(text_error.status().message()),
+             Catch::Contains("e.textproto: line 2: training.autocast: \"fp8\" is not one of \"off\", \"bf16\""));
+  const auto json_error = spec::ParseRunSpec("f.json", "{\"data\": {\"truncation\": \"left\"}}");
+  CHECK_THAT(std::string(json_error.status().message()),
+             Catch::Contains("f.json: data.truncation: \"left\" is not one of \"right\", \"drop\""));
+  CHECK_THAT(std::string(spec::ApplyOverride(&set, "output.report_to=jsonl,wandb").message()),
+             Catch::Contains("--set output.report_to: \"wandb\" is not one of \"jsonl\", \"tensorboard\""));
 }
 
 TEST_CASE("spec: the example specs are valid but for the files each machine provides", "[spec]") {

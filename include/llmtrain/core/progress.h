@@ -13,6 +13,8 @@
 #include <cstdio>
 #include <string>
 
+#include "absl/status/status.h"
+
 namespace llmtrain {
 
 struct ProgressOptions {
@@ -24,6 +26,9 @@ struct ProgressOptions {
   std::FILE* stream = stderr;     ///< where lines go
   int force_tty = -1;             ///< -1 = detect with isatty(), 0 = plain, 1 = bar
 };
+
+/// InvalidArgument naming the field: a negative total, non-positive intervals, a null stream.
+absl::Status Validate(const ProgressOptions& options);
 
 /// Reports progress of one piece of work. Not thread-safe; call from one thread.
 class ProgressReporter {

@@ -41,6 +41,9 @@ struct CollatorOptions {
   int64_t token_budget = 0;  ///< > 0: as many sequences as fit in B × T ≤ token_budget instead
 };
 
+/// InvalidArgument naming the field: max_length < 2, batch_size < 1, a negative token_budget.
+absl::Status Validate(const CollatorOptions& options);
+
 /// One tokenized example.
 struct TokenizedExample {
   std::vector<int32_t> ids;
@@ -90,6 +93,9 @@ struct LoaderOptions {
   int rank = 0;
   int world_size = 1;
 };
+
+/// InvalidArgument naming the field: world_size < 1, or rank outside [0, world_size).
+absl::Status Validate(const LoaderOptions& options);
 
 /// Batches in a deterministic order. position() after a batch, given to Seek() in a new loader
 /// over the same data, continues with exactly the batches an uninterrupted run would produce.

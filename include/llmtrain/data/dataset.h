@@ -68,6 +68,9 @@ struct DatasetOptions {
   int detect_records = 64;
 };
 
+/// InvalidArgument naming the field: max_record_bytes or detect_records < 1.
+absl::Status Validate(const DatasetOptions& options);
+
 class Dataset {
  public:
   /// Opens and indexes the files. A file that cannot be read, whose format cannot be detected or
@@ -119,6 +122,9 @@ struct SamplerOptions {
   int rank = 0;        ///< this process's shard
   int world_size = 1;  ///< shards; record i of an epoch's order goes to rank i % world_size
 };
+
+/// InvalidArgument naming the field: world_size < 1, or rank outside [0, world_size).
+absl::Status Validate(const SamplerOptions& options);
 
 /// Record indices in a deterministic order: a seeded shuffle per epoch (the same on every
 /// platform), sharded by rank. The position can be saved and restored: a resumed run sees exactly

@@ -99,10 +99,9 @@ class Tokenizer {
   const std::string& chat_template_source() const;
   void set_chat_template_source(std::string source);
 
-  struct Impl;
-
  private:
   friend struct detail::TokenizerAccess;
+  struct Impl;
   explicit Tokenizer(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };
