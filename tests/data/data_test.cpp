@@ -1,8 +1,10 @@
 // data/: readers, format detection, the bad-record table, the sampler (shuffle, shards, resume),
-// the default Debian-package data set and `llmtrain data-check`.
+// the default Debian-package data set, `llmtrain data-check`, and the collator's labels against
+// our chat template and against TRL's SFT data preparation.
 #include <catch2/catch.hpp>
 #include <cstdio>
 #include <fstream>
+#include <optional>
 #include <set>
 
 #include "absl/strings/str_cat.h"
@@ -11,6 +13,7 @@
 #include "llmtrain/data/dataset.h"
 #include "llmtrain/io/mapped_file.h"
 #include "nlohmann/json.hpp"
+#include "testing/json_util.h"
 #include "testing/reference.h"
 
 namespace llmtrain {
@@ -451,6 +454,156 @@ TEST_CASE("collator: token budget, truncation, and resuming gives the identical 
   auto none = truncating.Tokenize(f.dataset->Get(0).value());
   REQUIRE(!none.ok());
   CHECK_THAT(std::string(none.status().message()), Catch::Contains("no target token within max_length 8"));
+}
+
+// TRL's SFT data preparation of the same records with the same tokenizers and chat templates
+// (tests/reference/collator_ref.py), made once per run of this binary.
+const std::string& TrlReferenceDir() {
+  static const std::string dir = [] {
+    const std::string d = testing::TempDir("collator_ref");
+    const auto run = testing::RunReference(
+        "collator_ref.py", {"make", d, std::string(LLMTRAIN_SOURCE_DIR) + "/.venv/models/gemma-3-270m-q4_k_m.gguf"});
+    if (run.exit_code != 0) return std::string();
+    std::printf("collator reference (TRL): %s\n", testing::LastJsonLine(run.out).dump().c_str());
+    return d;
+  }();
+  return dir;
+}
+
+std::vector<nlohmann::json> ReadJsonLines(const std::string& path) {
+  std::ifstream in(path);
+  std::vector<nlohmann::json> lines;
+  std::string line;
+  while (std::getline(in, line)) lines.push_back(nlohmann::json::parse(line));
+  return lines;
+}
+
+// Our labels (loss on the assistant's reply and its end-of-turn marker, as the chat template
+// marks them) against the labels TRL's SFTTrainer computes: completion_only_loss for Dolly and
+// Alpaca records (prompt/completion pairs), assistant_only_loss for messages and ShareGPT records
+// (return_assistant_tokens_mask with TRL's {% generation %} training templates). On the same ids,
+// every token is labelled alike except where TRL trains one of two tokens we do not:
+//   - the newline after each assistant turn's end-of-turn marker ("<end_of_turn>\n",
+//     "<|im_end|>\n"): TRL's completion is everything after the prompt, and its training
+//     templates put the newline inside {% generation %}; the model stops at the marker, so we
+//     end there. TRL trains exactly one more token per assistant turn;
+//   - with Qwen2.5 and assistant_only_loss, the newline after "<|im_start|>assistant": TRL's
+//     qwen2_5_training.jinja opens {% generation %} before it, though it belongs to the
+//     generation prompt (TRL's own prompt/completion rule leaves it out, and so do we).
+// The ids differ only with Qwen3 and assistant_only_loss: TRL's qwen3_training.jinja gives every
+// assistant turn a <think> block, while Qwen3's real template (ours) drops it from turns before
+// the last user query, so conversations with such a turn render differently.
+TEST_CASE("collator: labels equal TRL's SFT completion and assistant masks on Dolly, Alpaca, messages and ShareGPT",
+          "[data][collator][reference][real]") {
+  if (!testing::ReferenceStackAvailable()) return;
+  const std::string& dir = TrlReferenceDir();
+  REQUIRE(!dir.empty());
+  struct Family {
+    std::string name, path;
+  };
+  const std::vector<Family> families = {
+      {"gemma3", std::string(LLMTRAIN_SOURCE_DIR) + "/.venv/models/gemma-3-270m-q4_k_m.gguf"},
+      {"qwen2.5", dir + "/qwen2.5"},
+      {"qwen3", dir + "/qwen3"},
+  };
+  const std::vector<std::pair<std::string, data::Format>> formats = {
+      {"dolly", data::Format::kDolly},
+      {"alpaca", data::Format::kAlpaca},
+      {"messages", data::Format::kMessages},
+      {"sharegpt", data::Format::kShareGpt},
+  };
+  for (const Family& family : families) {
+    auto tok = tokenizer::Tokenizer::Load(family.path);
+    INFO(family.name << ": " << (tok.ok() ? std::string("loaded") : std::string(tok.status().message())));
+    REQUIRE(tok.ok());
+    const tokenizer::Tokenizer& t = **tok;
+    auto chat = tokenizer::ChatTemplate::ForTokenizer(t);
+    REQUIRE(chat.ok());
+    const std::optional<int32_t> end_of_turn =
+        t.TokenToId("<end_of_turn>") ? t.TokenToId("<end_of_turn>") : t.TokenToId("<|im_end|>");
+    REQUIRE(end_of_turn.has_value());
+    const std::optional<int32_t> chatml_start = t.TokenToId("<|im_start|>");  // none for Gemma
+    auto text_of = [&t](int32_t id) { return t.Decode(absl::Span<const int32_t>(&id, 1)); };
+    data::CollatorOptions options;
+    options.max_length = int64_t{1} << 20;  // TRL ran with max_length=None: nothing is truncated
+    const data::Collator collator(t, chat->get(), options);
+    for (const auto& [format_name, format] : formats) {
+      INFO(family.name << " " << format_name);
+      const bool assistant_only = format == data::Format::kMessages || format == data::Format::kShareGpt;
+      auto dataset = data::Dataset::Open({dir + "/" + format_name + ".jsonl"});
+      REQUIRE(dataset.ok());
+      CHECK((*dataset)->format() == format);
+      REQUIRE((*dataset)->bad_records().empty());
+      const auto expected = ReadJsonLines(dir + "/" + family.name + "." + format_name + ".trl");
+      REQUIRE(static_cast<int64_t>(expected.size()) == (*dataset)->size());
+      size_t same_ids = 0, different_ids = 0, tokens = 0, agree = 0, trained = 0, turns = 0, eot_newlines = 0,
+             header_newlines = 0, unexplained = 0, shown = 0;
+      for (int64_t i = 0; i < (*dataset)->size(); ++i) {
+        const data::Example example = (*dataset)->Get(i).value();
+        const auto ours = collator.Tokenize(example);
+        INFO(example.where << ": " << (ours.ok() ? std::string("tokenized") : std::string(ours.status().message())));
+        REQUIRE(ours.ok());
+        REQUIRE(!expected[i].contains("error"));
+        const auto trl_ids = expected[i]["ids"].get<std::vector<int32_t>>();
+        const auto trl_labels = expected[i]["labels"].get<std::vector<int64_t>>();
+        REQUIRE(trl_labels.size() == trl_ids.size());
+        size_t assistant_turns = 0, last_user = 0;
+        bool assistant_before_last_user = false;
+        for (size_t m = 0; m < example.messages.size(); ++m) {
+          if (example.messages[m].role == "user") last_user = m;
+        }
+        for (size_t m = 0; m < example.messages.size(); ++m) {
+          if (example.messages[m].role != "assistant") continue;
+          ++assistant_turns;
+          assistant_before_last_user = assistant_before_last_user || m < last_user;
+        }
+        if (ours->ids != trl_ids) {
+          ++different_ids;
+          INFO("ours " << nlohmann::json(t.Decode(ours->ids)).dump() << "\nTRL  " << nlohmann::json(t.Decode(trl_ids)).dump());
+          CHECK((family.name == "qwen3" && assistant_only && assistant_before_last_user));
+          continue;
+        }
+        ++same_ids;
+        turns += assistant_turns;
+        for (size_t k = 0; k < trl_ids.size(); ++k) {
+          ++tokens;
+          const bool ours_trained = ours->labels[k] != data::kIgnoreIndex;
+          const bool trl_trained = trl_labels[k] != -100;
+          if (ours_trained == trl_trained) {
+            ++agree;
+            trained += ours_trained;
+            if (ours_trained) CHECK(ours->labels[k] == trl_labels[k]);
+            continue;
+          }
+          const bool trl_newline = trl_trained && text_of(trl_ids[k]) == "\n";
+          if (trl_newline && k >= 1 && trl_ids[k - 1] == *end_of_turn) {
+            ++eot_newlines;
+          } else if (trl_newline && chatml_start && k >= 2 && trl_ids[k - 2] == *chatml_start &&
+                     text_of(trl_ids[k - 1]) == "assistant") {
+            ++header_newlines;
+          } else {
+            ++unexplained;
+            if (shown++ < 3) {
+              UNSCOPED_INFO(example.where << " token " << k << " " << nlohmann::json(text_of(trl_ids[k])).dump()
+                                          << ": ours " << (ours_trained ? "trained" : "not trained") << ", TRL "
+                                          << (trl_trained ? "trained" : "not trained"));
+            }
+          }
+        }
+      }
+      std::printf("collator vs TRL %s, %s (%s): %zu records, %zu with the same ids (%zu differ); labels agree on %zu "
+                  "of %zu tokens (%zu trained by both); TRL also trains %zu newlines after the end-of-turn marker "
+                  "(%zu assistant turns) and %zu after \"<|im_start|>assistant\"; %zu other differences\n",
+                  family.name.c_str(), format_name.c_str(), assistant_only ? "assistant_only_loss" : "completion_only_loss",
+                  expected.size(), same_ids, different_ids, agree, tokens, trained, eot_newlines, turns, header_newlines,
+                  unexplained);
+      CHECK(unexplained == 0);
+      CHECK(eot_newlines == turns);
+      CHECK(same_ids >= expected.size() / 4);
+      if (!(family.name == "qwen2.5" && assistant_only)) CHECK(header_newlines == 0);
+      if (!(family.name == "qwen3" && assistant_only)) CHECK(different_ids == 0);
+    }
+  }
 }
 
 }  // namespace

@@ -28,7 +28,7 @@
 #include "llmtrain/io/tensors.h"
 #include "llmtrain/lora/lora.h"
 #include "llmtrain/model/decoder.h"
-#include "llmtrain/model/save.h"
+#include "llmtrain/lora/hf_folder.h"
 #include "llmtrain/quant/quantized_linear.h"
 #include "testing/json_util.h"
 #include "testing/reference.h"
@@ -44,16 +44,44 @@ double RelativeError(const at::Tensor& a, const at::Tensor& b) {
   return (a.to(at::kDouble) - b.to(at::kDouble)).abs().max().item<double>() / (scale > 0 ? scale : 1.0);
 }
 
-std::unique_ptr<model::Decoder> LoadModel(const std::string& path, const model::DecoderOptions& options = {}) {
+// Folders saved 4-bit (by transformers or by us) load as 4-bit: the quant factory is the default.
+std::unique_ptr<model::Decoder> LoadModel(const std::string& path, model::DecoderOptions options = {}) {
+  if (!options.linear_factory) options.linear_factory = quant::QuantizedLinearFactory(std::nullopt);
   auto model = model::Decoder::Load(path, options);
   INFO(model.status().ToString());
   REQUIRE(model.ok());
   return *std::move(model);
 }
 
-model::SaveOptions SaveAs(Dtype dtype) {
-  model::SaveOptions options;
+lora::HfFolderOptions SaveAs(Dtype dtype) {
+  lora::HfFolderOptions options;
   options.dtype = dtype;
+  return options;
+}
+
+// Every tensor of `theirs` (a safetensors file) against `ours`: same names, dtypes, shapes and
+// bytes, checked one by one. Returns (equal tensors, tensors of theirs).
+std::pair<size_t, size_t> CompareSavedTensors(const std::string& ours_path, const std::string& theirs_path) {
+  auto ours = LoadAll(ours_path);
+  auto theirs = LoadAll(theirs_path);
+  size_t same = 0;
+  for (const auto& [key, t] : theirs) {
+    INFO("tensor " << key);
+    REQUIRE(ours.count(key) == 1);
+    const bool equal = ours[key].scalar_type() == t.scalar_type() && ours[key].sizes() == t.sizes() && at::equal(ours[key], t);
+    CHECK(equal);
+    same += equal;
+  }
+  CHECK(ours.size() == theirs.size());
+  return {same, theirs.size()};
+}
+
+// QLoRA's base: NF4, blocks of 64, double quantization (transformers' bnb_4bit settings in lora_ref.py).
+quant::Quant4Options Nf4DoubleQuant() {
+  quant::Quant4Options options;
+  options.type = quant::QuantType::kNf4;
+  options.blocksize = 64;
+  options.double_quant = true;
   return options;
 }
 
@@ -184,7 +212,7 @@ TEST_CASE("lora: PEFT adapters load here with PEFT's logits and gradients; ours 
       std::printf("lora %-18s merged into the weights: logits rel err %.2e vs the adapter\n", name.c_str(), merged_err);
       CHECK(merged_err <= 1e-5);
     }
-    REQUIRE(model::SaveHfFolder(*model, case_dir + "/ours_model", SaveAs(Dtype::kF32)).ok());
+    REQUIRE(lora::SaveHfFolder(*model, case_dir + "/ours_model", SaveAs(Dtype::kF32)).ok());
   }
   const auto check = testing::RunReference("lora_ref.py", [&] {
     std::vector<std::string> args = {"check", dir};
@@ -212,7 +240,7 @@ TEST_CASE("lora: QLoRA on an NF4 base matches PEFT + bitsandbytes load_in_4bit",
   const nlohmann::json cases = testing::LastJsonLine(run.out)["cases"];
   REQUIRE(cases.size() == 4);
   model::DecoderOptions nf4;
-  nf4.quantize_4bit = quant::Quant4Options{quant::QuantType::kNf4, 64, /*double_quant=*/true};
+  nf4.linear_factory = quant::QuantizedLinearFactory(Nf4DoubleQuant());
   std::vector<std::string> names;
   std::map<std::string, at::Tensor> base_logits;
   for (const auto& c : cases) {
@@ -246,16 +274,16 @@ TEST_CASE("lora: QLoRA on an NF4 base matches PEFT + bitsandbytes load_in_4bit",
       const at::Tensor merged_logits = merged->Forward(ref["input_ids"], ref["attention_mask"]);
       const double merge_err = RelativeError(merged_logits, with_adapter);
       CHECK(merge_err <= 1e-5);
-      auto bf16 = model::SaveHfFolder(*merged, case_dir + "/merged_bf16", SaveAs(Dtype::kBf16));
+      auto bf16 = lora::SaveHfFolder(*merged, case_dir + "/merged_bf16", SaveAs(Dtype::kBf16));
       REQUIRE(bf16.ok());
       model::DecoderOptions bf16_options;
       bf16_options.dtype = Dtype::kBf16;
       auto reloaded = LoadModel(case_dir + "/merged_bf16", bf16_options);
       const double bf16_err = RelativeError(reloaded->Forward(ref["input_ids"], ref["attention_mask"]), merged_logits);
       CHECK(bf16_err <= 3e-2);
-      model::SaveOptions nf4_save;
-      nf4_save.quantize_4bit = quant::Quant4Options{quant::QuantType::kNf4, 64, true};
-      auto requant = model::SaveHfFolder(*merged, case_dir + "/merged_nf4", nf4_save);
+      lora::HfFolderOptions nf4_save;
+      nf4_save.quantize_4bit = Nf4DoubleQuant();
+      auto requant = lora::SaveHfFolder(*merged, case_dir + "/merged_nf4", nf4_save);
       REQUIRE(requant.ok());
       CHECK(requant->requantized == n_adapted);  // the merged ones; the others were 4-bit already
       CHECK(requant->quantized == static_cast<int64_t>(merged->LinearNames().size()));
@@ -264,8 +292,19 @@ TEST_CASE("lora: QLoRA on an NF4 base matches PEFT + bitsandbytes load_in_4bit",
       std::printf("qlora %-18s merged: logits rel err %.2e vs base + adapter; bf16 folder %.2e; re-quantized to NF4: "
                   "weight rel err %.3f, logits rel err %.3f\n", name.c_str(), merge_err, bf16_err,
                   requant->requantize_rel_error, requant_err);
+      // The error the re-quantization reports, against bitsandbytes quantizing the same merged
+      // float32 weights itself (quantize_4bit → dequantize_4bit, NF4, blocks of 64, double
+      // quantization): our quantizer writes bitsandbytes' bytes, so only the float64 sums differ.
+      REQUIRE(lora::SaveHfFolder(*merged, case_dir + "/merged_f32", SaveAs(Dtype::kF32)).ok());
+      const auto requant_ref = testing::RunReference("lora_ref.py", {"requant", dir, name});
+      REQUIRE(requant_ref.exit_code == 0);
+      const nlohmann::json theirs = testing::LastJsonLine(requant_ref.out);
+      CHECK(theirs["projections"].get<int64_t>() == n_adapted);
+      const double theirs_err = theirs["requant_rel_error"].get<double>();
+      std::printf("qlora %-18s re-quantization error: ours %.6f, bitsandbytes on the same merged weights %.6f\n",
+                  name.c_str(), requant->requantize_rel_error, theirs_err);
+      CHECK(std::abs(requant->requantize_rel_error - theirs_err) <= 1e-6 * theirs_err);
       CHECK(requant->requantize_rel_error > 0.0);
-      CHECK(requant->requantize_rel_error < 0.2);
     }
 
     // LoRA weights in bf16 on the 4-bit base: they stay bf16, get bf16 gradients, and compute what
@@ -312,22 +351,13 @@ TEST_CASE("lora: QLoRA on an NF4 base matches PEFT + bitsandbytes load_in_4bit",
     CHECK(at::equal(from_bnb->Forward(ref["input_ids"], ref["attention_mask"]), base_logits[name]));
 
     // Ours saved 4-bit: the same tensors, byte for byte, as transformers saved.
-    auto report = model::SaveHfFolder(*model, case_dir + "/ours_model", {});
+    auto report = lora::SaveHfFolder(*model, case_dir + "/ours_model", {});
     REQUIRE(report.ok());
     CHECK(report->quantized == static_cast<int64_t>(model->LinearNames().size()));
-    auto ours = LoadAll(case_dir + "/ours_model/model.safetensors");
-    auto theirs = LoadAll(case_dir + "/bnb_model/model.safetensors");
-    size_t same = 0;
-    for (const auto& [key, t] : theirs) {
-      INFO("tensor " << key);
-      REQUIRE(ours.count(key) == 1);
-      const bool equal = ours[key].scalar_type() == t.scalar_type() && ours[key].sizes() == t.sizes() && at::equal(ours[key], t);
-      CHECK(equal);
-      same += equal;
-    }
-    CHECK(ours.size() == theirs.size());
+    const auto [same, total] = CompareSavedTensors(case_dir + "/ours_model/model.safetensors",
+                                                   case_dir + "/bnb_model/model.safetensors");
     std::printf("qlora %-18s saved 4-bit folder: %zu of %zu tensors identical to transformers' save_pretrained\n",
-                name.c_str(), same, theirs.size());
+                name.c_str(), same, total);
   }
   const auto check = testing::RunReference("lora_ref.py", [&] {
     std::vector<std::string> args = {"check", dir};
@@ -429,7 +459,9 @@ TEST_CASE("lora: adapters that do not fit and corrupted quant states are refused
       auto changed = tensors;
       changed[c.tensor] = c.change(tensors[c.tensor]);
       const std::string folder = WriteFolder(dir + "/corrupt_" + absl::StrReplaceAll(c.what, {{" ", "_"}}), changed, good);
-      auto model = model::Decoder::Load(folder, {});
+      model::DecoderOptions options;
+      options.linear_factory = quant::QuantizedLinearFactory(std::nullopt);  // reads the 4-bit state
+      auto model = model::Decoder::Load(folder, options);
       REQUIRE(!model.ok());
       CHECK_THAT(message(model.status()), Catch::Contains(c.expect));
       CHECK_THAT(message(model.status()), Catch::Contains("up_proj"));
@@ -512,11 +544,30 @@ TEST_CASE("lora: CLI quantize, merge, and forward/generate with --adapter and --
               adapter_err, qlora_err, merged_err, int8_err);
   CHECK(int8_err <= 0.05);
 
-  // generate with an adapter on a 4-bit base runs and stops after the asked tokens.
+  // generate --load-in-4bit --adapter: the ids PEFT's greedy generate gives on transformers'
+  // load_in_4bit model with the same adapter.
   auto gen = testing::RunCommand(absl::StrCat(cli, " generate --model ", q(qlora_case + "/model"), " --load-in-4bit --adapter ",
-                                              q(qlora_case + "/peft"), " --input-ids '[1, 5, 9]' --max-new-tokens 4 --json 2>&1"));
+                                              q(qlora_case + "/peft"), " --input-ids '[1, 5, 9, 17]' --max-new-tokens 12 --json"));
   INFO(gen.out);
-  CHECK(gen.exit_code == 0);
+  REQUIRE(gen.exit_code == 0);
+  const std::vector<int64_t> ours_ids = testing::LastJsonLine(gen.out)["ids"].get<std::vector<int64_t>>();
+  const auto peft_gen = testing::RunReference("lora_ref.py", {"generate", dir, "gemma3_text_qlora", "[1, 5, 9, 17]", "12"});
+  REQUIRE(peft_gen.exit_code == 0);
+  const std::vector<int64_t> peft_ids = testing::LastJsonLine(peft_gen.out)["ids"].get<std::vector<int64_t>>();
+  std::printf("lora cli: generate --load-in-4bit --adapter: %zu new ids, PEFT's greedy generate %zu, %s\n",
+              ours_ids.size(), peft_ids.size(), ours_ids == peft_ids ? "equal" : "different");
+  CHECK(ours_ids == peft_ids);
+
+  // quantize without --dtype follows the float32 checkpoint, as transformers' from_pretrained(
+  // load_in_4bit) does: the 4-bit tensors equal those transformers + bitsandbytes saved, byte for byte.
+  auto default_dtype = testing::RunCommand(absl::StrCat(cli, " quantize --model ", q(qlora_case + "/model"), " --output ",
+                                                        q(dir + "/q_default"), " --method nf4 --double-quant 2>&1"));
+  INFO(default_dtype.out);
+  REQUIRE(default_dtype.exit_code == 0);
+  const auto [same_q, total_q] = CompareSavedTensors(dir + "/q_default/model.safetensors",
+                                                     qlora_case + "/bnb_model/model.safetensors");
+  std::printf("lora cli: quantize (default dtype) of a float32 checkpoint: %zu of %zu tensors equal transformers' "
+              "load_in_4bit save\n", same_q, total_q);
 }
 
 }  // namespace

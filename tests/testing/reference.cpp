@@ -7,8 +7,21 @@
 #include <catch2/catch.hpp>
 #include <cstdio>
 #include <cstdlib>
+#include <utility>
 
 namespace llmtrain::testing {
+namespace {
+
+// The skips of this run: test case name → its distinct reasons, in the order they happened.
+// Catch2 runs test cases on one thread, and so does Skip (a WARN is not thread-safe either).
+using SkipLog = std::vector<std::pair<std::string, std::vector<std::string>>>;
+
+SkipLog& Skips() {
+  static SkipLog log;
+  return log;
+}
+
+}  // namespace
 
 std::string ShellQuote(const std::string& s) {
   std::string out = "'";
@@ -41,10 +54,42 @@ bool ReferenceStackAvailable() {
     if (ci != nullptr && std::string(ci) == "true") {
       FAIL("the reference stack (" LLMTRAIN_PYTHON ") is missing under CI: run scripts/bootstrap");
     }
-    WARN("SKIPPED: the reference stack (" LLMTRAIN_PYTHON ") is missing; run scripts/bootstrap");
+    Skip("the reference stack (" LLMTRAIN_PYTHON ") is missing; run scripts/bootstrap");
   }
   return available;
 }
+
+void Skip(const std::string& reason) {
+  WARN("SKIPPED: " << reason);
+  const std::string test_case = Catch::getResultCapture().getCurrentTestName();
+  SkipLog& log = Skips();
+  for (auto& [name, reasons] : log) {
+    if (name != test_case) continue;
+    for (const std::string& r : reasons) {
+      if (r == reason) return;  // the same test case again (each SECTION path reruns it)
+    }
+    reasons.push_back(reason);
+    return;
+  }
+  log.push_back({test_case, {reason}});
+}
+
+namespace detail {
+
+std::string SkipSummary(const std::string& binary) {
+  const SkipLog& log = Skips();
+  const size_t n = log.size();
+  std::string line = "skipped: " + std::to_string(n) + (n == 1 ? " test case" : " test cases") + " in " + binary;
+  for (size_t i = 0; i < n; ++i) {
+    line += i == 0 ? ": " : "; ";
+    line += "\"" + log[i].first + "\" (";
+    for (size_t k = 0; k < log[i].second.size(); ++k) line += (k ? ", " : "") + log[i].second[k];
+    line += ")";
+  }
+  return line;
+}
+
+}  // namespace detail
 
 CommandResult RunReference(const std::string& script, const std::vector<std::string>& args) {
   std::string command = ShellQuote(LLMTRAIN_PYTHON) + " " +

