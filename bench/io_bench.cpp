@@ -1,16 +1,26 @@
 // io_bench: safetensors loading against Python safetensors, and GGUF K-quant dequantization
 // against memcpy, on this machine, in one run. Prints one ratio line per pair at the end.
 //
-//   build/bin/io_bench [--size_mib=1024] [google benchmark flags]
+// The loads run against bench/io_bench_ref.py, a resident child process: one load of ours, then
+// one of the reference, round by round, and the medians are compared, so the machine's drift hits
+// both alike. Both sides load on one thread: safetensors' load_file reads tensor after tensor on
+// the calling thread (see io_bench_ref.py), so ours does too. The dequantization and its memcpy
+// baseline are Google benchmarks, both on NumThreads() threads.
+//
+//   build/bin/io_bench [--size_mib=1024] [--rounds=5] [google benchmark flags]
 #include <ATen/ATen.h>
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <map>
+#include <memory>
 #include <random>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -18,6 +28,8 @@
 #include "llmtrain/io/gguf.h"
 #include "llmtrain/io/safetensors.h"
 #include "llmtrain/io/tensors.h"
+#include "nlohmann/json.hpp"
+#include "reference_process.h"
 
 namespace {
 
@@ -45,38 +57,36 @@ std::string MakeSafetensorsFile() {
   return path;
 }
 
-// Ours, zero-copy: open (mmap + validate) and a LibTorch view of every tensor. The counterpart of
-// Python's default load_file, whose tensors also view the mapped file.
-void BM_SafetensorsMmap(benchmark::State& state) {
-  for (auto _ : state) {
-    auto file = io::SafetensorsFile::Open(g_file);
-    if (!file.ok()) state.SkipWithError(std::string(file.status().message()).c_str());
-    std::vector<at::Tensor> tensors;
-    for (const io::TensorInfo& t : (*file)->tensors()) tensors.push_back(io::TensorView(**file, t));
-    benchmark::DoNotOptimize(tensors.data());
+std::unique_ptr<io::SafetensorsFile> OpenOrDie() {
+  auto file = io::SafetensorsFile::Open(g_file);
+  if (!file.ok()) {
+    std::fprintf(stderr, "%s\n", std::string(file.status().message()).c_str());
+    std::exit(1);
   }
-  state.SetBytesProcessed(state.iterations() * g_size_mib * (int64_t{1} << 20));
+  return *std::move(file);
 }
 
-// Ours, owned: every tensor copied out of the mapping into its own at::Tensor, on all cores.
-// The counterpart of load_file(backend="pread").
-void BM_SafetensorsOwned(benchmark::State& state) {
-  for (auto _ : state) {
-    auto file = io::SafetensorsFile::Open(g_file);
-    if (!file.ok()) state.SkipWithError(std::string(file.status().message()).c_str());
-    std::vector<std::pair<const io::TensorInfo*, at::Tensor>> jobs;
-    for (const io::TensorInfo& t : (*file)->tensors()) {
-      jobs.emplace_back(&t, at::empty(t.shape, at::TensorOptions().dtype(io::ToScalarType(t.dtype))));
-    }
-    ParallelFor(static_cast<int64_t>(jobs.size()), 1, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        const auto bytes = (*file)->Data(*jobs[i].first);
-        std::memcpy(jobs[i].second.data_ptr(), bytes.data(), bytes.size());
-      }
-    });
-    benchmark::DoNotOptimize(jobs.data());
+// Ours, zero-copy: open (mmap + validate) and a LibTorch view of every tensor, then release them.
+// The counterpart of Python's default load_file, whose tensors also view the mapped file.
+void LoadViews() {
+  const std::unique_ptr<io::SafetensorsFile> file = OpenOrDie();
+  std::vector<at::Tensor> tensors;
+  for (const io::TensorInfo& t : file->tensors()) tensors.push_back(io::TensorView(*file, t));
+  benchmark::DoNotOptimize(tensors.data());
+}
+
+// Ours, owned: every tensor copied out of the mapping into its own at::Tensor, then released. The
+// counterpart of load_file(backend="pread"), and like it on one thread, tensor after tensor.
+void LoadOwned() {
+  const std::unique_ptr<io::SafetensorsFile> file = OpenOrDie();
+  std::vector<at::Tensor> tensors;
+  for (const io::TensorInfo& t : file->tensors()) {
+    at::Tensor owned = at::empty(t.shape, at::TensorOptions().dtype(io::ToScalarType(t.dtype)));
+    const auto bytes = file->Data(t);
+    std::memcpy(owned.data_ptr(), bytes.data(), bytes.size());
+    tensors.push_back(std::move(owned));
   }
-  state.SetBytesProcessed(state.iterations() * g_size_mib * (int64_t{1} << 20));
+  benchmark::DoNotOptimize(tensors.data());
 }
 
 // Random K-quant blocks with finite f16 scales: n_blocks of `type`.
@@ -129,37 +139,23 @@ class RatioReporter : public benchmark::ConsoleReporter {
     ConsoleReporter::ReportRuns(runs);
     for (const Run& run : runs) {
       if (run.run_type == Run::RT_Iteration && run.counters.count("bytes_per_second")) {
-        const std::string name = run.run_name.function_name;
-        bytes_per_second[name] = run.counters.at("bytes_per_second");
-        seconds[name] = run.GetAdjustedRealTime() / 1e3;  // reported in ms
+        bytes_per_second[run.run_name.function_name] = run.counters.at("bytes_per_second");
       }
     }
   }
   std::map<std::string, double> bytes_per_second;
-  std::map<std::string, double> seconds;
 };
-
-// Median seconds of Python's load_file per backend ("mmap", "pread"), from io_bench_ref.py.
-std::map<std::string, double> PythonLoadSeconds(const std::string& file) {
-  const std::string command = absl::StrCat("'", LLMTRAIN_PYTHON, "' '", LLMTRAIN_SOURCE_DIR,
-                                           "/bench/io_bench_ref.py' '", file, "' 5");
-  std::map<std::string, double> out;
-  FILE* pipe = ::popen(command.c_str(), "r");
-  if (pipe == nullptr) return out;
-  char backend[32];
-  double seconds;
-  while (std::fscanf(pipe, "%31s %lf", backend, &seconds) == 2) out[backend] = seconds;
-  ::pclose(pipe);
-  return out;
-}
 
 }  // namespace
 
 int main(int argc, char** argv) {
+  int64_t rounds = 5;
   std::vector<char*> args;
   for (int i = 0; i < argc; ++i) {
     if (std::strncmp(argv[i], "--size_mib=", 11) == 0) {
       g_size_mib = std::atoll(argv[i] + 11);
+    } else if (std::strncmp(argv[i], "--rounds=", 9) == 0) {
+      rounds = std::max<int64_t>(1, std::atoll(argv[i] + 9));
     } else {
       args.push_back(argv[i]);
     }
@@ -167,24 +163,42 @@ int main(int argc, char** argv) {
   int n_args = static_cast<int>(args.size());
   benchmark::Initialize(&n_args, args.data());
   g_file = MakeSafetensorsFile();
-  benchmark::RegisterBenchmark("safetensors_mmap", BM_SafetensorsMmap)->Unit(benchmark::kMillisecond)->UseRealTime();
-  benchmark::RegisterBenchmark("safetensors_owned", BM_SafetensorsOwned)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(5);
   benchmark::RegisterBenchmark("dequant/Q4_K", BM_Dequantize, io::GgmlType::kQ4_K)->Unit(benchmark::kMillisecond)->UseRealTime();
   benchmark::RegisterBenchmark("dequant/Q6_K", BM_Dequantize, io::GgmlType::kQ6_K)->Unit(benchmark::kMillisecond)->UseRealTime();
   benchmark::RegisterBenchmark("memcpy", BM_Memcpy)->Unit(benchmark::kMillisecond)->UseRealTime();
   RatioReporter reporter;
   benchmark::RunSpecifiedBenchmarks(&reporter);
 
-  const std::map<std::string, double> python = PythonLoadSeconds(g_file);
-  std::printf("\nthreads %d, file %s (%lld MiB, %lld tensors)\n", NumThreads(), g_file.c_str(),
-              static_cast<long long>(g_size_mib), static_cast<long long>(g_size_mib / 16));
-  for (const auto& [ours, theirs, label] :
-       {std::tuple{"safetensors_mmap", "mmap", "load_file()"},
-        std::tuple{"safetensors_owned", "pread", "load_file(backend=\"pread\")"}}) {
-    const double ours_s = reporter.seconds[ours];
-    const double ref_s = python.count(theirs) ? python.at(theirs) : -1.0;
-    std::printf("%s  reference (python safetensors %s) %.2f ms  llmtrain %.2f ms  ratio %.2fx\n",
-                ours, label, ref_s * 1e3, ours_s * 1e3, ref_s / ours_s);
+  // Started after the Google benchmarks, so that nothing else runs while they do. It warms the page
+  // cache with one load of each kind before it says it is ready; TimeAgainstReference warms ours.
+  bench::ReferenceProcess reference;
+  const bool started =
+      reference.Start({LLMTRAIN_PYTHON, std::string(LLMTRAIN_SOURCE_DIR) + "/bench/io_bench_ref.py", g_file});
+  const nlohmann::json ready = started ? reference.Ask("") : nlohmann::json();
+  const bool have_reference = ready.is_object() && ready.value("ready", false);
+  std::printf("\nfile %s (%lld MiB, %lld tensors); loads: median of %lld rounds, ours and the reference alternating\n",
+              g_file.c_str(), static_cast<long long>(g_size_mib), static_cast<long long>(g_size_mib / 16),
+              static_cast<long long>(rounds));
+  if (have_reference) {
+    std::printf("threads: loads ours 1, reference %d (safetensors' sequential reader; torch.get_num_threads() %d); "
+                "dequant and memcpy ours %d\n",
+                ready.value("reader_threads", 0), ready.value("torch_threads", 0), NumThreads());
+  } else {
+    std::printf("threads: loads ours 1, reference not run (no .venv with torch + safetensors); dequant and memcpy "
+                "ours %d\n", NumThreads());
+  }
+  for (const auto& [name, command, label, load] :
+       {std::tuple{"safetensors_mmap", "mmap", "load_file()", &LoadViews},
+        std::tuple{"safetensors_owned", "pread", "load_file(backend=\"pread\")", &LoadOwned}}) {
+    const auto [ours, theirs] = bench::TimeAgainstReference(rounds, load, have_reference ? &reference : nullptr, command);
+    const double ours_s = bench::Median(ours);
+    if (have_reference) {
+      const double ref_s = bench::Median(theirs);
+      std::printf("%s  reference (python safetensors %s) %.2f ms  llmtrain %.2f ms  ratio %.2fx\n", name, label,
+                  ref_s * 1e3, ours_s * 1e3, ref_s / ours_s);
+    } else {
+      std::printf("%s  reference not run  llmtrain %.2f ms\n", name, ours_s * 1e3);
+    }
   }
   const double memcpy_bps = reporter.bytes_per_second["memcpy"];
   for (const char* type : {"Q4_K", "Q6_K"}) {

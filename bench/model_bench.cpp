@@ -147,9 +147,10 @@ int main(int argc, char** argv) {
 
   const double ours_fb = tokens / fwd_bwd_s;
   const double ours_decode = Median(ours_decode_tps);
-  std::printf("gemma3 270M f32, %d threads, T=%lld, %lld decoded tokens, median of %lld alternating rounds\n",
-              threads, static_cast<long long>(tokens), static_cast<long long>(decode),
-              static_cast<long long>(rounds));
+  std::printf("gemma3 270M f32, T=%lld, %lld decoded tokens, median of %lld alternating rounds\n",
+              static_cast<long long>(tokens), static_cast<long long>(decode), static_cast<long long>(rounds));
+  std::printf("threads: ours %d (at::get_num_threads()), reference %d (torch.get_num_threads())\n",
+              at::get_num_threads(), ready.value("torch_threads", 0));
   const double ref_fb = tokens / std::max(1e-9, Median(ref_fb_s));
   const double ref_decode = Median(ref_decode_tps);
   const double ref_rss = ref_rss_reply.value("peak_rss_mib", 0.0);

@@ -1,9 +1,10 @@
 """Reference side of bench/model_bench: transformers on the same GGUF, threads and dtype.
 Usage: model_bench_ref.py FILE.gguf TOKENS THREADS
 
-Loads the model, prints {"ready": true}, then answers one command per stdin line with one JSON line,
-so the benchmark can alternate ours and the reference round by round (the machine's speed drifts
-between minutes; alternating exposes both sides to the same drift):
+Loads the model, prints {"ready": true, "torch_threads": torch.get_num_threads()}, then answers one
+command per stdin line with one JSON line, so the benchmark can alternate ours and the reference
+round by round (the machine's speed drifts between minutes; alternating exposes both sides to the
+same drift):
   fwd_bwd     -> {"s": seconds of one forward+backward of TOKENS tokens}
   decode N    -> {"s": seconds, "n": new tokens} of greedy generate() of N tokens after 16
   rss         -> {"peak_rss_mib": max RSS of this process}
@@ -42,7 +43,7 @@ def decode(n):
 fwd_bwd()  # warm-up
 model.zero_grad(set_to_none=True)
 decode(4)
-print(json.dumps({"ready": True}), flush=True)
+print(json.dumps({"ready": True, "torch_threads": torch.get_num_threads()}), flush=True)
 for line in sys.stdin:
     cmd = line.split()
     if not cmd:

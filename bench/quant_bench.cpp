@@ -35,22 +35,7 @@ namespace {
 using namespace llmtrain;
 using Clock = std::chrono::steady_clock;
 using bench::Median;
-
-// Median seconds of a() and of b(), measured alternately (one of each per round, after a
-// warm-up), so the machine's drift between seconds hits both alike.
-std::pair<double, double> TimePair(int64_t rounds, const std::function<void()>& a, const std::function<void()>& b) {
-  a();
-  b();
-  std::vector<double> ta, tb;
-  for (int64_t r = 0; r < rounds; ++r) {
-    for (int side = 0; side < 2; ++side) {
-      const auto start = Clock::now();
-      (side == 0 ? a : b)();
-      (side == 0 ? ta : tb).push_back(std::chrono::duration<double>(Clock::now() - start).count());
-    }
-  }
-  return {Median(ta), Median(tb)};
-}
+using bench::TimePair;
 
 }  // namespace
 
@@ -70,15 +55,24 @@ int main(int argc, char** argv) {
   const int threads = NumThreads();
   at::set_num_threads(threads);
   at::manual_seed(0);
-  std::printf("quant_bench: %d threads; weight %lld x %lld, %lld tokens, LoRA rank %lld\n", threads,
-              static_cast<long long>(out), static_cast<long long>(in), static_cast<long long>(tokens),
-              static_cast<long long>(rank));
+  std::printf("quant_bench: weight %lld x %lld, %lld tokens, LoRA rank %lld\n", static_cast<long long>(out),
+              static_cast<long long>(in), static_cast<long long>(tokens), static_cast<long long>(rank));
   bench::ReferenceProcess reference;
   const std::string script = std::string(LLMTRAIN_SOURCE_DIR) + "/bench/quant_bench_ref.py";
-  const bool have_reference =
+  const nlohmann::json ready =
       reference.Start({LLMTRAIN_PYTHON, script, std::to_string(tokens), std::to_string(in), std::to_string(out),
-                       std::to_string(rank), std::to_string(threads)}) &&
-      reference.Ask("").value("ready", false);
+                       std::to_string(rank), std::to_string(threads)})
+          ? reference.Ask("")
+          : nlohmann::json();
+  const bool have_reference = ready.is_object() && ready.value("ready", false);
+  // Sections 1 and 2 time both of their sides here, on ATen's pool (our kernels use at::parallel_for),
+  // so the first number covers both sides of them; the reference's is section 3's.
+  if (have_reference) {
+    std::printf("threads: ours %d (at::get_num_threads()), reference %d (PEFT + bitsandbytes: torch.get_num_threads())\n",
+                at::get_num_threads(), ready.value("torch_threads", 0));
+  } else {
+    std::printf("threads: ours %d (at::get_num_threads()), reference not run\n", at::get_num_threads());
+  }
 
   const at::Tensor w = at::randn({out, in}) * 0.02;
   auto q = quant::Quantize4bit(w, {quant::QuantType::kNf4, 64, /*double_quant=*/true});

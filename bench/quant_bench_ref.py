@@ -2,8 +2,8 @@
 double quantization, float32 compute) on the CPU, in training mode, on the same shape, threads and
 seed as ours. Usage: quant_bench_ref.py TOKENS IN OUT RANK THREADS
 
-Prints {"ready": true}, then answers each stdin line "lora" with {"s": seconds} of one
-forward+backward (input, lora_A and lora_B gradients).
+Prints {"ready": true, "torch_threads": torch.get_num_threads()}, then answers each stdin line
+"lora" with {"s": seconds} of one forward+backward (input, lora_A and lora_B gradients).
 """
 import json
 import os
@@ -50,7 +50,7 @@ def step():
 
 
 step()
-print(json.dumps({"ready": True}), flush=True)
+print(json.dumps({"ready": True, "torch_threads": torch.get_num_threads()}), flush=True)
 for line in sys.stdin:
     if line.strip() == "lora":
         start = time.perf_counter()

@@ -1,6 +1,8 @@
 // A benchmark's reference side (a Python script of bench/) as a child process that keeps its
 // model or layer loaded: one command per line on its stdin, one JSON line back on its stdout. The
 // two sides alternate round by round, so the machine's drift between minutes hits both alike.
+// Its first line, {"ready": true, ...}, also states the threads it computes on (torch_threads,
+// rayon_threads, ...), and each bench prints them beside ours.
 #pragma once
 
 #include <fcntl.h>
@@ -25,6 +27,23 @@ namespace llmtrain::bench {
 inline double Median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v.empty() ? 0.0 : v[v.size() / 2];
+}
+
+/// Median seconds of a() and of b(), measured alternately (one of each per round, after a
+/// warm-up of each), so the machine's drift between seconds hits both alike.
+inline std::pair<double, double> TimePair(int64_t rounds, const std::function<void()>& a,
+                                          const std::function<void()>& b) {
+  a();
+  b();
+  std::vector<double> ta, tb;
+  for (int64_t r = 0; r < rounds; ++r) {
+    for (int side = 0; side < 2; ++side) {
+      const auto start = std::chrono::steady_clock::now();
+      (side == 0 ? a : b)();
+      (side == 0 ? ta : tb).push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    }
+  }
+  return {Median(ta), Median(tb)};
 }
 
 class ReferenceProcess;

@@ -32,6 +32,7 @@
 #include "llmtrain/core/threads.h"
 #include "llmtrain/kernels/cross_entropy.h"
 #include "llmtrain/lora/lora.h"
+#include "llmtrain/quant/quantized_linear.h"
 #include "llmtrain/model/decoder.h"
 #include "llmtrain/train/autocast.h"
 #include "llmtrain/train/optimizer.h"
@@ -107,17 +108,19 @@ int main(int argc, char** argv) {
   at::set_num_threads(threads);
   const std::string gguf = std::string(LLMTRAIN_SOURCE_DIR) + "/.venv/models/gemma-3-270m-q4_k_m.gguf";
   bench::ReferenceProcess reference;
-  const bool have_reference =
+  const nlohmann::json ready =
       reference.Start({LLMTRAIN_PYTHON, std::string(LLMTRAIN_SOURCE_DIR) + "/bench/train_bench_ref.py", gguf,
                        std::to_string(batch), std::to_string(seq), std::to_string(rank), std::to_string(threads),
-                       dtype}) &&
-      [&] {
-        const nlohmann::json ready = reference.Ask("");
-        return ready.is_object() && ready.value("ready", false);
-      }();
+                       dtype})
+          ? reference.Ask("")
+          : nlohmann::json();
+  const bool have_reference = ready.is_object() && ready.value("ready", false);
 
   model::DecoderOptions options;
-  options.quantize_4bit = quant::Quant4Options{quant::QuantType::kNf4, 64, /*double_quant=*/true};
+  quant::Quant4Options q4;  // QLoRA's base: NF4, blocks of 64, double quantization
+  q4.blocksize = 64;
+  q4.double_quant = true;
+  options.linear_factory = quant::QuantizedLinearFactory(q4);
   if (dtype == "bf16") {
     options.dtype = Dtype::kBf16;
   } else if (dtype != "f32" && dtype != "autocast") {
@@ -140,7 +143,7 @@ int main(int argc, char** argv) {
   lora::SetTraining(model->get(), true);
   std::vector<at::Tensor> params;
   for (const auto& [key, t] : lora::TrainableParameters(**model, config)) params.push_back(t);
-  train::AdamW adam(params, {1e-4, 0.9, 0.999, 1e-8, 0.0});
+  train::AdamW adam(params, {.lr = 1e-4, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .weight_decay = 0.0});
   at::manual_seed(0);
   const at::Tensor ids = at::randint(0, (*model)->config().text.vocab_size, {batch, seq}, at::kLong);
   const auto step = [&] {
@@ -168,12 +171,15 @@ int main(int argc, char** argv) {
   const double ours_tps = tokens / Median(ours);
   const int64_t ours_rss = PeakRssMib();
   std::printf("train_bench: Gemma 3 270M QLoRA (NF4 + double quant, LoRA r=%lld on all-linear, AdamW), %s compute, "
-              "batch %lld × %lld tokens, %d threads, %lld rounds\n", static_cast<long long>(rank), dtype.c_str(),
-              static_cast<long long>(batch), static_cast<long long>(seq), threads, static_cast<long long>(rounds));
+              "batch %lld × %lld tokens, %lld rounds\n", static_cast<long long>(rank), dtype.c_str(),
+              static_cast<long long>(batch), static_cast<long long>(seq), static_cast<long long>(rounds));
   if (!have_reference) {
+    std::printf("threads: ours %d (at::get_num_threads()), reference not run\n", at::get_num_threads());
     std::printf("ours: %.1f tok/s, peak RSS %lld MiB; reference not run\n", ours_tps, static_cast<long long>(ours_rss));
     return 0;
   }
+  std::printf("threads: ours %d (at::get_num_threads()), reference %d (torch.get_num_threads())\n",
+              at::get_num_threads(), ready.value("torch_threads", 0));
   const double theirs_tps = tokens / Median(theirs);
   const nlohmann::json rss = reference.Ask("rss");
   const double theirs_rss = rss.is_object() ? rss.value("peak_rss_mib", 0.0) : 0.0;

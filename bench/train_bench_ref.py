@@ -2,9 +2,9 @@
 the CPU (NF4, double quantization, float32 compute, LoRA on all linear layers, AdamW), on the same
 GGUF, batch, sequence length, rank and threads as ours.
 Usage: train_bench_ref.py FILE.gguf BATCH SEQ RANK THREADS [f32|bf16|autocast]   (LoRA stays float32)
-Prints {"ready": true}, then answers each stdin line "step" with {"s": seconds} of one training
-step (forward, backward, optimizer), "profile N" with the top operators by self time over N steps
-(torch.profiler), and "rss" with {"peak_rss_mib": ...}.
+Prints {"ready": true, "torch_threads": torch.get_num_threads()}, then answers each stdin line
+"step" with {"s": seconds} of one training step (forward, backward, optimizer), "profile N" with the
+top operators by self time over N steps (torch.profiler), and "rss" with {"peak_rss_mib": ...}.
 """
 import json
 import os
@@ -63,7 +63,7 @@ def step():
 
 
 step()
-print(json.dumps({"ready": True}), flush=True)
+print(json.dumps({"ready": True, "torch_threads": torch.get_num_threads()}), flush=True)
 for line in sys.stdin:
     cmd = line.strip()
     if cmd == "step":

@@ -1,4 +1,4 @@
-// GGUF reader: formats.md §2. A Cursor reads every field with a bounds check, so a truncated
+// GGUF reader: docs/formats.md §2. A Cursor reads every field with a bounds check, so a truncated
 // or lying file ends in a Status naming what was being read, never in a read past the mapping.
 #include "llmtrain/io/gguf.h"
 

@@ -1,6 +1,6 @@
-// GGUF block dequantization on the CPU (formats.md §2.5), bit-identical to gguf-py's numpy code
-// (gguf/quants.py): every product and sum is done in float32 in the same order, one rounding
-// each. This file is compiled with -ffp-contract=off so no multiply-add gets fused.
+// GGUF block dequantization on the CPU (docs/formats.md §2.5), bit-identical to gguf-py's numpy
+// code (gguf/quants.py): every product and sum is done in float32 in the same order, one
+// rounding each. This file is compiled with -ffp-contract=off so no multiply-add gets fused.
 // It is also the oracle the CUDA kernels (gguf_quants.cu) are tested against.
 #include <algorithm>
 #if defined(__x86_64__)

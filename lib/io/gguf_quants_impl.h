@@ -9,7 +9,7 @@
 
 namespace llmtrain::io::detail {
 
-/// K-quant 6-bit scales and mins of 8 sub-blocks, packed in 12 bytes (formats.md §2.5).
+/// K-quant 6-bit scales and mins of 8 sub-blocks, packed in 12 bytes (docs/formats.md §2.5).
 void UnpackKScales(const uint8_t* packed, uint8_t* scales, uint8_t* mins);
 
 /// Dequantize(), optionally without the hand-written x86 intrinsics paths (Q4_K, Q6_K), so tests

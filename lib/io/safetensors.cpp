@@ -1,5 +1,5 @@
-// safetensors reader: formats.md §1. Every check of §1.4 happens here, before any tensor byte
-// is touched, so a reader of Data() can trust the offsets.
+// safetensors reader: docs/formats.md §1. Every check of §1.4 happens here, before any tensor
+// byte is touched, so a reader of Data() can trust the offsets.
 #include "llmtrain/io/safetensors.h"
 
 #include <algorithm>

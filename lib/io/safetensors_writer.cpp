@@ -1,4 +1,5 @@
-// safetensors writer: the layout of the reference writer (formats.md §1.3), written atomically.
+// safetensors writer: the layout of the reference writer (docs/formats.md §1.3), written
+// atomically.
 #include <algorithm>
 #include <numeric>
 

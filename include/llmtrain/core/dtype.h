@@ -1,7 +1,7 @@
 // Element types of stored tensors, with their names in each file format.
 //
-// Dtype covers every safetensors dtype the library reads or writes (formats.md §1.2). GGUF block
-// types are a separate enum (io/gguf.h), since a GGUF tensor is often blocks, not elements.
+// Dtype covers every safetensors dtype the library reads or writes (docs/formats.md §1.2). GGUF
+// block types are a separate enum (io/gguf.h), since a GGUF tensor is often blocks, not elements.
 //
 //   LLMTRAIN_ASSIGN_OR_RETURN(Dtype dtype, DtypeFromSafetensorsName("BF16"));
 //   int64_t bytes = ElementBits(dtype) / 8 * n_elems;

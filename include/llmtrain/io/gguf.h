@@ -1,8 +1,8 @@
 // GGUF (v2 and v3): read with all metadata types, tensor infos and alignment; write.
 //
-// Layout (formats.md §2): magic "GGUF", u32 version, u64 tensor count, u64 metadata count, the
-// key/values, the tensor infos, padding to the alignment, then the data. Every count, length and
-// offset is checked before it is used; errors name the file, the key or tensor, and the rule.
+// Layout (docs/formats.md §2): magic "GGUF", u32 version, u64 tensor count, u64 metadata count,
+// the key/values, the tensor infos, padding to the alignment, then the data. Every count, length
+// and offset is checked before it is used; errors name the file, the key or tensor, and the rule.
 // Dimensions: GGUF lists them innermost first (ggml `ne`); TensorInfo::shape is row-major
 // (PyTorch order), reversed once here and nowhere else.
 //
@@ -27,7 +27,7 @@
 
 namespace llmtrain::io {
 
-/// ggml tensor types (formats.md §2.4). Ids not listed here are rejected by the reader.
+/// ggml tensor types (docs/formats.md §2.4). Ids not listed here are rejected by the reader.
 enum class GgmlType : uint32_t {
   kF32 = 0, kF16 = 1, kQ4_0 = 2, kQ4_1 = 3, kQ5_0 = 6, kQ5_1 = 7, kQ8_0 = 8, kQ8_1 = 9,
   kQ2_K = 10, kQ3_K = 11, kQ4_K = 12, kQ5_K = 13, kQ6_K = 14, kQ8_K = 15, kIQ2_XXS = 16,
@@ -51,7 +51,7 @@ absl::string_view GgmlTypeName(GgmlType type);
 /// Q5_0 Q5_1 Q4_K Q5_K Q6_K.
 bool CanDequantize(GgmlType type);
 
-/// GGUF metadata value types (formats.md §2.2).
+/// GGUF metadata value types (docs/formats.md §2.2).
 enum class GgufValueType : uint32_t {
   kUint8 = 0, kInt8 = 1, kUint16 = 2, kInt16 = 3, kUint32 = 4, kInt32 = 5, kFloat32 = 6,
   kBool = 7, kString = 8, kArray = 9, kUint64 = 10, kInt64 = 11, kFloat64 = 12,

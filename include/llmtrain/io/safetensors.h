@@ -1,8 +1,8 @@
 // safetensors: read (memory-mapped, lazy per tensor, sharded checkpoints) and write.
 //
-// Format (formats.md §1): u64 LE header length N, an N-byte JSON header, then the data buffer.
-// The reader checks every rule the reference implementation checks, plus a few more (§1.4), and
-// each error names the file, the tensor and the rule:
+// Format (docs/formats.md §1): u64 LE header length N, an N-byte JSON header, then the data
+// buffer. The reader checks every rule the reference implementation checks, plus a few more
+// (§1.4), and each error names the file, the tensor and the rule:
 //   model.safetensors: tensor "lm_head.weight": data_offsets [0, 96) hold 96 bytes, but F32
 //   [4, 8] needs 128
 //
