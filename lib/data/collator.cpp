@@ -96,8 +96,7 @@ Batch Collator::Collate(const std::vector<std::vector<TokenizedExample>>& rows) 
 DataLoader::DataLoader(const Dataset& dataset, const Collator& collator, const LoaderOptions& options)
     : dataset_(dataset),
       collator_(collator),
-      sampler_(dataset.size(), {.seed = options.seed, .shuffle = options.shuffle, .rank = options.rank,
-                                .world_size = options.world_size}),
+      sampler_(dataset.size(), options),
       skipped_index_(static_cast<size_t>(dataset.size()), false) {}
 
 absl::StatusOr<Batch> DataLoader::Next() {
@@ -162,14 +161,6 @@ absl::Status Validate(const CollatorOptions& o) {
   if (o.batch_size < 1) return absl::InvalidArgumentError(absl::StrCat("CollatorOptions.batch_size: expected ≥ 1, found ", o.batch_size));
   if (o.token_budget < 0) {
     return absl::InvalidArgumentError(absl::StrCat("CollatorOptions.token_budget: expected ≥ 0, found ", o.token_budget));
-  }
-  return absl::OkStatus();
-}
-
-absl::Status Validate(const LoaderOptions& o) {
-  if (o.world_size < 1 || o.rank < 0 || o.rank >= o.world_size) {
-    return absl::InvalidArgumentError(absl::StrCat("LoaderOptions.rank / world_size: expected 0 ≤ rank < world_size, found ",
-                                                   o.rank, " / ", o.world_size));
   }
   return absl::OkStatus();
 }

@@ -87,15 +87,9 @@ class Collator {
   int64_t pad_id_ = 0;
 };
 
-struct LoaderOptions {
-  uint64_t seed = 0;
-  bool shuffle = true;
-  int rank = 0;
-  int world_size = 1;
-};
-
-/// InvalidArgument naming the field: world_size < 1, or rank outside [0, world_size).
-absl::Status Validate(const LoaderOptions& options);
+/// A DataLoader's order is its Sampler's, so its options are the sampler's (seed, shuffle, rank,
+/// world_size), checked by Validate(const SamplerOptions&).
+using LoaderOptions = SamplerOptions;
 
 /// Batches in a deterministic order. position() after a batch, given to Seek() in a new loader
 /// over the same data, continues with exactly the batches an uninterrupted run would produce.
