@@ -9,6 +9,7 @@
 #include "llmtrain/core/progress.h"
 #include "llmtrain/core/status.h"
 #include "llmtrain/core/threads.h"
+#include "llmtrain/io/families.h"
 #include "llmtrain/io/gguf.h"
 #include "llmtrain/io/hf_config.h"
 #include "llmtrain/io/mapped_file.h"

@@ -1,15 +1,18 @@
 // config.json → HfConfig, with the defaults and post-init rules of transformers' configuration
-// classes (Gemma2Config, Gemma3TextConfig, Gemma3Config, SiglipVisionConfig, Qwen2Config,
-// Qwen3Config in transformers 5.x). Each class is a table of fields (name, type, default); the
-// few rules a table cannot say are in ResolveText().
+// classes. Each class is a schema (io/config_schema.h, one per family in families.cpp): a table
+// of fields (name, type, default) and the rules that differ between families as options, which
+// ResolveText() applies. No family is named here.
 #include "llmtrain/io/hf_config.h"
 
+#include <algorithm>
 #include <set>
 
 #include "absl/strings/str_cat.h"
+#include "io/config_schema.h"
 #include "io/json_checked.h"
 #include "llmtrain/core/atomic_file.h"
 #include "llmtrain/core/status.h"
+#include "llmtrain/io/families.h"
 #include "llmtrain/io/gguf.h"
 
 namespace llmtrain::io {
@@ -19,94 +22,11 @@ using nlohmann::json;
 
 constexpr int64_t kMaxLayers = 65536;
 
-enum class Kind {
-  kInt,            // JSON integer (not bool)
-  kIntOrNull,
-  kFloat,          // JSON number (integers accepted and widened)
-  kFloatOrNull,
-  kBool,
-  kBoolOrNull,
-  kString,
-  kStringListOrNull,
-  kTokenIds,       // integer, list of integers, or null (eos_token_id)
-  kIntOrPair,      // integer or [h, w] (SigLIP image_size / patch_size)
-  kObjectOrNull,   // rope_parameters: checked by the RoPE rules
-};
-
-struct Field {
-  const char* name;
-  Kind kind;
-  const char* default_json;
-};
-
-// transformers 5.x class defaults (configuration_gemma2.py, configuration_gemma3.py,
-// configuration_qwen2.py, configuration_qwen3.py, configuration_siglip.py).
-const std::vector<Field> kGemma2Fields = {
-    {"vocab_size", Kind::kInt, "256000"}, {"hidden_size", Kind::kInt, "2304"},
-    {"intermediate_size", Kind::kInt, "9216"}, {"num_hidden_layers", Kind::kInt, "26"},
-    {"num_attention_heads", Kind::kInt, "8"}, {"num_key_value_heads", Kind::kInt, "4"},
-    {"head_dim", Kind::kInt, "256"}, {"hidden_activation", Kind::kString, "\"gelu_pytorch_tanh\""},
-    {"max_position_embeddings", Kind::kInt, "8192"}, {"initializer_range", Kind::kFloat, "0.02"},
-    {"rms_norm_eps", Kind::kFloat, "1e-06"}, {"use_cache", Kind::kBool, "true"},
-    {"pad_token_id", Kind::kIntOrNull, "0"}, {"eos_token_id", Kind::kTokenIds, "1"},
-    {"bos_token_id", Kind::kIntOrNull, "2"}, {"tie_word_embeddings", Kind::kBool, "true"},
-    {"rope_parameters", Kind::kObjectOrNull, "null"}, {"attention_bias", Kind::kBool, "false"},
-    {"attention_dropout", Kind::kFloatOrNull, "0.0"}, {"query_pre_attn_scalar", Kind::kInt, "256"},
-    {"sliding_window", Kind::kIntOrNull, "4096"}, {"layer_types", Kind::kStringListOrNull, "null"},
-    {"final_logit_softcapping", Kind::kFloatOrNull, "30.0"},
-    {"attn_logit_softcapping", Kind::kFloatOrNull, "50.0"},
-    {"use_bidirectional_attention", Kind::kBoolOrNull, "null"},
-};
-
-std::vector<Field> Gemma3TextFields() {
-  std::vector<Field> f = kGemma2Fields;
-  for (Field& field : f) {
-    const std::string name = field.name;
-    if (name == "vocab_size") field.default_json = "262208";
-    if (name == "max_position_embeddings") field.default_json = "131072";
-    if (name == "final_logit_softcapping" || name == "attn_logit_softcapping") field.default_json = "null";
-    if (name == "use_bidirectional_attention") field.default_json = "false";
-  }
-  return f;
-}
-const std::vector<Field> kGemma3TextFields = Gemma3TextFields();
-
-const std::vector<Field> kQwen2Fields = {
-    {"vocab_size", Kind::kInt, "151936"}, {"hidden_size", Kind::kInt, "4096"},
-    {"intermediate_size", Kind::kInt, "22016"}, {"num_hidden_layers", Kind::kInt, "32"},
-    {"num_attention_heads", Kind::kInt, "32"}, {"num_key_value_heads", Kind::kIntOrNull, "32"},
-    {"hidden_act", Kind::kString, "\"silu\""}, {"max_position_embeddings", Kind::kInt, "32768"},
-    {"initializer_range", Kind::kFloat, "0.02"}, {"rms_norm_eps", Kind::kFloat, "1e-06"},
-    {"use_cache", Kind::kBool, "true"}, {"tie_word_embeddings", Kind::kBool, "false"},
-    {"rope_parameters", Kind::kObjectOrNull, "null"}, {"use_sliding_window", Kind::kBool, "false"},
-    {"sliding_window", Kind::kIntOrNull, "4096"}, {"max_window_layers", Kind::kInt, "28"},
-    {"layer_types", Kind::kStringListOrNull, "null"}, {"attention_dropout", Kind::kFloat, "0.0"},
-    {"pad_token_id", Kind::kIntOrNull, "null"}, {"bos_token_id", Kind::kIntOrNull, "null"},
-    {"eos_token_id", Kind::kTokenIds, "null"},
-};
-
-std::vector<Field> Qwen3Fields() {
-  std::vector<Field> f = kQwen2Fields;
-  f.insert(f.begin() + 6, {"head_dim", Kind::kInt, "128"});
-  f.insert(f.begin() + 14, {"attention_bias", Kind::kBool, "false"});
-  return f;
-}
-const std::vector<Field> kQwen3Fields = Qwen3Fields();
-
-const std::vector<Field> kSiglipFields = {
-    {"hidden_size", Kind::kInt, "768"}, {"intermediate_size", Kind::kInt, "3072"},
-    {"num_hidden_layers", Kind::kInt, "12"}, {"num_attention_heads", Kind::kInt, "12"},
-    {"num_channels", Kind::kInt, "3"}, {"image_size", Kind::kIntOrPair, "224"},
-    {"patch_size", Kind::kIntOrPair, "16"}, {"hidden_act", Kind::kString, "\"gelu_pytorch_tanh\""},
-    {"layer_norm_eps", Kind::kFloat, "1e-06"}, {"attention_dropout", Kind::kFloat, "0.0"},
-    {"vision_use_head", Kind::kBool, "true"},
-};
-
-const std::vector<Field> kGemma3Fields = {
-    {"mm_tokens_per_image", Kind::kIntOrNull, "256"}, {"boi_token_index", Kind::kIntOrNull, "255999"},
-    {"eoi_token_index", Kind::kIntOrNull, "256000"}, {"image_token_index", Kind::kIntOrNull, "262144"},
-    {"initializer_range", Kind::kFloatOrNull, "0.02"}, {"tie_word_embeddings", Kind::kBoolOrNull, "true"},
-};
+using detail::ConfigSchema;
+using detail::Field;
+using detail::Kind;
+using detail::SlidingLayers;
+using detail::TextRules;
 
 // Keys every config class consumes itself (never kept as unknown keys).
 const std::set<std::string> kConsumedKeys = {"model_type", "transformers_version", "torch_dtype",
@@ -224,10 +144,8 @@ absl::StatusOr<RopeParameters> ToRope(const json& rope) {
 }
 
 // The per-class rules a table cannot state; `input` is the raw JSON, `out` the filled fields.
-absl::Status ResolveText(const std::string& where, const std::string& model_type, const json& input,
-                         json* out) {
+absl::Status ResolveText(const std::string& where, const TextRules& rules, const json& input, json* out) {
   json& o = *out;
-  const bool gemma = model_type == "gemma2" || model_type == "gemma3_text";
   const int64_t n_layers = o["num_hidden_layers"].get<int64_t>();
   const int64_t heads = o["num_attention_heads"].get<int64_t>();
   if (n_layers < 1 || heads < 1 || o["hidden_size"].get<int64_t>() < 1 ||
@@ -242,15 +160,13 @@ absl::Status ResolveText(const std::string& where, const std::string& model_type
     return absl::InvalidArgumentError(absl::StrCat(where, "num_hidden_layers: ", n_layers,
                                                    " is over the limit of ", kMaxLayers));
   }
-  if (gemma && o["hidden_size"].get<int64_t>() % heads != 0) {
+  if (rules.hidden_divisible_by_heads && o["hidden_size"].get<int64_t>() % heads != 0) {
     return absl::InvalidArgumentError(absl::StrCat(where, "hidden_size: ", o["hidden_size"].dump(),
                                                    " is not a multiple of num_attention_heads ", heads));
   }
-  if (!gemma) {
-    // Qwen: an explicit null means "as many as attention heads"; an absent key keeps 32.
-    if (o["num_key_value_heads"].is_null()) o["num_key_value_heads"] = heads;
-    if (!o["use_sliding_window"].get<bool>()) o["sliding_window"] = nullptr;
-  }
+  // An explicit null means "as many as attention heads"; an absent key keeps the default.
+  if (rules.null_kv_heads_means_heads && o["num_key_value_heads"].is_null()) o["num_key_value_heads"] = heads;
+  if (rules.sliding_window_needs_flag && !o["use_sliding_window"].get<bool>()) o["sliding_window"] = nullptr;
   const int64_t kv_heads = o["num_key_value_heads"].get<int64_t>();
   if (kv_heads < 1 || heads % kv_heads != 0) {
     return absl::InvalidArgumentError(absl::StrCat(where, "num_key_value_heads: ", kv_heads,
@@ -259,9 +175,8 @@ absl::Status ResolveText(const std::string& where, const std::string& model_type
   }
   if (o["layer_types"].is_null()) {
     json types = json::array();
-    int64_t pattern = 2;
-    if (model_type == "gemma3_text") {
-      pattern = 6;
+    int64_t pattern = rules.full_attention_every;
+    if (rules.sliding_window_pattern_key) {
       if (auto it = input.find("sliding_window_pattern"); it != input.end()) {
         if (!it->is_number_integer() || it->get<int64_t>() < 1) {
           return absl::InvalidArgumentError(absl::StrCat(
@@ -272,7 +187,7 @@ absl::Status ResolveText(const std::string& where, const std::string& model_type
     }
     for (int64_t i = 0; i < n_layers; ++i) {
       bool sliding;
-      if (gemma) {
+      if (rules.sliding_layers == SlidingLayers::kAllButEveryNth) {
         sliding = (i + 1) % pattern != 0;
       } else {
         sliding = !o["sliding_window"].is_null() && i >= o["max_window_layers"].get<int64_t>();
@@ -293,11 +208,11 @@ absl::Status ResolveText(const std::string& where, const std::string& model_type
                                                      " entries for num_hidden_layers ", n_layers));
     }
   }
-  if (model_type == "gemma3_text") {
-    // Gemma3TextConfig keeps the pattern it used (default 6); a stored _sliding_window_pattern
-    // overwrites it without changing layer_types.
-    o["_sliding_window_pattern"] =
-        input.value("_sliding_window_pattern", input.value("sliding_window_pattern", json(6)));
+  if (rules.sliding_window_pattern_key) {
+    // The class keeps the pattern it used; a stored _sliding_window_pattern overwrites it without
+    // changing layer_types.
+    o["_sliding_window_pattern"] = input.value(
+        "_sliding_window_pattern", input.value("sliding_window_pattern", json(rules.full_attention_every)));
   }
 
   // RoPE (transformers `convert_rope_params_to_dict`): legacy keys are consumed.
@@ -316,7 +231,7 @@ absl::Status ResolveText(const std::string& where, const std::string& model_type
                                                    detail::Describe(*v)));
   }
   const int64_t max_positions = o["max_position_embeddings"].get<int64_t>();
-  if (model_type == "gemma3_text") {
+  if (rules.rope_per_layer_type) {
     json rope = o["rope_parameters"].is_null()
                     ? json{{"sliding_attention", {{"rope_type", "default"}}},
                            {"full_attention", {{"rope_type", "default"}}}}
@@ -331,11 +246,11 @@ absl::Status ResolveText(const std::string& where, const std::string& model_type
     if (const json* s = legacy("rope_scaling")) rope["full_attention"].update(*s);
     if (!rope["full_attention"].contains("rope_theta")) {
       const json* t = legacy("rope_theta");
-      rope["full_attention"]["rope_theta"] = t ? *t : json(1000000.0);
+      rope["full_attention"]["rope_theta"] = t ? *t : json(rules.full_rope_theta);
     }
     if (!rope["sliding_attention"].contains("rope_theta")) {
       const json* t = legacy("rope_local_base_freq");
-      rope["sliding_attention"]["rope_theta"] = t ? *t : json(10000.0);
+      rope["sliding_attention"]["rope_theta"] = t ? *t : json(rules.sliding_rope_theta);
     }
     for (const char* layer : {"full_attention", "sliding_attention"}) {
       LLMTRAIN_RETURN_IF_ERROR(StandardizeRope(absl::StrCat(where, "rope_parameters.", layer, "."),
@@ -351,7 +266,7 @@ absl::Status ResolveText(const std::string& where, const std::string& model_type
     }
     if (!rope.contains("rope_theta")) {
       const json* t = legacy("rope_theta");
-      rope["rope_theta"] = t ? *t : json(10000.0);
+      rope["rope_theta"] = t ? *t : json(rules.full_rope_theta);
     }
     LLMTRAIN_RETURN_IF_ERROR(
         StandardizeRope(absl::StrCat(where, "rope_parameters."), &rope, max_positions));
@@ -409,17 +324,12 @@ absl::StatusOr<TextConfig> ToTextConfig(const std::string& model_type, const jso
   return t;
 }
 
-absl::StatusOr<json> ResolveTextJson(const std::string& where, const std::string& model_type,
-                                     const json& input) {
-  const std::vector<Field>* fields = nullptr;
-  if (model_type == "gemma2") fields = &kGemma2Fields;
-  if (model_type == "gemma3_text") fields = &kGemma3TextFields;
-  if (model_type == "qwen2") fields = &kQwen2Fields;
-  if (model_type == "qwen3") fields = &kQwen3Fields;
+// A decoder's config class: its fields, then its rules.
+absl::StatusOr<json> ResolveTextJson(const std::string& where, const ConfigSchema& schema, const json& input) {
   json out = json::object();
-  LLMTRAIN_RETURN_IF_ERROR(ApplyFields(where, input, *fields, &out));
-  LLMTRAIN_RETURN_IF_ERROR(ResolveText(where, model_type, input, &out));
-  out["model_type"] = model_type;
+  LLMTRAIN_RETURN_IF_ERROR(ApplyFields(where, input, schema.fields, &out));
+  LLMTRAIN_RETURN_IF_ERROR(ResolveText(where, schema.text, input, &out));
+  out["model_type"] = schema.model_type;
   return out;
 }
 
@@ -454,10 +364,16 @@ absl::StatusOr<HfConfig> ParseHfConfig(absl::string_view where_view, absl::strin
   HfConfig config;
   config.model_type = type_it->get<std::string>();
   LLMTRAIN_ASSIGN_OR_RETURN(config.dtype, ReadDtype(prefix, input));
+  const ConfigSchema* schema = detail::FindConfigSchema(config.model_type);
+  if (FindFamily(config.model_type) == nullptr || schema == nullptr) {
+    return absl::UnimplementedError(absl::StrCat(prefix, UnsupportedModelType(config.model_type)));
+  }
   json resolved;
-  if (config.model_type == "gemma3") {
+  if (!schema->text_model_type.empty()) {
+    // An image+text class: its own fields, text_config and vision_config.
+    const ConfigSchema* text_schema = detail::FindConfigSchema(schema->text_model_type);
     resolved = json::object();
-    LLMTRAIN_RETURN_IF_ERROR(ApplyFields(prefix, input, kGemma3Fields, &resolved));
+    LLMTRAIN_RETURN_IF_ERROR(ApplyFields(prefix, input, schema->fields, &resolved));
     json text_input = json::object();
     if (auto it = input.find("text_config"); it != input.end() && !it->is_null()) {
       if (!it->is_object()) {
@@ -466,8 +382,8 @@ absl::StatusOr<HfConfig> ParseHfConfig(absl::string_view where_view, absl::strin
       }
       text_input = *it;
     }
-    // text_config is always a Gemma3TextConfig, whatever model_type it names.
-    LLMTRAIN_ASSIGN_OR_RETURN(json text, ResolveTextJson(prefix + "text_config.", "gemma3_text", text_input));
+    // text_config is always the class's text class, whatever model_type it names.
+    LLMTRAIN_ASSIGN_OR_RETURN(json text, ResolveTextJson(prefix + "text_config.", *text_schema, text_input));
     json vision_input = json::object();
     if (auto it = input.find("vision_config"); it != input.end() && !it->is_null()) {
       if (!it->is_object()) {
@@ -482,9 +398,10 @@ absl::StatusOr<HfConfig> ParseHfConfig(absl::string_view where_view, absl::strin
                                                    "\" (only siglip_vision_model is supported)"));
     }
     json vision = json::object();
-    LLMTRAIN_RETURN_IF_ERROR(ApplyFields(prefix + "vision_config.", vision_input, kSiglipFields, &vision));
+    LLMTRAIN_RETURN_IF_ERROR(
+        ApplyFields(prefix + "vision_config.", vision_input, schema->vision_fields, &vision));
     vision["model_type"] = "siglip_vision_model";
-    LLMTRAIN_ASSIGN_OR_RETURN(config.text, ToTextConfig("gemma3_text", text));
+    LLMTRAIN_ASSIGN_OR_RETURN(config.text, ToTextConfig(text_schema->model_type, text));
     VisionConfig v;
     v.hidden_size = vision["hidden_size"].get<int64_t>();
     v.intermediate_size = vision["intermediate_size"].get<int64_t>();
@@ -514,14 +431,9 @@ absl::StatusOr<HfConfig> ParseHfConfig(absl::string_view where_view, absl::strin
         resolved["tie_word_embeddings"].is_null() ? false : resolved["tie_word_embeddings"].get<bool>();
     resolved["text_config"] = text;
     resolved["vision_config"] = vision;
-  } else if (config.model_type == "gemma2" || config.model_type == "gemma3_text" ||
-             config.model_type == "qwen2" || config.model_type == "qwen3") {
-    LLMTRAIN_ASSIGN_OR_RETURN(resolved, ResolveTextJson(prefix, config.model_type, input));
-    LLMTRAIN_ASSIGN_OR_RETURN(config.text, ToTextConfig(config.model_type, resolved));
   } else {
-    return absl::UnimplementedError(absl::StrCat(
-        prefix, "model_type: \"", config.model_type,
-        "\" is not supported (gemma2, gemma3_text, gemma3, qwen2 and qwen3 are)"));
+    LLMTRAIN_ASSIGN_OR_RETURN(resolved, ResolveTextJson(prefix, *schema, input));
+    LLMTRAIN_ASSIGN_OR_RETURN(config.text, ToTextConfig(config.model_type, resolved));
   }
   resolved["model_type"] = config.model_type;
   resolved["dtype"] = config.dtype ? json(*config.dtype) : json(nullptr);
@@ -543,13 +455,14 @@ absl::StatusOr<std::string> GgufToConfigJson(const GgufFile& gguf) {
     return absl::InvalidArgumentError(
         absl::StrCat(gguf.path(), ": general.architecture: missing or not a string"));
   }
-  if (*arch != "gemma2" && *arch != "gemma3" && *arch != "qwen2" && *arch != "qwen3") {
-    return absl::UnimplementedError(absl::StrCat(gguf.path(), ": general.architecture \"", *arch,
-                                                 "\" is not supported (gemma2, gemma3, qwen2, qwen3 are)"));
+  const FamilyInfo* family = FindFamilyForGguf(*arch);
+  const ConfigSchema* schema = family ? detail::FindConfigSchema(family->model_type) : nullptr;
+  if (schema == nullptr) {
+    return absl::UnimplementedError(absl::StrCat(gguf.path(), ": ", UnsupportedGgufArchitecture(*arch)));
   }
   json config = json::object();
-  // A GGUF holds the text backbone only: gemma3 becomes gemma3_text, as transformers does it.
-  config["model_type"] = *arch == "gemma3" ? "gemma3_text" : *arch;
+  // A GGUF holds the text backbone only (gemma3 becomes gemma3_text, as transformers does it).
+  config["model_type"] = family->model_type;
   // GGUF key suffix → config key (transformers integrations/ggml.py GGUF_CONFIG_MAPPING, plus
   // head_dim for qwen3 and the Gemma 2 soft-caps, which transformers leaves at their defaults).
   const std::vector<std::pair<std::string, std::string>> mapping = {
@@ -562,13 +475,9 @@ absl::StatusOr<std::string> GgufToConfigJson(const GgufFile& gguf) {
       {"attn_logit_softcapping", "attn_logit_softcapping"},
       {"final_logit_softcapping", "final_logit_softcapping"},
   };
-  const bool gemma = *arch == "gemma2" || *arch == "gemma3";
+  const std::vector<std::string>& unmapped = schema->text.gguf_unmapped_keys;
   for (const auto& [suffix, key] : mapping) {
-    if (!gemma && (key == "sliding_window" || key == "attn_logit_softcapping" ||
-                   key == "final_logit_softcapping")) {
-      continue;  // Qwen GGUFs carry no sliding layers; transformers maps none of these
-    }
-    if (*arch == "qwen2" && key == "head_dim") continue;  // derived from hidden/heads
+    if (std::find(unmapped.begin(), unmapped.end(), key) != unmapped.end()) continue;
     const GgufValue* v = gguf.FindMetadata(absl::StrCat(*arch, ".", suffix));
     if (v == nullptr) continue;
     const GgufValue* scalar = v;

@@ -13,8 +13,30 @@ absl::StatusOr<FamilySpec> Qwen3(const io::TextConfig& config) {
   return spec;
 }
 
+io::FamilyInfo Qwen3Info() {
+  io::FamilyInfo info;
+  info.model_type = info.text_model_type = "qwen3";
+  info.display_name = "Qwen3";
+  info.gguf_architecture = "qwen3";
+  info.peft_default_targets = {"q_proj", "v_proj"};
+  return info;
+}
+
+// Qwen3Config: Qwen2Config's fields plus head_dim and attention_bias.
+io::detail::ConfigSchema Qwen3Schema() {
+  std::vector<io::detail::Field> fields = detail::Qwen2ConfigFields();
+  fields.insert(fields.begin() + 6, {"head_dim", io::detail::Kind::kInt, "128"});
+  fields.insert(fields.begin() + 14, {"attention_bias", io::detail::Kind::kBool, "false"});
+  io::detail::ConfigSchema schema;
+  schema.model_type = "qwen3";
+  schema.fields = std::move(fields);
+  schema.text = detail::QwenConfigRules();
+  return schema;
+}
+
 }  // namespace
 
 LLMTRAIN_REGISTER_FAMILY("qwen3", Qwen3);
+LLMTRAIN_REGISTER_FAMILY_FORMAT(Qwen3Info(), Qwen3Schema());
 
 }  // namespace llmtrain::model

@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "llmtrain/core/status.h"
+#include "llmtrain/io/families.h"
 #include "llmtrain/io/gguf.h"
 #include "llmtrain/tokenizer/tokenizer.h"
 #include "tokenizer/pipeline.h"
@@ -84,12 +85,16 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromGguf(const io::GgufFil
   const std::string* arch = get_string("general.architecture");
   if (model == nullptr) return absl::InvalidArgumentError(absl::StrCat(where, ": tokenizer.ggml.model is missing"));
   const std::string architecture = arch != nullptr ? *arch : "";
-  const bool gemma = architecture == "gemma" || architecture == "gemma2" || architecture == "gemma3";
-  if (*model != "llama" || !gemma) {
+  const io::FamilyInfo* family = io::FindFamilyForGguf(architecture);
+  if (*model != "llama" || family == nullptr || !family->gguf_vocabulary) {
+    std::vector<std::string> loadable;
+    for (const io::FamilyInfo* f : io::Families()) {
+      if (f->gguf_vocabulary) loadable.push_back(f->gguf_architecture);
+    }
     return absl::UnimplementedError(absl::StrCat(
         where, ": a \"", *model, "\" vocabulary of architecture \"", architecture,
-        "\" cannot be loaded from GGUF (supported: the \"llama\" SentencePiece vocabulary of gemma, gemma2, "
-        "gemma3); use the model's tokenizer.json instead"));
+        "\" cannot be loaded from GGUF (supported: the \"llama\" SentencePiece vocabulary of ",
+        absl::StrJoin(loadable, ", "), "); use the model's tokenizer.json instead"));
   }
   const io::GgufValue* tokens_value = file.FindMetadata("tokenizer.ggml.tokens");
   if (tokens_value == nullptr || tokens_value->type != io::GgufValueType::kArray ||

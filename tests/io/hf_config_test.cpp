@@ -1,8 +1,10 @@
 // io/hf_config against transformers' configuration classes, at test time.
 #include <catch2/catch.hpp>
+#include <algorithm>
 #include <fstream>
 
 #include "llmtrain/core/atomic_file.h"
+#include "llmtrain/io/families.h"
 #include "llmtrain/io/hf_config.h"
 #include "testing/json_util.h"
 #include "testing/reference.h"
@@ -116,6 +118,53 @@ TEST_CASE("hf_config: defaults and derived values equal transformers'", "[io][hf
     REQUIRE(!config.ok());
     CHECK(config.status().message().find(dir + "/config.json") != absl::string_view::npos);
     CHECK(config.status().message().find(kBadCases[i].name) != absl::string_view::npos);
+  }
+}
+
+// The family registry is the one list of supported model types: each entry's config class parses
+// (text tower and vision as the entry says), an unknown type is refused naming every supported
+// one, and the PEFT default targets are PEFT's own mapping.
+TEST_CASE("families: each family's config parses, PEFT defaults equal PEFT's", "[io][hf_config][reference]") {
+  std::vector<std::string> types;
+  REQUIRE(io::Families().size() >= 5);
+  for (const io::FamilyInfo* entry : io::Families()) {
+    const io::FamilyInfo& family = *entry;
+    INFO("model_type " << family.model_type);
+    types.push_back(family.model_type);
+    CHECK(io::FindFamily(family.model_type) == &family);
+    auto config = io::ParseHfConfig("config.json", json{{"model_type", family.model_type}}.dump());
+    REQUIRE(config.ok());
+    CHECK(config->model_type == family.model_type);
+    CHECK(config->text.model_type == family.text_model_type);
+    CHECK(config->vision.has_value() == family.has_vision);
+    if (!family.gguf_architecture.empty()) {
+      CHECK(io::FindFamilyForGguf(family.gguf_architecture) == &family);
+      CHECK(!family.has_vision);  // a GGUF holds a text backbone
+    }
+  }
+  CHECK(io::FindFamilyForGguf("") == nullptr);
+  auto unknown = io::ParseHfConfig("config.json", R"({"model_type": "llama"})");
+  REQUIRE(!unknown.ok());
+  CHECK(unknown.status().code() == absl::StatusCode::kUnimplemented);
+  for (const std::string& type : types) {
+    CHECK(unknown.status().message().find(type) != absl::string_view::npos);
+  }
+
+  if (!testing::ReferenceStackAvailable()) return;
+  std::vector<std::string> args = {"peft-targets"};
+  args.insert(args.end(), types.begin(), types.end());
+  const json theirs = testing::LastJsonLine(testing::RunReference("hf_config_ref.py", args).out);
+  REQUIRE(theirs.is_object());
+  for (const io::FamilyInfo* entry : io::Families()) {
+    const io::FamilyInfo& family = *entry;
+    INFO("model_type " << family.model_type << ": PEFT says " << theirs[family.model_type].dump());
+    std::vector<std::string> ours = family.peft_default_targets;
+    std::sort(ours.begin(), ours.end());
+    if (theirs[family.model_type].is_null()) {
+      CHECK(ours.empty());
+    } else {
+      CHECK(json(ours) == theirs[family.model_type]);
+    }
   }
 }
 

@@ -9,9 +9,11 @@
 #include <cstdio>
 
 #include "llmtrain/core/atomic_file.h"
+#include "llmtrain/io/families.h"
 #include "llmtrain/io/safetensors.h"
 #include "llmtrain/io/tensors.h"
 #include "llmtrain/model/decoder.h"
+#include "llmtrain/model/family.h"
 #include "llmtrain/model/generate.h"
 #include "testing/json_util.h"
 #include "testing/safetensors_util.h"
@@ -29,6 +31,22 @@ using testing::LoadAll;
 double RelativeError(const at::Tensor& a, const at::Tensor& b) {
   const double scale = b.abs().max().item<double>();
   return (a.to(at::kDouble) - b.to(at::kDouble)).abs().max().item<double>() / (scale > 0 ? scale : 1.0);
+}
+
+// The two registrations of the family files agree: every decoder type of io's registry has a spec
+// builder, and every builder belongs to a registered config class of its own type.
+TEST_CASE("family: io's registry and the spec builders name the same decoder types", "[model]") {
+  std::vector<std::string> decoder_types;
+  for (const io::FamilyInfo* family : io::Families()) decoder_types.push_back(family->text_model_type);
+  std::sort(decoder_types.begin(), decoder_types.end());
+  decoder_types.erase(std::unique(decoder_types.begin(), decoder_types.end()), decoder_types.end());
+  CHECK(model::SupportedFamilies() == decoder_types);
+  for (const std::string& type : model::SupportedFamilies()) {
+    INFO("model_type " << type);
+    const io::FamilyInfo* family = io::FindFamily(type);
+    REQUIRE(family != nullptr);
+    CHECK(family->text_model_type == type);
+  }
 }
 
 TEST_CASE("decoder: logits and gradients equal transformers' for every family", "[model][parity][reference]") {

@@ -2,6 +2,7 @@
   hf_config_ref.py configs DIR [DIR ...]  -> {DIR: AutoConfig.from_pretrained(DIR).to_dict()
                                               or {"__error__": message}}
   hf_config_ref.py gguf FILE.gguf          -> AutoConfig.from_pretrained(dir, gguf_file=name).to_dict()
+  hf_config_ref.py peft-targets TYPE [...]  -> {TYPE: sorted PEFT default LoRA targets, or null}
 """
 import os
 import sys
@@ -35,10 +36,17 @@ def gguf(path):
     emit(to_json(config))
 
 
+def peft_targets(types):
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as mapping
+    emit({t: sorted(mapping[t]) if t in mapping else None for t in types})
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "configs":
         configs(sys.argv[2:])
     elif sys.argv[1] == "gguf":
         gguf(sys.argv[2])
+    elif sys.argv[1] == "peft-targets":
+        peft_targets(sys.argv[2:])
     else:
         raise SystemExit(f"unknown command {sys.argv[1]}")

@@ -2,7 +2,8 @@
 // shared decoder (model/decoder.h), and the names of their weights in HF and GGUF files.
 //
 // A family is a function from the parsed config to a FamilySpec, registered under the config's
-// model_type. Adding a family is one file in lib/model/ (see gemma2.cpp).
+// model_type. Adding a family is one file in lib/model/ (see gemma2.cpp) for how it computes, and
+// one entry in lib/io/families.cpp for what its files say (io/families.h).
 //
 //   LLMTRAIN_ASSIGN_OR_RETURN(model::FamilySpec spec, model::BuildFamilySpec(config.text));
 #pragma once
