@@ -11,6 +11,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "llmtrain/io/families.h"
 #include "nlohmann/json.hpp"
 
 namespace llmtrain::lora {
@@ -49,14 +50,24 @@ bool InModulesToSave(const LoraConfig& config, const std::string& name) {
 
 }  // namespace
 
+absl::StatusOr<LoraConfig> WithDefaultTargets(LoraConfig config, absl::string_view model_type) {
+  if (!config.target_modules.empty() || config.target_regex.has_value()) return config;
+  const io::FamilyInfo* family = io::FindFamily(model_type);
+  if (family == nullptr || family->peft_default_targets.empty()) {
+    return absl::UnimplementedError(absl::StrCat(
+        "target_modules: none given, and PEFT has no default for model_type \"", model_type, "\"; name them"));
+  }
+  config.target_modules = family->peft_default_targets;
+  return config;
+}
+
 bool IsLoraTarget(const LoraConfig& config, const std::string& name) {
   for (const std::string& e : config.exclude_modules) {
     if (EndsWithOnDot(name, e)) return false;
   }
   if (InModulesToSave(config, name)) return false;
   if (config.target_regex.has_value()) return RegexFullMatch(*config.target_regex, name);
-  std::vector<std::string> targets = config.target_modules;
-  if (targets.empty()) targets = {"q_proj", "v_proj"};  // PEFT's default for qwen2, gemma2, gemma3_text
+  const std::vector<std::string>& targets = config.target_modules;
   for (const std::string& t : targets) {
     if (absl::AsciiStrToLower(t) == "all-linear" || t == name) return true;  // exact names skip the layer filter
   }
@@ -99,7 +110,7 @@ std::string AdapterConfigJson(const LoraConfig& c) {
   } else if (c.target_modules.size() == 1 && absl::AsciiStrToLower(c.target_modules[0]) == "all-linear") {
     target = "all-linear";
   } else {
-    target = c.target_modules.empty() ? std::vector<std::string>{"q_proj", "v_proj"} : c.target_modules;
+    target = list_or_null(c.target_modules);  // null: PEFT resolves the family's default on load
   }
   const nlohmann::json init = c.init == InitMode::kDefault ? nlohmann::json(true)
                               : c.init == InitMode::kGaussian ? nlohmann::json("gaussian") : nlohmann::json(false);

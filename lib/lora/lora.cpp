@@ -183,8 +183,9 @@ at::Tensor LoraLinear::MergedWeight(c10::ScalarType dtype) const {
   return ((m_.detach().to(at::kFloat) / norm).view({-1, 1}) * merged).to(dtype);
 }
 
-absl::StatusOr<std::vector<std::string>> InjectLora(model::Decoder* model, const LoraConfig& config) {
-  if (absl::Status valid = Validate(config); !valid.ok()) return valid;
+absl::StatusOr<std::vector<std::string>> InjectLora(model::Decoder* model, const LoraConfig& given) {
+  if (absl::Status valid = Validate(given); !valid.ok()) return valid;
+  LLMTRAIN_ASSIGN_OR_RETURN(const LoraConfig config, WithDefaultTargets(given, model->config().model_type));
   if (config.r <= 0) return absl::InvalidArgumentError(absl::StrCat("r: must be positive, got ", config.r));
   if (config.dropout < 0.0 || config.dropout >= 1.0) {
     return absl::InvalidArgumentError(absl::StrCat("lora_dropout: must be in [0, 1), got ", config.dropout));
@@ -265,8 +266,10 @@ void SetTraining(model::Decoder* model, bool training) {
   for (auto& [name, lora] : Adapters(*model)) lora->set_training(training);
 }
 
-absl::Status SaveAdapter(const model::Decoder& model, const LoraConfig& config, absl::string_view dir_view) {
+absl::Status SaveAdapter(const model::Decoder& model, const LoraConfig& given, absl::string_view dir_view) {
   const std::string dir(dir_view);
+  // adapter_config.json names the targets PEFT resolved, as PEFT writes it.
+  LLMTRAIN_ASSIGN_OR_RETURN(const LoraConfig config, WithDefaultTargets(given, model.config().model_type));
   LLMTRAIN_RETURN_IF_ERROR(MakeDirectories(dir));
   std::vector<std::pair<std::string, at::Tensor>> tensors;
   for (auto& [key, tensor] : TrainableParameters(model, config)) tensors.emplace_back(key, tensor.detach());
@@ -280,7 +283,8 @@ absl::StatusOr<LoraConfig> LoadAdapter(model::Decoder* model, absl::string_view 
   const std::string config_path = dir + "/adapter_config.json";
   const std::string weights_path = dir + "/adapter_model.safetensors";
   LLMTRAIN_ASSIGN_OR_RETURN(std::string text, ReadFileToString(config_path));
-  LLMTRAIN_ASSIGN_OR_RETURN(LoraConfig config, ParseAdapterConfig(config_path, text));
+  LLMTRAIN_ASSIGN_OR_RETURN(LoraConfig parsed, ParseAdapterConfig(config_path, text));
+  LLMTRAIN_ASSIGN_OR_RETURN(LoraConfig config, WithDefaultTargets(std::move(parsed), model->config().model_type));
   LLMTRAIN_ASSIGN_OR_RETURN(auto file, io::SafetensorsFile::Open(weights_path));
   // Every tensor must belong to an adapted module or a module to save, with the shape the model
   // gives it. Check them all before injecting, so a bad adapter leaves the model untouched.

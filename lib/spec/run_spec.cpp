@@ -514,10 +514,13 @@ std::vector<SpecError> FindSpecErrors(const RunSpec& s) {
       lc.layers_to_transform.assign(l.layers_to_transform().begin(), l.layers_to_transform().end());
       lc.modules_to_save.assign(l.modules_to_save().begin(), l.modules_to_save().end());
       bool any = false;
-      if (lc.target_regex.has_value() ? ValidRegex(*lc.target_regex) : true) {
-        for (const std::string& name : names) any = any || lora::IsLoraTarget(lc, name);
+      absl::StatusOr<lora::LoraConfig> resolved = lora::WithDefaultTargets(lc, config->model_type);
+      if (!resolved.ok()) {
+        err("lora.target_modules", std::string(resolved.status().message()));
+      } else if (resolved->target_regex.has_value() ? ValidRegex(*resolved->target_regex) : true) {
+        for (const std::string& name : names) any = any || lora::IsLoraTarget(*resolved, name);
       }
-      if (!any) {
+      if (resolved.ok() && !any) {
         err(l.target_regex().empty() ? "lora.target_modules" : "lora.target_regex",
             absl::StrCat("matches none of the model's ", names.size(), " projections (",
                          names.empty() ? "" : names.front(), ", …)"));

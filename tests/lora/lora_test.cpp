@@ -120,6 +120,32 @@ Errors CompareWithReference(model::Decoder& model, const lora::LoraConfig& confi
   return e;
 }
 
+// No targets named: PEFT's default of the model's family, from the family registry; a family PEFT
+// has no default for is refused; named targets are kept; an unresolved config adapts nothing.
+TEST_CASE("lora: default targets come from the model's family, as PEFT resolves them", "[lora]") {
+  lora::LoraConfig none;
+  for (const char* type : {"qwen2", "qwen3", "gemma2", "gemma3_text"}) {
+    INFO("model_type " << type);
+    auto resolved = lora::WithDefaultTargets(none, type);
+    REQUIRE(resolved.ok());
+    CHECK(resolved->target_modules == std::vector<std::string>{"q_proj", "v_proj"});
+    CHECK(lora::IsLoraTarget(*resolved, "model.layers.0.self_attn.v_proj"));
+    CHECK(!lora::IsLoraTarget(*resolved, "model.layers.0.mlp.up_proj"));
+  }
+  for (const char* type : {"gemma3", "llama"}) {
+    auto refused = lora::WithDefaultTargets(none, type);
+    REQUIRE(!refused.ok());
+    CHECK(refused.status().message().find(absl::StrCat("\"", type, "\"")) != absl::string_view::npos);
+  }
+  lora::LoraConfig named;
+  named.target_modules = {"o_proj"};
+  auto kept = lora::WithDefaultTargets(named, "gemma3");
+  REQUIRE(kept.ok());
+  CHECK(kept->target_modules == std::vector<std::string>{"o_proj"});
+  CHECK(!lora::IsLoraTarget(none, "model.layers.0.self_attn.q_proj"));
+  CHECK(nlohmann::json::parse(lora::AdapterConfigJson(none))["target_modules"].is_null());
+}
+
 TEST_CASE("lora: PEFT adapters load here with PEFT's logits and gradients; ours load in PEFT", "[lora][reference]") {
   if (!testing::ReferenceStackAvailable()) return;
   const std::string dir = testing::TempDir("lora_ref");

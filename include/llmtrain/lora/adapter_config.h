@@ -33,8 +33,8 @@ struct LoraConfig {
   InitMode init = InitMode::kDefault;
   /// Modules to adapt: full names ("model.layers.0.self_attn.q_proj") or suffixes on a dot
   /// boundary ("q_proj", "self_attn.q_proj"), or the one entry "all-linear" (every projection; the
-  /// head is never adapted). Empty with no target_regex: PEFT's default for the family, q_proj and
-  /// v_proj.
+  /// head is never adapted). Empty with no target_regex: PEFT's default for the model's family
+  /// (WithDefaultTargets; q_proj and v_proj for every supported family).
   std::vector<std::string> target_modules;
   /// A single string target_modules: a regular expression the whole name must match.
   std::optional<std::string> target_regex;
@@ -63,9 +63,16 @@ struct LoraConfig {
 /// than f32/bf16, a non-positive rank or alpha in rank_pattern / alpha_pattern.
 absl::Status Validate(const LoraConfig& config);
 
+/// PEFT's resolution of a config that names no targets (no target_modules, no target_regex): the
+/// default of `model_type`'s family (io::FamilyInfo::peft_default_targets). A config that names its
+/// targets comes back unchanged. Unimplemented for a family with no default, as PEFT asks for
+/// target_modules then. InjectLora, SaveAdapter and LoadAdapter resolve with the model's type.
+absl::StatusOr<LoraConfig> WithDefaultTargets(LoraConfig config, absl::string_view model_type);
+
 /// True if `config` adapts module `name` (e.g. "model.layers.0.self_attn.q_proj"), by PEFT's rules:
 /// exclude_modules first, never a module to save, then the regex (full match), an exact name, or a
-/// dot-boundary suffix filtered by layers_to_transform.
+/// dot-boundary suffix filtered by layers_to_transform. A config that names no targets adapts
+/// nothing: resolve it first with WithDefaultTargets.
 bool IsLoraTarget(const LoraConfig& config, const std::string& name);
 
 /// r and alpha of module `name` after rank_pattern / alpha_pattern.
