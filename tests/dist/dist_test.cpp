@@ -1,0 +1,369 @@
+// dist/: the launcher environment, shard layouts, and the process group and launcher run for
+// real: dist_worker ranks over Gloo at world 2, 3 and 4, with the TCP store (hosted by our
+// launcher, or by torchrun's agent) and the file store.
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <thread>
+#include <csignal>
+#include <string>
+
+#include <ATen/ATen.h>
+
+#include "llmtrain/dist/env.h"
+#include "llmtrain/dist/launch.h"
+#include "llmtrain/dist/process_group.h"
+#include "llmtrain/dist/shard.h"
+#include "testing/reference.h"
+
+// After ATen: c10/util/Logging.h defines a CHECK of its own.
+#include <catch2/catch.hpp>
+
+namespace dist = llmtrain::dist;
+namespace testing = llmtrain::testing;
+
+namespace {
+
+absl::StatusOr<dist::DistEnv> EnvOf(const std::map<std::string, std::string>& vars) {
+  return dist::DistEnvFrom([&](absl::string_view name) -> std::optional<std::string> {
+    auto it = vars.find(std::string(name));
+    if (it == vars.end()) return std::nullopt;
+    return it->second;
+  });
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+// Runs `scenario` on `world` dist_worker ranks through dist::Launch; the ranks' reports are
+// <dir>/rank<R>.txt.
+dist::LaunchResult LaunchWorkers(const std::string& scenario, int world, const std::string& dir,
+                                 const std::string& init = "env://", double timeout_s = 60,
+                                 double stop_timeout_s = 10) {
+  setenv("LLMTRAIN_TEST_OUT", dir.c_str(), 1);
+  setenv("LLMTRAIN_TEST_INIT", init.c_str(), 1);
+  setenv("LLMTRAIN_TEST_TIMEOUT_S", std::to_string(timeout_s).c_str(), 1);
+  setenv("OMP_NUM_THREADS", "1", 1);
+  dist::LaunchOptions options;
+  options.nproc_per_node = world;
+  options.master_port = 0;  // a free port
+  options.stop_timeout_s = stop_timeout_s;
+  options.command = {LLMTRAIN_DIST_WORKER, scenario};
+  absl::StatusOr<dist::LaunchResult> result = dist::Launch(options);
+  REQUIRE(result.ok());
+  return *result;
+}
+
+}  // namespace
+
+TEST_CASE("DistEnv: torchrun variables") {
+  absl::StatusOr<dist::DistEnv> env =
+      EnvOf({{"RANK", "3"}, {"LOCAL_RANK", "1"}, {"WORLD_SIZE", "4"}, {"LOCAL_WORLD_SIZE", "2"},
+             {"GROUP_RANK", "1"}, {"MASTER_ADDR", "node0"}, {"MASTER_PORT", "29501"},
+             {"TORCHELASTIC_USE_AGENT_STORE", "True"}, {"TORCHELASTIC_RUN_ID", "job7"}});
+  REQUIRE(env.ok());
+  CHECK(env->launcher == dist::Launcher::kTorchrun);
+  CHECK(env->rank == 3);
+  CHECK(env->local_rank == 1);
+  CHECK(env->world_size == 4);
+  CHECK(env->local_world_size == 2);
+  CHECK(env->node_rank == 1);
+  CHECK(env->num_nodes == 2);
+  CHECK(env->master_addr == "node0");
+  CHECK(env->master_port == 29501);
+  CHECK(env->agent_store);
+  CHECK(env->job_id == "job7");
+  CHECK(dist::Describe(*env) ==
+        "rank 3 of 4 (local 1 of 2, node 1 of 2), store node0:29501 hosted by the launcher");
+}
+
+TEST_CASE("DistEnv: no launcher is one process") {
+  absl::StatusOr<dist::DistEnv> env = EnvOf({{"HOME", "/root"}});
+  REQUIRE(env.ok());
+  CHECK(env->launcher == dist::Launcher::kSingle);
+  CHECK(env->world_size == 1);
+  CHECK(env->rank == 0);
+  CHECK(dist::Describe(*env) == "one process");
+}
+
+TEST_CASE("DistEnv: every inconsistency in one error") {
+  absl::StatusOr<dist::DistEnv> env = EnvOf({{"RANK", "2"}, {"WORLD_SIZE", "2"}, {"MASTER_PORT", "99999"}});
+  REQUIRE_FALSE(env.ok());
+  const std::string message(env.status().message());
+  CHECK(env.status().code() == absl::StatusCode::kInvalidArgument);
+  CHECK(message.find("RANK: expected an integer in [0, WORLD_SIZE=2), found 2") != std::string::npos);
+  CHECK(message.find("MASTER_ADDR: missing (needed when WORLD_SIZE > 1)") != std::string::npos);
+  CHECK(message.find("MASTER_PORT: expected an integer in [1, 65535], found \"99999\"") != std::string::npos);
+
+  env = EnvOf({{"RANK", "0"}, {"WORLD_SIZE", "0"}, {"MASTER_ADDR", "h"}, {"MASTER_PORT", "1"}});
+  REQUIRE_FALSE(env.ok());
+  CHECK(std::string(env.status().message()).find("WORLD_SIZE: expected an integer in [1, ") != std::string::npos);
+
+  env = EnvOf({{"RANK", "x"}, {"WORLD_SIZE", "3"}, {"LOCAL_WORLD_SIZE", "2"}, {"MASTER_ADDR", "h"},
+               {"MASTER_PORT", "5"}, {"TORCHELASTIC_USE_AGENT_STORE", "maybe"}});
+  REQUIRE_FALSE(env.ok());
+  CHECK(std::string(env.status().message()).find("RANK: expected an integer") != std::string::npos);
+  CHECK(std::string(env.status().message()).find("WORLD_SIZE: 3 is not a multiple of LOCAL_WORLD_SIZE=2") != std::string::npos);
+  CHECK(std::string(env.status().message()).find("TORCHELASTIC_USE_AGENT_STORE") != std::string::npos);
+}
+
+TEST_CASE("DistEnv: SLURM variables") {
+  absl::StatusOr<dist::DistEnv> env =
+      EnvOf({{"SLURM_PROCID", "5"}, {"SLURM_LOCALID", "1"}, {"SLURM_NTASKS", "6"},
+             {"SLURM_NTASKS_PER_NODE", "2(x3)"}, {"SLURM_NODEID", "2"}, {"SLURM_NNODES", "3"},
+             {"SLURM_JOB_NODELIST", "gpu[07-09,12],cpu3"}, {"SLURM_JOB_ID", "4812345"}});
+  REQUIRE(env.ok());
+  CHECK(env->launcher == dist::Launcher::kSlurm);
+  CHECK(env->rank == 5);
+  CHECK(env->local_rank == 1);
+  CHECK(env->world_size == 6);
+  CHECK(env->local_world_size == 2);
+  CHECK(env->node_rank == 2);
+  CHECK(env->num_nodes == 3);
+  CHECK(env->master_addr == "gpu07");
+  CHECK(env->master_port == 15000 + 2345);
+  // torchrun's variables win over SLURM's (torchrun inside an allocation).
+  env = EnvOf({{"SLURM_PROCID", "5"}, {"SLURM_NTASKS", "6"}, {"RANK", "0"}, {"WORLD_SIZE", "1"}});
+  REQUIRE(env.ok());
+  CHECK(env->launcher == dist::Launcher::kTorchrun);
+
+  CHECK(*dist::FirstSlurmHost("node1") == "node1");
+  CHECK(*dist::FirstSlurmHost("a[003-5]") == "a003");
+  CHECK(*dist::FirstSlurmHost("x,y[1-2]") == "x");
+  CHECK(*dist::FirstSlurmHost("rack[2]-gpu") == "rack2-gpu");
+  CHECK_FALSE(dist::FirstSlurmHost("a[1-2").ok());
+  CHECK_FALSE(dist::FirstSlurmHost("[1]").ok());
+  CHECK_FALSE(dist::FirstSlurmHost("").ok());
+  env = EnvOf({{"SLURM_PROCID", "0"}, {"SLURM_NTASKS", "2"}, {"SLURM_JOB_NODELIST", "n[1-"}});
+  REQUIRE_FALSE(env.ok());
+  CHECK(std::string(env.status().message()).find("SLURM_JOB_NODELIST: unbalanced brackets") != std::string::npos);
+}
+
+TEST_CASE("ShardLayout: equal aligned shards that cover the buffer") {
+  for (int world : {1, 2, 3, 4, 7}) {
+    for (int64_t numel : {0, 1, 31, 32, 33, 4099, 65536}) {
+      for (int64_t align : {1, 32}) {
+        dist::ShardLayout layout = dist::MakeShardLayout(numel, world, align);
+        INFO("world " << world << " numel " << numel << " align " << align);
+        CHECK(layout.shard_numel % align == 0);
+        CHECK(layout.padded_numel() >= numel);
+        CHECK(layout.padded_numel() - numel < world * align);  // the smallest such size
+        int64_t covered = 0;
+        for (int r = 0; r < world; ++r) covered += layout.End(r) - layout.Begin(r);
+        CHECK(covered == numel);
+      }
+    }
+  }
+  at::Tensor x = at::arange(10, at::kFloat);
+  dist::ShardLayout layout = dist::MakeShardLayout(10, 3, 4);  // shards of 4: [0,4) [4,8) [8,10)+2
+  CHECK(at::equal(dist::TakeShard(x, layout, 2), at::tensor({8.f, 9.f, 0.f, 0.f})));
+}
+
+TEST_CASE("ProcessGroup: options are checked, one process needs no store") {
+  dist::ProcessGroupOptions bad;
+  bad.device = "tpu";
+  bad.timeout_s = 0;
+  bad.init_method = "tcp://x";
+  absl::Status status = dist::Validate(bad);
+  CHECK(status.code() == absl::StatusCode::kInvalidArgument);
+  CHECK(std::string(status.message()).find("device: expected") != std::string::npos);
+  CHECK(std::string(status.message()).find("timeout_s: expected > 0") != std::string::npos);
+  CHECK(std::string(status.message()).find("init_method: expected") != std::string::npos);
+
+  absl::StatusOr<std::unique_ptr<dist::ProcessGroup>> group = dist::ProcessGroup::Create({}, {});
+  REQUIRE(group.ok());
+  at::Tensor t = at::full({3}, 2.f);
+  REQUIRE((*group)->AllReduce(t).ok());
+  CHECK(at::equal(t, at::full({3}, 2.f)));
+  // A local mismatch is refused before any communication.
+  at::Tensor out = at::empty({5});
+  status = (*group)->AllGatherInto(out, t);
+  CHECK(status.code() == absl::StatusCode::kInvalidArgument);
+  CHECK(std::string(status.message()).find("world_size (1) × 3 elements") != std::string::npos);
+}
+
+TEST_CASE("c10d smoke: every collective and dtype at world 2, 3, 4 over the launcher's TCP store") {
+  for (int world : {2, 3, 4}) {
+    const std::string dir = testing::TempDir("dist_smoke_" + std::to_string(world));
+    dist::LaunchResult result = LaunchWorkers("smoke", world, dir);
+    INFO(result.report);
+    CHECK(result.exit_code == 0);
+    for (int r = 0; r < world; ++r) {
+      const std::string report = ReadFile(dir + "/rank" + std::to_string(r) + ".txt");
+      INFO(report);
+      CHECK(report.find("ok smoke world " + std::to_string(world)) != std::string::npos);
+      CHECK(report.find("hosted by the launcher") != std::string::npos);
+    }
+  }
+}
+
+TEST_CASE("c10d smoke: the file store at world 2 and 3") {
+  for (int world : {2, 3}) {
+    const std::string dir = testing::TempDir("dist_filestore_" + std::to_string(world));
+    dist::LaunchResult result = LaunchWorkers("smoke", world, dir, "file://" + dir + "/store");
+    INFO(result.report);
+    CHECK(result.exit_code == 0);
+    for (int r = 0; r < world; ++r) {
+      CHECK(ReadFile(dir + "/rank" + std::to_string(r) + ".txt").find("ok smoke") != std::string::npos);
+    }
+  }
+}
+
+TEST_CASE("c10d smoke: under torchrun --no-python") {
+  if (!testing::ReferenceStackAvailable()) return testing::Skip("no .venv: torchrun is the torch wheel's");
+  const std::string dir = testing::TempDir("dist_torchrun");
+  const std::string torchrun = std::string(LLMTRAIN_PYTHON).substr(0, std::string(LLMTRAIN_PYTHON).rfind('/')) + "/torchrun";
+  testing::CommandResult run = testing::RunCommand(
+      "LLMTRAIN_TEST_OUT=" + testing::ShellQuote(dir) + " LLMTRAIN_TEST_INIT=env:// OMP_NUM_THREADS=1 " +
+      testing::ShellQuote(torchrun) + " --standalone --no-python --nproc-per-node 3 " +
+      testing::ShellQuote(LLMTRAIN_DIST_WORKER) + " smoke 2>&1");
+  INFO(run.out);
+  CHECK(run.exit_code == 0);
+  for (int r = 0; r < 3; ++r) {
+    const std::string report = ReadFile(dir + "/rank" + std::to_string(r) + ".txt");
+    INFO(report);
+    CHECK(report.find("ok smoke world 3") != std::string::npos);
+    CHECK(report.find("rank " + std::to_string(r) + " of 3") != std::string::npos);
+  }
+}
+
+TEST_CASE("shard round trip: gather(shard(x)) == x bitwise at world 2, 3, 4") {
+  for (int world : {2, 3, 4}) {
+    const std::string dir = testing::TempDir("dist_shard_" + std::to_string(world));
+    dist::LaunchResult result = LaunchWorkers("shard", world, dir);
+    INFO(result.report);
+    CHECK(result.exit_code == 0);
+    for (int r = 0; r < world; ++r) {
+      const std::string report = ReadFile(dir + "/rank" + std::to_string(r) + ".txt");
+      INFO(report);
+      CHECK(report.find("ok shard world " + std::to_string(world)) != std::string::npos);
+    }
+  }
+}
+
+TEST_CASE("a mismatched collective is an error on every rank, not an abort") {
+  const std::string dir = testing::TempDir("dist_mismatch");
+  dist::LaunchResult result = LaunchWorkers("mismatch", 2, dir);
+  INFO(result.report);
+  CHECK(result.exit_code == 0);
+  for (int r = 0; r < 2; ++r) {
+    CHECK(ReadFile(dir + "/rank" + std::to_string(r) + ".txt").find("ok mismatch") != std::string::npos);
+    const std::string message = ReadFile(dir + "/message" + std::to_string(r) + ".txt");
+    INFO(message);
+    CHECK(message.find("rank 0 #1 AllGatherInto(Byte, 10 → 20 elements); rank 1 #1 AllGatherInto(Byte, 12 → 24 elements)") != std::string::npos);
+  }
+}
+
+TEST_CASE("launcher: a failed rank stops the others and is named") {
+  const std::string dir = testing::TempDir("dist_exit3");
+  auto start = std::chrono::steady_clock::now();
+  dist::LaunchResult result = LaunchWorkers("exit3", 3, dir, "env://", 600, 5);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  INFO(result.report);
+  CHECK(result.exit_code == 3);
+  CHECK(result.report.find("rank 1 (pid ") != std::string::npos);
+  CHECK(result.report.find(") exited with status 3") != std::string::npos);
+  REQUIRE(result.ranks.size() == 3);
+  CHECK(result.ranks[1].exit_code == 3);
+  CHECK_FALSE(result.ranks[1].stopped_by_launcher);
+  CHECK(result.ranks[0].stopped_by_launcher);
+  CHECK(result.ranks[2].stopped_by_launcher);
+  CHECK(seconds < 60);  // a collective timeout of 600 s did not have to pass
+}
+
+TEST_CASE("launcher: a rank killed by SIGKILL mid-run ends the run within the timeout") {
+  const std::string dir = testing::TempDir("dist_kill");
+  auto start = std::chrono::steady_clock::now();
+  dist::LaunchResult result = LaunchWorkers("kill", 2, dir, "env://", 600, 5);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  INFO(result.report);
+  CHECK(result.exit_code == 128 + SIGKILL);
+  CHECK(result.report.find("rank 1 (pid ") != std::string::npos);
+  CHECK(result.report.find("was killed by SIGKILL") != std::string::npos);
+  CHECK(seconds < 60);
+  CHECK(ReadFile(dir + "/rank1.txt").find("past the first barrier") != std::string::npos);
+}
+
+TEST_CASE("launcher: SIGTERM to the launcher reaches every rank") {
+  const std::string dir = testing::TempDir("dist_sigterm");
+  setenv("LLMTRAIN_TEST_OUT", dir.c_str(), 1);
+  dist::LaunchOptions options;
+  options.nproc_per_node = 2;
+  options.master_port = 0;
+  options.command = {LLMTRAIN_DIST_WORKER, "sleep"};
+  // Signal this process once both ranks wait; Launch forwards it.
+  std::thread signaller([&] {
+    for (int i = 0; i < 300; ++i) {
+      if (ReadFile(dir + "/rank0.txt").find("waiting") != std::string::npos &&
+          ReadFile(dir + "/rank1.txt").find("waiting") != std::string::npos) {
+        break;
+      }
+      usleep(100 * 1000);
+    }
+    kill(getpid(), SIGTERM);
+  });
+  absl::StatusOr<dist::LaunchResult> result = dist::Launch(options);
+  signaller.join();
+  REQUIRE(result.ok());
+  CHECK(result->exit_code == 0);
+  for (int r = 0; r < 2; ++r) {
+    CHECK(ReadFile(dir + "/rank" + std::to_string(r) + ".txt").find("got SIGTERM") != std::string::npos);
+  }
+}
+
+TEST_CASE("launcher and group: bad input is a clear error") {
+  dist::LaunchOptions options;
+  options.nproc_per_node = 0;
+  options.node_rank = 3;
+  absl::Status status = dist::Validate(options);
+  CHECK(std::string(status.message()).find("nproc_per_node: expected 1 to 1024, found 0") != std::string::npos);
+  CHECK(std::string(status.message()).find("node_rank: expected in [0, nnodes=1), found 3") != std::string::npos);
+  CHECK(std::string(status.message()).find("command: empty") != std::string::npos);
+
+  options = {};
+  options.command = {"/nonexistent/program"};
+  CHECK(dist::Launch(options).status().code() == absl::StatusCode::kNotFound);
+
+  // The store's port in use.
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr = {};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
+  REQUIRE(listen(fd, 1) == 0);
+  socklen_t len = sizeof(addr);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  options.command = {LLMTRAIN_DIST_WORKER, "smoke"};
+  options.master_port = ntohs(addr.sin_port);
+  absl::StatusOr<dist::LaunchResult> result = dist::Launch(options);
+  close(fd);
+  REQUIRE_FALSE(result.ok());
+  INFO(result.status().ToString());
+  CHECK(std::string(result.status().message()).find("cannot host the rendezvous store on port " +
+                                                    std::to_string(options.master_port)) != std::string::npos);
+
+  // Rank 0 of 2 alone: the rendezvous times out with the store's address.
+  const std::string dir = testing::TempDir("dist_alone");
+  dist::DistEnv env;
+  env.world_size = 2;
+  dist::ProcessGroupOptions group_options;
+  group_options.init_method = "file://" + dir + "/store";
+  group_options.timeout_s = 2;
+  auto start = std::chrono::steady_clock::now();
+  absl::StatusOr<std::unique_ptr<dist::ProcessGroup>> group = dist::ProcessGroup::Create(env, group_options);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  REQUIRE_FALSE(group.ok());
+  INFO(group.status().ToString());
+  CHECK(group.status().code() == absl::StatusCode::kUnavailable);
+  CHECK(seconds < 30);
+}

@@ -1,0 +1,229 @@
+// One rank of dist_test's multi-process scenarios, started by dist::Launch, by torchrun
+// --no-python, or by hand. It reads its place from the launcher's variables, joins the group
+// (LLMTRAIN_TEST_INIT: "env://" or "file:///path"; LLMTRAIN_TEST_TIMEOUT_S), runs the scenario
+// named by argv[1], writes what it found to $LLMTRAIN_TEST_OUT/rank<R>.txt and exits 0 when every
+// check held.
+//   smoke     every collective on f32, bf16, uint8, int64 (sum, max), against values it computes
+//   shard     gather(shard(x)) == x bitwise: packed NF4 bytes with bf16-NaN patterns, f32 quant
+//             state, f32 LoRA; odd sizes
+//   mismatch  rank 0 gathers 10 elements, the others 12: every rank must get an error naming it
+//   exit3     rank 1 exits 3 after a barrier; the others wait in a barrier
+//   kill      rank 1 SIGKILLs itself after a barrier; the others wait in a barrier
+//   sleep     every rank waits for SIGTERM and exits 0 when it comes
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include <ATen/ATen.h>
+
+#include "absl/strings/str_cat.h"
+#include "llmtrain/dist/env.h"
+#include "llmtrain/dist/process_group.h"
+#include "llmtrain/dist/shard.h"
+
+namespace dist = llmtrain::dist;
+
+namespace {
+
+std::string g_out;
+std::vector<std::string> g_failures;
+
+void Check(bool ok, const std::string& what) {
+  if (!ok) g_failures.push_back(what);
+}
+
+void CheckOk(const absl::Status& status, const std::string& what) {
+  Check(status.ok(), absl::StrCat(what, ": ", status.ToString()));
+}
+
+bool BitEqual(const at::Tensor& a, const at::Tensor& b) {
+  if (a.numel() != b.numel() || a.scalar_type() != b.scalar_type()) return false;
+  at::Tensor x = a.contiguous().view(at::kByte), y = b.contiguous().view(at::kByte);
+  return at::equal(x, y);
+}
+
+void Smoke(dist::ProcessGroup& group) {
+  const int world = group.world_size(), rank = group.rank();
+  for (at::ScalarType dtype : {at::kFloat, at::kBFloat16, at::kByte}) {
+    const std::string name = c10::toString(dtype);
+    // AllReduce sum: rank r contributes r + 1 in each of 5 elements (small integers: exact in
+    // every dtype here).
+    at::Tensor t = at::full({5}, rank + 1, at::TensorOptions().dtype(dtype));
+    CheckOk(group.AllReduce(t), "allreduce " + name);
+    Check(at::equal(t, at::full({5}, world * (world + 1) / 2, t.options())), "allreduce sum " + name);
+    // AllGatherInto: shard r is [r·10, r·10 + 3).
+    at::Tensor shard = (at::arange(3, at::kFloat) + rank * 10).to(dtype);
+    at::Tensor full = at::empty({world * 3}, shard.options());
+    CheckOk(group.AllGatherInto(full, shard), "allgather " + name);
+    at::Tensor want = (at::arange(3, at::kFloat).repeat({world}) +
+                       at::arange(world, at::kFloat).repeat_interleave(3) * 10).to(dtype);
+    Check(at::equal(full, want), "allgather values " + name);
+    // ReduceScatterSum: every rank sends [0, world·2) + rank; rank r gets Σ_q (r·2 + i + q).
+    at::Tensor in = (at::arange(world * 2, at::kFloat) + rank).to(dtype);
+    at::Tensor out = at::empty({2}, in.options());
+    CheckOk(group.ReduceScatterSum(out, in), "reduce_scatter " + name);
+    at::Tensor expect = ((at::arange(2, at::kFloat) + rank * 2) * world + world * (world - 1) / 2).to(dtype);
+    Check(at::equal(out, expect), "reduce_scatter values " + name);
+    // Broadcast from the last rank.
+    at::Tensor b = at::full({4}, rank == world - 1 ? 7 : 0, at::TensorOptions().dtype(dtype));
+    CheckOk(group.Broadcast(b, world - 1), "broadcast " + name);
+    Check(at::equal(b, at::full({4}, 7, b.options())), "broadcast values " + name);
+  }
+  // Async: two gathers in flight, then both waited for.
+  at::Tensor a = at::full({2}, float(rank)), b = at::full({3}, float(-rank));
+  at::Tensor fa = at::empty({world * 2}), fb = at::empty({world * 3});
+  absl::StatusOr<dist::Pending> pa = group.AllGatherIntoAsync(fa, a);
+  absl::StatusOr<dist::Pending> pb = group.AllGatherIntoAsync(fb, b);
+  Check(pa.ok() && pb.ok(), "async launch");
+  if (pa.ok() && pb.ok()) {
+    CheckOk(pa->Wait(), "async wait a");
+    CheckOk(pb->Wait(), "async wait b");
+    Check(at::equal(fa, at::arange(world, at::kFloat).repeat_interleave(2)), "async values a");
+    Check(at::equal(fb, -at::arange(world, at::kFloat).repeat_interleave(3)), "async values b");
+  }
+  absl::StatusOr<int64_t> mx = group.MaxInt(rank * 3);
+  Check(mx.ok() && *mx == (world - 1) * 3, "max int");
+  absl::StatusOr<int64_t> sum = group.SumInt(1);
+  Check(sum.ok() && *sum == world, "sum int");
+  absl::StatusOr<double> dsum = group.SumDouble(0.25 * rank);
+  Check(dsum.ok() && *dsum == 0.25 * world * (world - 1) / 2, "sum double");
+  CheckOk(group.Barrier(), "barrier");
+}
+
+// The same buffers on every rank, from their index alone.
+at::Tensor PackedNf4(int64_t bytes) {
+  at::Tensor x = (at::arange(bytes, at::kLong) * 37 + 11).remainder(256).to(at::kByte);
+  // Words that are NaN as bf16 (0x7FC1, 0xFF81, 0x7F80 is +inf): little-endian byte pairs.
+  const uint8_t nan_words[] = {0xC1, 0x7F, 0x81, 0xFF, 0x80, 0x7F, 0x01, 0x7F};
+  for (int64_t i = 0; i + 1 < bytes && i < 64; i += 2) {
+    x[i] = nan_words[i % 8];
+    x[i + 1] = nan_words[(i + 1) % 8];
+  }
+  return x;
+}
+
+at::Tensor Floats(int64_t n, double scale) {
+  return at::sin(at::arange(n, at::kDouble) * 0.731 + scale).mul(scale).to(at::kFloat);
+}
+
+void Shard(dist::ProcessGroup& group) {
+  const int world = group.world_size(), rank = group.rank();
+  struct Case {
+    std::string name;
+    at::Tensor buffer;
+    int64_t align;
+  };
+  std::vector<Case> cases = {
+      {"nf4 packed 4099 bytes", PackedNf4(4099), 32},
+      {"nf4 packed 32 bytes", PackedNf4(32), 32},
+      {"absmax u8 129", PackedNf4(129), 1},
+      {"quant state f32 257", Floats(257, 3.0), 1},
+      {"lora f32 (7, 13)", Floats(91, 0.02).view({7, 13}), 1},
+      {"one element", Floats(1, 1.0), 1},
+  };
+  // bf16 view of packed bytes must never have been taken: the gather moves bytes.
+  for (const Case& c : cases) {
+    dist::ShardLayout layout = dist::MakeShardLayout(c.buffer.numel(), world, c.align);
+    Check(layout.shard_numel % c.align == 0, c.name + ": aligned shard");
+    at::Tensor mine = dist::TakeShard(c.buffer, layout, rank);
+    absl::StatusOr<at::Tensor> whole = dist::GatherShards(group, mine, layout);
+    CheckOk(whole.status(), c.name);
+    if (!whole.ok()) continue;
+    Check(BitEqual(*whole, c.buffer.reshape({-1})), c.name + ": gather(shard(x)) differs from x");
+    // The padding is zeros and every byte of x is in exactly one shard.
+    const int64_t held = layout.End(rank) - layout.Begin(rank);
+    if (held < layout.shard_numel) {
+      Check(at::equal(mine.narrow(0, held, layout.shard_numel - held).view(at::kByte),
+                      at::zeros({(layout.shard_numel - held) * mine.element_size()}, at::kByte)),
+            c.name + ": zero padding");
+    }
+  }
+}
+
+void Mismatch(dist::ProcessGroup& group) {
+  const int64_t n = group.rank() == 0 ? 10 : 12;
+  at::Tensor shard = at::zeros({n}, at::kByte);
+  at::Tensor full = at::empty({group.world_size() * n}, at::kByte);
+  absl::Status status = group.AllGatherInto(full, shard);
+  std::ofstream(g_out + "/message" + std::to_string(group.rank()) + ".txt") << status.ToString();
+  Check(!status.ok(), "a mismatched all-gather returned OK");
+  Check(status.code() == absl::StatusCode::kFailedPrecondition, "code " + status.ToString());
+  Check(status.message().find("AllGatherInto(Byte, 10 → ") != std::string::npos &&
+            status.message().find("AllGatherInto(Byte, 12 → ") != std::string::npos,
+        "message names the op and both sizes: " + status.ToString());
+  // The group still works after the refused call.
+  CheckOk(group.Barrier(), "barrier after the mismatch");
+}
+
+std::atomic<bool> g_term{false};
+void OnTerm(int) { g_term = true; }
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    std::fprintf(stderr, "usage: dist_worker smoke|shard|mismatch|exit3|kill|sleep\n");
+    return 2;
+  }
+  const std::string scenario = argv[1];
+  const char* out = std::getenv("LLMTRAIN_TEST_OUT");
+  g_out = out ? out : ".";
+  absl::StatusOr<dist::DistEnv> env = dist::DistEnvFromEnvironment();
+  if (!env.ok()) {
+    std::fprintf(stderr, "%s\n", env.status().ToString().c_str());
+    return 2;
+  }
+  std::ofstream report(absl::StrCat(g_out, "/rank", env->rank, ".txt"));
+  report << dist::Describe(*env) << "\n";
+  if (scenario == "sleep") {
+    signal(SIGTERM, OnTerm);
+    report << "waiting" << std::endl;
+    for (int i = 0; i < 600 && !g_term; ++i) usleep(100 * 1000);
+    report << (g_term ? "got SIGTERM" : "no signal") << std::endl;
+    return g_term ? 0 : 1;
+  }
+  dist::ProcessGroupOptions options;
+  const char* init = std::getenv("LLMTRAIN_TEST_INIT");
+  if (init != nullptr && *init != '\0') options.init_method = init;
+  const char* timeout = std::getenv("LLMTRAIN_TEST_TIMEOUT_S");
+  options.timeout_s = timeout ? std::atof(timeout) : 60.0;
+  absl::StatusOr<std::unique_ptr<dist::ProcessGroup>> group = dist::ProcessGroup::Create(*env, options);
+  if (!group.ok()) {
+    report << "create: " << group.status().ToString() << std::endl;
+    std::fprintf(stderr, "%s\n", group.status().ToString().c_str());
+    return 3;
+  }
+  dist::ProcessGroup& g = **group;
+  if (scenario == "smoke") {
+    Smoke(g);
+  } else if (scenario == "shard") {
+    Shard(g);
+  } else if (scenario == "mismatch") {
+    Mismatch(g);
+  } else if (scenario == "exit3" || scenario == "kill") {
+    CheckOk(g.Barrier(), "first barrier");
+    report << "past the first barrier" << std::endl;
+    if (env->rank == 1) {
+      if (scenario == "exit3") std::exit(3);
+      raise(SIGKILL);
+    }
+    absl::Status status = g.Barrier();  // never completes: rank 1 is gone
+    report << "second barrier: " << status.ToString() << std::endl;
+    return 4;
+  } else {
+    std::fprintf(stderr, "unknown scenario %s\n", scenario.c_str());
+    return 2;
+  }
+  for (const std::string& f : g_failures) report << "FAIL " << f << "\n";
+  report << (g_failures.empty() ? "ok" : "failed") << " " << scenario << " world " << g.world_size()
+         << " collectives " << g.collectives() << std::endl;
+  std::printf("%s %s at world %d: %zu failures\n", scenario.c_str(),
+              g_failures.empty() ? "ok" : "FAILED", g.world_size(), g_failures.size());
+  return g_failures.empty() ? 0 : 1;
+}
