@@ -25,6 +25,7 @@ int RunMerge(const std::vector<std::string>& args);
 int RunSpecCommand(const std::vector<std::string>& args);
 int RunTrain(const std::vector<std::string>& args);
 int RunReport(const std::vector<std::string>& args);
+int RunLaunch(const std::vector<std::string>& args);
 
 /// Model options shared by `forward` and `generate`:
 ///   --load-in-4bit          quantize the projections to NF4 (blocks of 64, double quantization)

@@ -40,6 +40,8 @@ constexpr char kUsage[] =
     "                             a PEFT LoRA adapter merged into its base\n"
     "  train --spec FILE [--set path=value ...] [--resume]\n"
     "                             the fine-tune a run spec describes (checkpoints, metrics)\n"
+    "  launch --nproc-per-node N [--nnodes M --node-rank R --master-addr A --master-port P]\n"
+    "         -- COMMAND [ARGS]   N ranks of COMMAND with torchrun's variables (a distributed run)\n"
     "  report RUN_DIR             RUN_DIR/report.html: plots, samples, data summary, spec\n"
     "  spec --print-defaults | --check FILE [--set path=value ...]\n"
     "                             the run spec: every field with its default, or validation\n"
@@ -76,6 +78,7 @@ int main(int argc, char** argv) {
   if (command == "spec") return llmtrain::cli::RunSpecCommand(args);
   if (command == "train") return llmtrain::cli::RunTrain(args);
   if (command == "report") return llmtrain::cli::RunReport(args);
+  if (command == "launch") return llmtrain::cli::RunLaunch(args);
   if (command == "make-default-dataset") return llmtrain::cli::RunMakeDefaultDataset(args);
   std::fprintf(stderr, "llmtrain: unknown command \"%s\"\n\n%s", command.c_str(), kUsage);
   return 2;

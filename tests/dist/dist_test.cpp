@@ -367,3 +367,30 @@ TEST_CASE("launcher and group: bad input is a clear error") {
   CHECK(group.status().code() == absl::StatusCode::kUnavailable);
   CHECK(seconds < 30);
 }
+
+TEST_CASE("llmtrain launch: prefixed output, the failed rank's status, usage errors") {
+  const std::string dir = testing::TempDir("dist_cli");
+  const std::string env = "LLMTRAIN_TEST_OUT=" + testing::ShellQuote(dir) + " OMP_NUM_THREADS=1 ";
+  const std::string launch = env + testing::ShellQuote(testing::CliPath()) + " launch ";
+  testing::CommandResult ok = testing::RunCommand(
+      launch + "--nproc-per-node 2 --master-port 0 -- " + testing::ShellQuote(LLMTRAIN_DIST_WORKER) + " smoke");
+  INFO(ok.out);
+  CHECK(ok.exit_code == 0);
+  CHECK(ok.out.find("[rank 0] smoke ok at world 2: 0 failures\n") != std::string::npos);
+  CHECK(ok.out.find("[rank 1] smoke ok at world 2: 0 failures\n") != std::string::npos);
+
+  testing::CommandResult failed = testing::RunCommand(
+      launch + "--nproc-per-node 2 --master-port 0 --stop-timeout 5 -- " +
+      testing::ShellQuote(LLMTRAIN_DIST_WORKER) + " exit3 2>&1");
+  INFO(failed.out);
+  CHECK(failed.exit_code == 3);
+  CHECK(failed.out.find("llmtrain launch: rank 1 (pid ") != std::string::npos);
+  CHECK(failed.out.find("exited with status 3") != std::string::npos);
+  CHECK(failed.out.find("llmtrain launch: exit status 3") != std::string::npos);
+
+  testing::CommandResult usage = testing::RunCommand(launch + "--nproc-per-node 0 2>&1");
+  INFO(usage.out);
+  CHECK(usage.exit_code == 2);
+  CHECK(usage.out.find("nproc_per_node: expected 1 to 1024, found 0") != std::string::npos);
+  CHECK(usage.out.find("command: empty (give it after --)") != std::string::npos);
+}
