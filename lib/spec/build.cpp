@@ -10,6 +10,8 @@
 #include "absl/strings/str_format.h"
 #include "llmtrain/core/log.h"
 #include "llmtrain/core/status.h"
+#include "llmtrain/dist/env.h"
+#include "llmtrain/dist/process_group.h"
 #include "llmtrain/lora/lora.h"
 #include "llmtrain/quant/quantized_linear.h"
 #include "llmtrain/tokenizer/chat_template.h"
@@ -129,13 +131,44 @@ train::TrainerOptions ToTrainerOptions(const RunSpec& spec) {
   return o;
 }
 
+absl::StatusOr<std::shared_ptr<train::Engine>> MakeEngine(const RunSpec& spec_in) {
+  RunSpec spec = spec_in;
+  FillDefaults(&spec);
+  const DistributedSpec& d = spec.distributed();
+  LLMTRAIN_ASSIGN_OR_RETURN(const dist::DistEnv env, dist::DistEnvFromEnvironment());
+  if (d.world_size() != 0 && d.world_size() != env.world_size) {
+    return absl::InvalidArgumentError(absl::StrCat("distributed.world_size: ", d.world_size(), ", but the launcher started ",
+                                                   env.world_size, " process(es) (", dist::Describe(env), ")"));
+  }
+  if (d.engine() == DistributedSpec::single) {
+    if (env.world_size > 1) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "distributed.engine: single, but the launcher started ", env.world_size,
+          " processes (", dist::Describe(env), "); use engine ddp to train on all of them"));
+    }
+    return std::shared_ptr<train::Engine>(std::make_shared<train::SingleProcessEngine>());
+  }
+  dist::ProcessGroupOptions options;
+  options.timeout_s = d.timeout_s();
+  options.init_method = d.init_method();
+  LLMTRAIN_ASSIGN_OR_RETURN(std::unique_ptr<dist::ProcessGroup> group, dist::ProcessGroup::Create(env, options));
+  if (env.rank == 0) {
+    LogInfo(absl::StrCat("distributed: engine ddp, ", env.world_size, " process(es), ", dist::Name(group->backend()),
+                         ", ", dist::Describe(env)));
+  }
+  return std::shared_ptr<train::Engine>(std::make_shared<dist::ReplicatedEngine>(std::move(group)));
+}
+
 absl::StatusOr<train::TrainerComponents> BuildTrainerComponents(const RunSpec& spec_in,
                                                                 std::shared_ptr<train::Engine> engine) {
   RunSpec spec = spec_in;
   FillDefaults(&spec);
   LLMTRAIN_RETURN_IF_ERROR(ValidateRunSpec(spec));
   train::TrainerComponents parts;
-  parts.engine = engine ? std::move(engine) : std::make_shared<train::SingleProcessEngine>();
+  if (!engine) {
+    LLMTRAIN_ASSIGN_OR_RETURN(engine, MakeEngine(spec));
+  }
+  parts.engine = std::move(engine);
   try {
     // Data first: a bad data set is refused before the model takes memory and time.
     LLMTRAIN_ASSIGN_OR_RETURN(const data::DatasetOptions dataset_options, ToDatasetOptions(spec));
@@ -172,12 +205,18 @@ absl::StatusOr<train::TrainerComponents> BuildTrainerComponents(const RunSpec& s
                             parts.model->spec().model_type, targeted.size(), n_params));
     parts.optimizer = std::make_unique<train::AdamW>(params, ToAdamWOptions(spec));
     const train::TrainerOptions options = ToTrainerOptions(spec);
-    const int64_t total = train::TotalSteps(options, parts.train_data->size(), spec.training().micro_batch_size());
+    const int64_t total = train::TotalSteps(options, parts.train_data->size(), spec.training().micro_batch_size(),
+                                            parts.engine->world_size());
     LLMTRAIN_ASSIGN_OR_RETURN(train::LrSchedule schedule, ToLrSchedule(spec, total));
     parts.schedule = std::make_unique<train::LrSchedule>(schedule);
 
-    // Metrics: metrics.jsonl and TensorBoard as output.report_to says, and the report at the end.
+    // Metrics: metrics.jsonl and TensorBoard as output.report_to says, and the report at the end,
+    // written by the main process alone.
     const std::string& dir = spec.output().dir();
+    if (!parts.engine->is_main()) {
+      at::manual_seed(spec.training().seed());
+      return parts;
+    }
     const auto& report_to = spec.output().report_to();
     if (std::find(report_to.begin(), report_to.end(), OutputSpec::jsonl) != report_to.end()) {
       parts.metrics.push_back(train::MakeJsonlMetricsWriter(dir + "/metrics.jsonl"));

@@ -102,8 +102,10 @@ RunSpec Defaults() {
   d.mutable_output()->set_dir("");
   DistributedSpec* s = d.mutable_distributed();
   s->set_engine(DistributedSpec::single);
-  s->set_world_size(1);
+  s->set_world_size(0);
   s->set_cpu_offload(false);
+  s->set_timeout_s(1800.0);
+  s->set_init_method("env://");
   return d;
 }
 
@@ -581,8 +583,19 @@ std::vector<SpecError> FindSpecErrors(const RunSpec& s) {
   }
   if (s.checkpoint().keep_last() < 1) err("checkpoint.keep_last", absl::StrCat("must be ≥ 1, got ", s.checkpoint().keep_last()));
   if (s.output().dir().empty()) err("output.dir", "is required (the run folder)");
-  if (s.distributed().world_size() != 1) {
-    err("distributed.world_size", absl::StrCat("must be 1 for the single-process engine, got ", s.distributed().world_size()));
+  const DistributedSpec& dist = s.distributed();
+  if (dist.world_size() < 0) err("distributed.world_size", absl::StrCat("must be ≥ 0, got ", dist.world_size()));
+  if (dist.engine() == DistributedSpec::single && dist.world_size() > 1) {
+    err("distributed.world_size", absl::StrCat("must be 0 or 1 for the single-process engine, got ", dist.world_size(),
+                                               " (engine ddp trains on several)"));
+  }
+  if (dist.cpu_offload()) {
+    err("distributed.cpu_offload", "needs the sharded engine (zero3), which is not accepted yet");
+  }
+  if (!(dist.timeout_s() > 0)) err("distributed.timeout_s", absl::StrCat("must be > 0, got ", dist.timeout_s()));
+  if (dist.init_method() != "env://" &&
+      !(absl::StartsWith(dist.init_method(), "file://") && dist.init_method().size() > 7)) {
+    err("distributed.init_method", absl::StrCat("must be \"env://\" or \"file:///path\", got \"", dist.init_method(), "\""));
   }
   return errors;
 }

@@ -26,7 +26,7 @@ namespace fs = std::filesystem;
 
 std::string TrainerStateJson(const TrainerState& state) {
   nlohmann::json j = nlohmann::json::object();
-  for (const auto& [key, member] : detail::TrainerStateFields()) j[key] = state.*member;
+  for (const auto& field : detail::TrainerStateFields()) j[field.key] = state.*field.member;
   j["versions"] = {{"llmtrain", "0.1.0"},
                    {"torch", absl::StrCat(TORCH_VERSION_MAJOR, ".", TORCH_VERSION_MINOR, ".", TORCH_VERSION_PATCH)}};
   return j.dump(2) + "\n";

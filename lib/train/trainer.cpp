@@ -99,8 +99,12 @@ absl::Status Validate(const TrainerOptions& o) {
   return absl::InvalidArgumentError(absl::StrJoin(errors, "\n"));
 }
 
-int64_t TotalSteps(const TrainerOptions& options, int64_t train_records, int64_t micro_batch_size) {
+int64_t TotalSteps(const TrainerOptions& options, int64_t train_records, int64_t micro_batch_size,
+                   int world_size) {
   if (options.max_steps > 0) return options.max_steps;
+  // Each rank sees records / world_size of every epoch (data::Sampler leaves out the tail that
+  // does not divide evenly).
+  if (world_size > 1) train_records /= world_size;
   const int64_t per_epoch = (train_records + micro_batch_size - 1) / std::max<int64_t>(1, micro_batch_size);
   return std::max<int64_t>(1, static_cast<int64_t>(std::ceil(options.epochs * static_cast<double>(per_epoch) /
                                                              static_cast<double>(options.gradient_accumulation_steps))));
@@ -156,7 +160,8 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(TrainerComponents parts
         "TrainerComponents.optimizer: expected AdamW over the ", s->params.size(),
         " tensors of lora::TrainableParameters(model, adapter), in that order; it holds ", opt.size()));
   }
-  s->total_steps = TotalSteps(options, parts.train_data->size(), parts.collator->options().batch_size);
+  s->total_steps = TotalSteps(options, parts.train_data->size(), parts.collator->options().batch_size,
+                              parts.engine->world_size());
   s->parts = std::move(parts);
   s->options = options;
   return std::unique_ptr<Trainer>(new Trainer(std::move(s)));
@@ -176,7 +181,8 @@ absl::StatusOr<StepMetrics> Trainer::TrainStep() {
     }
     // The loss of the step is Σ token losses ÷ the target tokens of all its micro-batches (on all
     // processes): the same as one batch of all of them, whatever the split.
-    const int64_t total_targets = std::max<int64_t>(1, s.parts.engine->SumOverProcesses(targets));
+    LLMTRAIN_ASSIGN_OR_RETURN(const int64_t global_targets, s.parts.engine->SumCounts(targets));
+    const int64_t total_targets = std::max<int64_t>(1, global_targets);
     model::Decoder& model = *s.parts.model;
     lora::SetTraining(&model, true);
     double loss_sum = 0;
@@ -190,9 +196,12 @@ absl::StatusOr<StepMetrics> Trainer::TrainStep() {
       (ce.loss_sum / static_cast<double>(total_targets)).backward();
       loss_sum += ce.loss_sum.item<double>();
     }
-    s.parts.engine->SynchronizeGradients(s.params);
+    LLMTRAIN_RETURN_IF_ERROR(s.parts.engine->SynchronizeGradients(s.params));
+    // Every process computes the same loss, norm and decision from here on: the gradients are
+    // the global ones everywhere, and the loss is the sum over processes.
+    LLMTRAIN_ASSIGN_OR_RETURN(const double global_loss_sum, s.parts.engine->SumValues(loss_sum));
     StepMetrics m;
-    m.loss = loss_sum / static_cast<double>(total_targets);
+    m.loss = global_loss_sum / static_cast<double>(total_targets);
     m.target_tokens = total_targets;
     m.grad_norm = ClipGradNorm(s.params, o.max_grad_norm);
     m.lr = s.parts.optimizer->options().lr * s.parts.schedule->Factor(s.step);
@@ -230,7 +239,7 @@ absl::StatusOr<StepMetrics> Trainer::TrainStep() {
       m.skipped = true;
       ++s.nonfinite_in_row;
       ++s.skipped_total;
-      LogWarning(absl::StrFormat("step %d: non-finite %s, first in %s; step skipped (%d in a row)", s.step + 1,
+      if (s.parts.engine->is_main()) LogWarning(absl::StrFormat("step %d: non-finite %s, first in %s; step skipped (%d in a row)", s.step + 1,
                                  std::isfinite(m.loss) ? "gradient" : "loss", m.nonfinite_where, s.nonfinite_in_row));
     } else {
       s.parts.optimizer->Step(m.lr);
@@ -240,10 +249,11 @@ absl::StatusOr<StepMetrics> Trainer::TrainStep() {
     ++s.step;
     m.step = s.step;
     const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
-    int64_t tokens = 0;
+    int64_t local_tokens = 0;
     for (const data::Batch& b : batches) {
-      for (int64_t v : b.attention_mask) tokens += v != 0;
+      for (int64_t v : b.attention_mask) local_tokens += v != 0;
     }
+    LLMTRAIN_ASSIGN_OR_RETURN(const int64_t tokens, s.parts.engine->SumCounts(local_tokens));
     m.tokens_per_second = seconds > 0 ? static_cast<double>(tokens) / seconds : 0;
     m.peak_rss_mib = PeakRssMib();
     return m;
@@ -264,16 +274,21 @@ absl::StatusOr<double> Trainer::Evaluate() {
     const int64_t n = s.options.eval_max_batches > 0 ? std::min(per_epoch, s.options.eval_max_batches) : per_epoch;
     lora::SetTraining(s.parts.model.get(), false);
     at::NoGradGuard no_grad;
+    // Every process walks the same batches and evaluates every world_size-th: the batches of a
+    // single-process evaluation, whatever the world size.
+    const int world = s.parts.engine->world_size(), rank = s.parts.engine->rank();
     double sum = 0;
     int64_t count = 0;
     for (int64_t i = 0; i < n; ++i) {
       LLMTRAIN_ASSIGN_OR_RETURN(data::Batch b, loader.Next());
-      if (b.target_tokens == 0) continue;
+      if (i % world != rank || b.target_tokens == 0) continue;
       const kernels::CrossEntropyResult ce = BatchLoss(*s.parts.model, b, s.options.autocast);
       sum += ce.loss_sum.item<double>();
       count += ce.n_tokens;
     }
     lora::SetTraining(s.parts.model.get(), true);
+    LLMTRAIN_ASSIGN_OR_RETURN(sum, s.parts.engine->SumValues(sum));
+    LLMTRAIN_ASSIGN_OR_RETURN(count, s.parts.engine->SumCounts(count));
     return count > 0 ? sum / static_cast<double>(count) : 0.0;
   } catch (...) {
     return StatusFromCurrentException("evaluating");
@@ -288,6 +303,8 @@ absl::Status Trainer::EvaluateAndWrite() {
   e.step = s.step;
   e.loss = eval_loss;
   e.perplexity = std::exp(eval_loss);
+  // One process writes metrics and generates the samples (the model is whole on every process).
+  if (!s.parts.engine->is_main()) return absl::OkStatus();
   model::Decoder& model = *s.parts.model;
   for (const std::string& prompt : s.options.sample_prompts) {
     std::vector<int64_t> ids;
@@ -320,6 +337,18 @@ absl::Status Trainer::EvaluateAndWrite() {
 
 absl::Status Trainer::SaveCheckpoint() {
   State& s = *s_;
+  // The main process writes it (the adapter and optimizer state are the same on every process);
+  // the others wait for it and learn whether it worked.
+  absl::Status written = s.parts.engine->is_main() ? WriteCheckpoint() : absl::OkStatus();
+  LLMTRAIN_ASSIGN_OR_RETURN(const bool failed, s.parts.engine->AnyProcess(!written.ok()));
+  if (failed && written.ok()) {
+    return absl::InternalError(absl::StrCat("the main process failed to write the checkpoint of step ", s.step));
+  }
+  return written;
+}
+
+absl::Status Trainer::WriteCheckpoint() {
+  State& s = *s_;
   return CommitCheckpoint(s.options.output_dir, s.step, s.options.keep_last, [&](const std::string& dir) -> absl::Status {
     LLMTRAIN_RETURN_IF_ERROR(lora::SaveAdapter(*s.parts.model, s.parts.adapter, dir + "/adapter"));
     std::vector<std::pair<std::string, at::Tensor>> state;
@@ -330,9 +359,13 @@ absl::Status Trainer::SaveCheckpoint() {
     TrainerState ts;
     ts.step = s.step;
     ts.adam_step = s.parts.optimizer->step();
+    // The data position in records of the epoch's global order, so a run resumes at any world
+    // size that keeps the global batch.
     const data::Sampler::Position pos = s.parts.train_loader->position();
     ts.data_epoch = pos.epoch;
-    ts.data_cursor = pos.cursor;
+    ts.data_cursor = pos.cursor * s.parts.engine->world_size();
+    ts.world_size = s.parts.engine->world_size();
+    ts.global_micro_batches = s.options.gradient_accumulation_steps * s.parts.engine->world_size();
     ts.nonfinite_in_row = s.nonfinite_in_row;
     ts.skipped_total = s.skipped_total;
     ts.total_steps = s.total_steps;
@@ -352,6 +385,20 @@ absl::StatusOr<bool> Trainer::Resume() {
   const std::string state_path = ck + "/trainer_state.json";
   LLMTRAIN_ASSIGN_OR_RETURN(std::string text, ReadFileToString(state_path));
   LLMTRAIN_ASSIGN_OR_RETURN(TrainerState st, ParseTrainerState(state_path, text));
+  const int world = s.parts.engine->world_size();
+  const int64_t micro_batches = s.options.gradient_accumulation_steps * world;
+  if (st.global_micro_batches != 0 && st.global_micro_batches != micro_batches) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        state_path, ": the run was written with ", st.global_micro_batches, " micro-batches per step (world size ",
+        st.world_size, " × gradient accumulation ", st.global_micro_batches / std::max<int64_t>(1, st.world_size),
+        "); at world size ", world, " this run has ", micro_batches,
+        ". Set the gradient accumulation so that world size × accumulation = ", st.global_micro_batches,
+        " to continue the same run"));
+  }
+  if (st.data_cursor % world != 0) {
+    return absl::FailedPreconditionError(absl::StrCat(state_path, ": data position ", st.data_cursor,
+                                                      " does not divide among ", world, " processes"));
+  }
   LLMTRAIN_ASSIGN_OR_RETURN(auto adapter, io::SafetensorsFile::Open(ck + "/adapter/adapter_model.safetensors"));
   at::NoGradGuard no_grad;
   for (auto& [key, p] : s.trainable) {
@@ -380,8 +427,8 @@ absl::StatusOr<bool> Trainer::Resume() {
   s.step = st.step;
   s.nonfinite_in_row = st.nonfinite_in_row;
   s.skipped_total = st.skipped_total;
-  s.parts.train_loader->Seek({st.data_epoch, st.data_cursor});
-  LogInfo(absl::StrFormat("resumed from %s (step %d of %d)", ck, s.step, s.total_steps));
+  s.parts.train_loader->Seek({st.data_epoch, st.data_cursor / world});
+  if (s.parts.engine->is_main()) LogInfo(absl::StrFormat("resumed from %s (step %d of %d)", ck, s.step, s.total_steps));
   return true;
 }
 
@@ -399,11 +446,17 @@ absl::Status Trainer::RunLoop(const RunOptions& options) {
   s.on_batch = options.on_batch;
 
   // 1. The run folder: the run's files, no half-written checkpoint, and where to start from.
-  LLMTRAIN_RETURN_IF_ERROR(MakeDirectories(o.output_dir + "/checkpoints"));
-  for (const auto& [name, content] : o.run_files) {
-    LLMTRAIN_RETURN_IF_ERROR(WriteFileAtomically(absl::StrCat(o.output_dir, "/", name), content));
+  // The main process writes; every process reads (a folder they all see).
+  Engine& engine = *s.parts.engine;
+  const bool main = engine.is_main();
+  if (main) {
+    LLMTRAIN_RETURN_IF_ERROR(MakeDirectories(o.output_dir + "/checkpoints"));
+    for (const auto& [name, content] : o.run_files) {
+      LLMTRAIN_RETURN_IF_ERROR(WriteFileAtomically(absl::StrCat(o.output_dir, "/", name), content));
+    }
+    RemovePartialCheckpoints(o.output_dir);
   }
-  RemovePartialCheckpoints(o.output_dir);
+  LLMTRAIN_RETURN_IF_ERROR(engine.Barrier());
   std::optional<int64_t> resumed_at;
   if (options.resume) {
     LLMTRAIN_ASSIGN_OR_RETURN(const bool resumed, Resume());
@@ -412,16 +465,22 @@ absl::Status Trainer::RunLoop(const RunOptions& options) {
     return absl::FailedPreconditionError(absl::StrCat(
         o.output_dir, " holds checkpoints of an earlier run: resume it, or choose another output folder"));
   }
-  for (const auto& writer : s.parts.metrics) LLMTRAIN_RETURN_IF_ERROR(writer->Begin(resumed_at));
+  // Writers write on the main process only.
+  std::vector<MetricsWriter*> writers;
+  if (main) {
+    for (const auto& writer : s.parts.metrics) writers.push_back(writer.get());
+  }
+  for (MetricsWriter* writer : writers) LLMTRAIN_RETURN_IF_ERROR(writer->Begin(resumed_at));
 
   // 2. The loop: step, log, checkpoint or stop, evaluate.
   ProgressOptions po;
   po.label = "train";
   po.total = s.total_steps;
   po.unit = "step";
-  if (!options.progress) po.plain_interval_seconds = 1e9;  // first and last lines only
-  ProgressReporter progress(po);
-  progress.Set(s.step);
+  if (!options.progress || !main) po.plain_interval_seconds = 1e9;  // first and last lines only
+  std::optional<ProgressReporter> progress;  // on the main process
+  if (main) progress.emplace(po);
+  if (progress) progress->Set(s.step);
   const auto run_start = Clock::now();
   if (s.step == 0) LLMTRAIN_RETURN_IF_ERROR(EvaluateAndWrite());
   while (s.step < s.total_steps) {
@@ -429,38 +488,44 @@ absl::Status Trainer::RunLoop(const RunOptions& options) {
     m.elapsed_seconds = std::chrono::duration<double>(Clock::now() - run_start).count();
     // Skipped steps are always logged, with where the non-finite value appeared.
     if (m.step % o.log_every_steps == 0 || m.step == 1 || m.step == s.total_steps || m.skipped) {
-      for (const auto& writer : s.parts.metrics) LLMTRAIN_RETURN_IF_ERROR(writer->WriteStep(m));
+      for (MetricsWriter* writer : writers) LLMTRAIN_RETURN_IF_ERROR(writer->WriteStep(m));
     }
-    progress.Set(m.step, absl::StrFormat("loss %.4f, %.0f tok/s", m.loss, m.tokens_per_second));
+    if (progress) progress->Set(m.step, absl::StrFormat("loss %.4f, %.0f tok/s", m.loss, m.tokens_per_second));
     if (options.on_step) options.on_step(m);
     if (s.nonfinite_in_row >= o.max_nonfinite_steps) {
       LLMTRAIN_RETURN_IF_ERROR(SaveCheckpoint());
-      for (const auto& writer : s.parts.metrics) LLMTRAIN_RETURN_IF_ERROR(writer->End());
+      for (MetricsWriter* writer : writers) LLMTRAIN_RETURN_IF_ERROR(writer->End());
       return absl::AbortedError(absl::StrCat(s.nonfinite_in_row, " non-finite steps in a row (max_nonfinite_steps); "
                                              "checkpoint at step ", s.step));
     }
-    const bool stop = options.stop != nullptr && options.stop->load();
+    // A signal may reach the processes at different steps: they stop together.
+    LLMTRAIN_ASSIGN_OR_RETURN(const bool stop,
+                              engine.AnyProcess(options.stop != nullptr && options.stop->load()));
     if ((o.checkpoint_every_steps > 0 && s.step % o.checkpoint_every_steps == 0) || stop) {
       LLMTRAIN_RETURN_IF_ERROR(SaveCheckpoint());
     }
     if (stop) {
-      progress.Finish();
-      LogInfo(absl::StrFormat("stopped at step %d with a checkpoint; continue with --resume", s.step));
-      for (const auto& writer : s.parts.metrics) LLMTRAIN_RETURN_IF_ERROR(writer->End());
+      if (progress) progress->Finish();
+      if (main) LogInfo(absl::StrFormat("stopped at step %d with a checkpoint; continue with --resume", s.step));
+      for (MetricsWriter* writer : writers) LLMTRAIN_RETURN_IF_ERROR(writer->End());
       return absl::OkStatus();
     }
     if (o.eval_every_steps > 0 && s.step % o.eval_every_steps == 0 && s.step < s.total_steps) {
       LLMTRAIN_RETURN_IF_ERROR(EvaluateAndWrite());
     }
   }
-  progress.Finish();
+  if (progress) progress->Finish();
 
   // 3. The end: a last evaluation, the final checkpoint and adapter, the writers' artifacts.
   LLMTRAIN_RETURN_IF_ERROR(EvaluateAndWrite());
   LLMTRAIN_RETURN_IF_ERROR(SaveCheckpoint());
-  LLMTRAIN_RETURN_IF_ERROR(lora::SaveAdapter(*s.parts.model, s.parts.adapter, o.output_dir + "/adapter"));
-  LogInfo(absl::StrFormat("adapter: %s/adapter (%d steps, %d skipped)", o.output_dir, s.step, s.skipped_total));
-  for (const auto& writer : s.parts.metrics) LLMTRAIN_RETURN_IF_ERROR(writer->End());
+  absl::Status saved = main ? lora::SaveAdapter(*s.parts.model, s.parts.adapter, o.output_dir + "/adapter")
+                            : absl::OkStatus();
+  LLMTRAIN_ASSIGN_OR_RETURN(const bool save_failed, engine.AnyProcess(!saved.ok()));
+  LLMTRAIN_RETURN_IF_ERROR(saved);
+  if (save_failed) return absl::InternalError("the main process failed to write the final adapter");
+  if (main) LogInfo(absl::StrFormat("adapter: %s/adapter (%d steps, %d skipped)", o.output_dir, s.step, s.skipped_total));
+  for (MetricsWriter* writer : writers) LLMTRAIN_RETURN_IF_ERROR(writer->End());
   return absl::OkStatus();
 }
 

@@ -11,8 +11,9 @@ absl::StatusOr<TrainerState> ParseTrainerState(absl::string_view where, absl::st
   const nlohmann::json j = nlohmann::json::parse(json_text.begin(), json_text.end(), nullptr, /*allow_exceptions=*/false);
   if (!j.is_object()) return absl::DataLossError(absl::StrCat(where, ": expected a JSON object"));
   TrainerState state;
-  for (const auto& [key, member] : detail::TrainerStateFields()) {
+  for (const auto& [key, member, required] : detail::TrainerStateFields()) {
     const auto it = j.find(key);
+    if (it == j.end() && !required) continue;
     if (it == j.end()) return absl::DataLossError(absl::StrCat(where, ": \"", key, "\" is missing"));
     if (!it->is_number_integer() || it->get<int64_t>() < 0) {
       return absl::DataLossError(
@@ -20,6 +21,7 @@ absl::StatusOr<TrainerState> ParseTrainerState(absl::string_view where, absl::st
     }
     state.*member = it->get<int64_t>();
   }
+  if (state.world_size < 1) return absl::DataLossError(absl::StrCat(where, ": \"world_size\": expected ≥ 1, found 0"));
   return state;
 }
 

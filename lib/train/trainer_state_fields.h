@@ -10,9 +10,15 @@
 
 namespace llmtrain::train::detail {
 
+struct TrainerStateField {
+  const char* key;
+  int64_t TrainerState::*member;
+  bool required = true;  ///< false: added later; an older file without it keeps the default
+};
+
 /// TrainerState's fields in file order, with their members.
-inline const std::vector<std::pair<const char*, int64_t TrainerState::*>>& TrainerStateFields() {
-  static const auto* fields = new std::vector<std::pair<const char*, int64_t TrainerState::*>>{
+inline const std::vector<TrainerStateField>& TrainerStateFields() {
+  static const auto* fields = new std::vector<TrainerStateField>{
       {"step", &TrainerState::step},
       {"adam_step", &TrainerState::adam_step},
       {"data_epoch", &TrainerState::data_epoch},
@@ -20,6 +26,8 @@ inline const std::vector<std::pair<const char*, int64_t TrainerState::*>>& Train
       {"nonfinite_in_row", &TrainerState::nonfinite_in_row},
       {"skipped_total", &TrainerState::skipped_total},
       {"total_steps", &TrainerState::total_steps},
+      {"world_size", &TrainerState::world_size, false},
+      {"global_micro_batches", &TrainerState::global_micro_batches, false},
   };
   return *fields;
 }

@@ -21,6 +21,8 @@
 #include "llmtrain/dist/process_group.h"
 #include "llmtrain/dist/shard.h"
 #include "testing/reference.h"
+#include "testing/safetensors_util.h"
+#include "nlohmann/json.hpp"
 
 // After ATen: c10/util/Logging.h defines a CHECK of its own.
 #include <catch2/catch.hpp>
@@ -393,4 +395,92 @@ TEST_CASE("llmtrain launch: prefixed output, the failed rank's status, usage err
   CHECK(usage.exit_code == 2);
   CHECK(usage.out.find("nproc_per_node: expected 1 to 1024, found 0") != std::string::npos);
   CHECK(usage.out.find("command: empty (give it after --)") != std::string::npos);
+}
+
+namespace {
+
+// The "train" lines of a run's metrics.jsonl.
+std::vector<nlohmann::json> TrainLines(const std::string& run) {
+  std::vector<nlohmann::json> lines;
+  std::ifstream in(run + "/metrics.jsonl");
+  for (std::string line; std::getline(in, line);) {
+    nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
+    if (j.is_object() && j.value("type", "") == "train") lines.push_back(j);
+  }
+  return lines;
+}
+
+std::string WriteSpec(const std::string& dir, const std::string& name, const std::string& extra) {
+  const std::string path = dir + "/" + name + ".textproto";
+  std::ofstream(path) << "model { path: \"" << dir << "/model\" load_in_4bit: true }\n"
+                      << "lora { r: 4 alpha: 8 dropout: 0 target_modules: \"all-linear\" }\n"
+                      << "data { train_files: \"" << dir << "/train.jsonl\" format: \"text\" template: \"none\" max_length: 24 }\n"
+                      << "training { max_steps: 5 learning_rate: 0.003 warmup_steps: 1 weight_decay: 0.01 max_grad_norm: 1.0"
+                      << " adam_epsilon: 1e-6 seed: 7 log_every_steps: 1 }\n"
+                      << "output { dir: \"" << dir << "/" << name << "\" report_to: \"jsonl\" }\n"
+                      << extra;
+  return path;
+}
+
+}  // namespace
+
+TEST_CASE("ddp trainer: world 2 and 3 equal the single-process trainer on the same global batches", "[reference]") {
+  if (!testing::ReferenceStackAvailable()) return testing::Skip("no .venv: the tiny models come from transformers");
+  const auto [family, world] = GENERATE(table<std::string, int>({{"qwen2", 2}, {"qwen2", 3}, {"gemma3_text", 2},
+                                                                 {"gemma3_text", 3}}));
+  INFO(family << " at world " << world);
+  const std::string dir = testing::TempDir("dist_ddp_" + family + "_" + std::to_string(world));
+  REQUIRE(testing::RunReference("train_ref.py", {"tiny", dir, family}).exit_code == 0);
+  // 32 records. World 2: micro-batches of 2 (padding), accumulation 2, 8 records a step, so the
+  // run crosses into epoch 1 where the single process does. World 3 sees 30 records an epoch (the
+  // sampler leaves out the tail of 2), so micro-batches of 1 and 30 records in 5 steps keep both
+  // runs inside epoch 0. The single process trains on the same global micro-batches with
+  // accumulation 2 × world.
+  const int micro = world == 2 ? 2 : 1;
+  const std::string single = WriteSpec(dir, "single", "");
+  const std::string ddp = WriteSpec(dir, "ddp", "distributed { engine: ddp timeout_s: 60 }\n");
+  const std::string cli = testing::ShellQuote(testing::CliPath());
+  const std::string batch = " --set training.micro_batch_size=" + std::to_string(micro) +
+                            " --set training.gradient_accumulation_steps=";
+  testing::CommandResult a = testing::RunCommand(cli + " train --spec " + testing::ShellQuote(single) + batch +
+                                                 std::to_string(2 * world) + " 2>&1");
+  INFO(a.out);
+  REQUIRE(a.exit_code == 0);
+  testing::CommandResult b = testing::RunCommand("OMP_NUM_THREADS=1 " + cli + " launch --nproc-per-node " +
+                                                 std::to_string(world) + " --master-port 0 -- " + cli +
+                                                 " train --spec " + testing::ShellQuote(ddp) + batch + "2 2>&1");
+  INFO(b.out);
+  REQUIRE(b.exit_code == 0);
+  const std::vector<nlohmann::json> want = TrainLines(dir + "/single"), got = TrainLines(dir + "/ddp");
+  REQUIRE(want.size() == 5);
+  REQUIRE(got.size() == 5);
+  double worst_loss = 0, worst_norm = 0, worst_weight = 0;
+  for (size_t i = 0; i < 5; ++i) {
+    CHECK(got[i]["target_tokens"] == want[i]["target_tokens"]);  // the same global batches
+    worst_loss = std::max(worst_loss, std::abs(got[i]["loss"].get<double>() - want[i]["loss"].get<double>()) /
+                                          std::abs(want[i]["loss"].get<double>()));
+    worst_norm = std::max(worst_norm, std::abs(got[i]["grad_norm"].get<double>() - want[i]["grad_norm"].get<double>()) /
+                                          std::abs(want[i]["grad_norm"].get<double>()));
+  }
+  auto x = testing::LoadAll(dir + "/single/adapter/adapter_model.safetensors");
+  auto y = testing::LoadAll(dir + "/ddp/adapter/adapter_model.safetensors");
+  REQUIRE(x.size() == y.size());
+  REQUIRE(!x.empty());
+  for (const auto& [key, t] : x) {
+    REQUIRE(y.count(key) == 1);
+    worst_weight = std::max(worst_weight, (t - y[key]).abs().max().item<double>());
+  }
+  std::printf("ddp %s world %d vs one process, 5 steps: worst rel diff loss %.2e, grad norm %.2e; %zu LoRA tensors, "
+              "worst abs diff %.2e\n", family.c_str(), world, worst_loss, worst_norm, x.size(), worst_weight);
+  // The same records, weights and arithmetic except the order of two sums: each rank adds its own
+  // micro-batches' gradients, then the ranks' sums are added (float32), where one process adds
+  // them one micro-batch at a time; the float64 loss sums likewise. So losses and gradient norms
+  // differ by float32 rounding (measured ≤ 1.2e-7). Adam divides each gradient element by
+  // sqrt(v) + eps: for elements of size ~eps its step amplifies that rounding. With torch's
+  // default eps 1e-8 the LoRA A of the last MLP reached 3.8e-6 apart after 5 steps (its first
+  // moments start from gradients of ~1e-8 at step 3); with eps 1e-6, used here, the worst is
+  // 1.2e-7, so 1e-6 bounds the engine's error, not the optimizer's sensitivity.
+  CHECK(worst_loss <= 1e-6);
+  CHECK(worst_norm <= 1e-6);
+  CHECK(worst_weight <= 1e-6);
 }

@@ -119,7 +119,11 @@ TEST_CASE("spec: every invalid spec is refused before any work, naming the field
       {"eval.every_steps=-2", "eval.every_steps", "must be ≥ 0"},
       {"output.dir=", "output.dir", "is required"},
       {"output.report_to=wandb", "output.report_to", "is not one of"},
-      {"distributed.world_size=2", "distributed.world_size", "must be 1"},
+      {"distributed.world_size=2", "distributed.world_size", "must be 0 or 1 for the single-process engine"},
+      {"distributed.world_size=-1", "distributed.world_size", "must be ≥ 0"},
+      {"distributed.cpu_offload=true", "distributed.cpu_offload", "needs the sharded engine"},
+      {"distributed.timeout_s=0", "distributed.timeout_s", "must be > 0"},
+      {"distributed.init_method=tcp://h:1", "distributed.init_method", "must be \"env://\""},
       {"distributed.engine=zero3", "distributed.engine", "is not one of"},
   };
   for (const Bad& bad : table) {

@@ -46,11 +46,17 @@ absl::StatusOr<train::LrSchedule> ToLrSchedule(const RunSpec& spec, int64_t tota
 /// spec itself (spec.textproto).
 train::TrainerOptions ToTrainerOptions(const RunSpec& spec);
 
+/// The engine distributed.* asks for, in the process group of the launcher's environment
+/// (dist/env.h): SingleProcessEngine for "single" (refused when the launcher started several
+/// processes), ReplicatedEngine over Gloo for "ddp". distributed.world_size, when not 0, must
+/// equal the launcher's WORLD_SIZE.
+absl::StatusOr<std::shared_ptr<train::Engine>> MakeEngine(const RunSpec& spec);
+
 /// Validates `spec` (every error at once, before anything loads), then builds: the data (bad
 /// records reported; refused over data.max_bad_fraction), the tokenizer and chat template, the
 /// collator and loader, the model (4-bit when asked) with the adapter injected, AdamW over the
-/// adapter, the schedule, the engine (SingleProcessEngine when null) and the metric writers
-/// (output.report_to, plus the HTML report). Says what it built through the log (core/log.h).
+/// adapter, the schedule, the engine (MakeEngine when null) and the metric writers (output.report_to,
+/// plus the HTML report; on the main process only). Says what it built through the log (core/log.h).
 absl::StatusOr<train::TrainerComponents> BuildTrainerComponents(const RunSpec& spec,
                                                                 std::shared_ptr<train::Engine> engine = nullptr);
 

@@ -26,10 +26,14 @@ struct TrainerState {
   int64_t step = 0;              ///< optimizer steps done
   int64_t adam_step = 0;         ///< AdamW's step count (bias correction)
   int64_t data_epoch = 0;        ///< the loader's position (data::Sampler::Position)
-  int64_t data_cursor = 0;
+  int64_t data_cursor = 0;       ///< records of the epoch's order consumed by all processes
   int64_t nonfinite_in_row = 0;  ///< skipped steps in a row so far
   int64_t skipped_total = 0;
   int64_t total_steps = 0;       ///< the run's length when the checkpoint was written
+  int64_t world_size = 1;        ///< processes of the run that wrote it (absent before: 1)
+  /// Micro-batches per optimizer step over all processes (world size × accumulation); a resumed
+  /// run must keep it. Absent in older checkpoints: 0, not checked.
+  int64_t global_micro_batches = 0;
 };
 
 /// trainer_state.json's text: the fields above, plus the llmtrain and torch versions (informative).

@@ -34,6 +34,7 @@
 #include <ATen/core/Tensor.h>
 
 #include "absl/status/statusor.h"
+#include "llmtrain/dist/engine.h"
 #include "llmtrain/lora/adapter_config.h"
 #include "llmtrain/train/metrics.h"
 
@@ -55,28 +56,10 @@ namespace llmtrain::train {
 class AdamW;
 class LrSchedule;
 
-/// Where gradients are synchronized and parameters live. The trainer calls it and nothing else
-/// for distribution, so the sharded data-parallel engine can replace the single-process one.
-class Engine {
- public:
-  virtual ~Engine() = default;
-  /// After the last micro-batch's backward of a step: make every process's gradients the global
-  /// ones (all-reduce / reduce-scatter). The single-process engine has nothing to do.
-  virtual void SynchronizeGradients(const std::vector<at::Tensor>& params) = 0;
-  /// Sum of a per-process count over all processes (target tokens of a step).
-  virtual int64_t SumOverProcesses(int64_t value) = 0;
-  virtual int rank() const = 0;
-  virtual int world_size() const = 0;
-};
-
-/// One process, one device: gradients are already global.
-class SingleProcessEngine final : public Engine {
- public:
-  void SynchronizeGradients(const std::vector<at::Tensor>&) override {}
-  int64_t SumOverProcesses(int64_t value) override { return value; }
-  int rank() const override { return 0; }
-  int world_size() const override { return 1; }
-};
+/// Where gradients are synchronized and what the processes agree on (dist/engine.h): the
+/// trainer calls it and nothing else for distribution.
+using Engine = dist::Engine;
+using SingleProcessEngine = dist::SingleProcessEngine;
 
 /// Mixed precision of forwards and losses (train/autocast.h).
 enum class Autocast {
@@ -128,9 +111,11 @@ struct TrainerComponents {
   std::vector<std::unique_ptr<MetricsWriter>> metrics;
 };
 
-/// The optimizer steps of a run: options.max_steps, or ceil(epochs · ceil(records / micro_batch) /
-/// gradient_accumulation_steps), at least 1.
-int64_t TotalSteps(const TrainerOptions& options, int64_t train_records, int64_t micro_batch_size);
+/// The optimizer steps of a run: options.max_steps, or ceil(epochs · ceil(records per process /
+/// micro_batch) / gradient_accumulation_steps), at least 1; each of world_size processes sees
+/// floor(records / world_size) records of an epoch.
+int64_t TotalSteps(const TrainerOptions& options, int64_t train_records, int64_t micro_batch_size,
+                   int world_size = 1);
 
 struct RunOptions {
   bool resume = false;  ///< continue from the newest complete checkpoint in output_dir
@@ -175,7 +160,8 @@ class Trainer {
   explicit Trainer(std::unique_ptr<State> state);
   absl::Status RunLoop(const RunOptions& options);
   absl::StatusOr<bool> Resume();  // false: no checkpoint to resume from
-  absl::Status SaveCheckpoint();
+  absl::Status SaveCheckpoint();   // every process: the main one writes, all learn the outcome
+  absl::Status WriteCheckpoint();  // the main process's part
   absl::Status EvaluateAndWrite();
   std::unique_ptr<State> s_;
 };

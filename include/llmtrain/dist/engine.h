@@ -1,0 +1,81 @@
+// Where gradients are synchronized and what the processes of a run agree on: the trainer calls
+// an Engine and nothing else for distribution (train/trainer.h).
+//
+//   - SingleProcessEngine: one process, nothing to do.
+//   - ReplicatedEngine ("ddp"): every rank holds the whole model and adapter and trains on its
+//     share of each global batch; after the last micro-batch of a step the adapter's gradients
+//     are summed over ranks in one flat float32 all-reduce. LoRA is well under 1% of a model's
+//     parameters, so this moves little and keeps every rank's optimizer identical.
+//
+// Gradients are summed, not averaged: the trainer already divides each token's loss by the
+// global target count (SumCounts over ranks), so the sum is the gradient of the global batch.
+//
+//   auto group = *dist::ProcessGroup::Create(env, {});
+//   parts.engine = std::make_shared<dist::ReplicatedEngine>(std::move(group));
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "absl/status/statusor.h"
+
+namespace llmtrain::dist {
+
+class ProcessGroup;
+
+class Engine {
+ public:
+  virtual ~Engine() = default;
+  /// After the last micro-batch's backward of a step: make every process's gradients of
+  /// `params` the global ones. Undefined gradients count as zeros.
+  virtual absl::Status SynchronizeGradients(const std::vector<at::Tensor>& params) = 0;
+  /// Σ over processes (target tokens, evaluated tokens).
+  virtual absl::StatusOr<int64_t> SumCounts(int64_t value) = 0;
+  /// Σ over processes of a float64 (loss sums), in rank order on every process.
+  virtual absl::StatusOr<double> SumValues(double value) = 0;
+  /// True on every process when it is true on any (a stop request, a non-finite value).
+  virtual absl::StatusOr<bool> AnyProcess(bool flag) = 0;
+  /// Every process has reached this point (around files one process writes).
+  virtual absl::Status Barrier() = 0;
+  virtual int rank() const = 0;
+  virtual int world_size() const = 0;
+  /// The process that writes files, metrics and logs (rank 0).
+  bool is_main() const { return rank() == 0; }
+};
+
+/// One process, one device: everything is already global.
+class SingleProcessEngine final : public Engine {
+ public:
+  absl::Status SynchronizeGradients(const std::vector<at::Tensor>&) override { return absl::OkStatus(); }
+  absl::StatusOr<int64_t> SumCounts(int64_t value) override { return value; }
+  absl::StatusOr<double> SumValues(double value) override { return value; }
+  absl::StatusOr<bool> AnyProcess(bool flag) override { return flag; }
+  absl::Status Barrier() override { return absl::OkStatus(); }
+  int rank() const override { return 0; }
+  int world_size() const override { return 1; }
+};
+
+/// Data parallelism with a replicated model and adapter (see the file comment).
+class ReplicatedEngine final : public Engine {
+ public:
+  explicit ReplicatedEngine(std::shared_ptr<ProcessGroup> group);
+  absl::Status SynchronizeGradients(const std::vector<at::Tensor>& params) override;
+  absl::StatusOr<int64_t> SumCounts(int64_t value) override;
+  absl::StatusOr<double> SumValues(double value) override;
+  absl::StatusOr<bool> AnyProcess(bool flag) override;
+  absl::Status Barrier() override;
+  int rank() const override;
+  int world_size() const override;
+  ProcessGroup& group() { return *group_; }
+  /// Bytes this rank has sent into gradient all-reduces so far (the flat buffer's size per step).
+  int64_t gradient_bytes() const { return gradient_bytes_; }
+
+ private:
+  std::shared_ptr<ProcessGroup> group_;
+  int64_t gradient_bytes_ = 0;
+};
+
+}  // namespace llmtrain::dist
