@@ -1,12 +1,15 @@
 // dist/: the launcher environment, shard layouts, and the process group and launcher run for
 // real: dist_worker ranks over Gloo at world 2, 3 and 4, with the TCP store (hosted by our
 // launcher, or by torchrun's agent) and the file store.
+#include <fcntl.h>
 #include <netinet/in.h>
+#include <sys/wait.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <sstream>
@@ -23,6 +26,7 @@
 #include "testing/reference.h"
 #include "testing/safetensors_util.h"
 #include "nlohmann/json.hpp"
+#include "testing/json_util.h"
 
 // After ATen: c10/util/Logging.h defines a CHECK of its own.
 #include <catch2/catch.hpp>
@@ -483,4 +487,152 @@ TEST_CASE("ddp trainer: world 2 and 3 equal the single-process trainer on the sa
   CHECK(worst_loss <= 1e-6);
   CHECK(worst_norm <= 1e-6);
   CHECK(worst_weight <= 1e-6);
+}
+
+namespace {
+
+std::string Cli() { return testing::ShellQuote(testing::CliPath()); }
+
+// `llmtrain launch` of `llmtrain train` at `world`, with --set overrides.
+testing::CommandResult LaunchTrain(int world, const std::string& spec, const std::string& sets) {
+  return testing::RunCommand("OMP_NUM_THREADS=1 " + Cli() + " launch --nproc-per-node " + std::to_string(world) +
+                             " --master-port 0 --stop-timeout 10 -- " + Cli() + " train --spec " +
+                             testing::ShellQuote(spec) + " " + sets + " 2>&1");
+}
+
+double MaxAbsDiff(const std::string& a, const std::string& b) {
+  auto x = testing::LoadAll(a), y = testing::LoadAll(b);
+  REQUIRE(x.size() == y.size());
+  double worst = 0;
+  for (const auto& [key, t] : x) {
+    REQUIRE(y.count(key) == 1);
+    worst = std::max(worst, (t - y[key]).abs().max().item<double>());
+  }
+  return worst;
+}
+
+bool CompleteCheckpoint(const std::string& dir) {
+  for (const char* file : {"/trainer_state.json", "/optimizer.safetensors", "/adapter/adapter_model.safetensors",
+                           "/adapter/adapter_config.json", "/spec.textproto"}) {
+    if (access((dir + file).c_str(), R_OK) != 0) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+TEST_CASE("ddp resume: stopped at step 4 at world 2, resumed at world 1 and 3, ends where the whole run ends", "[reference]") {
+  if (!testing::ReferenceStackAvailable()) return testing::Skip("no .venv: the tiny models come from transformers");
+  const std::string dir = testing::TempDir("dist_resume");
+  REQUIRE(testing::RunReference("train_ref.py", {"tiny", dir, "qwen2"}).exit_code == 0);
+  // 6 micro-batches of 1 per step at every world size (2 × 3, 1 × 6, 3 × 2): 30 records in 5
+  // steps, inside the 30 that world 3 sees of an epoch.
+  const std::string spec = WriteSpec(dir, "whole", "distributed { engine: ddp timeout_s: 60 }\n");
+  const std::string batch = "--set training.micro_batch_size=1 --set checkpoint.every_steps=4 ";
+  testing::CommandResult whole = LaunchTrain(2, spec, batch + "--set training.gradient_accumulation_steps=3");
+  INFO(whole.out);
+  REQUIRE(whole.exit_code == 0);
+  REQUIRE(CompleteCheckpoint(dir + "/whole/checkpoints/step-000004"));
+  for (int world : {1, 3}) {
+    INFO("resumed at world " << world);
+    // The run as it stood after step 4: its folder without what steps 5 wrote.
+    const std::string run = dir + "/resumed" + std::to_string(world);
+    REQUIRE(testing::RunCommand("cp -r " + testing::ShellQuote(dir + "/whole") + " " + testing::ShellQuote(run) +
+                                " && rm -r " + testing::ShellQuote(run + "/checkpoints/step-000005") + " " +
+                                testing::ShellQuote(run + "/adapter")).exit_code == 0);
+    // A world size that changes the global batch is refused, naming the accumulation to use.
+    testing::CommandResult refused = LaunchTrain(world, spec, batch + "--set output.dir=" + testing::ShellQuote(run) +
+                                                              " --set training.gradient_accumulation_steps=3 --resume");
+    INFO(refused.out);
+    CHECK(refused.exit_code != 0);
+    CHECK(refused.out.find("world size × accumulation = 6") != std::string::npos);
+    testing::CommandResult resumed = LaunchTrain(world, spec, batch + "--set output.dir=" + testing::ShellQuote(run) +
+                                                              " --set training.gradient_accumulation_steps=" +
+                                                              std::to_string(6 / world) + " --resume");
+    INFO(resumed.out);
+    REQUIRE(resumed.exit_code == 0);
+    CHECK(resumed.out.find("resumed from") != std::string::npos);
+    const std::vector<nlohmann::json> a = TrainLines(dir + "/whole"), b = TrainLines(run);
+    REQUIRE(a.size() == 5);
+    REQUIRE(b.size() == 5);
+    CHECK(b[4]["target_tokens"] == a[4]["target_tokens"]);
+    CHECK(std::abs(b[4]["loss"].get<double>() - a[4]["loss"].get<double>()) <= 1e-6 * std::abs(a[4]["loss"].get<double>()));
+    const double diff = MaxAbsDiff(dir + "/whole/adapter/adapter_model.safetensors", run + "/adapter/adapter_model.safetensors");
+    std::printf("ddp resume: world 2 → %d after step 4: step 5 loss %.9f vs %.9f, adapter worst abs diff %.2e\n", world,
+                b[4]["loss"].get<double>(), a[4]["loss"].get<double>(), diff);
+    // Step 5's gradients are summed in another order at another world size: the bound and its
+    // reason are those of the parity test above.
+    CHECK(diff <= 1e-6);
+  }
+  const testing::CommandResult peft = testing::RunReference("dist_ref.py", {"peft", dir + "/model", dir + "/resumed3/adapter"});
+  INFO(peft.out);
+  REQUIRE(peft.exit_code == 0);
+  const nlohmann::json loaded = testing::LastJsonLine(peft.out);
+  CHECK(loaded["lora_tensors"] == 28);
+  CHECK(loaded["equal"] == true);
+  CHECK(loaded["finite"] == true);
+}
+
+TEST_CASE("ddp faults: a rank SIGKILLed mid-run ends the run; the last checkpoint resumes to the whole run's adapter", "[reference]") {
+  if (!testing::ReferenceStackAvailable()) return testing::Skip("no .venv: the tiny models come from transformers");
+  const std::string dir = testing::TempDir("dist_fault");
+  REQUIRE(testing::RunReference("train_ref.py", {"tiny", dir, "qwen2"}).exit_code == 0);
+  const std::string spec = WriteSpec(dir, "whole", "distributed { engine: ddp timeout_s: 30 }\n");
+  const std::string sets = "--set training.max_steps=40 --set training.micro_batch_size=2 "
+                           "--set training.gradient_accumulation_steps=2 --set checkpoint.every_steps=1";
+  testing::CommandResult whole = LaunchTrain(2, spec, sets);
+  INFO(whole.out);
+  REQUIRE(whole.exit_code == 0);
+
+  // The same run, with rank 1 killed once a few steps are logged.
+  const std::string run = dir + "/killed";
+  const std::string log = dir + "/killed.log";
+  const std::string command = "OMP_NUM_THREADS=1 exec " + Cli() + " launch --nproc-per-node 2 --master-port 0 "
+                              "--stop-timeout 10 -- " + Cli() + " train --spec " + testing::ShellQuote(spec) + " " + sets +
+                              " --set output.dir=" + testing::ShellQuote(run) + " > " + testing::ShellQuote(log) + " 2>&1";
+  const pid_t launcher = fork();
+  if (launcher == 0) {
+    execl("/bin/sh", "sh", "-c", command.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  REQUIRE(launcher > 0);
+  pid_t victim = -1;
+  for (int i = 0; i < 600 && victim < 0; ++i) {
+    usleep(50 * 1000);
+    if (TrainLines(run).size() < 8) continue;
+    // The launcher's children are the ranks, in rank order.
+    std::ifstream children("/proc/" + std::to_string(launcher) + "/task/" + std::to_string(launcher) + "/children");
+    pid_t rank0 = -1, rank1 = -1;
+    children >> rank0 >> rank1;
+    if (rank1 > 0) victim = rank1;
+  }
+  REQUIRE(victim > 0);
+  const size_t logged_before = TrainLines(run).size();
+  const auto start = std::chrono::steady_clock::now();
+  REQUIRE(kill(victim, SIGKILL) == 0);
+  int status = 0;
+  REQUIRE(waitpid(launcher, &status, 0) == launcher);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const std::string out = ReadFile(log);
+  INFO(out);
+  CHECK(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 128 + SIGKILL);
+  CHECK(out.find("llmtrain launch: rank 1 (pid " + std::to_string(victim) + ") was killed by SIGKILL") != std::string::npos);
+  CHECK(seconds < 30 + 10);  // within distributed.timeout_s (and the launcher's stop timeout)
+  std::printf("ddp fault: rank 1 SIGKILLed after %zu logged steps; the launcher exited %d after %.1f s\n", logged_before,
+              WEXITSTATUS(status), seconds);
+  // Every checkpoint under its final name is complete; resuming finishes the run.
+  int complete = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(run + "/checkpoints")) {
+    const std::string name = entry.path().filename().string();
+    if (name.find(".tmp-") != std::string::npos) continue;
+    CHECK(CompleteCheckpoint(entry.path().string()));
+    ++complete;
+  }
+  CHECK(complete >= 1);
+  testing::CommandResult resumed = LaunchTrain(2, spec, sets + " --set output.dir=" + testing::ShellQuote(run) + " --resume");
+  INFO(resumed.out);
+  REQUIRE(resumed.exit_code == 0);
+  // The same world size sums in the same order: the adapter is the same bytes.
+  CHECK(ReadFile(run + "/adapter/adapter_model.safetensors") == ReadFile(dir + "/whole/adapter/adapter_model.safetensors"));
 }
