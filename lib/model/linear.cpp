@@ -23,6 +23,11 @@ void DenseLinear::AppendTrainable(std::vector<at::Tensor>* out) const {
   if (bias_.defined() && bias_.requires_grad()) out->push_back(bias_);
 }
 
+void DenseLinear::AppendFrozen(std::vector<at::Tensor>* out) const {
+  if (!weight_.requires_grad()) out->push_back(weight_);
+  if (bias_.defined() && !bias_.requires_grad()) out->push_back(bias_);
+}
+
 absl::StatusOr<std::shared_ptr<Linear>> MakeDenseLinear(const ProjectionSource& source) {
   auto weight = source.dense_weight();
   if (!weight.ok()) return weight.status();

@@ -125,6 +125,15 @@ QuantizedLinear::~QuantizedLinear() = default;
 
 int64_t QuantizedLinear::in_features() const { return impl_->in_; }
 int64_t QuantizedLinear::out_features() const { return impl_->out_; }
+void QuantizedLinear::AppendFrozen(std::vector<at::Tensor>* out) const {
+  // Everything the CPU kernels read (the CUDA copies are made from these on first use).
+  const Quant4State& state = impl_->weight_.state;
+  for (const at::Tensor* t : {&impl_->weight_.packed, &state.absmax, &state.code, &state.nested_absmax,
+                              &state.nested_code, &impl_->scales_, &impl_->code_, &bias_}) {
+    if (t->defined()) out->push_back(*t);
+  }
+}
+
 absl::string_view QuantizedLinear::kind() const { return QuantTypeName(impl_->weight_.state.type); }
 const Quantized4& QuantizedLinear::quantized() const { return impl_->weight_; }
 

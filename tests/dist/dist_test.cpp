@@ -257,6 +257,21 @@ TEST_CASE("shard round trip: gather(shard(x)) == x bitwise at world 2, 3, 4") {
   }
 }
 
+TEST_CASE("sharded unit: NF4 and dense projections released, gathered and computing bit for bit at world 2, 3, 4") {
+  for (int world : {2, 3, 4}) {
+    const std::string dir = testing::TempDir("dist_unit_" + std::to_string(world));
+    dist::LaunchResult result = LaunchWorkers("unit", world, dir);
+    INFO(result.report);
+    CHECK(result.exit_code == 0);
+    for (int r = 0; r < world; ++r) {
+      const std::string report = ReadFile(dir + "/rank" + std::to_string(r) + ".txt");
+      INFO(report);
+      CHECK(report.find("ok unit world " + std::to_string(world)) != std::string::npos);
+    }
+    std::printf("world %d: %s", world, ReadFile(dir + "/unit0.txt").c_str());
+  }
+}
+
 TEST_CASE("a mismatched collective is an error on every rank, not an abort") {
   const std::string dir = testing::TempDir("dist_mismatch");
   dist::LaunchResult result = LaunchWorkers("mismatch", 2, dir);

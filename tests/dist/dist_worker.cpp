@@ -6,6 +6,8 @@
 //   smoke     every collective on f32, bf16, uint8, int64 (sum, max), against values it computes
 //   shard     gather(shard(x)) == x bitwise: packed NF4 bytes with bf16-NaN patterns, f32 quant
 //             state, f32 LoRA; odd sizes
+//   unit      a ShardedUnit over NF4 (double-quant) and dense projections: released, gathered
+//             back, the layers compute bit for bit as before, the bytes held are 1/world
 //   mismatch  rank 0 gathers 10 elements, the others 12: every rank must get an error naming it
 //   exit3     rank 1 exits 3 after a barrier; the others wait in a barrier
 //   kill      rank 1 SIGKILLs itself after a barrier; the others wait in a barrier
@@ -26,6 +28,9 @@
 #include "llmtrain/dist/env.h"
 #include "llmtrain/dist/process_group.h"
 #include "llmtrain/dist/shard.h"
+#include "llmtrain/dist/sharded_unit.h"
+#include "llmtrain/model/linear.h"
+#include "llmtrain/quant/quantized_linear.h"
 
 namespace dist = llmtrain::dist;
 
@@ -146,6 +151,62 @@ void Shard(dist::ProcessGroup& group) {
   }
 }
 
+void Unit(dist::ProcessGroup& group) {
+  // The same layers on every rank (the same seed), as every rank of a run loads the same model.
+  at::manual_seed(5);
+  std::vector<std::shared_ptr<llmtrain::model::Linear>> layers;
+  for (auto [out, in] : {std::pair<int64_t, int64_t>{96, 64}, {64, 200}, {130, 64}}) {
+    llmtrain::quant::Quant4Options q;
+    q.double_quant = true;
+    absl::StatusOr<llmtrain::quant::Quantized4> w = llmtrain::quant::Quantize4bit(at::randn({out, in}), q);
+    Check(w.ok(), "quantize");
+    if (!w.ok()) return;
+    layers.push_back(std::make_shared<llmtrain::quant::QuantizedLinear>(*std::move(w), at::randn({out})));
+  }
+  layers.push_back(std::make_shared<llmtrain::model::DenseLinear>(at::randn({33, 64}), at::randn({33})));
+  std::vector<at::Tensor> frozen;
+  for (const auto& layer : layers) layer->AppendFrozen(&frozen);
+  std::vector<at::Tensor> before;
+  for (const at::Tensor& t : frozen) before.push_back(t.clone());
+  const at::Tensor x64 = at::randn({5, 64}), x200 = at::randn({40, 200});  // 40 rows: the large-tile path
+  auto outputs = [&] {
+    std::vector<at::Tensor> y;
+    for (const auto& layer : layers) y.push_back(layer->Forward(layer->in_features() == 64 ? x64 : x200));
+    return y;
+  };
+  const std::vector<at::Tensor> want = outputs();
+  // A low persistence threshold, so the quant state (scales, nested scales, code tables) and the
+  // biases move too, not only the packed weights.
+  dist::ShardedUnitOptions options;
+  options.persist_below_bytes = 64;
+  absl::StatusOr<std::unique_ptr<dist::ShardedUnit>> unit =
+      dist::ShardedUnit::Create("test layer", frozen, group.rank(), group.world_size(), options);
+  CheckOk(unit.status(), "create");
+  if (!unit.ok()) return;
+  dist::ShardedUnit& u = **unit;
+  Check(!u.gathered(), "a new unit is released");
+  // Released: reading a moved tensor is an ATen error, not a read of freed memory.
+  bool threw = false;
+  try {
+    (void)layers[3]->Forward(x64);
+  } catch (const c10::Error&) {
+    threw = true;
+  }
+  Check(threw, "a forward over a released unit must throw");
+  const int64_t expected_shard = (u.bytes() + group.world_size() - 1) / group.world_size();
+  Check(u.shard_bytes() >= expected_shard && u.shard_bytes() < expected_shard + 64, "shard ≈ bytes / world");
+  for (int round = 0; round < 2; ++round) {
+    CheckOk(u.Gather(group), "gather");
+    for (size_t i = 0; i < frozen.size(); ++i) Check(BitEqual(frozen[i], before[i]), "tensor " + std::to_string(i) + " bytes");
+    const std::vector<at::Tensor> got = outputs();
+    for (size_t i = 0; i < got.size(); ++i) Check(BitEqual(got[i], want[i]), "layer " + std::to_string(i) + " output");
+    u.Release();
+  }
+  std::ofstream(g_out + "/unit" + std::to_string(group.rank()) + ".txt")
+      << "unit of " << u.tensors() << " tensors, " << u.bytes() << " bytes; " << u.shard_bytes()
+      << " bytes per rank; " << u.persistent_bytes() << " bytes left whole\n";
+}
+
 void Mismatch(dist::ProcessGroup& group) {
   const int64_t n = group.rank() == 0 ? 10 : 12;
   at::Tensor shard = at::zeros({n}, at::kByte);
@@ -204,6 +265,8 @@ int main(int argc, char** argv) {
     Smoke(g);
   } else if (scenario == "shard") {
     Shard(g);
+  } else if (scenario == "unit") {
+    Unit(g);
   } else if (scenario == "mismatch") {
     Mismatch(g);
   } else if (scenario == "exit3" || scenario == "kill") {

@@ -46,6 +46,7 @@ class LoraLinear final : public model::Linear {
   const at::Tensor& bias() const override { return base_->bias(); }
   at::Tensor stored_weight() const override { return base_->stored_weight(); }
   void AppendTrainable(std::vector<at::Tensor>* out) const override;
+  void AppendFrozen(std::vector<at::Tensor>* out) const override { base_->AppendFrozen(out); }
   absl::string_view kind() const override { return use_dora_ ? "dora" : "lora"; }
 
   const std::shared_ptr<model::Linear>& base() const { return base_; }

@@ -39,6 +39,9 @@ class Linear {
   /// Appends the tensors of this layer that require grad (activation checkpointing recomputes
   /// the layer and differentiates with respect to them).
   virtual void AppendTrainable(std::vector<at::Tensor>* out) const = 0;
+  /// Appends the stored tensors forward reads that do not train (weight, bias, packed 4-bit data
+  /// and its quant state): what a sharded engine splits across processes (dist/sharded_unit.h).
+  virtual void AppendFrozen(std::vector<at::Tensor>* out) const = 0;
   /// "dense", "nf4", "fp4", "lora" … for messages and `inspect`.
   virtual absl::string_view kind() const = 0;
 };
@@ -55,6 +58,7 @@ class DenseLinear final : public Linear {
   const at::Tensor& bias() const override { return bias_; }
   at::Tensor stored_weight() const override { return weight_; }
   void AppendTrainable(std::vector<at::Tensor>* out) const override;
+  void AppendFrozen(std::vector<at::Tensor>* out) const override;
   absl::string_view kind() const override { return "dense"; }
 
  private:

@@ -60,6 +60,7 @@ class QuantizedLinear final : public model::Linear {
   const at::Tensor& bias() const override { return bias_; }
   at::Tensor stored_weight() const override { return {}; }
   void AppendTrainable(std::vector<at::Tensor>* out) const override {}
+  void AppendFrozen(std::vector<at::Tensor>* out) const override;
   absl::string_view kind() const override;
 
   const Quantized4& quantized() const;
