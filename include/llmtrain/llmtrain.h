@@ -40,6 +40,7 @@
 #include "llmtrain/dist/launch.h"
 #include "llmtrain/dist/process_group.h"
 #include "llmtrain/dist/shard.h"
+#include "llmtrain/dist/sharded_engine.h"
 #include "llmtrain/dist/sharded_unit.h"
 #include "llmtrain/train/autocast.h"
 #include "llmtrain/train/checkpoint.h"

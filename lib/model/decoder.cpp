@@ -72,6 +72,8 @@ class CheckpointFunction : public torch::autograd::Function<CheckpointFunction> 
     const int64_t index = ctx->saved_data["index"].toInt();
     const int64_t n_params = ctx->saved_data["n_params"].toInt();
     const at::Tensor x = saved[0].detach().requires_grad_(true);
+    // A sharded layer's weights are gathered for the recompute and its backward, then released.
+    if (state.residency != nullptr) state.residency->Acquire(index);
     at::Tensor out;
     {
       at::AutoGradMode enable(true);
@@ -83,6 +85,8 @@ class CheckpointFunction : public torch::autograd::Function<CheckpointFunction> 
     torch::autograd::variable_list g = torch::autograd::grad({out}, wrt, {grads[0]},
                                                             /*retain_graph=*/false,
                                                             /*create_graph=*/false, /*allow_unused=*/true);
+    out = at::Tensor();
+    if (state.residency != nullptr) state.residency->Release(index);
     // One gradient per forward input: x, each parameter, then cos, sin, mask, state, index.
     for (int i = 0; i < 5; ++i) g.emplace_back();
     return g;
@@ -163,11 +167,17 @@ at::Tensor DecoderState::Hidden(const at::Tensor& input_ids, const at::Tensor& a
   for (size_t i = 0; i < layers.size(); ++i) {
     const kernels::RopeTables& r = rope[layer_rope[i]];
     const at::Tensor& layer_mask = spec.sliding[i] && masks.sliding.defined() ? masks.sliding : masks.full;
-    if (options.activation_checkpointing && cache == nullptr && at::GradMode::is_enabled()) {
-      h = CheckpointedLayer(static_cast<int64_t>(i), h, r.cos, r.sin, layer_mask);
+    const int64_t index = static_cast<int64_t>(i);
+    const bool checkpointed = options.activation_checkpointing && cache == nullptr && at::GradMode::is_enabled();
+    TORCH_CHECK(residency == nullptr || checkpointed || !at::GradMode::is_enabled(),
+                "a decoder whose layers are sharded (set_layer_residency) trains only with activation checkpointing");
+    if (residency != nullptr) residency->Acquire(index);
+    if (checkpointed) {
+      h = CheckpointedLayer(index, h, r.cos, r.sin, layer_mask);
     } else {
-      h = Layer(static_cast<int64_t>(i), h, r.cos, r.sin, layer_mask, cache, probe);
+      h = Layer(index, h, r.cos, r.sin, layer_mask, cache, probe);
     }
+    if (residency != nullptr) residency->Release(index);
   }
   at::Tensor out = Norm(h, final_norm);
   if (probe != nullptr) (*probe)("model.norm", out);
@@ -276,6 +286,21 @@ absl::StatusOr<std::unique_ptr<Decoder>> Decoder::Load(absl::string_view path, c
 const std::vector<int64_t>& Decoder::eos_token_ids() const { return state_->eos_token_ids; }
 const at::Tensor& Decoder::lm_head() const { return state_->lm_head; }
 void Decoder::set_activation_checkpointing(bool on) { state_->options.activation_checkpointing = on; }
+bool Decoder::activation_checkpointing() const { return state_->options.activation_checkpointing; }
+void Decoder::set_layer_residency(std::shared_ptr<LayerResidency> residency) { state_->residency = std::move(residency); }
+int64_t Decoder::num_layers() const { return static_cast<int64_t>(state_->layers.size()); }
+
+std::vector<at::Tensor> Decoder::LayerFrozenTensors(int64_t index) const {
+  TORCH_CHECK(index >= 0 && index < num_layers(), "LayerFrozenTensors: layer ", index, " of ", num_layers());
+  const detail::LayerWeights& l = state_->layers[static_cast<size_t>(index)];
+  std::vector<at::Tensor> out;
+  for (const at::Tensor* t : {&l.input_norm, &l.post_attn_norm, &l.pre_ffw_norm, &l.post_ffw_norm, &l.q_norm,
+                              &l.k_norm}) {
+    if (t->defined() && !t->requires_grad()) out.push_back(*t);
+  }
+  for (const auto& p : l.proj) p->AppendFrozen(&out);
+  return out;
+}
 const std::vector<std::pair<std::string, at::Tensor>>& Decoder::named_parameters() const { return state_->params; }
 const io::HfConfig& Decoder::config() const { return state_->config; }
 const FamilySpec& Decoder::spec() const { return state_->spec; }

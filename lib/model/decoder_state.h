@@ -49,6 +49,7 @@ struct DecoderState : std::enable_shared_from_this<DecoderState> {
   std::vector<at::Tensor> inv_freq;  // per distinct layer RoPE, (D/2) float32
   std::vector<int64_t> layer_rope;   // per layer: index into inv_freq
   std::vector<int64_t> eos_token_ids;
+  std::shared_ptr<LayerResidency> residency;  // null: every layer's weights are always present
 
   /// The final-normed hidden states (B, T, C); extends `cache` when given.
   at::Tensor Hidden(const at::Tensor& input_ids, const at::Tensor& attention_mask, const at::Tensor& position_ids,

@@ -12,6 +12,7 @@
 #include "llmtrain/core/status.h"
 #include "llmtrain/dist/env.h"
 #include "llmtrain/dist/process_group.h"
+#include "llmtrain/dist/sharded_engine.h"
 #include "llmtrain/lora/lora.h"
 #include "llmtrain/quant/quantized_linear.h"
 #include "llmtrain/tokenizer/chat_template.h"
@@ -152,10 +153,12 @@ absl::StatusOr<std::shared_ptr<train::Engine>> MakeEngine(const RunSpec& spec_in
   options.timeout_s = d.timeout_s();
   options.init_method = d.init_method();
   LLMTRAIN_ASSIGN_OR_RETURN(std::unique_ptr<dist::ProcessGroup> group, dist::ProcessGroup::Create(env, options));
+  const bool zero3 = d.engine() == DistributedSpec::zero3;
   if (env.rank == 0) {
-    LogInfo(absl::StrCat("distributed: engine ddp, ", env.world_size, " process(es), ", dist::Name(group->backend()),
-                         ", ", dist::Describe(env)));
+    LogInfo(absl::StrCat("distributed: engine ", zero3 ? "zero3" : "ddp", ", ", env.world_size, " process(es), ",
+                         dist::Name(group->backend()), ", ", dist::Describe(env)));
   }
+  if (zero3) return std::shared_ptr<train::Engine>(std::make_shared<dist::ShardedEngine>(std::move(group)));
   return std::shared_ptr<train::Engine>(std::make_shared<dist::ReplicatedEngine>(std::move(group)));
 }
 
@@ -203,6 +206,7 @@ absl::StatusOr<train::TrainerComponents> BuildTrainerComponents(const RunSpec& s
     }
     LogInfo(absl::StrFormat("model: %s, %d projections adapted, %d trainable parameters",
                             parts.model->spec().model_type, targeted.size(), n_params));
+    LLMTRAIN_RETURN_IF_ERROR(parts.engine->PrepareModel(*parts.model));
     parts.optimizer = std::make_unique<train::AdamW>(params, ToAdamWOptions(spec));
     const train::TrainerOptions options = ToTrainerOptions(spec);
     const int64_t total = train::TotalSteps(options, parts.train_data->size(), spec.training().micro_batch_size(),

@@ -191,7 +191,9 @@ absl::StatusOr<StepMetrics> Trainer::TrainStep() {
         s.on_batch(s.step, b.input_ids, b.segment_ids.empty() ? b.attention_mask : b.segment_ids, b.position_ids,
                    b.labels, b.batch_size, b.seq_len);
       }
-      if (b.target_tokens == 0) continue;
+      // A batch without targets adds nothing, but with sharded layers every process must run
+      // the same forwards.
+      if (b.target_tokens == 0 && !s.parts.engine->collective_forwards()) continue;
       kernels::CrossEntropyResult ce = BatchLoss(model, b, o.autocast);
       (ce.loss_sum / static_cast<double>(total_targets)).backward();
       loss_sum += ce.loss_sum.item<double>();
@@ -276,15 +278,24 @@ absl::StatusOr<double> Trainer::Evaluate() {
     at::NoGradGuard no_grad;
     // Every process walks the same batches and evaluates every world_size-th: the batches of a
     // single-process evaluation, whatever the world size.
+    // With sharded layers every process runs the same number of forwards: one that has no batch
+    // left in the last round evaluates the first batch again and discards it.
     const int world = s.parts.engine->world_size(), rank = s.parts.engine->rank();
+    const bool in_step = s.parts.engine->collective_forwards();
     double sum = 0;
     int64_t count = 0;
+    std::optional<data::Batch> first;
     for (int64_t i = 0; i < n; ++i) {
       LLMTRAIN_ASSIGN_OR_RETURN(data::Batch b, loader.Next());
-      if (i % world != rank || b.target_tokens == 0) continue;
+      if (i == 0) first = b;
+      if (i % world != rank) continue;
+      if (b.target_tokens == 0 && !in_step) continue;
       const kernels::CrossEntropyResult ce = BatchLoss(*s.parts.model, b, s.options.autocast);
       sum += ce.loss_sum.item<double>();
       count += ce.n_tokens;
+    }
+    if (in_step && first && n % world != 0 && rank >= n % world) {
+      (void)BatchLoss(*s.parts.model, *first, s.options.autocast);
     }
     lora::SetTraining(s.parts.model.get(), true);
     LLMTRAIN_ASSIGN_OR_RETURN(sum, s.parts.engine->SumValues(sum));
@@ -303,8 +314,10 @@ absl::Status Trainer::EvaluateAndWrite() {
   e.step = s.step;
   e.loss = eval_loss;
   e.perplexity = std::exp(eval_loss);
-  // One process writes metrics and generates the samples (the model is whole on every process).
-  if (!s.parts.engine->is_main()) return absl::OkStatus();
+  // One process writes metrics and generates the samples; with sharded layers every process
+  // generates (greedy or from the same generator state, so they run the same forwards).
+  const bool main = s.parts.engine->is_main();
+  if (!main && !s.parts.engine->collective_forwards()) return absl::OkStatus();
   model::Decoder& model = *s.parts.model;
   for (const std::string& prompt : s.options.sample_prompts) {
     std::vector<int64_t> ids;
@@ -328,8 +341,9 @@ absl::Status Trainer::EvaluateAndWrite() {
     const std::vector<int32_t> out32(out->begin(), out->end());
     const std::string text = s.parts.tokenizer->Decode(out32, /*skip_special_tokens=*/true);
     e.samples.emplace_back(prompt, text);
-    LogInfo(absl::StrFormat("sample at step %d: %s → %s", s.step, prompt, text));
+    if (main) LogInfo(absl::StrFormat("sample at step %d: %s → %s", s.step, prompt, text));
   }
+  if (!main) return absl::OkStatus();
   for (const auto& writer : s.parts.metrics) LLMTRAIN_RETURN_IF_ERROR(writer->WriteEval(e));
   LogInfo(absl::StrFormat("eval at step %d: loss %.4f, perplexity %.2f", s.step, e.loss, e.perplexity));
   return absl::OkStatus();

@@ -433,7 +433,9 @@ std::string WriteSpec(const std::string& dir, const std::string& name, const std
   const std::string path = dir + "/" + name + ".textproto";
   std::ofstream(path) << "model { path: \"" << dir << "/model\" load_in_4bit: true }\n"
                       << "lora { r: 4 alpha: 8 dropout: 0 target_modules: \"all-linear\" }\n"
-                      << "data { train_files: \"" << dir << "/train.jsonl\" format: \"text\" template: \"none\" max_length: 24 }\n"
+                      << "data { train_files: \"" << dir << "/train.jsonl\" eval_files: \"" << dir
+                      << "/train.jsonl\" format: \"text\" template: \"none\" max_length: 24 }\n"
+                      << "eval { sample_prompts: \"The cat\" max_new_tokens: 4 }\n"
                       << "training { max_steps: 5 learning_rate: 0.003 warmup_steps: 1 weight_decay: 0.01 max_grad_norm: 1.0"
                       << " adam_epsilon: 1e-6 seed: 7 log_every_steps: 1 }\n"
                       << "output { dir: \"" << dir << "/" << name << "\" report_to: \"jsonl\" }\n"
@@ -443,12 +445,25 @@ std::string WriteSpec(const std::string& dir, const std::string& name, const std
 
 }  // namespace
 
-TEST_CASE("ddp trainer: world 2 and 3 equal the single-process trainer on the same global batches", "[reference]") {
+// The eval lines (loss at the start and the end) and the last sample of a run.
+std::vector<nlohmann::json> EvalLines(const std::string& run) {
+  std::vector<nlohmann::json> lines;
+  std::ifstream in(run + "/metrics.jsonl");
+  for (std::string line; std::getline(in, line);) {
+    nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
+    if (j.is_object() && j.value("type", "") == "eval") lines.push_back(j);
+  }
+  return lines;
+}
+
+TEST_CASE("ddp and zero3 trainers: world 2 and 3 equal the single-process trainer on the same global batches",
+          "[reference]") {
   if (!testing::ReferenceStackAvailable()) return testing::Skip("no .venv: the tiny models come from transformers");
-  const auto [family, world] = GENERATE(table<std::string, int>({{"qwen2", 2}, {"qwen2", 3}, {"gemma3_text", 2},
-                                                                 {"gemma3_text", 3}}));
-  INFO(family << " at world " << world);
-  const std::string dir = testing::TempDir("dist_ddp_" + family + "_" + std::to_string(world));
+  const auto [family, world, engine] = GENERATE(table<std::string, int, std::string>(
+      {{"qwen2", 2, "ddp"}, {"qwen2", 3, "ddp"}, {"gemma3_text", 2, "ddp"}, {"gemma3_text", 3, "ddp"},
+       {"qwen2", 2, "zero3"}, {"qwen2", 3, "zero3"}, {"gemma3_text", 2, "zero3"}, {"gemma3_text", 3, "zero3"}}));
+  INFO(family << " at world " << world << ", engine " << engine);
+  const std::string dir = testing::TempDir("dist_" + engine + "_" + family + "_" + std::to_string(world));
   REQUIRE(testing::RunReference("train_ref.py", {"tiny", dir, family}).exit_code == 0);
   // 32 records. World 2: micro-batches of 2 (padding), accumulation 2, 8 records a step, so the
   // run crosses into epoch 1 where the single process does. World 3 sees 30 records an epoch (the
@@ -457,7 +472,7 @@ TEST_CASE("ddp trainer: world 2 and 3 equal the single-process trainer on the sa
   // accumulation 2 × world.
   const int micro = world == 2 ? 2 : 1;
   const std::string single = WriteSpec(dir, "single", "");
-  const std::string ddp = WriteSpec(dir, "ddp", "distributed { engine: ddp timeout_s: 60 }\n");
+  const std::string ddp = WriteSpec(dir, "ddp", "distributed { engine: " + engine + " timeout_s: 60 }\n");
   const std::string cli = testing::ShellQuote(testing::CliPath());
   const std::string batch = " --set training.micro_batch_size=" + std::to_string(micro) +
                             " --set training.gradient_accumulation_steps=";
@@ -481,6 +496,19 @@ TEST_CASE("ddp trainer: world 2 and 3 equal the single-process trainer on the sa
     worst_norm = std::max(worst_norm, std::abs(got[i]["grad_norm"].get<double>() - want[i]["grad_norm"].get<double>()) /
                                           std::abs(want[i]["grad_norm"].get<double>()));
   }
+  // Evaluation at the start and the end (32 batches split over the ranks; under zero3 a rank
+  // without a batch in the last round runs one more forward) and the sample prompt's greedy text.
+  const std::vector<nlohmann::json> eval_want = EvalLines(dir + "/single"), eval_got = EvalLines(dir + "/ddp");
+  REQUIRE(eval_want.size() == 2);
+  REQUIRE(eval_got.size() == 2);
+  double worst_eval = 0;
+  for (size_t i = 0; i < 2; ++i) {
+    worst_eval = std::max(worst_eval, std::abs(eval_got[i]["eval_loss"].get<double>() - eval_want[i]["eval_loss"].get<double>()) /
+                                          eval_want[i]["eval_loss"].get<double>());
+    CHECK(eval_got[i]["samples"] == eval_want[i]["samples"]);
+  }
+  CHECK(worst_eval <= 1e-6);
+  if (engine == "zero3") CHECK(b.out.find("layers sharded over " + std::to_string(world) + " processes") != std::string::npos);
   auto x = testing::LoadAll(dir + "/single/adapter/adapter_model.safetensors");
   auto y = testing::LoadAll(dir + "/ddp/adapter/adapter_model.safetensors");
   REQUIRE(x.size() == y.size());
@@ -489,8 +517,9 @@ TEST_CASE("ddp trainer: world 2 and 3 equal the single-process trainer on the sa
     REQUIRE(y.count(key) == 1);
     worst_weight = std::max(worst_weight, (t - y[key]).abs().max().item<double>());
   }
-  std::printf("ddp %s world %d vs one process, 5 steps: worst rel diff loss %.2e, grad norm %.2e; %zu LoRA tensors, "
-              "worst abs diff %.2e\n", family.c_str(), world, worst_loss, worst_norm, x.size(), worst_weight);
+  std::printf("%s %s world %d vs one process, 5 steps: worst rel diff loss %.2e, grad norm %.2e, eval loss %.2e; "
+              "%zu LoRA tensors, worst abs diff %.2e\n", engine.c_str(), family.c_str(), world, worst_loss, worst_norm,
+              worst_eval, x.size(), worst_weight);
   // The same records, weights and arithmetic except the order of two sums: each rank adds its own
   // micro-batches' gradients, then the ranks' sums are added (float32), where one process adds
   // them one micro-batch at a time; the float64 loss sums likewise. So losses and gradient norms

@@ -6,6 +6,8 @@
 //     share of each global batch; after the last micro-batch of a step the adapter's gradients
 //     are summed over ranks in one flat float32 all-reduce. LoRA is well under 1% of a model's
 //     parameters, so this moves little and keeps every rank's optimizer identical.
+//   - ShardedEngine ("zero3", dist/sharded_engine.h): the same for the adapter, and each decoder
+//     layer's frozen base split across the ranks, gathered around its use.
 //
 // Gradients are summed, not averaged: the trainer already divides each token's loss by the
 // global target count (SumCounts over ranks), so the sum is the gradient of the global batch.
@@ -22,6 +24,10 @@
 
 #include "absl/status/statusor.h"
 
+namespace llmtrain::model {
+class Decoder;
+}  // namespace llmtrain::model
+
 namespace llmtrain::dist {
 
 class ProcessGroup;
@@ -29,6 +35,13 @@ class ProcessGroup;
 class Engine {
  public:
   virtual ~Engine() = default;
+  /// Once, after the adapter is injected and before training: where the engine takes over the
+  /// model's storage (the sharded engine splits each layer's frozen weights across processes).
+  virtual absl::Status PrepareModel(model::Decoder& model) { return absl::OkStatus(); }
+  /// True when every forward runs collectives (sharded layers), so every process must run the
+  /// same forwards: the trainer then evaluates, skips empty batches and generates samples on all
+  /// of them in step.
+  virtual bool collective_forwards() const { return false; }
   /// After the last micro-batch's backward of a step: make every process's gradients of
   /// `params` the global ones. Undefined gradients count as zeros.
   virtual absl::Status SynchronizeGradients(const std::vector<at::Tensor>& params) = 0;
@@ -58,8 +71,8 @@ class SingleProcessEngine final : public Engine {
   int world_size() const override { return 1; }
 };
 
-/// Data parallelism with a replicated model and adapter (see the file comment).
-class ReplicatedEngine final : public Engine {
+/// Data parallelism with a replicated adapter (see the file comment); ShardedEngine extends it.
+class ReplicatedEngine : public Engine {
  public:
   explicit ReplicatedEngine(std::shared_ptr<ProcessGroup> group);
   absl::Status SynchronizeGradients(const std::vector<at::Tensor>& params) override;
@@ -73,7 +86,7 @@ class ReplicatedEngine final : public Engine {
   /// Bytes this rank has sent into gradient all-reduces so far (the flat buffer's size per step).
   int64_t gradient_bytes() const { return gradient_bytes_; }
 
- private:
+ protected:
   std::shared_ptr<ProcessGroup> group_;
   int64_t gradient_bytes_ = 0;
 };

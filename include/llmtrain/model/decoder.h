@@ -61,6 +61,19 @@ struct KvCache {
   int64_t length() const { return mask.defined() ? mask.size(1) : 0; }
 };
 
+/// Makes a decoder layer's frozen weights present around their use: a sharded engine
+/// (dist/sharded_engine.h) gathers them from every process in Acquire and frees them in Release.
+/// The decoder calls Acquire(i) before layer i computes (in forward, and again before the
+/// recompute of activation checkpointing in backward) and Release(i) when nothing will read the
+/// weights until the next Acquire. Every process runs the same forwards, so the calls come in the
+/// same order everywhere. Errors are thrown (c10::Error); the trainer turns them into a Status.
+class LayerResidency {
+ public:
+  virtual ~LayerResidency() = default;
+  virtual void Acquire(int64_t layer) = 0;
+  virtual void Release(int64_t layer) = 0;
+};
+
 class Decoder {
  public:
   /// Loads a model from a folder with config.json and safetensors (single or sharded), or from a
@@ -102,6 +115,15 @@ class Decoder {
   const at::Tensor& lm_head() const;
   /// Turns activation checkpointing on or off (see DecoderOptions).
   void set_activation_checkpointing(bool on);
+  bool activation_checkpointing() const;
+  /// Who makes each layer's frozen weights present (null: they always are). With one set,
+  /// training needs activation checkpointing: a layer's weights are released after its forward
+  /// and acquired again for its backward.
+  void set_layer_residency(std::shared_ptr<LayerResidency> residency);
+  int64_t num_layers() const;
+  /// The frozen tensors layer `index` reads: its norms and what its projections list in
+  /// Linear::AppendFrozen (a sharded engine moves them into a ShardedUnit).
+  std::vector<at::Tensor> LayerFrozenTensors(int64_t index) const;
 
   /// InvalidArgument naming the problem if Forward would refuse these inputs.
   absl::Status CheckInputs(const at::Tensor& input_ids, const at::Tensor& attention_mask) const;

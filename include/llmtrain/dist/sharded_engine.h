@@ -1,0 +1,57 @@
+// The sharded ("zero3") engine: ZeRO-3-style sharding of the frozen base, the memory that
+// dominates QLoRA (a 4-bit 27B base is ~13 GB; its adapter is ~0.1 GB).
+//
+// PrepareModel turns every decoder layer's frozen tensors (packed 4-bit weights, quant state,
+// norms, biases: Decoder::LayerFrozenTensors) into a dist::ShardedUnit, so each rank keeps 1/N of
+// the layer's bytes between uses, and makes the engine the decoder's LayerResidency: layer i is
+// all-gathered when it is acquired, with layer i±1's gather already issued (prefetch in the
+// direction of travel: forward, then the recompute order of backward), and freed on release.
+// Training therefore uses activation checkpointing (PrepareModel turns it on). The embedding,
+// final norm and LM head stay whole on every rank.
+//
+// The adapter is replicated and its gradients are summed by one all-reduce, as in
+// ReplicatedEngine; sharding the adapter and its optimizer state is not done yet.
+//
+// Not done yet either (so each rank still loads the whole model before PrepareModel shards it):
+// sharded loading.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include "llmtrain/dist/engine.h"
+#include "llmtrain/dist/sharded_unit.h"
+#include "llmtrain/model/decoder.h"
+
+namespace llmtrain::dist {
+
+/// Create it with std::make_shared: the decoder holds it as its LayerResidency.
+class ShardedEngine final : public ReplicatedEngine,
+                            public model::LayerResidency,
+                            public std::enable_shared_from_this<ShardedEngine> {
+ public:
+  explicit ShardedEngine(std::shared_ptr<ProcessGroup> group, ShardedUnitOptions unit_options = {});
+  absl::Status PrepareModel(model::Decoder& model) override;
+  bool collective_forwards() const override { return world_size() > 1; }
+  void Acquire(int64_t layer) override;
+  void Release(int64_t layer) override;
+
+  /// Bytes of the sharded layers in all, and the part this rank holds between uses.
+  int64_t unit_bytes() const;
+  int64_t shard_bytes() const;
+  /// Bytes all-gathered into this rank so far (every gather moves a whole unit).
+  int64_t gathered_bytes() const { return gathered_bytes_; }
+
+ private:
+  void Issue(int64_t layer);  // starts layer's gather unless it is gathered or in flight
+  ShardedUnitOptions unit_options_;
+  std::vector<std::unique_ptr<ShardedUnit>> units_;
+  std::vector<std::optional<Pending>> in_flight_;
+  std::vector<int> holds_;  // Acquire count minus Release count, per layer
+  int64_t last_acquired_ = -1;
+  int64_t gathered_bytes_ = 0;
+};
+
+}  // namespace llmtrain::dist
