@@ -590,7 +590,7 @@ std::vector<SpecError> FindSpecErrors(const RunSpec& s) {
                                                " (engine ddp trains on several)"));
   }
   if (dist.cpu_offload()) {
-    err("distributed.cpu_offload", "needs the sharded engine (zero3), which is not accepted yet");
+    err("distributed.cpu_offload", "is not built yet (it needs the adapter's optimizer state sharded); leave it false");
   }
   if (!(dist.timeout_s() > 0)) err("distributed.timeout_s", absl::StrCat("must be > 0, got ", dist.timeout_s()));
   if (dist.init_method() != "env://" &&

@@ -121,10 +121,10 @@ TEST_CASE("spec: every invalid spec is refused before any work, naming the field
       {"output.report_to=wandb", "output.report_to", "is not one of"},
       {"distributed.world_size=2", "distributed.world_size", "must be 0 or 1 for the single-process engine"},
       {"distributed.world_size=-1", "distributed.world_size", "must be ≥ 0"},
-      {"distributed.cpu_offload=true", "distributed.cpu_offload", "needs the sharded engine"},
+      {"distributed.cpu_offload=true", "distributed.cpu_offload", "is not built yet"},
       {"distributed.timeout_s=0", "distributed.timeout_s", "must be > 0"},
       {"distributed.init_method=tcp://h:1", "distributed.init_method", "must be \"env://\""},
-      {"distributed.engine=zero3", "distributed.engine", "is not one of"},
+      {"distributed.engine=fsdp", "distributed.engine", "is not one of"},
   };
   for (const Bad& bad : table) {
     INFO("change " << bad.change);
