@@ -180,8 +180,9 @@ int main(int argc, char** argv) {
   std::printf("dist_bench: the real Gemma 3 270M, QLoRA r 16 all-linear, micro-batch 1 × accumulation 2 per rank, "
               "max_length 64, %d steps (median of steps 3..%d), Gloo on %ld cores\n\n", steps, steps,
               sysconf(_SC_NPROCESSORS_ONLN));
-  std::printf("%-6s %5s %10s %10s %12s %14s %14s %12s %10s %10s\n", "engine", "world", "step s", "vs world 1",
-              "grad MiB/st", "gathered MiB/st", "formula MiB/st", "held MiB/rk", "RSS MiB", "peak MiB");
+  std::printf("%-6s %5s %8s %10s %10s %11s %15s %14s %12s %11s %8s %8s\n", "engine", "world", "step s",
+              "samples/s", "vs world 1", "grad MiB/st", "gathered MiB/st", "formula MiB/st", "recv MiB/st",
+              "held MiB/rk", "RSS MiB", "peak MiB");
   for (const std::string& engine : engines) {
     double base = 0;
     for (int world : worlds) {
@@ -205,22 +206,27 @@ int main(int argc, char** argv) {
       std::vector<double> times = j["step_seconds"].get<std::vector<double>>();
       times.erase(times.begin(), times.begin() + 2);
       const double step = Median(times);
-      if (world == worlds.front()) base = step;
+      // Every rank trains 2 micro-batches of 1 record a step: the global batch grows with the world.
+      const double samples_per_second = 2.0 * world / step;
+      if (world == worlds.front()) base = samples_per_second;
       const double mib = 1 << 20;
       const double grad = j.value("gradient_bytes", int64_t{0}) / mib / steps;
       const double gathered = j.value("gathered_bytes", int64_t{0}) / mib / steps;
       const double units = j.value("unit_bytes", int64_t{0}) / mib;
       const double formula = engine == "zero3" ? 2.0 * 2 * units : 0.0;
       const double held = j.value("shard_bytes", int64_t{0}) / mib;
-      std::printf("%-6s %5d %10.3f %10.2f %12.2f %14.1f %14.1f %12.1f %10lld %10lld\n", engine.c_str(), world, step,
-                  step / base, grad, gathered, formula, held, static_cast<long long>(j["resident_mib_end"].get<int64_t>()),
+      std::printf("%-6s %5d %8.3f %10.3f %10.2f %11.2f %15.1f %14.1f %12.1f %11.1f %8lld %8lld\n", engine.c_str(),
+                  world, step, samples_per_second, samples_per_second / base, grad, gathered, formula,
+                  gathered * (world - 1) / world, held, static_cast<long long>(j["resident_mib_end"].get<int64_t>()),
                   static_cast<long long>(j["peak_rss_mib"].get<int64_t>()));
       std::fflush(stdout);
     }
   }
-  std::printf("\ngrad MiB/st: the adapter's float32 gradients all-reduced per step (4·P bytes; P = %s LoRA parameters). "
-              "gathered: layer units assembled per step on rank 0; formula: 2 passes × 2 micro-batches × Σ units. "
-              "held: the frozen layer bytes rank 0 keeps between uses (zero3). RSS: resident at the end; peak: "
-              "ru_maxrss (the whole model is loaded before it is sharded).\n", "see ranks' JSON");
+  std::printf("\nsamples/s: records trained per second by all ranks together; vs world 1: that throughput against the "
+              "engine's world-1 run, each using all cores. grad MiB/st: the adapter's float32 gradients all-reduced "
+              "per step (4 bytes per LoRA parameter). gathered: layer units assembled per step on rank 0; formula: "
+              "2 passes (forward, recompute) × 2 micro-batches × the units' bytes; recv: the part of it that came "
+              "from the other ranks, (N−1)/N. held: the frozen layer bytes rank 0 keeps between uses (zero3). RSS: "
+              "resident at the end; peak: ru_maxrss (each rank loads the whole model before it is sharded).\n");
   return 0;
 }

@@ -385,22 +385,18 @@ absl::Status ProcessGroup::Barrier() {
   return pending->Wait();
 }
 
-absl::StatusOr<int64_t> ProcessGroup::SumInt(int64_t value) {
-  at::Tensor t = at::tensor({value}, at::kLong).to(impl_->device);
-  if (absl::Status status = AllReduce(t, ReduceOp::kSum); !status.ok()) return status;
-  return t.cpu().data_ptr<int64_t>()[0];
+namespace {
+// One scalar reduced over the group, on the group's device.
+template <typename T>
+absl::StatusOr<T> ReduceScalar(ProcessGroup& group, T value, ReduceOp op) {
+  at::Tensor t = at::tensor({value}).to(group.device());
+  if (absl::Status status = group.AllReduce(t, op); !status.ok()) return status;
+  return t.cpu().data_ptr<T>()[0];
 }
+}  // namespace
 
-absl::StatusOr<int64_t> ProcessGroup::MaxInt(int64_t value) {
-  at::Tensor t = at::tensor({value}, at::kLong).to(impl_->device);
-  if (absl::Status status = AllReduce(t, ReduceOp::kMax); !status.ok()) return status;
-  return t.cpu().data_ptr<int64_t>()[0];
-}
-
-absl::StatusOr<double> ProcessGroup::SumDouble(double value) {
-  at::Tensor t = at::tensor({value}, at::kDouble).to(impl_->device);
-  if (absl::Status status = AllReduce(t, ReduceOp::kSum); !status.ok()) return status;
-  return t.cpu().data_ptr<double>()[0];
-}
+absl::StatusOr<int64_t> ProcessGroup::SumInt(int64_t value) { return ReduceScalar(*this, value, ReduceOp::kSum); }
+absl::StatusOr<int64_t> ProcessGroup::MaxInt(int64_t value) { return ReduceScalar(*this, value, ReduceOp::kMax); }
+absl::StatusOr<double> ProcessGroup::SumDouble(double value) { return ReduceScalar(*this, value, ReduceOp::kSum); }
 
 }  // namespace llmtrain::dist

@@ -18,7 +18,7 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from common import emit
+from common import causal_lm_loss_sum, emit, step_micro_batches
 
 if sys.argv[1] == "peft":
     model_dir, adapter_dir = sys.argv[2:4]
@@ -65,17 +65,11 @@ if sys.argv[1] == "fsdp2":
     sched = get_linear_schedule_with_warmup(opt, cfg["warmup"], cfg["steps"])
     losses = []
     for step in range(cfg["steps"]):
-        micro = [k[len("ids."):] for k in b if k.startswith(f"ids.{step}.")]
-        micro.sort(key=lambda k: int(k.split(".")[1]))
-        total = sum(int((b[f"labels.{k}"][:, 1:] != -100).sum()) for k in micro)
+        micro, total = step_micro_batches(b, step)
         mine = [k for k in micro if int(k.split(".")[1]) % world == rank]
         loss_sum = torch.zeros((), dtype=torch.float64)
         for k in mine:
-            logits = peft_model(input_ids=b[f"ids.{k}"], attention_mask=b[f"mask.{k}"],
-                                position_ids=b[f"pos.{k}"]).logits
-            ce = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
-                                                   b[f"labels.{k}"][:, 1:].reshape(-1), ignore_index=-100,
-                                                   reduction="sum")
+            ce = causal_lm_loss_sum(peft_model, b, k)
             (ce * world / total).backward()  # FSDP averages the gradients over the ranks
             loss_sum += ce.item()
         dist.all_reduce(loss_sum)

@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 from transformers import (get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup,
                           get_linear_schedule_with_warmup)
 
-from common import emit
+from common import causal_lm_loss_sum, emit, step_micro_batches
 
 if sys.argv[1] == "tiny":
     # A tiny Qwen2 with a byte-level BPE tokenizer of 320 tokens trained here, and text records.
@@ -74,18 +74,12 @@ if sys.argv[1] == "replay":
     sched = get_linear_schedule_with_warmup(opt, cfg["warmup"], cfg["steps"])
     losses = []
     for step in range(cfg["steps"]):
-        micro = [k[len("ids."):] for k in b if k.startswith(f"ids.{step}.")]
-        micro.sort(key=lambda k: int(k.split(".")[1]))
-        total = sum(int((b[f"labels.{k}"][:, 1:] != -100).sum()) for k in micro)
+        micro, total = step_micro_batches(b, step)
         loss_sum = 0.0
         for k in micro:
             # training.autocast "bf16": forward and loss under torch.autocast, backward outside.
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.get("autocast", False)):
-                logits = peft_model(input_ids=b[f"ids.{k}"], attention_mask=b[f"mask.{k}"],
-                                    position_ids=b[f"pos.{k}"]).logits
-                ce = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
-                                                       b[f"labels.{k}"][:, 1:].reshape(-1), ignore_index=-100,
-                                                       reduction="sum")
+                ce = causal_lm_loss_sum(peft_model, b, k)
             (ce / total).backward()
             loss_sum += ce.item()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
