@@ -216,16 +216,16 @@ absl::StatusOr<StepMetrics> Trainer::TrainStep() {
         lora::SetTraining(&model, false);
         std::optional<AutocastGuard> guard;
         EnterAutocast(&guard, o.autocast, model);
+        // With sharded layers every process runs the same forwards: all of its micro-batches.
+        const bool in_step = s.parts.engine->collective_forwards();
         for (const data::Batch& b : batches) {
-          if (b.target_tokens == 0) continue;
+          if (b.target_tokens == 0 && !in_step) continue;
           const std::optional<std::string> module = model.FirstNonFiniteModule(
               ToTensor(b.input_ids, b.batch_size, b.seq_len),
               ToTensor(b.segment_ids.empty() ? b.attention_mask : b.segment_ids, b.batch_size, b.seq_len),
               ToTensor(b.position_ids, b.batch_size, b.seq_len));
-          if (module) {
-            m.nonfinite_where = "activations of " + *module;
-            break;
-          }
+          if (module && m.nonfinite_where == "the loss") m.nonfinite_where = "activations of " + *module;
+          if (module && !in_step) break;
         }
         lora::SetTraining(&model, true);
       }

@@ -760,3 +760,24 @@ TEST_CASE("zero3 at world 2 matches FSDP2 + PEFT + bitsandbytes on Gloo on the s
   CHECK(worst_loss <= 1e-5);
   CHECK(worst_weight <= 1e-4);
 }
+
+TEST_CASE("zero3: a NaN on one rank makes every rank skip the step, and the run stops together", "[reference]") {
+  if (!testing::ReferenceStackAvailable()) return testing::Skip("no .venv: the tiny models come from transformers");
+  const std::string dir = testing::TempDir("dist_nonfinite");
+  REQUIRE(testing::RunReference("train_ref.py", {"tiny", dir, "qwen2"}).exit_code == 0);
+  setenv("LLMTRAIN_TEST_MODEL_DIR", dir.c_str(), 1);
+  dist::LaunchResult result = LaunchWorkers("nonfinite", 2, dir);
+  INFO(result.report);
+  CHECK(result.exit_code == 0);
+  for (int r = 0; r < 2; ++r) {
+    const std::string report = ReadFile(dir + "/rank" + std::to_string(r) + ".txt");
+    INFO(report);
+    CHECK(report.find("ok nonfinite world 2") != std::string::npos);
+  }
+  // Rank 0 wrote the metrics: 3 skipped steps, and the checkpoint of step 3.
+  std::ifstream metrics(dir + "/run/metrics.jsonl");
+  int skipped = 0;
+  for (std::string line; std::getline(metrics, line);) skipped += line.find("\"skipped\":true") != std::string::npos;
+  CHECK(skipped == 3);
+  CHECK(CompleteCheckpoint(dir + "/run/checkpoints/step-000003"));
+}

@@ -8,6 +8,8 @@
 //             state, f32 LoRA; odd sizes
 //   unit      a ShardedUnit over NF4 (double-quant) and dense projections: released, gathered
 //             back, the layers compute bit for bit as before, the bytes held are 1/world
+//   nonfinite the zero3 trainer on $LLMTRAIN_TEST_MODEL_DIR (train_ref.py tiny) with one LoRA weight
+//             NaN on rank 1 only: every rank skips the same 3 steps and stops with a checkpoint
 //   mismatch  rank 0 gathers 10 elements, the others 12: every rank must get an error naming it
 //   exit3     rank 1 exits 3 after a barrier; the others wait in a barrier
 //   kill      rank 1 SIGKILLs itself after a barrier; the others wait in a barrier
@@ -19,10 +21,13 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <limits>
+#include <set>
 #include <string>
 #include <vector>
 
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 
 #include "absl/strings/str_cat.h"
 #include "llmtrain/dist/env.h"
@@ -31,6 +36,9 @@
 #include "llmtrain/dist/sharded_unit.h"
 #include "llmtrain/model/linear.h"
 #include "llmtrain/quant/quantized_linear.h"
+#include "llmtrain/spec/build.h"
+#include "llmtrain/spec/run_spec.h"
+#include "llmtrain/train/trainer.h"
 
 namespace dist = llmtrain::dist;
 
@@ -207,6 +215,54 @@ void Unit(dist::ProcessGroup& group) {
       << " bytes per rank; " << u.persistent_bytes() << " bytes left whole\n";
 }
 
+// Runs without a ProcessGroup of its own: the trainer's engine makes one from the same variables.
+int NonFinite(const dist::DistEnv& env, std::ofstream& report) {
+  const char* dir_env = std::getenv("LLMTRAIN_TEST_MODEL_DIR");
+  const std::string dir = dir_env ? dir_env : ".";
+  auto run = llmtrain::spec::ParseRunSpec("nonfinite", absl::StrCat(
+      "model { path: \"", dir, "/model\" load_in_4bit: true }\n",
+      "lora { r: 4 alpha: 8 dropout: 0 target_modules: \"q_proj\" }\n",
+      "data { train_files: \"", dir, "/train.jsonl\" format: \"text\" template: \"none\" max_length: 24 }\n",
+      "training { max_steps: 20 micro_batch_size: 2 max_nonfinite_steps: 3 }\n",
+      "output { dir: \"", g_out, "/run\" report_to: \"jsonl\" }\n",
+      "distributed { engine: zero3 timeout_s: 60 }\n"));
+  if (!run.ok()) {
+    report << "spec: " << run.status().ToString() << std::endl;
+    return 3;
+  }
+  auto trainer = llmtrain::spec::BuildTrainer(*run);
+  if (!trainer.ok()) {
+    report << "build: " << trainer.status().ToString() << std::endl;
+    return 3;
+  }
+  const auto params = (*trainer)->TrainableParameters();
+  if (env.rank == 1) {  // layer 0's q_proj lora_B, on this rank only
+    at::NoGradGuard no_grad;
+    const_cast<at::Tensor&>(params[1].second).fill_(std::numeric_limits<float>::quiet_NaN());
+  }
+  int skipped = 0;
+  std::set<std::string> where;
+  llmtrain::train::RunOptions options;
+  options.progress = false;
+  options.on_step = [&](const llmtrain::train::StepMetrics& m) {
+    skipped += m.skipped;
+    where.insert(m.nonfinite_where);
+  };
+  const absl::Status status = (*trainer)->Run(options);
+  Check(!status.ok() && status.message().find("3 non-finite steps in a row") != absl::string_view::npos &&
+            status.message().find("checkpoint at step 3") != absl::string_view::npos,
+        "the run stops after 3 non-finite steps: " + status.ToString());
+  Check(skipped == 3, "3 steps skipped on this rank, found " + std::to_string(skipped));
+  for (const std::string& w : where) report << "non-finite in " << w << "\n";
+  // Rank 1 finds NaN in its own activations; rank 0's are finite, its gradients (summed with
+  // rank 1's) are not.
+  Check(env.rank != 1 || where == std::set<std::string>{"activations of model.layers.0.self_attn"}, "rank 1's place");
+  Check(env.rank != 0 || (where.size() == 1 && where.begin()->rfind("the gradient of ", 0) == 0), "rank 0's place");
+  for (const std::string& f : g_failures) report << "FAIL " << f << "\n";
+  report << (g_failures.empty() ? "ok" : "failed") << " nonfinite world " << env.world_size << std::endl;
+  return g_failures.empty() ? 0 : 1;
+}
+
 void Mismatch(dist::ProcessGroup& group) {
   const int64_t n = group.rank() == 0 ? 10 : 12;
   at::Tensor shard = at::zeros({n}, at::kByte);
@@ -249,6 +305,7 @@ int main(int argc, char** argv) {
     report << (g_term ? "got SIGTERM" : "no signal") << std::endl;
     return g_term ? 0 : 1;
   }
+  if (scenario == "nonfinite") return NonFinite(*env, report);
   dist::ProcessGroupOptions options;
   const char* init = std::getenv("LLMTRAIN_TEST_INIT");
   if (init != nullptr && *init != '\0') options.init_method = init;
