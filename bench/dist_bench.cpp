@@ -227,6 +227,6 @@ int main(int argc, char** argv) {
               "per step (4 bytes per LoRA parameter). gathered: layer units assembled per step on rank 0; formula: "
               "2 passes (forward, recompute) × 2 micro-batches × the units' bytes; recv: the part of it that came "
               "from the other ranks, (N−1)/N. held: the frozen layer bytes rank 0 keeps between uses (zero3). RSS: "
-              "resident at the end; peak: ru_maxrss (each rank loads the whole model before it is sharded).\n");
+              "resident at the end; peak: ru_maxrss.\n");
   return 0;
 }

@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "llmtrain/core/log.h"
+#include "llmtrain/core/status.h"
 #include "llmtrain/dist/process_group.h"
 
 namespace llmtrain::dist {
@@ -15,15 +16,31 @@ std::string Mib(int64_t bytes) { return absl::StrFormat("%.3f", static_cast<doub
 ShardedEngine::ShardedEngine(std::shared_ptr<ProcessGroup> group, ShardedUnitOptions unit_options)
     : ReplicatedEngine(std::move(group)), unit_options_(unit_options) {}
 
+absl::Status ShardedEngine::OnLayerLoaded(int64_t layer, const std::vector<at::Tensor>& frozen) {
+  if (layer != static_cast<int64_t>(units_.size())) {
+    return absl::FailedPreconditionError(absl::StrCat("ShardedEngine: layer ", layer, " loaded after ", units_.size(),
+                                                      " layers; they must come in order from 0"));
+  }
+  absl::StatusOr<std::unique_ptr<ShardedUnit>> unit =
+      ShardedUnit::Create(absl::StrCat("model.layers.", layer), frozen, rank(), world_size(), unit_options_);
+  if (!unit.ok()) return unit.status();
+  units_.push_back(*std::move(unit));
+  return absl::OkStatus();
+}
+
+std::function<absl::Status(int64_t, const std::vector<at::Tensor>&)> ShardedEngine::LayerLoadedHook() {
+  std::shared_ptr<ShardedEngine> self = shared_from_this();
+  return [self](int64_t layer, const std::vector<at::Tensor>& frozen) { return self->OnLayerLoaded(layer, frozen); };
+}
+
 absl::Status ShardedEngine::PrepareModel(model::Decoder& model) {
-  if (!units_.empty()) return absl::FailedPreconditionError("ShardedEngine: PrepareModel was called already");
+  if (!holds_.empty()) return absl::FailedPreconditionError("ShardedEngine: PrepareModel was called already");
   if (weak_from_this().expired()) return absl::FailedPreconditionError("ShardedEngine: create it with std::make_shared");
   const int64_t n = model.num_layers();
-  for (int64_t i = 0; i < n; ++i) {
-    absl::StatusOr<std::unique_ptr<ShardedUnit>> unit = ShardedUnit::Create(
-        absl::StrCat("model.layers.", i), model.LayerFrozenTensors(i), rank(), world_size(), unit_options_);
-    if (!unit.ok()) return unit.status();
-    units_.push_back(*std::move(unit));
+  const bool as_loaded = static_cast<int64_t>(units_.size()) == n;
+  // Layers the loader did not hand over (no on_layer_loaded hook) are sharded now.
+  for (int64_t i = static_cast<int64_t>(units_.size()); i < n; ++i) {
+    LLMTRAIN_RETURN_IF_ERROR(OnLayerLoaded(i, model.LayerFrozenTensors(i)));
   }
   in_flight_.resize(static_cast<size_t>(n));
   holds_.assign(static_cast<size_t>(n), 0);
@@ -32,7 +49,8 @@ absl::Status ShardedEngine::PrepareModel(model::Decoder& model) {
   if (self == nullptr) return absl::FailedPreconditionError("ShardedEngine: create it with std::make_shared");
   model.set_layer_residency(std::shared_ptr<model::LayerResidency>(self, static_cast<model::LayerResidency*>(this)));
   if (rank() == 0) {
-    LogInfo(absl::StrCat("zero3: ", n, " layers sharded over ", world_size(), " processes: ", Mib(unit_bytes()),
+    LogInfo(absl::StrCat("zero3: ", n, " layers sharded over ", world_size(), " processes",
+                         as_loaded ? " as they loaded: " : " after loading: ", Mib(unit_bytes()),
                          " MiB of frozen weights, ", Mib(shard_bytes()), " MiB held per process"));
   }
   return absl::OkStatus();

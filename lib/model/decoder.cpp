@@ -292,7 +292,12 @@ int64_t Decoder::num_layers() const { return static_cast<int64_t>(state_->layers
 
 std::vector<at::Tensor> Decoder::LayerFrozenTensors(int64_t index) const {
   TORCH_CHECK(index >= 0 && index < num_layers(), "LayerFrozenTensors: layer ", index, " of ", num_layers());
-  const detail::LayerWeights& l = state_->layers[static_cast<size_t>(index)];
+  return state_->LayerFrozen(index);
+}
+
+namespace detail {
+std::vector<at::Tensor> DecoderState::LayerFrozen(int64_t index) const {
+  const LayerWeights& l = layers[static_cast<size_t>(index)];
   std::vector<at::Tensor> out;
   for (const at::Tensor* t : {&l.input_norm, &l.post_attn_norm, &l.pre_ffw_norm, &l.post_ffw_norm, &l.q_norm,
                               &l.k_norm}) {
@@ -301,6 +306,7 @@ std::vector<at::Tensor> Decoder::LayerFrozenTensors(int64_t index) const {
   for (const auto& p : l.proj) p->AppendFrozen(&out);
   return out;
 }
+}  // namespace detail
 const std::vector<std::pair<std::string, at::Tensor>>& Decoder::named_parameters() const { return state_->params; }
 const io::HfConfig& Decoder::config() const { return state_->config; }
 const FamilySpec& Decoder::spec() const { return state_->spec; }

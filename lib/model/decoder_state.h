@@ -60,6 +60,8 @@ struct DecoderState : std::enable_shared_from_this<DecoderState> {
   /// The parameters of layer `index` that require grad, in a fixed order (what activation
   /// checkpointing differentiates the recomputed layer against).
   std::vector<at::Tensor> LayerParameters(int64_t index) const;
+  /// The frozen tensors of layer `index` (Decoder::LayerFrozenTensors).
+  std::vector<at::Tensor> LayerFrozen(int64_t index) const;
   at::Tensor Norm(const at::Tensor& x, const at::Tensor& w) const;
   absl::Status CheckInputs(const at::Tensor& input_ids, const at::Tensor& attention_mask) const;
 

@@ -189,11 +189,15 @@ absl::Status BuildFromTensors(const TensorSource& source, bool from_gguf, const 
     return absl::OkStatus();
   };
 
-  for (const WeightName& row : spec.weights) {
-    const std::string& pattern = from_gguf ? row.gguf : row.hf;
-    if (IsBiasRole(row.role)) continue;  // loaded with their projection
-    if (absl::StrContains(pattern, "{i}")) {
-      for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+  // The decoder layers load one after another, each whole before the next begins (so
+  // options.on_layer_loaded can shard it at once), where the family's table lists the first
+  // per-layer tensor; the other tensors load in the table's order around them.
+  bool layers_loaded = false;
+  const auto load_layers = [&]() -> absl::Status {
+    for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+      for (const WeightName& row : spec.weights) {
+        const std::string& pattern = from_gguf ? row.gguf : row.hf;
+        if (IsBiasRole(row.role) || !absl::StrContains(pattern, "{i}")) continue;
         if (LinearSlot(row.role) >= 0) {
           LLMTRAIN_RETURN_IF_ERROR(make_linear(row, i));
           continue;
@@ -210,6 +214,19 @@ absl::Status BuildFromTensors(const TensorSource& source, bool from_gguf, const 
           default: break;
         }
       }
+      if (state->options.on_layer_loaded) {
+        LLMTRAIN_RETURN_IF_ERROR(Annotate(state->options.on_layer_loaded(i, state->LayerFrozen(i)),
+                                          absl::StrCat(where, ": layer ", i)));
+      }
+    }
+    return absl::OkStatus();
+  };
+  for (const WeightName& row : spec.weights) {
+    const std::string& pattern = from_gguf ? row.gguf : row.hf;
+    if (IsBiasRole(row.role)) continue;  // loaded with their projection
+    if (absl::StrContains(pattern, "{i}")) {
+      if (!layers_loaded) LLMTRAIN_RETURN_IF_ERROR(load_layers());
+      layers_loaded = true;
       continue;
     }
     if (row.role == Role::kLmHead && spec.tied_embeddings) {

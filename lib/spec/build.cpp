@@ -195,7 +195,13 @@ absl::StatusOr<train::TrainerComponents> BuildTrainerComponents(const RunSpec& s
         *parts.train_data, *parts.collator,
         ToLoaderOptions(spec, parts.engine->rank(), parts.engine->world_size()));
 
-    LLMTRAIN_ASSIGN_OR_RETURN(parts.model, model::Decoder::Load(spec.model().path(), ToDecoderOptions(spec)));
+    model::DecoderOptions decoder_options = ToDecoderOptions(spec);
+    // zero3 shards each layer as it loads, so no process holds the whole base; DoRA computes its
+    // magnitudes from the whole weights at injection, so then the engine shards after it.
+    if (auto* sharded = dynamic_cast<dist::ShardedEngine*>(parts.engine.get()); sharded && !spec.lora().use_dora()) {
+      decoder_options.on_layer_loaded = sharded->LayerLoadedHook();
+    }
+    LLMTRAIN_ASSIGN_OR_RETURN(parts.model, model::Decoder::Load(spec.model().path(), decoder_options));
     parts.adapter = ToLoraConfig(spec);
     LLMTRAIN_ASSIGN_OR_RETURN(const std::vector<std::string> targeted, lora::InjectLora(parts.model.get(), parts.adapter));
     std::vector<at::Tensor> params;

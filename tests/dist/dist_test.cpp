@@ -515,7 +515,10 @@ TEST_CASE("ddp and zero3 trainers: world 2 and 3 equal the single-process traine
     CHECK(eval_got[i]["samples"] == eval_want[i]["samples"]);
   }
   CHECK(worst_eval <= 1e-6);
-  if (engine == "zero3") CHECK(b.out.find("layers sharded over " + std::to_string(world) + " processes") != std::string::npos);
+  // zero3 shards each layer as the loader builds it (DecoderOptions::on_layer_loaded).
+  if (engine == "zero3") {
+    CHECK(b.out.find("layers sharded over " + std::to_string(world) + " processes as they loaded") != std::string::npos);
+  }
   auto x = testing::LoadAll(dir + "/single/adapter/adapter_model.safetensors");
   auto y = testing::LoadAll(dir + "/ddp/adapter/adapter_model.safetensors");
   REQUIRE(x.size() == y.size());

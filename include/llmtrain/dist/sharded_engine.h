@@ -12,11 +12,15 @@
 // The adapter is replicated and its gradients are summed by one all-reduce, as in
 // ReplicatedEngine; sharding the adapter and its optimizer state is not done yet.
 //
-// Not done yet either (so each rank still loads the whole model before PrepareModel shards it):
-// sharded loading.
+// Loading: given as DecoderOptions::on_layer_loaded (LayerLoadedHook), the engine shards each
+// layer as soon as the loader has built it, so a rank never holds more than its shares plus the
+// layer being loaded; PrepareModel then only installs the residency. Without the hook,
+// PrepareModel shards the loaded model (a DoRA adapter needs that: its magnitudes are computed
+// from the whole base weights when it is injected).
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <vector>
@@ -34,6 +38,10 @@ class ShardedEngine final : public ReplicatedEngine,
  public:
   explicit ShardedEngine(std::shared_ptr<ProcessGroup> group, ShardedUnitOptions unit_options = {});
   absl::Status PrepareModel(model::Decoder& model) override;
+  /// Shards layer `layer` now (layers in order from 0): for DecoderOptions::on_layer_loaded.
+  absl::Status OnLayerLoaded(int64_t layer, const std::vector<at::Tensor>& frozen);
+  /// on_layer_loaded calling OnLayerLoaded on this engine (which it keeps alive).
+  std::function<absl::Status(int64_t, const std::vector<at::Tensor>&)> LayerLoadedHook();
   bool collective_forwards() const override { return world_size() > 1; }
   void Acquire(int64_t layer) override;
   void Release(int64_t layer) override;

@@ -8,6 +8,7 @@
 //   at::Tensor logits = model->Forward(input_ids, attention_mask);  // (B, T, V)
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -45,6 +46,11 @@ struct DecoderOptions {
   /// the dense weights never coexist, and folders saved in bitsandbytes' 4-bit format load as
   /// they are. Embedding, norms and head stay in `dtype`.
   LinearFactory linear_factory;
+  /// Called during Load as soon as each decoder layer is built (layers in order, the embedding
+  /// before them), with the layer's frozen tensors (see LayerFrozenTensors). A sharded engine
+  /// keeps its share of them and frees the rest before the next layer loads, so no process holds
+  /// the whole base. An error stops the load.
+  std::function<absl::Status(int64_t layer, const std::vector<at::Tensor>& frozen)> on_layer_loaded;
 };
 
 /// InvalidArgument naming the field for options the decoder cannot run (a dtype other than
