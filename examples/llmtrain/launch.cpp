@@ -23,9 +23,9 @@ constexpr char kHelp[] =
     "  TORCHELASTIC_USE_AGENT_STORE=True). Node 0 hosts the rendezvous store at A:P (default\n"
     "  127.0.0.1:29500; --master-port 0 picks a free port on one node).\n"
     "  OMP_NUM_THREADS is cores / N unless it is set. Output lines get a \"[rank R] \" prefix\n"
-    "  (--no-prefix: none). SIGINT and SIGTERM are forwarded to every rank. When a rank fails,\n"
-    "  the others get SIGTERM, then SIGKILL after S seconds (default 30), and the exit status is\n"
-    "  the failed rank's.\n"
+    "  (--no-prefix: none). SIGINT and SIGTERM are forwarded to every rank (a second one also\n"
+    "  kills them after S seconds). When a rank fails, the others get SIGTERM, then SIGKILL after\n"
+    "  S seconds (default 30), and the exit status is the failed rank's.\n"
     "  example: llmtrain launch --nproc-per-node 2 -- build/bin/llmtrain train --spec run.textproto\n";
 
 }  // namespace

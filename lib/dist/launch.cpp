@@ -316,13 +316,16 @@ absl::StatusOr<LaunchResult> Launch(const LaunchOptions& options) {
       }
     }
     if (const int signo = g_signal.exchange(0); signo != 0) {
-      forwarded = signo;
+      // The first signal is forwarded and the ranks get the time they need to stop after their
+      // step with a checkpoint (a step of a large model can take minutes); a second one ends
+      // them after stop_timeout_s.
       for (Child& c : children) {
         if (c.running) kill(-c.pid, signo);
       }
-      if (!kill_at) {
+      if (forwarded != 0 && !kill_at) {
         kill_at = Clock::now() + std::chrono::milliseconds(static_cast<int64_t>(options.stop_timeout_s * 1000));
       }
+      forwarded = signo;
     }
     if (kill_at && !killed && Clock::now() >= *kill_at && running > 0) {
       stop_others(SIGKILL);

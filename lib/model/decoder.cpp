@@ -5,6 +5,7 @@
 #include "llmtrain/model/decoder.h"
 
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
 #include <ATen/core/grad_mode.h>
 #include <ATen/record_function.h>
 #include <torch/csrc/autograd/autograd.h>
@@ -60,6 +61,9 @@ class CheckpointFunction : public torch::autograd::Function<CheckpointFunction> 
     ctx->saved_data["state"] = c10::IValue::make_capsule(c10::make_intrusive<StateHandle>(state));
     ctx->saved_data["index"] = index;
     ctx->saved_data["n_params"] = static_cast<int64_t>(params.size());
+    // The recompute must draw the same dropout masks as this forward (torch.utils.checkpoint's
+    // preserve_rng_state): the generator's state before the layer runs.
+    ctx->saved_data["rng"] = at::detail::getDefaultCPUGenerator().get_state();
     at::NoGradGuard no_grad;
     return state->Layer(index, x, cos, sin, mask, nullptr, nullptr);
   }
@@ -76,8 +80,13 @@ class CheckpointFunction : public torch::autograd::Function<CheckpointFunction> 
     if (state.residency != nullptr) state.residency->Acquire(index);
     at::Tensor out;
     {
+      // Replays the forward's random stream for its dropout masks, then puts the stream back.
+      at::Generator generator = at::detail::getDefaultCPUGenerator();
+      const at::Tensor now = generator.get_state();
+      generator.set_state(ctx->saved_data["rng"].toTensor());
       at::AutoGradMode enable(true);
       out = state.Layer(index, x, saved[1], saved[2], saved[3], nullptr, nullptr);
+      generator.set_state(now);
     }
     torch::autograd::variable_list wrt = {x};
     for (const at::Tensor& p : state.LayerParameters(index)) wrt.push_back(p);

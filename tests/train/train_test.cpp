@@ -185,6 +185,25 @@ TEST_CASE("train: gradient accumulation 4 × 1 equals one batch of 4", "[train][
   }
 }
 
+TEST_CASE("train: activation checkpointing replays the forward's dropout masks: the same adapter, byte for byte",
+          "[train][real]") {
+  // LoRA dropout 0.1: the recompute in backward must draw the masks the forward drew, or the
+  // gradients would belong to another loss (torch.utils.checkpoint's preserve_rng_state).
+  const std::string dir = testing::TempDir("train_ckpt_dropout");
+  std::vector<std::string> adapters;
+  for (const bool checkpointing : {false, true}) {
+    spec::RunSpec run = SmallRun(dir + (checkpointing ? "/on" : "/off"), 2, 2, 2);
+    run.mutable_training()->set_activation_checkpointing(checkpointing);
+    auto trainer = spec::BuildTrainer(run);
+    REQUIRE(trainer.ok());
+    train::RunOptions options;
+    options.progress = false;
+    REQUIRE((*trainer)->Run(options).ok());
+    adapters.push_back(Bytes(dir + (checkpointing ? "/on" : "/off") + "/run/adapter/adapter_model.safetensors"));
+  }
+  CHECK(adapters[0] == adapters[1]);
+}
+
 TEST_CASE("train: a run stopped and resumed ends with the uninterrupted run's adapter, byte for byte", "[train][real]") {
   const std::string dir = testing::TempDir("train_resume");
   {

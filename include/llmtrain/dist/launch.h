@@ -5,7 +5,8 @@
 // rank is a client of it (torchrun's agent store, TORCHELASTIC_USE_AGENT_STORE=True). Each rank
 // runs in its own process group with OMP_NUM_THREADS = cores / ranks unless that is set, and
 // its output lines are prefixed with "[rank N] ". SIGINT and SIGTERM received by the launcher
-// are forwarded to every rank (the trainer then checkpoints and stops). When a rank fails (a
+// are forwarded to every rank (the trainer then checkpoints and stops, however long its step
+// takes); a second signal also ends them with SIGKILL after stop_timeout_s. When a rank fails (a
 // non-zero exit or a signal) the others get SIGTERM, then SIGKILL after stop_timeout_s, and
 // the result names the rank and how it ended.
 //
@@ -29,7 +30,7 @@ struct LaunchOptions {
   int node_rank = 0;                      ///< this machine's index; node 0 hosts the store
   std::string master_addr = "127.0.0.1";  ///< node 0's address, as the other nodes reach it
   int master_port = 29500;                ///< the store's port; 0 = any free port (one node only)
-  double stop_timeout_s = 30.0;           ///< after a failure or a signal, seconds before SIGKILL
+  double stop_timeout_s = 30.0;           ///< after a failure or a second signal, seconds before SIGKILL
   bool prefix_output = true;              ///< "[rank N] " before every output line
   std::vector<std::string> command;       ///< the program and its arguments, run once per rank
 };
