@@ -21,6 +21,18 @@ if(LLMTRAIN_CUDA_ENABLED)
     message(FATAL_ERROR "the torch wheel's nccl.h (site-packages/nvidia/nccl/include) not found; "
                         "the NCCL process group must be compiled against it")
   endif()
+  # The NCCL wheel that torch was built with names its version in its dist-info folder;
+  # nccl_backend.cpp checks that the nccl.h it compiles against is exactly that one.
+  file(GLOB _llmtrain_nccl_dist_info "${LLMTRAIN_TORCH_ROOT}/../nvidia_nccl_cu*-*.dist-info")
+  if(NOT _llmtrain_nccl_dist_info MATCHES "nvidia_nccl_cu[0-9]+-([0-9]+)\\.([0-9]+)\\.([0-9]+)")
+    message(FATAL_ERROR "the NCCL wheel next to torch (nvidia_nccl_cu*-*.dist-info) not found in "
+                        "${LLMTRAIN_TORCH_ROOT}/..: its version must match nccl.h")
+  endif()
   set_property(SOURCE lib/dist/nccl_backend.cpp APPEND PROPERTY COMPILE_OPTIONS
                "-I${LLMTRAIN_NCCL_INCLUDE_DIR}")
+  set_property(SOURCE lib/dist/nccl_backend.cpp APPEND PROPERTY COMPILE_DEFINITIONS
+               "LLMTRAIN_TORCH_NCCL_MAJOR=${CMAKE_MATCH_1}" "LLMTRAIN_TORCH_NCCL_MINOR=${CMAKE_MATCH_2}"
+               "LLMTRAIN_TORCH_NCCL_PATCH=${CMAKE_MATCH_3}")
+  message(STATUS "llmtrain: NCCL ${CMAKE_MATCH_1}.${CMAKE_MATCH_2}.${CMAKE_MATCH_3} (torch's wheel) "
+                 "from ${LLMTRAIN_NCCL_INCLUDE_DIR}")
 endif()

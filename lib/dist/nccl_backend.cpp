@@ -22,8 +22,10 @@ std::string ExceptionText(const std::exception& e) {
 }
 
 #if LLMTRAIN_WITH_CUDA
-static_assert(NCCL_VERSION_CODE >= NCCL_VERSION(2, 30, 0),
-              "nccl.h must be the torch wheel's (nvidia/nccl/include), not the CUDA toolkit's");
+// CMake reads the version of the NCCL wheel next to torch (cmake/LlmtrainDist.cmake).
+static_assert(NCCL_VERSION_CODE ==
+                  NCCL_VERSION(LLMTRAIN_TORCH_NCCL_MAJOR, LLMTRAIN_TORCH_NCCL_MINOR, LLMTRAIN_TORCH_NCCL_PATCH),
+              "nccl.h must be the one of torch's NCCL wheel (nvidia/nccl/include), not the CUDA toolkit's");
 
 absl::StatusOr<c10::intrusive_ptr<c10d::Backend>> MakeNcclBackend(
     const c10::intrusive_ptr<c10d::Store>& store, const BackendOptions& options) {

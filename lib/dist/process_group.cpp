@@ -102,6 +102,30 @@ absl::Status Pending::Wait() {
 
 namespace {
 
+// c10d renamed Backend::_allgather_base and _reduce_scatter_base to all_gather_single and
+// reduce_scatter_single (torch 2.15 keeps the old names as deprecated forwarders; 2.11, the GPU
+// machine's torch that scripts/device-bundle builds against, has only them).
+template <typename B>
+c10::intrusive_ptr<c10d::Work> AllGatherSingle(B& pg, at::Tensor& out, at::Tensor& in,
+                                              const c10d::AllgatherOptions& opts = {}) {
+  if constexpr (requires { pg.all_gather_single(out, in, opts); }) {
+    return pg.all_gather_single(out, in, opts);
+  } else {
+    return pg._allgather_base(out, in, opts);
+  }
+}
+
+template <typename B>
+c10::intrusive_ptr<c10d::Work> ReduceScatterSingle(B& pg, at::Tensor& out, at::Tensor& in,
+                                                  const c10d::ReduceScatterOptions& opts) {
+  if constexpr (requires { pg.reduce_scatter_single(out, in, opts); }) {
+    return pg.reduce_scatter_single(out, in, opts);
+  } else {
+    return pg._reduce_scatter_base(out, in, opts);
+  }
+}
+
+
 enum class Op : int64_t { kAllReduceSum = 1, kAllReduceMax, kAllGather, kReduceScatter, kBroadcast, kBarrier };
 
 const char* OpName(Op op) {
@@ -199,7 +223,7 @@ struct ProcessGroup::Impl {
     at::Tensor local = at::tensor(at::ArrayRef<int64_t>(mine.data(), mine.size()), at::kLong).to(device);
     at::Tensor all = at::empty({env.world_size * kFingerprint}, local.options());
     try {
-      pg->all_gather_single(all, local)->wait(timeout);
+      AllGatherSingle(*pg, all, local)->wait(timeout);
     } catch (const std::exception& e) {
       return absl::UnavailableError(absl::StrCat(
           What(op, in, out), " #", sequence, " failed on rank ", env.rank,
@@ -328,7 +352,7 @@ absl::StatusOr<Pending> ProcessGroup::AllGatherIntoAsync(at::Tensor& out, const 
   opts.timeout = impl_->timeout;
   return impl_->Run(Op::kAllGather, shard, out, 0, [&] {
     at::Tensor in = shard;
-    return impl_->pg->all_gather_single(out, in, opts);
+    return AllGatherSingle(*impl_->pg, out, in, opts);
   });
 }
 
@@ -344,7 +368,7 @@ absl::StatusOr<Pending> ProcessGroup::ReduceScatterSumAsync(at::Tensor& out, con
   opts.timeout = impl_->timeout;
   return impl_->Run(Op::kReduceScatter, in, out, 0, [&] {
     at::Tensor input = in;
-    return impl_->pg->reduce_scatter_single(out, input, opts);
+    return ReduceScatterSingle(*impl_->pg, out, input, opts);
   });
 }
 

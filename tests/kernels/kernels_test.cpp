@@ -2,6 +2,7 @@
 // float32 logits), in value, gradients and peak memory; RMSNorm, RoPE and 4-bit dequantization
 // against independent formulas, and their CUDA paths against the CPU ones where a GPU exists.
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 #include <c10/core/CPUAllocator.h>
 #include <torch/csrc/autograd/autograd.h>
 

@@ -101,7 +101,9 @@ CommandResult RunReference(const std::string& script, const std::vector<std::str
 std::string CliPath() { return std::string(LLMTRAIN_BINARY_DIR) + "/bin/llmtrain"; }
 
 std::string TempDir(const std::string& name) {
-  const std::string base = std::string(LLMTRAIN_BINARY_DIR) + "/test_tmp";
+  // LLMTRAIN_TEST_TMP moves them (scripts/device-check runs the tests away from their build).
+  const char* tmp = std::getenv("LLMTRAIN_TEST_TMP");
+  const std::string base = tmp != nullptr && *tmp != '\0' ? std::string(tmp) : std::string(LLMTRAIN_BINARY_DIR) + "/test_tmp";
   ::mkdir(base.c_str(), 0755);
   const std::string dir = base + "/" + name + "." + std::to_string(::getpid());
   RunCommand("rm -rf " + ShellQuote(dir));
