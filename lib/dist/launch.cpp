@@ -6,6 +6,7 @@
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -196,17 +197,39 @@ absl::StatusOr<LaunchResult> Launch(const LaunchOptions& options) {
   }
   const std::string run_id = absl::StrCat("llmtrain-", getpid());
 
-  struct sigaction action = {}, old_int = {}, old_term = {};
+  // SIGINT, SIGTERM and SIGHUP (the terminal went away) are forwarded to the ranks.
+  struct sigaction action = {}, old_int = {}, old_term = {}, old_hup = {};
   action.sa_handler = OnSignal;
   sigemptyset(&action.sa_mask);
   g_signal.store(0);
   sigaction(SIGINT, &action, &old_int);
   sigaction(SIGTERM, &action, &old_term);
+  sigaction(SIGHUP, &action, &old_hup);
+  const auto restore_signals = [&] {
+    sigaction(SIGINT, &old_int, nullptr);
+    sigaction(SIGTERM, &old_term, nullptr);
+    sigaction(SIGHUP, &old_hup, nullptr);
+  };
+  const pid_t launcher = getpid();
 
   std::vector<Child> children(static_cast<size_t>(options.nproc_per_node));
   std::vector<char*> argv;
   for (const std::string& arg : options.command) argv.push_back(const_cast<char*>(arg.c_str()));
   argv.push_back(nullptr);
+  // A rank that cannot be started leaves none behind: those already running are killed.
+  const auto fail_start = [&](const std::string& what) {
+    const int error = errno;
+    for (Child& c : children) {
+      if (c.pid <= 0) continue;
+      kill(-c.pid, SIGKILL);
+      waitpid(c.pid, nullptr, 0);
+      for (int fd : {c.out_fd, c.err_fd}) {
+        if (fd >= 0) close(fd);
+      }
+    }
+    restore_signals();
+    return absl::InternalError(absl::StrCat("launch: ", what, ": ", std::strerror(error)));
+  };
   for (int local = 0; local < options.nproc_per_node; ++local) {
     Child& child = children[static_cast<size_t>(local)];
     child.local_rank = local;
@@ -217,16 +240,26 @@ absl::StatusOr<LaunchResult> Launch(const LaunchOptions& options) {
     envp.push_back(nullptr);
     int out_pipe[2] = {-1, -1}, err_pipe[2] = {-1, -1};
     if (options.prefix_output && (pipe2(out_pipe, O_CLOEXEC) != 0 || pipe2(err_pipe, O_CLOEXEC) != 0)) {
-      return absl::InternalError(absl::StrCat("launch: pipe: ", std::strerror(errno)));
+      return fail_start("pipe");
     }
     fflush(stdout);
     fflush(stderr);
     const pid_t pid = fork();
-    if (pid < 0) return absl::InternalError(absl::StrCat("launch: fork: ", std::strerror(errno)));
+    if (pid < 0) {
+      for (int fd : {out_pipe[0], out_pipe[1], err_pipe[0], err_pipe[1]}) {
+        if (fd >= 0) close(fd);
+      }
+      return fail_start("fork");
+    }
     if (pid == 0) {
       setpgid(0, 0);  // its own group: the launcher signals a rank and whatever it started
       signal(SIGINT, SIG_DFL);
       signal(SIGTERM, SIG_DFL);
+      signal(SIGHUP, SIG_DFL);
+      // A launcher killed outright (SIGKILL, OOM) cannot forward anything: its death sends the
+      // rank SIGTERM, which stops it after its step with a checkpoint.
+      prctl(PR_SET_PDEATHSIG, SIGTERM);
+      if (getppid() != launcher) _exit(128 + SIGTERM);  // it died before prctl
       if (options.prefix_output) {
         dup2(out_pipe[1], STDOUT_FILENO);
         dup2(err_pipe[1], STDERR_FILENO);
@@ -319,8 +352,10 @@ absl::StatusOr<LaunchResult> Launch(const LaunchOptions& options) {
       // The first signal is forwarded and the ranks get the time they need to stop after their
       // step with a checkpoint (a step of a large model can take minutes); a second one ends
       // them after stop_timeout_s.
+      // SIGHUP reaches the ranks as SIGTERM, which the trainer turns into a checkpoint and a stop.
+      const int to_ranks = signo == SIGHUP ? SIGTERM : signo;
       for (Child& c : children) {
-        if (c.running) kill(-c.pid, signo);
+        if (c.running) kill(-c.pid, to_ranks);
       }
       if (forwarded != 0 && !kill_at) {
         kill_at = Clock::now() + std::chrono::milliseconds(static_cast<int64_t>(options.stop_timeout_s * 1000));
@@ -341,8 +376,7 @@ absl::StatusOr<LaunchResult> Launch(const LaunchOptions& options) {
       }
     }
   }
-  sigaction(SIGINT, &old_int, nullptr);
-  sigaction(SIGTERM, &old_term, nullptr);
+  restore_signals();
 
   std::vector<std::string> lines;
   for (const Child& c : children) {

@@ -11,8 +11,9 @@ AttentionMasks BuildAttentionMasks(const at::Tensor& key_mask, int64_t past, int
                                    c10::ScalarType dtype) {
   const int64_t B = key_mask.size(0), S = key_mask.size(1), T = S - past;
   // Query i is token past + i; keys are tokens 0 … S − 1 (cache indices, not positions).
-  const at::Tensor q_idx = at::arange(past, S, at::kLong);
-  const at::Tensor k_idx = at::arange(S, at::kLong);
+  const at::TensorOptions on = key_mask.options().dtype(at::kLong);  // the mask's device
+  const at::Tensor q_idx = at::arange(past, S, on);
+  const at::Tensor k_idx = at::arange(S, on);
   const at::Tensor causal = q_idx.unsqueeze(1) >= k_idx.unsqueeze(0);  // (T, S) [q, k]
   const at::Tensor keys = key_mask.to(at::kBool).view({B, 1, 1, S});
   at::Tensor allowed = causal.view({1, 1, T, S}) & keys;  // (B, 1, T, S)
@@ -25,8 +26,7 @@ AttentionMasks BuildAttentionMasks(const at::Tensor& key_mask, int64_t past, int
   const double lowest = dtype == at::kFloat ? std::numeric_limits<float>::lowest()
                                             : (dtype == at::kBFloat16 ? -3.3895313892515355e38 : -65504.0);
   const auto additive = [&](const at::Tensor& ok) {
-    return at::where(ok, at::scalar_tensor(0.0, at::TensorOptions().dtype(dtype)),
-                     at::scalar_tensor(lowest, at::TensorOptions().dtype(dtype)));
+    return at::where(ok, at::scalar_tensor(0.0, on.dtype(dtype)), at::scalar_tensor(lowest, on.dtype(dtype)));
   };
   AttentionMasks masks;
   masks.full = additive(allowed);

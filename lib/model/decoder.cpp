@@ -6,6 +6,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/detail/CUDAHooksInterface.h>
 #include <ATen/core/grad_mode.h>
 #include <ATen/record_function.h>
 #include <torch/csrc/autograd/autograd.h>
@@ -63,7 +64,8 @@ class CheckpointFunction : public torch::autograd::Function<CheckpointFunction> 
     ctx->saved_data["n_params"] = static_cast<int64_t>(params.size());
     // The recompute must draw the same dropout masks as this forward (torch.utils.checkpoint's
     // preserve_rng_state): the generator's state before the layer runs.
-    ctx->saved_data["rng"] = at::detail::getDefaultCPUGenerator().get_state();
+    // The layer draws from the default generator of x's device (CPU or that GPU).
+    ctx->saved_data["rng"] = at::globalContext().defaultGenerator(x.device()).get_state();
     at::NoGradGuard no_grad;
     return state->Layer(index, x, cos, sin, mask, nullptr, nullptr);
   }
@@ -81,7 +83,7 @@ class CheckpointFunction : public torch::autograd::Function<CheckpointFunction> 
     at::Tensor out;
     {
       // Replays the forward's random stream for its dropout masks, then puts the stream back.
-      at::Generator generator = at::detail::getDefaultCPUGenerator();
+      at::Generator generator = at::globalContext().defaultGenerator(x.device());
       const at::Tensor now = generator.get_state();
       generator.set_state(ctx->saved_data["rng"].toTensor());
       at::AutoGradMode enable(true);
@@ -117,6 +119,11 @@ absl::Status DecoderState::CheckInputs(const at::Tensor& input_ids, const at::Te
           " is outside the vocabulary [0, ", config.text.vocab_size, ")"));
     }
   }
+  if (input_ids.device() != embed.device() || (mask.defined() && mask.device() != embed.device())) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "input_ids on ", input_ids.device().str(), mask.defined() ? ", attention_mask on " + mask.device().str() : "",
+        ": the model is on ", embed.device().str(), " (Decoder::MoveTo moves it)"));
+  }
   if (mask.defined() && mask.sizes() != input_ids.sizes()) {
     return absl::InvalidArgumentError(absl::StrCat("attention_mask: shape ", ShapeString(mask.sizes()),
                                                    " differs from input_ids ", ShapeString(input_ids.sizes())));
@@ -138,7 +145,8 @@ at::Tensor DecoderState::Hidden(const at::Tensor& input_ids, const at::Tensor& a
   const io::TextConfig& c = config.text;
   const c10::ScalarType dtype = io::ToScalarType(options.dtype);
   const int64_t B = input_ids.size(0), T = input_ids.size(1);
-  const at::Tensor new_mask = attention_mask.defined() ? attention_mask.to(at::kLong) : at::ones({B, T}, at::kLong);
+  const at::Tensor new_mask = attention_mask.defined() ? attention_mask.to(at::kLong)
+                                                     : at::ones({B, T}, input_ids.options().dtype(at::kLong));
   const int64_t past = cache != nullptr ? cache->length() : 0;
   TORCH_CHECK(past == 0 || cache->mask.size(0) == B, "Forward: the cache holds ", cache->mask.size(0),
               " rows, the input ", B);
@@ -163,7 +171,7 @@ at::Tensor DecoderState::Hidden(const at::Tensor& input_ids, const at::Tensor& a
   at::Tensor h = at::embedding(embed, input_ids);  // (B, T, C)
   if (spec.scale_embeddings) {
     // sqrt(C) as a tensor in the weight dtype: bf16 rounds sqrt(640) = 25.298 to 25.25.
-    h = h * at::scalar_tensor(std::sqrt(static_cast<double>(c.hidden_size)), at::TensorOptions().dtype(dtype));
+    h = h * at::scalar_tensor(std::sqrt(static_cast<double>(c.hidden_size)), h.options().dtype(dtype));
   }
   if (probe != nullptr) (*probe)("model.embed_tokens", h);
 
@@ -294,6 +302,53 @@ absl::StatusOr<std::unique_ptr<Decoder>> Decoder::Load(absl::string_view path, c
 
 const std::vector<int64_t>& Decoder::eos_token_ids() const { return state_->eos_token_ids; }
 const at::Tensor& Decoder::lm_head() const { return state_->lm_head; }
+c10::Device Decoder::device() const { return state_->embed.device(); }
+
+absl::Status Decoder::MoveTo(c10::Device device) {
+  if (!device.is_cpu() && !device.is_cuda()) {
+    return absl::InvalidArgumentError(absl::StrCat("Decoder::MoveTo: ", device.str(), ": expected cpu or cuda"));
+  }
+  if (device.is_cuda()) {
+    const int64_t gpus = at::hasCUDA() ? static_cast<int64_t>(at::detail::getCUDAHooks().getNumGPUs()) : 0;
+    if (gpus == 0) {
+      return absl::InvalidArgumentError(absl::StrCat("Decoder::MoveTo: ", device.str(), ": ",
+                                                     LLMTRAIN_WITH_CUDA ? "this machine has no CUDA device"
+                                                                        : "this llmtrain was built without CUDA"));
+    }
+    if (!device.has_index()) device = c10::Device(c10::kCUDA, 0);
+    if (device.index() >= gpus) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("Decoder::MoveTo: ", device.str(), ": this machine has ", gpus, " CUDA device(s)"));
+    }
+  }
+  if (state_->residency != nullptr) {
+    return absl::FailedPreconditionError(
+        "Decoder::MoveTo: the layers are sharded (set_layer_residency): their engine places their memory");
+  }
+  detail::DecoderState& s = *state_;
+  std::vector<at::Tensor> all = {s.embed, s.final_norm, s.lm_head};
+  all.insert(all.end(), s.inv_freq.begin(), s.inv_freq.end());
+  for (const auto& [name, t] : s.params) all.push_back(t);
+  for (int64_t i = 0; i < num_layers(); ++i) {
+    for (const at::Tensor& t : s.LayerFrozen(i)) all.push_back(t);
+    for (const at::Tensor& t : s.LayerParameters(i)) all.push_back(t);
+  }
+  try {
+    at::NoGradGuard no_grad;
+    std::vector<const c10::TensorImpl*> moved;
+    for (at::Tensor& t : all) {
+      if (!t.defined() || t.device() == device) continue;
+      if (std::find(moved.begin(), moved.end(), t.unsafeGetTensorImpl()) != moved.end()) continue;
+      moved.push_back(t.unsafeGetTensorImpl());
+      // set_data swaps the storage under the same TensorImpl: every handle sees the moved tensor,
+      // and a leaf that requires grad stays one.
+      t.set_data(t.detach().to(device));
+    }
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("Decoder::MoveTo ", device.str(), ": ", e.what_without_backtrace()));
+  }
+  return absl::OkStatus();
+}
 void Decoder::set_activation_checkpointing(bool on) { state_->options.activation_checkpointing = on; }
 bool Decoder::activation_checkpointing() const { return state_->options.activation_checkpointing; }
 void Decoder::set_layer_residency(std::shared_ptr<LayerResidency> residency) { state_->residency = std::move(residency); }

@@ -73,7 +73,7 @@ absl::StatusOr<std::vector<int64_t>> Generate(const Decoder& model, const std::v
                                               const GenerationOptions& options) {
   LLMTRAIN_RETURN_IF_ERROR(Validate(options));
   if (prompt.empty()) return absl::InvalidArgumentError("prompt: expected at least one token id");
-  const at::Tensor prompt_ids = at::tensor(prompt, at::kLong).view({1, -1});
+  const at::Tensor prompt_ids = at::tensor(prompt, at::kLong).view({1, -1}).to(model.device());
   LLMTRAIN_RETURN_IF_ERROR(model.CheckInputs(prompt_ids, {}));
   const std::vector<int64_t>& eos = options.eos_token_ids.empty() ? model.eos_token_ids()
                                                                   : options.eos_token_ids;
@@ -85,14 +85,15 @@ absl::StatusOr<std::vector<int64_t>> Generate(const Decoder& model, const std::v
     // Prefill with the whole prompt, then one token per step.
     at::Tensor logits = model.Forward(prompt_ids, at::ones_like(prompt_ids), &cache);
     while (static_cast<int64_t>(output.size()) < options.max_new_tokens) {
-      const at::Tensor last = logits.select(1, logits.size(1) - 1).squeeze(0).to(at::kFloat);
+      // The choice runs on the CPU (V floats), wherever the model computes.
+      const at::Tensor last = logits.select(1, logits.size(1) - 1).squeeze(0).to(at::kCPU, at::kFloat);
       const int64_t token = ChooseToken(last.clone(), history, options, rng);
       output.push_back(token);
       history.push_back(token);
       if (options.on_token) options.on_token(token);
       if (std::find(eos.begin(), eos.end(), token) != eos.end()) break;
       if (static_cast<int64_t>(output.size()) == options.max_new_tokens) break;
-      const at::Tensor next = at::full({1, 1}, token, at::kLong);
+      const at::Tensor next = at::full({1, 1}, token, prompt_ids.options());
       logits = model.Forward(next, at::ones_like(next), &cache);
     }
   } catch (...) {

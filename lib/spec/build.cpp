@@ -213,6 +213,11 @@ absl::StatusOr<train::TrainerComponents> BuildTrainerComponents(const RunSpec& s
     LogInfo(absl::StrFormat("model: %s, %d projections adapted, %d trainable parameters",
                             parts.model->spec().model_type, targeted.size(), n_params));
     LLMTRAIN_RETURN_IF_ERROR(parts.engine->PrepareModel(*parts.model));
+    // Before the optimizer, whose state is made where the parameters are.
+    if (spec.model().device() != "cpu") {
+      LLMTRAIN_RETURN_IF_ERROR(Annotate(parts.model->MoveTo(c10::Device(spec.model().device())), "model.device"));
+      LogInfo(absl::StrCat("model: on ", parts.model->device().str()));
+    }
     parts.optimizer = std::make_unique<train::AdamW>(params, ToAdamWOptions(spec));
     const train::TrainerOptions options = ToTrainerOptions(spec);
     const int64_t total = train::TotalSteps(options, parts.train_data->size(), spec.training().micro_batch_size(),

@@ -54,6 +54,7 @@ RunSpec Defaults() {
   m->set_quant_blocksize(64);
   m->set_double_quant(true);
   m->set_tokenizer("");
+  m->set_device("cpu");
   LoraSpec* l = d.mutable_lora();
   l->set_r(8);
   l->set_alpha(16);
@@ -483,6 +484,13 @@ std::vector<SpecError> FindSpecErrors(const RunSpec& s) {
     err("model.tokenizer", absl::StrCat(m.tokenizer(), ": no such file or folder"));
   }
 
+  const bool cuda_device = absl::StartsWith(m.device(), "cuda");
+  if (m.device() != "cpu" && m.device() != "cuda" &&
+      !(absl::StartsWith(m.device(), "cuda:") && m.device().size() > 5 && m.device().size() <= 8 &&
+        std::all_of(m.device().begin() + 5, m.device().end(), [](char c) { return c >= '0' && c <= '9'; }))) {
+    err("model.device", absl::StrCat("must be \"cpu\", \"cuda\" or \"cuda:N\", got \"", m.device(), "\""));
+  }
+
   // lora
   const LoraSpec& l = s.lora();
   if (l.r() <= 0 || l.r() > 65536) err("lora.r", absl::StrCat("must be in [1, 65536], got ", l.r()));
@@ -588,6 +596,11 @@ std::vector<SpecError> FindSpecErrors(const RunSpec& s) {
   if (dist.engine() == DistributedSpec::single && dist.world_size() > 1) {
     err("distributed.world_size", absl::StrCat("must be 0 or 1 for the single-process engine, got ", dist.world_size(),
                                                " (engine ddp trains on several)"));
+  }
+  if (cuda_device && dist.engine() != DistributedSpec::single) {
+    err("model.device", absl::StrCat("\"", m.device(), "\" with distributed.engine ",
+                                     DistributedSpec::Engine_Name(dist.engine()),
+                                     ": the engines carry CPU tensors over Gloo so far; use engine single on a GPU"));
   }
   if (dist.cpu_offload()) {
     err("distributed.cpu_offload", "is not built yet (it needs the adapter's optimizer state sharded); leave it false");

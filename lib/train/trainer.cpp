@@ -42,8 +42,10 @@ int64_t PeakRssMib() {
   return usage.ru_maxrss / 1024;
 }
 
-at::Tensor ToTensor(const std::vector<int64_t>& v, int64_t b, int64_t t) {
-  return at::tensor(at::ArrayRef<int64_t>(v), at::kLong).view({b, t});
+// A batch field as an int64 (b, t) tensor on the model's device.
+at::Tensor ToTensor(const std::vector<int64_t>& v, int64_t b, int64_t t, c10::Device device) {
+  const at::Tensor cpu = at::tensor(at::ArrayRef<int64_t>(v), at::kLong).view({b, t});
+  return device.is_cpu() ? cpu : cpu.to(device);
 }
 
 // Forwards and losses run inside the guard this turns on; backward runs outside it, as with
@@ -56,10 +58,12 @@ void EnterAutocast(std::optional<AutocastGuard>* guard, Autocast autocast, const
 kernels::CrossEntropyResult BatchLoss(const model::Decoder& model, const data::Batch& b, Autocast autocast) {
   std::optional<AutocastGuard> guard;
   EnterAutocast(&guard, autocast, model);
-  const at::Tensor ids = ToTensor(b.input_ids, b.batch_size, b.seq_len);
-  const at::Tensor mask = ToTensor(b.segment_ids.empty() ? b.attention_mask : b.segment_ids, b.batch_size, b.seq_len);
-  const at::Tensor positions = ToTensor(b.position_ids, b.batch_size, b.seq_len);
-  const at::Tensor labels = ToTensor(b.labels, b.batch_size, b.seq_len);
+  const c10::Device device = model.device();
+  const at::Tensor ids = ToTensor(b.input_ids, b.batch_size, b.seq_len, device);
+  const at::Tensor mask =
+      ToTensor(b.segment_ids.empty() ? b.attention_mask : b.segment_ids, b.batch_size, b.seq_len, device);
+  const at::Tensor positions = ToTensor(b.position_ids, b.batch_size, b.seq_len, device);
+  const at::Tensor labels = ToTensor(b.labels, b.batch_size, b.seq_len, device);
   const at::Tensor hidden = model.Hidden(ids, mask, positions);  // (B, T, C)
   const int64_t c = hidden.size(-1);
   kernels::CrossEntropyOptions options;
@@ -221,9 +225,10 @@ absl::StatusOr<StepMetrics> Trainer::TrainStep() {
         for (const data::Batch& b : batches) {
           if (b.target_tokens == 0 && !in_step) continue;
           const std::optional<std::string> module = model.FirstNonFiniteModule(
-              ToTensor(b.input_ids, b.batch_size, b.seq_len),
-              ToTensor(b.segment_ids.empty() ? b.attention_mask : b.segment_ids, b.batch_size, b.seq_len),
-              ToTensor(b.position_ids, b.batch_size, b.seq_len));
+              ToTensor(b.input_ids, b.batch_size, b.seq_len, model.device()),
+              ToTensor(b.segment_ids.empty() ? b.attention_mask : b.segment_ids, b.batch_size, b.seq_len,
+                       model.device()),
+              ToTensor(b.position_ids, b.batch_size, b.seq_len, model.device()));
           if (module && m.nonfinite_where == "the loss") m.nonfinite_where = "activations of " + *module;
           if (module && !in_step) break;
         }

@@ -232,6 +232,23 @@ TEST_CASE("c10d smoke: the file store at world 2 and 3") {
   }
 }
 
+TEST_CASE("c10d smoke: NCCL on the GPU at world 1, every collective and dtype", "[cuda]") {
+  if (!at::hasCUDA()) {
+    testing::Skip("no CUDA device: the NCCL process group was not run (it is compiled and linked)");
+    return;
+  }
+  const std::string dir = testing::TempDir("dist_nccl");
+  setenv("LLMTRAIN_TEST_DEVICE", "cuda", 1);
+  dist::LaunchResult result = LaunchWorkers("smoke", 1, dir);
+  unsetenv("LLMTRAIN_TEST_DEVICE");
+  INFO(result.report);
+  CHECK(result.exit_code == 0);
+  const std::string report = ReadFile(dir + "/rank0.txt");
+  INFO(report);
+  CHECK(report.find("ok smoke world 1") != std::string::npos);
+  CHECK(report.find("on cuda:0") != std::string::npos);
+}
+
 TEST_CASE("c10d smoke: under torchrun --no-python") {
   if (!testing::ReferenceStackAvailable()) return testing::Skip("no .venv: torchrun is the torch wheel's");
   const std::string dir = testing::TempDir("dist_torchrun");
@@ -346,6 +363,48 @@ TEST_CASE("launcher: SIGTERM to the launcher reaches every rank") {
   CHECK(result->exit_code == 0);
   for (int r = 0; r < 2; ++r) {
     CHECK(ReadFile(dir + "/rank" + std::to_string(r) + ".txt").find("got SIGTERM") != std::string::npos);
+  }
+}
+
+TEST_CASE("launcher: SIGHUP is forwarded as SIGTERM, and a launcher killed outright takes its ranks along") {
+  for (const int signo : {SIGHUP, SIGKILL}) {
+    INFO("signal " << signo);
+    const std::string dir = testing::TempDir(signo == SIGHUP ? "dist_sighup" : "dist_launcher_killed");
+    setenv("LLMTRAIN_TEST_OUT", dir.c_str(), 1);
+    // The launcher runs in a child of this test, which signals it once both ranks wait.
+    const pid_t launcher = fork();
+    REQUIRE(launcher >= 0);
+    if (launcher == 0) {
+      dist::LaunchOptions options;
+      options.nproc_per_node = 2;
+      options.master_port = 0;
+      options.command = {LLMTRAIN_DIST_WORKER, "sleep"};
+      absl::StatusOr<dist::LaunchResult> result = dist::Launch(options);
+      _exit(result.ok() ? result->exit_code : 99);
+    }
+    const auto both = [&](const std::string& what) {
+      for (int i = 0; i < 300; ++i) {
+        if (ReadFile(dir + "/rank0.txt").find(what) != std::string::npos &&
+            ReadFile(dir + "/rank1.txt").find(what) != std::string::npos) {
+          return true;
+        }
+        usleep(100 * 1000);
+      }
+      return false;
+    };
+    REQUIRE(both("waiting"));
+    kill(launcher, signo);
+    int status = 0;
+    waitpid(launcher, &status, 0);
+    // Each rank writes "got SIGTERM" and exits 0: under SIGHUP through the launcher, which
+    // exits 0 with them; under SIGKILL through PR_SET_PDEATHSIG.
+    CHECK(both("got SIGTERM"));
+    if (signo == SIGHUP) {
+      CHECK(WIFEXITED(status));
+      CHECK(WEXITSTATUS(status) == 0);
+    } else {
+      CHECK(WIFSIGNALED(status));
+    }
   }
 }
 

@@ -63,42 +63,45 @@ bool BitEqual(const at::Tensor& a, const at::Tensor& b) {
 
 void Smoke(dist::ProcessGroup& group) {
   const int world = group.world_size(), rank = group.rank();
+  // On the group's device: CPU under Gloo, this rank's GPU under NCCL (LLMTRAIN_TEST_DEVICE=cuda).
+  const at::Device device = group.device();
+  const auto on = [&](const at::Tensor& t) { return t.to(device); };
   for (at::ScalarType dtype : {at::kFloat, at::kBFloat16, at::kByte}) {
     const std::string name = c10::toString(dtype);
     // AllReduce sum: rank r contributes r + 1 in each of 5 elements (small integers: exact in
     // every dtype here).
-    at::Tensor t = at::full({5}, rank + 1, at::TensorOptions().dtype(dtype));
+    at::Tensor t = at::full({5}, rank + 1, at::TensorOptions().dtype(dtype).device(device));
     CheckOk(group.AllReduce(t), "allreduce " + name);
     Check(at::equal(t, at::full({5}, world * (world + 1) / 2, t.options())), "allreduce sum " + name);
     // AllGatherInto: shard r is [r·10, r·10 + 3).
-    at::Tensor shard = (at::arange(3, at::kFloat) + rank * 10).to(dtype);
+    at::Tensor shard = on((at::arange(3, at::kFloat) + rank * 10).to(dtype));
     at::Tensor full = at::empty({world * 3}, shard.options());
     CheckOk(group.AllGatherInto(full, shard), "allgather " + name);
-    at::Tensor want = (at::arange(3, at::kFloat).repeat({world}) +
-                       at::arange(world, at::kFloat).repeat_interleave(3) * 10).to(dtype);
+    at::Tensor want = on((at::arange(3, at::kFloat).repeat({world}) +
+                          at::arange(world, at::kFloat).repeat_interleave(3) * 10).to(dtype));
     Check(at::equal(full, want), "allgather values " + name);
     // ReduceScatterSum: every rank sends [0, world·2) + rank; rank r gets Σ_q (r·2 + i + q).
-    at::Tensor in = (at::arange(world * 2, at::kFloat) + rank).to(dtype);
+    at::Tensor in = on((at::arange(world * 2, at::kFloat) + rank).to(dtype));
     at::Tensor out = at::empty({2}, in.options());
     CheckOk(group.ReduceScatterSum(out, in), "reduce_scatter " + name);
-    at::Tensor expect = ((at::arange(2, at::kFloat) + rank * 2) * world + world * (world - 1) / 2).to(dtype);
+    at::Tensor expect = on(((at::arange(2, at::kFloat) + rank * 2) * world + world * (world - 1) / 2).to(dtype));
     Check(at::equal(out, expect), "reduce_scatter values " + name);
     // Broadcast from the last rank.
-    at::Tensor b = at::full({4}, rank == world - 1 ? 7 : 0, at::TensorOptions().dtype(dtype));
+    at::Tensor b = at::full({4}, rank == world - 1 ? 7 : 0, at::TensorOptions().dtype(dtype).device(device));
     CheckOk(group.Broadcast(b, world - 1), "broadcast " + name);
     Check(at::equal(b, at::full({4}, 7, b.options())), "broadcast values " + name);
   }
   // Async: two gathers in flight, then both waited for.
-  at::Tensor a = at::full({2}, float(rank)), b = at::full({3}, float(-rank));
-  at::Tensor fa = at::empty({world * 2}), fb = at::empty({world * 3});
+  at::Tensor a = on(at::full({2}, float(rank))), b = on(at::full({3}, float(-rank)));
+  at::Tensor fa = on(at::empty({world * 2})), fb = on(at::empty({world * 3}));
   absl::StatusOr<dist::Pending> pa = group.AllGatherIntoAsync(fa, a);
   absl::StatusOr<dist::Pending> pb = group.AllGatherIntoAsync(fb, b);
   Check(pa.ok() && pb.ok(), "async launch");
   if (pa.ok() && pb.ok()) {
     CheckOk(pa->Wait(), "async wait a");
     CheckOk(pb->Wait(), "async wait b");
-    Check(at::equal(fa, at::arange(world, at::kFloat).repeat_interleave(2)), "async values a");
-    Check(at::equal(fb, -at::arange(world, at::kFloat).repeat_interleave(3)), "async values b");
+    Check(at::equal(fa.cpu(), at::arange(world, at::kFloat).repeat_interleave(2)), "async values a");
+    Check(at::equal(fb.cpu(), -at::arange(world, at::kFloat).repeat_interleave(3)), "async values b");
   }
   absl::StatusOr<int64_t> mx = group.MaxInt(rank * 3);
   Check(mx.ok() && *mx == (world - 1) * 3, "max int");
@@ -311,6 +314,8 @@ int main(int argc, char** argv) {
   if (init != nullptr && *init != '\0') options.init_method = init;
   const char* timeout = std::getenv("LLMTRAIN_TEST_TIMEOUT_S");
   options.timeout_s = timeout ? std::atof(timeout) : 60.0;
+  const char* device = std::getenv("LLMTRAIN_TEST_DEVICE");  // "cuda": NCCL on this rank's GPU
+  if (device != nullptr && *device != '\0') options.device = device;
   absl::StatusOr<std::unique_ptr<dist::ProcessGroup>> group = dist::ProcessGroup::Create(*env, options);
   if (!group.ok()) {
     report << "create: " << group.status().ToString() << std::endl;
@@ -342,7 +347,7 @@ int main(int argc, char** argv) {
   }
   for (const std::string& f : g_failures) report << "FAIL " << f << "\n";
   report << (g_failures.empty() ? "ok" : "failed") << " " << scenario << " world " << g.world_size()
-         << " collectives " << g.collectives() << std::endl;
+         << " collectives " << g.collectives() << " on " << g.device().str() << std::endl;
   std::printf("%s %s at world %d: %zu failures\n", scenario.c_str(),
               g_failures.empty() ? "ok" : "FAILED", g.world_size(), g_failures.size());
   return g_failures.empty() ? 0 : 1;

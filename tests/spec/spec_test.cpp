@@ -125,6 +125,8 @@ TEST_CASE("spec: every invalid spec is refused before any work, naming the field
       {"distributed.timeout_s=0", "distributed.timeout_s", "must be > 0"},
       {"distributed.init_method=tcp://h:1", "distributed.init_method", "must be \"env://\""},
       {"distributed.engine=fsdp", "distributed.engine", "is not one of"},
+      {"model.device=gpu", "model.device", "must be \"cpu\", \"cuda\" or \"cuda:N\", got \"gpu\""},
+      {"model.device=cuda:x", "model.device", "must be \"cpu\""},
   };
   for (const Bad& bad : table) {
     INFO("change " << bad.change);
@@ -151,6 +153,18 @@ TEST_CASE("spec: every invalid spec is refused before any work, naming the field
     spec::FillDefaults(&*run);
     CHECK_THAT(std::string(spec::ValidateRunSpec(*run).message()),
                Catch::Contains("training.autocast: needs model.dtype \"f32\" (the model is \"bf16\" already)"));
+  }
+
+  // A GPU with a multi-process engine is refused (the engines carry CPU tensors so far).
+  {
+    auto run = spec::ParseRunSpec("run.textproto", valid);
+    REQUIRE(run.ok());
+    REQUIRE(spec::ApplyOverride(&*run, "model.device=cuda:1").ok());
+    spec::FillDefaults(&*run);
+    CHECK(spec::ValidateRunSpec(*run).ok());
+    REQUIRE(spec::ApplyOverride(&*run, "distributed.engine=zero3").ok());
+    CHECK_THAT(std::string(spec::ValidateRunSpec(*run).message()),
+               Catch::Contains("model.device: \"cuda:1\" with distributed.engine zero3"));
   }
 
   // All errors at once.

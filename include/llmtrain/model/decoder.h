@@ -119,6 +119,16 @@ class Decoder {
                                                   const at::Tensor& position_ids = {}) const;
   /// The LM head (V, C): the embedding when tied.
   const at::Tensor& lm_head() const;
+  /// The device the model computes on (its embedding's): inputs must be there too.
+  c10::Device device() const;
+  /// Moves every tensor the model holds (embedding, norms, head, RoPE tables, each projection's
+  /// frozen and trainable tensors, LoRA included) to `device`, in place: handles held elsewhere
+  /// (an optimizer's parameter list) see the moved tensors, and trainable ones stay leaves that
+  /// require grad. Do it before an optimizer's state exists. Each tensor is copied and its old
+  /// memory freed before the next one moves, so the peak is the model plus its largest tensor.
+  /// InvalidArgument for a CUDA device in a build without CUDA or on a machine without that GPU;
+  /// FailedPrecondition under a layer residency (a sharded engine owns the layers' memory).
+  absl::Status MoveTo(c10::Device device);
   /// Turns activation checkpointing on or off (see DecoderOptions).
   void set_activation_checkpointing(bool on);
   bool activation_checkpointing() const;
