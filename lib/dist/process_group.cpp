@@ -145,8 +145,12 @@ const char* OpName(Op op) {
 constexpr int64_t kFingerprint = 6;
 
 std::string DescribeFingerprint(const int64_t* f) {
-  const Op op = static_cast<Op>(f[1]);
   std::string text = absl::StrCat("#", f[0], " ");
+  // A negative op: the rank refused the call in its own checks (its error says why).
+  if (f[1] <= -1 && f[1] >= -static_cast<int64_t>(Op::kBarrier)) {
+    return absl::StrCat(text, OpName(static_cast<Op>(-f[1])), " refused by its own checks");
+  }
+  const Op op = static_cast<Op>(f[1]);
   if (f[1] < 1 || f[1] > static_cast<int64_t>(Op::kBarrier)) return absl::StrCat(text, "op ", f[1]);
   absl::StrAppend(&text, OpName(op));
   if (op == Op::kBarrier) return text;
@@ -175,6 +179,7 @@ struct ProcessGroup::Impl {
   std::string What(Op op, const at::Tensor& in, const at::Tensor& out) const {
     std::string text = absl::StrCat(OpName(op));
     if (op == Op::kBarrier) return text;
+    if (!in.defined() || !out.defined()) return absl::StrCat(text, " (an undefined tensor)");
     absl::StrAppend(&text, " (", c10::toString(in.scalar_type()), ", ", in.numel());
     if (op == Op::kAllGather || op == Op::kReduceScatter) absl::StrAppend(&text, " → ", out.numel());
     return absl::StrCat(text, " elements)");
@@ -212,12 +217,14 @@ struct ProcessGroup::Impl {
     return absl::OkStatus();
   }
 
-  // Every rank's fingerprint of this collective; an error on every rank when any differs.
-  absl::Status Agree(Op op, const at::Tensor& in, const at::Tensor& out, int64_t root) {
+  // Every rank's fingerprint of this collective; an error on every rank when any differs. A rank
+  // whose own checks refused the call (local_ok false) still takes part, so the others learn it
+  // at once instead of waiting out the timeout.
+  absl::Status Agree(Op op, const at::Tensor& in, const at::Tensor& out, int64_t root, bool local_ok) {
     ++sequence;
     if (!options.check_collectives || env.world_size == 1) return absl::OkStatus();
-    const bool sized = op != Op::kBarrier;
-    std::array<int64_t, kFingerprint> mine = {sequence, static_cast<int64_t>(op),
+    const bool sized = op != Op::kBarrier && local_ok;
+    std::array<int64_t, kFingerprint> mine = {sequence, (local_ok ? 1 : -1) * static_cast<int64_t>(op),
                                               sized ? static_cast<int64_t>(in.scalar_type()) : 0,
                                               sized ? in.numel() : 0, sized ? out.numel() : 0, root};
     at::Tensor local = at::tensor(at::ArrayRef<int64_t>(mine.data(), mine.size()), at::kLong).to(device);
@@ -249,10 +256,12 @@ struct ProcessGroup::Impl {
   template <typename Launch>
   absl::StatusOr<Pending> Run(Op op, const at::Tensor& in, const at::Tensor& out, int64_t root,
                               Launch&& launch) {
-    if (absl::Status status = CheckLocal(op, in, out); !status.ok()) {
-      return absl::Status(status.code(), absl::StrCat(status.message(), " (rank ", env.rank, ")"));
+    const absl::Status local = CheckLocal(op, in, out);
+    const absl::Status agreed = Agree(op, in, out, root, local.ok());
+    if (!local.ok()) {
+      return absl::Status(local.code(), absl::StrCat(local.message(), " (rank ", env.rank, ")"));
     }
-    if (absl::Status status = Agree(op, in, out, root); !status.ok()) return status;
+    if (!agreed.ok()) return agreed;
     auto state = std::make_unique<Pending::State>();
     state->what = absl::StrCat(What(op, in, out), " #", sequence);
     state->timeout = timeout;

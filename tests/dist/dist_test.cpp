@@ -296,7 +296,7 @@ TEST_CASE("sharded unit: NF4 and dense projections released, gathered and comput
   }
 }
 
-TEST_CASE("a mismatched collective is an error on every rank, not an abort") {
+TEST_CASE("a mismatched collective is an error on every rank, not an abort; a local refusal reaches every rank at once") {
   const std::string dir = testing::TempDir("dist_mismatch");
   dist::LaunchResult result = LaunchWorkers("mismatch", 2, dir);
   INFO(result.report);
@@ -306,6 +306,10 @@ TEST_CASE("a mismatched collective is an error on every rank, not an abort") {
     const std::string message = ReadFile(dir + "/message" + std::to_string(r) + ".txt");
     INFO(message);
     CHECK(message.find("rank 0 #1 AllGatherInto(Byte, 10 → 20 elements); rank 1 #1 AllGatherInto(Byte, 12 → 24 elements)") != std::string::npos);
+    const std::string local = ReadFile(dir + "/local" + std::to_string(r) + ".txt");
+    INFO(local);
+    CHECK(local.find(r == 1 ? "the output must hold world_size (2) × 4 elements (rank 1)"
+                            : "rank 1 #3 AllGatherInto refused by its own checks") != std::string::npos);
   }
 }
 

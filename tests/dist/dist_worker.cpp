@@ -10,7 +10,9 @@
 //             back, the layers compute bit for bit as before, the bytes held are 1/world
 //   nonfinite the zero3 trainer on $LLMTRAIN_TEST_MODEL_DIR (train_ref.py tiny) with one LoRA weight
 //             NaN on rank 1 only: every rank skips the same 3 steps and stops with a checkpoint
-//   mismatch  rank 0 gathers 10 elements, the others 12: every rank must get an error naming it
+//   mismatch  rank 0 gathers 10 elements, the others 12: every rank must get an error naming it;
+//             then the last rank passes an output of the wrong size: its own error names it, and
+//             every other rank's names that rank, in the same call
 //   exit3     rank 1 exits 3 after a barrier; the others wait in a barrier
 //   kill      rank 1 SIGKILLs itself after a barrier; the others wait in a barrier
 //   sleep     every rank waits for SIGTERM and exits 0 when it comes
@@ -279,6 +281,19 @@ void Mismatch(dist::ProcessGroup& group) {
         "message names the op and both sizes: " + status.ToString());
   // The group still works after the refused call.
   CheckOk(group.Barrier(), "barrier after the mismatch");
+  // A call that the last rank refuses in its own checks (an output of the wrong size): every
+  // rank learns it in that call, not after the timeout.
+  const int last = group.world_size() - 1;
+  at::Tensor mine = at::zeros({4}, at::kFloat);
+  at::Tensor gathered = at::empty({group.world_size() * 4 + (group.rank() == last ? 1 : 0)}, at::kFloat);
+  status = group.AllGatherInto(gathered, mine);
+  std::ofstream(g_out + "/local" + std::to_string(group.rank()) + ".txt") << status.ToString();
+  Check(!status.ok(), "a locally refused all-gather returned OK");
+  const std::string expected = group.rank() == last
+                                   ? "the output must hold world_size"
+                                   : absl::StrCat("rank ", last, " #3 AllGatherInto refused by its own checks");
+  Check(status.message().find(expected) != std::string::npos, "local refusal: " + status.ToString());
+  CheckOk(group.Barrier(), "barrier after the local refusal");
 }
 
 std::atomic<bool> g_term{false};
