@@ -52,6 +52,15 @@ absl::Status ReplicatedEngine::SynchronizeGradients(const std::vector<at::Tensor
 
 absl::StatusOr<int64_t> ReplicatedEngine::SumCounts(int64_t value) { return group_->SumInt(value); }
 
+absl::StatusOr<std::vector<int64_t>> ReplicatedEngine::GatherCounts(const std::vector<int64_t>& mine) {
+  at::Tensor local =
+      at::tensor(at::ArrayRef<int64_t>(mine.data(), mine.size()), at::kLong).to(group_->device());
+  at::Tensor all = at::empty({group_->world_size() * local.numel()}, local.options());
+  LLMTRAIN_RETURN_IF_ERROR(group_->AllGatherInto(all, local));
+  const at::Tensor host = all.cpu();
+  return std::vector<int64_t>(host.data_ptr<int64_t>(), host.data_ptr<int64_t>() + host.numel());
+}
+
 absl::StatusOr<double> ReplicatedEngine::SumValues(double value) {
   // An all-gather, then the sum in rank order: the same float64 on every rank, and the same
   // whatever order the backend reduces in.

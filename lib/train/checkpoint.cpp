@@ -27,6 +27,11 @@ namespace fs = std::filesystem;
 std::string TrainerStateJson(const TrainerState& state) {
   nlohmann::json j = nlohmann::json::object();
   for (const auto& field : detail::TrainerStateFields()) j[field.key] = state.*field.member;
+  if (!state.data_positions.empty()) {
+    nlohmann::json positions = nlohmann::json::array();
+    for (const TrainerState::DataPosition& p : state.data_positions) positions.push_back({p.epoch, p.cursor});
+    j["data_positions"] = positions;
+  }
   j["versions"] = {{"llmtrain", "0.1.0"},
                    {"torch", absl::StrCat(TORCH_VERSION_MAJOR, ".", TORCH_VERSION_MINOR, ".", TORCH_VERSION_PATCH)}};
   return j.dump(2) + "\n";

@@ -6,6 +6,7 @@
 #include <ATen/core/grad_mode.h>
 #include <sys/resource.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <optional>
@@ -121,7 +122,16 @@ struct Trainer::State {
   std::vector<at::Tensor> params;                             // the same, in order
   int64_t total_steps = 0, step = 0, nonfinite_in_row = 0, skipped_total = 0;
   decltype(RunOptions::on_batch) on_batch;
+  // Gathered from every process for the checkpoint being written: [epoch, cursor] per rank, and
+  // the CPU generator states of ranks 1 … N − 1 (bytes, one state after the other).
+  std::vector<int64_t> positions, rng_states;
 };
+
+namespace {
+
+at::Tensor CpuRngState() { return at::detail::getDefaultCPUGenerator().get_state(); }
+
+}  // namespace
 
 Trainer::Trainer(std::unique_ptr<State> state) : s_(std::move(state)) {}
 Trainer::~Trainer() = default;
@@ -356,6 +366,18 @@ absl::Status Trainer::EvaluateAndWrite() {
 
 absl::Status Trainer::SaveCheckpoint() {
   State& s = *s_;
+  // Each process's data position and dropout generator are its own (packing, a token budget or
+  // skipped examples make processes consume different numbers of records): the main process
+  // writes them all.
+  const data::Sampler::Position pos = s.parts.train_loader->position();
+  LLMTRAIN_ASSIGN_OR_RETURN(s.positions, s.parts.engine->GatherCounts({pos.epoch, pos.cursor}));
+  s.rng_states.clear();
+  if (s.parts.engine->world_size() > 1) {
+    const at::Tensor rng = CpuRngState();
+    const uint8_t* bytes = rng.data_ptr<uint8_t>();
+    LLMTRAIN_ASSIGN_OR_RETURN(s.rng_states,
+                              s.parts.engine->GatherCounts(std::vector<int64_t>(bytes, bytes + rng.numel())));
+  }
   // The main process writes it (the adapter and optimizer state are the same on every process);
   // the others wait for it and learn whether it worked.
   absl::Status written = s.parts.engine->is_main() ? WriteCheckpoint() : absl::OkStatus();
@@ -373,7 +395,21 @@ absl::Status Trainer::WriteCheckpoint() {
     std::vector<std::pair<std::string, at::Tensor>> state;
     const std::vector<at::Tensor> adam_state = s.parts.optimizer->StateTensors();
     for (size_t i = 0; i < adam_state.size(); ++i) state.emplace_back(absl::StrCat("adam.", i), adam_state[i]);
-    state.emplace_back("rng.cpu", at::detail::getDefaultCPUGenerator().get_state());
+    state.emplace_back("rng.cpu", CpuRngState());
+    // The other processes' generators: rng.cpu.<rank>.
+    const int world = s.parts.engine->world_size();
+    const int64_t state_bytes = world > 1 ? static_cast<int64_t>(s.rng_states.size()) / world : 0;
+    for (int r = 1; r < world && state_bytes > 0; ++r) {
+      at::Tensor bytes = at::empty({state_bytes}, at::kByte);
+      for (int64_t i = 0; i < state_bytes; ++i) {
+        bytes.data_ptr<uint8_t>()[i] = static_cast<uint8_t>(s.rng_states[static_cast<size_t>(r * state_bytes + i)]);
+      }
+      state.emplace_back(absl::StrCat("rng.cpu.", r), bytes);
+    }
+    // On a GPU, dropout draws from the device's generator.
+    if (s.parts.model->device().is_cuda()) {
+      state.emplace_back("rng.cuda", at::globalContext().defaultGenerator(s.parts.model->device()).get_state());
+    }
     LLMTRAIN_RETURN_IF_ERROR(io::SaveSafetensors(dir + "/optimizer.safetensors", state));
     TrainerState ts;
     ts.step = s.step;
@@ -385,6 +421,7 @@ absl::Status Trainer::WriteCheckpoint() {
     ts.data_cursor = pos.cursor * s.parts.engine->world_size();
     ts.world_size = s.parts.engine->world_size();
     ts.global_micro_batches = s.options.gradient_accumulation_steps * s.parts.engine->world_size();
+    for (size_t r = 0; r + 1 < s.positions.size(); r += 2) ts.data_positions.push_back({s.positions[r], s.positions[r + 1]});
     ts.nonfinite_in_row = s.nonfinite_in_row;
     ts.skipped_total = s.skipped_total;
     ts.total_steps = s.total_steps;
@@ -414,9 +451,26 @@ absl::StatusOr<bool> Trainer::Resume() {
         ". Set the gradient accumulation so that world size × accumulation = ", st.global_micro_batches,
         " to continue the same run"));
   }
-  if (st.data_cursor % world != 0) {
+  // Where this process's data continues: its own position at the same world size; at another
+  // one the global position, which exists only when every process stood at the same place.
+  data::Sampler::Position position;
+  const bool same_place = std::all_of(st.data_positions.begin(), st.data_positions.end(),
+                                      [&](const TrainerState::DataPosition& p) { return p == st.data_positions[0]; });
+  if (!st.data_positions.empty() && st.world_size == world) {
+    position = {st.data_positions[static_cast<size_t>(s.parts.engine->rank())].epoch,
+                st.data_positions[static_cast<size_t>(s.parts.engine->rank())].cursor};
+  } else if (!same_place) {
+    std::vector<std::string> where;
+    for (const TrainerState::DataPosition& p : st.data_positions) where.push_back(absl::StrCat("[", p.epoch, ", ", p.cursor, "]"));
+    return absl::FailedPreconditionError(absl::StrCat(
+        state_path, ": the ", st.world_size, " processes that wrote it stand at different places in the data ([epoch, ",
+        "cursor] per rank: ", absl::StrJoin(where, " "), "; packing, a token budget or skipped examples do that), so ",
+        "it resumes exactly only at world size ", st.world_size));
+  } else if (st.data_cursor % world != 0) {
     return absl::FailedPreconditionError(absl::StrCat(state_path, ": data position ", st.data_cursor,
                                                       " does not divide among ", world, " processes"));
+  } else {
+    position = {st.data_epoch, st.data_cursor / world};
   }
   LLMTRAIN_ASSIGN_OR_RETURN(auto adapter, io::SafetensorsFile::Open(ck + "/adapter/adapter_model.safetensors"));
   at::NoGradGuard no_grad;
@@ -439,14 +493,23 @@ absl::StatusOr<bool> Trainer::Resume() {
     adam_state.push_back(io::TensorView(*opt, *info).clone());
   }
   LLMTRAIN_RETURN_IF_ERROR(Annotate(s.parts.optimizer->LoadState(adam_state, st.adam_step), ck));
-  if (const io::TensorInfo* rng = opt->Find("rng.cpu")) {
+  // This process's generator where the checkpoint has it (the same world size), else process 0's.
+  const io::TensorInfo* rng = st.world_size == world && s.parts.engine->rank() > 0
+                                  ? opt->Find(absl::StrCat("rng.cpu.", s.parts.engine->rank()))
+                                  : nullptr;
+  if (rng == nullptr) rng = opt->Find("rng.cpu");
+  if (rng != nullptr) {
     at::Generator generator = at::detail::getDefaultCPUGenerator();
     generator.set_state(io::TensorView(*opt, *rng).clone());
+  }
+  if (const io::TensorInfo* cuda = opt->Find("rng.cuda"); cuda != nullptr && s.parts.model->device().is_cuda()) {
+    at::Generator generator = at::globalContext().defaultGenerator(s.parts.model->device());
+    generator.set_state(io::TensorView(*opt, *cuda).clone());
   }
   s.step = st.step;
   s.nonfinite_in_row = st.nonfinite_in_row;
   s.skipped_total = st.skipped_total;
-  s.parts.train_loader->Seek({st.data_epoch, st.data_cursor / world});
+  s.parts.train_loader->Seek(position);
   if (s.parts.engine->is_main()) LogInfo(absl::StrFormat("resumed from %s (step %d of %d)", ck, s.step, s.total_steps));
   return true;
 }

@@ -690,6 +690,57 @@ TEST_CASE("ddp resume: stopped at step 4 at world 2, resumed at world 1 and 3, e
   CHECK(loaded["finite"] == true);
 }
 
+TEST_CASE("ddp resume with packing: each rank resumes at its own data position; another world size is refused",
+          "[reference]") {
+  if (!testing::ReferenceStackAvailable()) return testing::Skip("no .venv: the tiny models come from transformers");
+  const std::string dir = testing::TempDir("dist_resume_packed");
+  REQUIRE(testing::RunReference("train_ref.py", {"tiny", dir, "qwen2"}).exit_code == 0);
+  // Long and short records, shuffled: packed rows of 24 tokens take one long record or several
+  // short ones, so the two ranks consume different numbers of records per micro-batch.
+  {
+    std::ofstream data(dir + "/train.jsonl");
+    for (int i = 0; i < 48; ++i) {
+      data << (i % 3 == 0 ? "{\"text\": \"The cat of 7 is 4 and it likes the cats and the dogs.\"}\n"
+                          : "{\"text\": \"the cat.\"}\n");
+    }
+  }
+  const std::string spec = WriteSpec(dir, "whole", "distributed { engine: ddp timeout_s: 60 }\n");
+  const std::string sets = "--set data.packing=true --set training.micro_batch_size=1 "
+                           "--set training.gradient_accumulation_steps=2 --set checkpoint.every_steps=4 ";
+  testing::CommandResult whole = LaunchTrain(2, spec, sets);
+  INFO(whole.out);
+  REQUIRE(whole.exit_code == 0);
+  const std::string ck = dir + "/whole/checkpoints/step-000004";
+  REQUIRE(CompleteCheckpoint(ck));
+  const nlohmann::json state = nlohmann::json::parse(ReadFile(ck + "/trainer_state.json"));
+  INFO(state.dump());
+  REQUIRE(state["data_positions"].size() == 2);
+  // The premise of this test: the ranks stand at different places.
+  REQUIRE(state["data_positions"][0] != state["data_positions"][1]);
+  const std::string run = dir + "/resumed";
+  REQUIRE(testing::RunCommand("cp -r " + testing::ShellQuote(dir + "/whole") + " " + testing::ShellQuote(run) +
+                              " && rm -r " + testing::ShellQuote(run + "/checkpoints/step-000005") + " " +
+                              testing::ShellQuote(run + "/adapter")).exit_code == 0);
+  // At world 1 there is no single place to continue from: refused, naming why.
+  testing::CommandResult refused = LaunchTrain(1, spec, sets + "--set training.gradient_accumulation_steps=4 "
+                                                               "--set output.dir=" + testing::ShellQuote(run) + " --resume");
+  INFO(refused.out);
+  CHECK(refused.exit_code != 0);
+  CHECK(refused.out.find("stand at different places in the data") != std::string::npos);
+  CHECK(refused.out.find("resumes exactly only at world size 2") != std::string::npos);
+  // At world 2 each rank continues from its own place: step 5 is the whole run's step 5.
+  testing::CommandResult resumed = LaunchTrain(2, spec, sets + "--set output.dir=" + testing::ShellQuote(run) + " --resume");
+  INFO(resumed.out);
+  REQUIRE(resumed.exit_code == 0);
+  const std::vector<nlohmann::json> a = TrainLines(dir + "/whole"), b = TrainLines(run);
+  REQUIRE(a.size() == 5);
+  REQUIRE(b.size() == 5);
+  CHECK(b[4]["target_tokens"] == a[4]["target_tokens"]);
+  CHECK(b[4]["loss"] == a[4]["loss"]);
+  // The same processes, data, order and arithmetic as the uninterrupted run: the same bytes.
+  CHECK(ReadFile(dir + "/whole/adapter/adapter_model.safetensors") == ReadFile(run + "/adapter/adapter_model.safetensors"));
+}
+
 TEST_CASE("ddp faults: a rank SIGKILLed mid-run ends the run; the last checkpoint resumes to the whole run's adapter", "[reference]") {
   if (!testing::ReferenceStackAvailable()) return testing::Skip("no .venv: the tiny models come from transformers");
   const std::string dir = testing::TempDir("dist_fault");

@@ -606,6 +606,20 @@ TEST_CASE("train: trainer_state.json is parsed strictly, naming the key at fault
   const std::string negative = absl::StrReplaceAll(train::TrainerStateJson(state), {{"\"data_cursor\": 24", "\"data_cursor\": -3"}});
   CHECK_THAT(std::string(train::ParseTrainerState("s.json", negative).status().message()),
              Catch::Contains("\"data_cursor\": expected a non-negative integer, found -3"));
+  // Each process's data position: world_size pairs, round trip and refusals.
+  state.world_size = 2;
+  state.data_positions = {{1, 7}, {1, 9}};
+  back = train::ParseTrainerState("state.json", train::TrainerStateJson(state));
+  REQUIRE(back.ok());
+  CHECK((back->data_positions == state.data_positions));
+  const std::string text = train::TrainerStateJson(state);
+  REQUIRE(text.find("[\n    [\n      1,\n      7\n    ]") != std::string::npos);
+  const std::string one = absl::StrReplaceAll(text, {{"\"world_size\": 2", "\"world_size\": 3"}});
+  CHECK_THAT(std::string(train::ParseTrainerState("s.json", one).status().message()),
+             Catch::Contains("s.json: \"data_positions\": expected 3 [epoch, cursor] pairs (one per process)"));
+  const std::string bad = absl::StrReplaceAll(text, {{"      7\n", "      -7\n"}});
+  CHECK_THAT(std::string(train::ParseTrainerState("s.json", bad).status().message()),
+             Catch::Contains("\"data_positions\": expected [epoch, cursor] of non-negative integers, found [1,-7]"));
 }
 
 TEST_CASE("train: resuming from a damaged checkpoint is an error naming the file and key", "[train][reference]") {

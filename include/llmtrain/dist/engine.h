@@ -51,6 +51,9 @@ class Engine {
   virtual absl::StatusOr<double> SumValues(double value) = 0;
   /// True on every process when it is true on any (a stop request, a non-finite value).
   virtual absl::StatusOr<bool> AnyProcess(bool flag) = 0;
+  /// Every process's `mine` (the same length on each), concatenated in rank order, on every
+  /// process (the data positions and RNG states a checkpoint keeps per rank).
+  virtual absl::StatusOr<std::vector<int64_t>> GatherCounts(const std::vector<int64_t>& mine) = 0;
   /// Every process has reached this point (around files one process writes).
   virtual absl::Status Barrier() = 0;
   virtual int rank() const = 0;
@@ -66,6 +69,7 @@ class SingleProcessEngine final : public Engine {
   absl::StatusOr<int64_t> SumCounts(int64_t value) override { return value; }
   absl::StatusOr<double> SumValues(double value) override { return value; }
   absl::StatusOr<bool> AnyProcess(bool flag) override { return flag; }
+  absl::StatusOr<std::vector<int64_t>> GatherCounts(const std::vector<int64_t>& mine) override { return mine; }
   absl::Status Barrier() override { return absl::OkStatus(); }
   int rank() const override { return 0; }
   int world_size() const override { return 1; }
@@ -79,6 +83,7 @@ class ReplicatedEngine : public Engine {
   absl::StatusOr<int64_t> SumCounts(int64_t value) override;
   absl::StatusOr<double> SumValues(double value) override;
   absl::StatusOr<bool> AnyProcess(bool flag) override;
+  absl::StatusOr<std::vector<int64_t>> GatherCounts(const std::vector<int64_t>& mine) override;
   absl::Status Barrier() override;
   int rank() const override;
   int world_size() const override;

@@ -34,13 +34,24 @@ struct TrainerState {
   /// Micro-batches per optimizer step over all processes (world size × accumulation); a resumed
   /// run must keep it. Absent in older checkpoints: 0, not checked.
   int64_t global_micro_batches = 0;
+  /// Each process's own loader position, in rank order ("data_positions": [[epoch, cursor], ...]).
+  /// With packing, a token budget or skipped examples the processes consume different numbers of
+  /// records: such a run resumes exactly at the same world size only. Absent in older
+  /// checkpoints: empty (every process was taken to stand where process 0 stood).
+  struct DataPosition {
+    int64_t epoch = 0;
+    int64_t cursor = 0;  ///< slots of that process's share of the epoch
+    bool operator==(const DataPosition&) const = default;
+  };
+  std::vector<DataPosition> data_positions;
 };
 
 /// trainer_state.json's text: the fields above, plus the llmtrain and torch versions (informative).
 std::string TrainerStateJson(const TrainerState& state);
 
 /// Parses trainer_state.json. DataLoss naming `where` and the key when the text is not a JSON
-/// object, a key is missing, or a value is not a non-negative integer.
+/// object, a key is missing, a value is not a non-negative integer, or "data_positions" is not
+/// world_size pairs of them.
 absl::StatusOr<TrainerState> ParseTrainerState(absl::string_view where, absl::string_view json_text);
 
 struct CheckpointEntry {
