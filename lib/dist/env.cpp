@@ -107,6 +107,7 @@ absl::StatusOr<DistEnv> FromTorchrun(Reader& reader) {
     }
   }
   env.job_id = reader.Get("TORCHELASTIC_RUN_ID").value_or("");
+  env.restart_count = reader.Int("TORCHELASTIC_RESTART_COUNT", 0, 1 << 20, 0);
   if (absl::Status status = reader.Finish("torchrun variables"); !status.ok()) return status;
   return env;
 }

@@ -314,7 +314,7 @@ absl::StatusOr<std::unique_ptr<ProcessGroup>> ProcessGroup::Create(
       base = c10::make_intrusive<c10d::TCPStore>(env.master_addr, store_options);
     }
     base->setTimeout(impl->timeout);
-    impl->store = c10::make_intrusive<c10d::PrefixStore>("llmtrain/pg", base);
+    impl->store = c10::make_intrusive<c10d::PrefixStore>(absl::StrCat("llmtrain/pg/", env.restart_count), base);
   } catch (const std::exception& e) {
     const bool server = !env.agent_store && env.rank == 0 && env.world_size > 1;
     return absl::UnavailableError(absl::StrCat(

@@ -83,9 +83,11 @@ TEST_CASE("DistEnv: torchrun variables") {
   absl::StatusOr<dist::DistEnv> env =
       EnvOf({{"RANK", "3"}, {"LOCAL_RANK", "1"}, {"WORLD_SIZE", "4"}, {"LOCAL_WORLD_SIZE", "2"},
              {"GROUP_RANK", "1"}, {"MASTER_ADDR", "node0"}, {"MASTER_PORT", "29501"},
-             {"TORCHELASTIC_USE_AGENT_STORE", "True"}, {"TORCHELASTIC_RUN_ID", "job7"}});
+             {"TORCHELASTIC_USE_AGENT_STORE", "True"}, {"TORCHELASTIC_RUN_ID", "job7"},
+             {"TORCHELASTIC_RESTART_COUNT", "2"}});
   REQUIRE(env.ok());
   CHECK(env->launcher == dist::Launcher::kTorchrun);
+  CHECK(env->restart_count == 2);
   CHECK(env->rank == 3);
   CHECK(env->local_rank == 1);
   CHECK(env->world_size == 4);
@@ -123,8 +125,10 @@ TEST_CASE("DistEnv: every inconsistency in one error") {
   CHECK(std::string(env.status().message()).find("WORLD_SIZE: expected an integer in [1, ") != std::string::npos);
 
   env = EnvOf({{"RANK", "x"}, {"WORLD_SIZE", "3"}, {"LOCAL_WORLD_SIZE", "2"}, {"MASTER_ADDR", "h"},
-               {"MASTER_PORT", "5"}, {"TORCHELASTIC_USE_AGENT_STORE", "maybe"}});
+               {"MASTER_PORT", "5"}, {"TORCHELASTIC_USE_AGENT_STORE", "maybe"}, {"TORCHELASTIC_RESTART_COUNT", "-1"}});
   REQUIRE_FALSE(env.ok());
+  CHECK(std::string(env.status().message()).find("TORCHELASTIC_RESTART_COUNT: expected an integer in [0, ") !=
+        std::string::npos);
   CHECK(std::string(env.status().message()).find("RANK: expected an integer") != std::string::npos);
   CHECK(std::string(env.status().message()).find("WORLD_SIZE: 3 is not a multiple of LOCAL_WORLD_SIZE=2") != std::string::npos);
   CHECK(std::string(env.status().message()).find("TORCHELASTIC_USE_AGENT_STORE") != std::string::npos);

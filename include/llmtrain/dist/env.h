@@ -39,6 +39,10 @@ struct DistEnv {
   /// client. Otherwise rank 0 hosts it.
   bool agent_store = false;
   std::string job_id;  ///< TORCHELASTIC_RUN_ID or SLURM_JOB_ID, for messages
+  /// TORCHELASTIC_RESTART_COUNT: how often torchrun restarted the ranks (0 elsewhere). The
+  /// process group's keys in the store carry it, so a restarted group never reads the keys its
+  /// previous attempt left in the agent's store.
+  int restart_count = 0;
 };
 
 /// Looks a variable up; nullopt when it is unset.
