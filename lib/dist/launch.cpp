@@ -198,17 +198,24 @@ absl::StatusOr<LaunchResult> Launch(const LaunchOptions& options) {
   const std::string run_id = absl::StrCat("llmtrain-", getpid());
 
   // SIGINT, SIGTERM and SIGHUP (the terminal went away) are forwarded to the ranks.
-  struct sigaction action = {}, old_int = {}, old_term = {}, old_hup = {};
+  // Under nohup SIGHUP stays ignored. SIGPIPE is ignored while the launcher runs: a dead reader
+  // of its output (a closed terminal, a killed `| tee`) must not kill it before it stops the ranks.
+  struct sigaction action = {}, ignore = {}, old_int = {}, old_term = {}, old_hup = {}, old_pipe = {};
   action.sa_handler = OnSignal;
   sigemptyset(&action.sa_mask);
+  ignore.sa_handler = SIG_IGN;
+  sigemptyset(&ignore.sa_mask);
   g_signal.store(0);
   sigaction(SIGINT, &action, &old_int);
   sigaction(SIGTERM, &action, &old_term);
-  sigaction(SIGHUP, &action, &old_hup);
+  sigaction(SIGHUP, nullptr, &old_hup);
+  if (old_hup.sa_handler != SIG_IGN) sigaction(SIGHUP, &action, nullptr);
+  sigaction(SIGPIPE, &ignore, &old_pipe);
   const auto restore_signals = [&] {
     sigaction(SIGINT, &old_int, nullptr);
     sigaction(SIGTERM, &old_term, nullptr);
     sigaction(SIGHUP, &old_hup, nullptr);
+    sigaction(SIGPIPE, &old_pipe, nullptr);
   };
   const pid_t launcher = getpid();
 
@@ -217,12 +224,12 @@ absl::StatusOr<LaunchResult> Launch(const LaunchOptions& options) {
   for (const std::string& arg : options.command) argv.push_back(const_cast<char*>(arg.c_str()));
   argv.push_back(nullptr);
   // A rank that cannot be started leaves none behind: those already running are killed.
-  const auto fail_start = [&](const std::string& what) {
-    const int error = errno;
+  const auto fail_start = [&](const std::string& what, int error) {
     for (Child& c : children) {
       if (c.pid <= 0) continue;
       kill(-c.pid, SIGKILL);
-      waitpid(c.pid, nullptr, 0);
+      while (waitpid(c.pid, nullptr, 0) < 0 && errno == EINTR) {
+      }
       for (int fd : {c.out_fd, c.err_fd}) {
         if (fd >= 0) close(fd);
       }
@@ -239,23 +246,32 @@ absl::StatusOr<LaunchResult> Launch(const LaunchOptions& options) {
     for (std::string& entry : env) envp.push_back(entry.data());
     envp.push_back(nullptr);
     int out_pipe[2] = {-1, -1}, err_pipe[2] = {-1, -1};
+    const auto close_pipes = [&] {
+      for (int fd : {out_pipe[0], out_pipe[1], err_pipe[0], err_pipe[1]}) {
+        if (fd >= 0) close(fd);
+      }
+    };
     if (options.prefix_output && (pipe2(out_pipe, O_CLOEXEC) != 0 || pipe2(err_pipe, O_CLOEXEC) != 0)) {
-      return fail_start("pipe");
+      const int error = errno;
+      close_pipes();
+      return fail_start("pipe", error);
     }
     fflush(stdout);
     fflush(stderr);
     const pid_t pid = fork();
     if (pid < 0) {
-      for (int fd : {out_pipe[0], out_pipe[1], err_pipe[0], err_pipe[1]}) {
-        if (fd >= 0) close(fd);
-      }
-      return fail_start("fork");
+      const int error = errno;
+      close_pipes();
+      return fail_start("fork", error);
     }
     if (pid == 0) {
       setpgid(0, 0);  // its own group: the launcher signals a rank and whatever it started
       signal(SIGINT, SIG_DFL);
       signal(SIGTERM, SIG_DFL);
-      signal(SIGHUP, SIG_DFL);
+      if (old_hup.sa_handler != SIG_IGN) signal(SIGHUP, SIG_DFL);
+      // Writes to the launcher's pipes fail with EPIPE once it is gone, instead of killing the
+      // rank before it has written its checkpoint.
+      signal(SIGPIPE, SIG_IGN);
       // A launcher killed outright (SIGKILL, OOM) cannot forward anything: its death sends the
       // rank SIGTERM, which stops it after its step with a checkpoint.
       prctl(PR_SET_PDEATHSIG, SIGTERM);

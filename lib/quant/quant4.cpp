@@ -203,10 +203,11 @@ absl::StatusOr<Quantized4> Quantize4bit(const at::Tensor& weight, const Quant4Op
 }
 
 at::Tensor BlockScales(const Quant4State& state) {
-  if (!state.nested) return state.absmax.to(at::kFloat).contiguous();
-  const at::Tensor q = state.absmax.contiguous();
-  const at::Tensor code = state.nested_code.to(at::kFloat).contiguous();
-  const at::Tensor nested = state.nested_absmax.to(at::kFloat).contiguous();
+  // On the CPU, wherever the state lives (a model moved to a GPU keeps it there).
+  if (!state.nested) return state.absmax.to(at::kCPU, at::kFloat).contiguous();
+  const at::Tensor q = state.absmax.cpu().contiguous();
+  const at::Tensor code = state.nested_code.to(at::kCPU, at::kFloat).contiguous();
+  const at::Tensor nested = state.nested_absmax.to(at::kCPU, at::kFloat).contiguous();
   at::Tensor out = at::empty({q.numel()}, at::kFloat);
   const uint8_t* qp = q.data_ptr<uint8_t>();
   const float* cp = code.data_ptr<float>();
@@ -224,8 +225,8 @@ at::Tensor Dequantize4bit(const Quantized4& quantized) {
   int64_t n = 1;
   for (int64_t d : s.shape) n *= d;
   const at::Tensor scales = BlockScales(s);
-  const at::Tensor code = s.code.to(at::kFloat).contiguous();
-  const at::Tensor packed = quantized.packed.contiguous();
+  const at::Tensor code = s.code.to(at::kCPU, at::kFloat).contiguous();
+  const at::Tensor packed = quantized.packed.cpu().contiguous();
   at::Tensor out = at::empty({n}, at::kFloat);
   const uint8_t* p = packed.data_ptr<uint8_t>();
   const float* c = code.data_ptr<float>();

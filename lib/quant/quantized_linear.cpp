@@ -71,6 +71,11 @@ struct QuantizedLinearState {
   // The CUDA path: tiles dequantized by kernels/dequant4.cu and multiplied by cuBLASLt (or the
   // fused kernel for small M). x2 is (M, in) or, transposed, (M, out).
   at::Tensor CudaMatmul(const at::Tensor& x2, bool transposed) const;
+  // The whole weight dequantized on `device` by the same kernel, as Dequantize4bit computes it
+  // (state.dtype).
+  at::Tensor CudaDense(c10::Device device) const;
+  // Makes device_packed_, device_scales_ and device_code_ present on `device`.
+  void PrepareDevice(c10::Device device, void* stream) const;
 
   Quantized4 weight_;
   at::Tensor scales_;  // float32 (n_blocks): without double quantization, the stored absmax
@@ -154,6 +159,8 @@ int64_t QuantizedLinear::StorageBytes() const {
 }
 
 at::Tensor QuantizedLinear::DenseWeight(c10::ScalarType dtype) const {
+  // On the weight's device: a model moved to a GPU dequantizes there (DoRA's norms, merges).
+  if (impl_->weight_.packed.is_cuda()) return impl_->CudaDense(impl_->weight_.packed.device()).to(dtype);
   return Dequantize4bit(impl_->weight_).to(dtype);
 }
 
@@ -294,21 +301,7 @@ at::Tensor detail::QuantizedLinearState::CudaMatmul(const at::Tensor& x2, bool t
     TORCH_CHECK(error.empty(), "QuantizedLinear (CUDA): ", error);
   };
   const Quant4State& s = weight_.state;
-  // The packed weight, its float32 block scales and the code table, copied once per device.
-  if (!device_packed_.defined() || device_packed_.device() != x2.device()) {
-    device_packed_ = weight_.packed.to(x2.device());
-    device_code_ = code_.to(x2.device());
-    const int64_t n_blocks = s.absmax.numel();
-    if (s.nested) {
-      device_scales_ = at::empty({n_blocks}, x2.options().dtype(at::kFloat));
-      const at::Tensor q = s.absmax.to(x2.device()), nested_code = s.nested_code.to(x2.device());
-      const at::Tensor nested = s.nested_absmax.to(x2.device());
-      check(d::DequantizeScalesCuda(q.data_ptr<uint8_t>(), nested_code.data_ptr<float>(), nested.data_ptr<float>(),
-                                    s.offset, n_blocks, s.nested_blocksize, device_scales_.data_ptr<float>(), stream));
-    } else {
-      device_scales_ = scales_.to(x2.device());
-    }
-  }
+  PrepareDevice(x2.device(), stream);
   const uint8_t* packed = device_packed_.data_ptr<uint8_t>();
   const float* scales = device_scales_.data_ptr<float>();
   const float* code = device_code_.data_ptr<float>();
@@ -352,10 +345,58 @@ at::Tensor detail::QuantizedLinearState::CudaMatmul(const at::Tensor& x2, bool t
   }
   return gx;
 }
+void detail::QuantizedLinearState::PrepareDevice(c10::Device device, void* stream) const {
+  namespace d = ::llmtrain::quant::detail;
+  const Quant4State& s = weight_.state;
+  // The packed weight, its float32 block scales and the code table, copied once per device (the
+  // packed weight is already there when the model was moved: the copy is then the same tensor).
+  if (device_packed_.defined() && device_packed_.device() == device && device_scales_.device() == device &&
+      device_code_.device() == device) {
+    return;
+  }
+  device_packed_ = weight_.packed.to(device);
+  device_code_ = code_.to(device);
+  const int64_t n_blocks = s.absmax.numel();
+  if (s.nested) {
+    device_scales_ = at::empty({n_blocks}, at::TensorOptions().dtype(at::kFloat).device(device));
+    const at::Tensor q = s.absmax.to(device), nested_code = s.nested_code.to(device, at::kFloat).contiguous();
+    const at::Tensor nested = s.nested_absmax.to(device, at::kFloat).contiguous();
+    const std::string error =
+        d::DequantizeScalesCuda(q.contiguous().data_ptr<uint8_t>(), nested_code.data_ptr<float>(),
+                                nested.data_ptr<float>(), s.offset, n_blocks, s.nested_blocksize,
+                                device_scales_.data_ptr<float>(), stream);
+    TORCH_CHECK(error.empty(), "QuantizedLinear (CUDA): ", error);
+  } else {
+    device_scales_ = scales_.to(device);
+  }
+}
+
+at::Tensor detail::QuantizedLinearState::CudaDense(c10::Device device) const {
+  namespace kd = ::llmtrain::kernels::detail;
+  const c10::ScalarType dtype = weight_.state.dtype;
+  const int cuda_dtype = dtype == at::kFloat      ? kd::kCudaF32
+                         : dtype == at::kBFloat16 ? kd::kCudaBf16
+                                                  : kd::kCudaF16;
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf,
+              "QuantizedLinear (CUDA): the weight's dtype must be float32, bfloat16 or float16");
+  void* stream = c10::cuda::getCurrentCUDAStream(device.index()).stream();
+  PrepareDevice(device, stream);
+  at::Tensor out = at::empty({out_, in_}, at::TensorOptions().dtype(dtype).device(device));
+  const std::string error =
+      kd::Dequantize4bitCuda(device_packed_.data_ptr<uint8_t>(), device_scales_.data_ptr<float>(),
+                             device_code_.data_ptr<float>(), 0, out_ * in_, weight_.state.blocksize, cuda_dtype,
+                             out.data_ptr(), stream);
+  TORCH_CHECK(error.empty(), "QuantizedLinear (CUDA): ", error);
+  return out;
+}
 #else
 at::Tensor detail::QuantizedLinearState::CudaMatmul(const at::Tensor&, bool) const {
   TORCH_CHECK(false, "QuantizedLinear: this llmtrain build has no CUDA support");
 }
+at::Tensor detail::QuantizedLinearState::CudaDense(c10::Device) const {
+  TORCH_CHECK(false, "QuantizedLinear: this llmtrain build has no CUDA support");
+}
+void detail::QuantizedLinearState::PrepareDevice(c10::Device, void*) const {}
 #endif
 
 void QuantizedLinear::SetLargeTileBytes(int64_t bytes) {

@@ -2,6 +2,7 @@
 #include "llmtrain/spec/build.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
 
 #include <algorithm>
 #include <cmath>
@@ -216,6 +217,10 @@ absl::StatusOr<train::TrainerComponents> BuildTrainerComponents(const RunSpec& s
     // Before the optimizer, whose state is made where the parameters are.
     if (spec.model().device() != "cpu") {
       LLMTRAIN_RETURN_IF_ERROR(Annotate(parts.model->MoveTo(c10::Device(spec.model().device())), "model.device"));
+      // The process's current GPU becomes the model's: our kernels and cuBLASLt handles follow it.
+      if (parts.model->device().is_cuda()) {
+        c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)->setDevice(parts.model->device());
+      }
       LogInfo(absl::StrCat("model: on ", parts.model->device().str()));
     }
     parts.optimizer = std::make_unique<train::AdamW>(params, ToAdamWOptions(spec));

@@ -486,9 +486,9 @@ std::vector<SpecError> FindSpecErrors(const RunSpec& s) {
 
   const bool cuda_device = absl::StartsWith(m.device(), "cuda");
   if (m.device() != "cpu" && m.device() != "cuda" &&
-      !(absl::StartsWith(m.device(), "cuda:") && m.device().size() > 5 && m.device().size() <= 8 &&
+      !(absl::StartsWith(m.device(), "cuda:") && m.device().size() > 5 && m.device().size() <= 7 &&
         std::all_of(m.device().begin() + 5, m.device().end(), [](char c) { return c >= '0' && c <= '9'; }))) {
-    err("model.device", absl::StrCat("must be \"cpu\", \"cuda\" or \"cuda:N\", got \"", m.device(), "\""));
+    err("model.device", absl::StrCat("must be \"cpu\", \"cuda\" or \"cuda:N\" (N < 100), got \"", m.device(), "\""));
   }
 
   // lora

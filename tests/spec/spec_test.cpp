@@ -125,8 +125,9 @@ TEST_CASE("spec: every invalid spec is refused before any work, naming the field
       {"distributed.timeout_s=0", "distributed.timeout_s", "must be > 0"},
       {"distributed.init_method=tcp://h:1", "distributed.init_method", "must be \"env://\""},
       {"distributed.engine=fsdp", "distributed.engine", "is not one of"},
-      {"model.device=gpu", "model.device", "must be \"cpu\", \"cuda\" or \"cuda:N\", got \"gpu\""},
+      {"model.device=gpu", "model.device", "must be \"cpu\", \"cuda\" or \"cuda:N\" (N < 100), got \"gpu\""},
       {"model.device=cuda:x", "model.device", "must be \"cpu\""},
+      {"model.device=cuda:999", "model.device", "must be \"cpu\""},
   };
   for (const Bad& bad : table) {
     INFO("change " << bad.change);

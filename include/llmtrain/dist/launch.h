@@ -5,9 +5,11 @@
 // rank is a client of it (torchrun's agent store, TORCHELASTIC_USE_AGENT_STORE=True). Each rank
 // runs in its own process group with OMP_NUM_THREADS = cores / ranks unless that is set, and
 // its output lines are prefixed with "[rank N] ". SIGINT and SIGTERM received by the launcher
-// are forwarded to every rank, SIGHUP as SIGTERM (the trainer then checkpoints and stops, however
-// long its step takes); a second signal also ends them with SIGKILL after stop_timeout_s. A
-// launcher killed outright takes its ranks along: each gets SIGTERM (PR_SET_PDEATHSIG). When a
+// are forwarded to every rank, SIGHUP as SIGTERM unless it is ignored (nohup) (the trainer then
+// checkpoints and stops, however long its step takes); a second signal also ends them with
+// SIGKILL after stop_timeout_s. A launcher killed outright takes its ranks along: each gets
+// SIGTERM (PR_SET_PDEATHSIG, tied to the thread that calls Launch), and the ranks run with
+// SIGPIPE ignored so that writing to the dead launcher's pipes cannot kill them first. When a
 // rank fails (a non-zero exit or a signal) the others get SIGTERM, then SIGKILL after
 // stop_timeout_s, and the result names the rank and how it ended.
 //
@@ -56,8 +58,8 @@ struct LaunchResult {
 
 /// Runs the ranks to the end. Errors only for what stops it from starting them (the store's port
 /// in use, a command that cannot be started; ranks already started are then killed); how the
-/// ranks ended is in the result. Installs handlers for SIGINT, SIGTERM and SIGHUP while it runs
-/// and restores the previous ones after.
+/// ranks ended is in the result. Installs handlers for SIGINT, SIGTERM and SIGHUP and ignores
+/// SIGPIPE while it runs, and restores the previous dispositions after.
 absl::StatusOr<LaunchResult> Launch(const LaunchOptions& options);
 
 }  // namespace llmtrain::dist

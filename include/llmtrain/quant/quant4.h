@@ -61,10 +61,12 @@ struct Quantized4 {
 /// or dtype.
 absl::StatusOr<Quantized4> Quantize4bit(const at::Tensor& weight, const Quant4Options& options = {});
 
-/// The block scales as float32 (n_blocks): absmax itself, or rebuilt from the nested codes.
+/// The block scales as float32 (n_blocks) on the CPU: absmax itself, or rebuilt from the nested
+/// codes.
 at::Tensor BlockScales(const Quant4State& state);
 
-/// Dequantizes to state.dtype and state.shape: code[nibble] × scale in float32, then cast.
+/// Dequantizes to state.dtype and state.shape, on the CPU whatever device the quantized tensors
+/// are on: code[nibble] × scale in float32, then cast.
 at::Tensor Dequantize4bit(const Quantized4& quantized);
 
 /// The 16-entry float32 code table of `type` (bitsandbytes get_4bit_type).
