@@ -800,9 +800,11 @@ TEST_CASE("train: on CUDA, activation checkpointing replays the forward's dropou
   }
   std::printf("train: CUDA, LoRA dropout 0.3, 3 steps: checkpointing on vs off, LoRA weights worst rel diff %.2e\n",
               worst);
-  // The same masks give the same gradients up to the order of the GPU's atomic sums (a few
-  // ulps); other masks would move the weights by a sizeable fraction of the lr-sized first steps.
-  CHECK(worst <= 1e-5);
+  // The same masks give the same gradients up to the order of the GPU's atomic sums (a few ulps),
+  // which Adam's normalized first steps amplify for near-zero gradients: 9.3e-5 measured on an
+  // H200. Other masks flip the signs of many of those lr-sized steps, and B starts at zero, so
+  // its entries (about 3 × lr after 3 steps) would then differ by a large fraction of their size.
+  CHECK(worst <= 1e-3);
 }
 
 }  // namespace
