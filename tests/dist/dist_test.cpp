@@ -634,6 +634,13 @@ double MaxAbsDiff(const std::string& a, const std::string& b) {
   return worst;
 }
 
+// A copy of a 5-step run's folder as it stood after step 4: without what step 5 wrote.
+void CopyRunAsAfterStep4(const std::string& whole, const std::string& run) {
+  REQUIRE(testing::RunCommand("cp -r " + testing::ShellQuote(whole) + " " + testing::ShellQuote(run) + " && rm -r " +
+                              testing::ShellQuote(run + "/checkpoints/step-000005") + " " +
+                              testing::ShellQuote(run + "/adapter")).exit_code == 0);
+}
+
 bool CompleteCheckpoint(const std::string& dir) {
   for (const char* file : {"/trainer_state.json", "/optimizer.safetensors", "/adapter/adapter_model.safetensors",
                            "/adapter/adapter_config.json", "/spec.textproto"}) {
@@ -658,11 +665,8 @@ TEST_CASE("ddp resume: stopped at step 4 at world 2, resumed at world 1 and 3, e
   REQUIRE(CompleteCheckpoint(dir + "/whole/checkpoints/step-000004"));
   for (int world : {1, 3}) {
     INFO("resumed at world " << world);
-    // The run as it stood after step 4: its folder without what steps 5 wrote.
     const std::string run = dir + "/resumed" + std::to_string(world);
-    REQUIRE(testing::RunCommand("cp -r " + testing::ShellQuote(dir + "/whole") + " " + testing::ShellQuote(run) +
-                                " && rm -r " + testing::ShellQuote(run + "/checkpoints/step-000005") + " " +
-                                testing::ShellQuote(run + "/adapter")).exit_code == 0);
+    CopyRunAsAfterStep4(dir + "/whole", run);
     // A world size that changes the global batch is refused, naming the accumulation to use.
     testing::CommandResult refused = LaunchTrain(world, spec, batch + "--set output.dir=" + testing::ShellQuote(run) +
                                                               " --set training.gradient_accumulation_steps=3 --resume");
@@ -725,9 +729,7 @@ TEST_CASE("ddp resume with packing: each rank resumes at its own data position; 
   // The premise of this test: the ranks stand at different places.
   REQUIRE(state["data_positions"][0] != state["data_positions"][1]);
   const std::string run = dir + "/resumed";
-  REQUIRE(testing::RunCommand("cp -r " + testing::ShellQuote(dir + "/whole") + " " + testing::ShellQuote(run) +
-                              " && rm -r " + testing::ShellQuote(run + "/checkpoints/step-000005") + " " +
-                              testing::ShellQuote(run + "/adapter")).exit_code == 0);
+  CopyRunAsAfterStep4(dir + "/whole", run);
   // At world 1 there is no single place to continue from: refused, naming why.
   testing::CommandResult refused = LaunchTrain(1, spec, sets + "--set training.gradient_accumulation_steps=4 "
                                                                "--set output.dir=" + testing::ShellQuote(run) + " --resume");
