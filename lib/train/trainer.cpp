@@ -232,13 +232,13 @@ absl::StatusOr<StepMetrics> Trainer::TrainStep() {
         EnterAutocast(&guard, o.autocast, model);
         // With sharded layers every process runs the same forwards: all of its micro-batches.
         const bool in_step = s.parts.engine->collective_forwards();
+        const c10::Device device = model.device();
         for (const data::Batch& b : batches) {
           if (b.target_tokens == 0 && !in_step) continue;
           const std::optional<std::string> module = model.FirstNonFiniteModule(
-              ToTensor(b.input_ids, b.batch_size, b.seq_len, model.device()),
-              ToTensor(b.segment_ids.empty() ? b.attention_mask : b.segment_ids, b.batch_size, b.seq_len,
-                       model.device()),
-              ToTensor(b.position_ids, b.batch_size, b.seq_len, model.device()));
+              ToTensor(b.input_ids, b.batch_size, b.seq_len, device),
+              ToTensor(b.segment_ids.empty() ? b.attention_mask : b.segment_ids, b.batch_size, b.seq_len, device),
+              ToTensor(b.position_ids, b.batch_size, b.seq_len, device));
           if (module && m.nonfinite_where == "the loss") m.nonfinite_where = "activations of " + *module;
           if (module && !in_step) break;
         }
@@ -398,13 +398,9 @@ absl::Status Trainer::WriteCheckpoint() {
     state.emplace_back("rng.cpu", CpuRngState());
     // The other processes' generators: rng.cpu.<rank>.
     const int world = s.parts.engine->world_size();
-    const int64_t state_bytes = world > 1 ? static_cast<int64_t>(s.rng_states.size()) / world : 0;
-    for (int r = 1; r < world && state_bytes > 0; ++r) {
-      at::Tensor bytes = at::empty({state_bytes}, at::kByte);
-      for (int64_t i = 0; i < state_bytes; ++i) {
-        bytes.data_ptr<uint8_t>()[i] = static_cast<uint8_t>(s.rng_states[static_cast<size_t>(r * state_bytes + i)]);
-      }
-      state.emplace_back(absl::StrCat("rng.cpu.", r), bytes);
+    if (world > 1 && !s.rng_states.empty()) {
+      const at::Tensor states = at::tensor(at::ArrayRef<int64_t>(s.rng_states), at::kLong).to(at::kByte).view({world, -1});
+      for (int r = 1; r < world; ++r) state.emplace_back(absl::StrCat("rng.cpu.", r), states[r].contiguous());
     }
     // On a GPU, dropout draws from the device's generator.
     if (s.parts.model->device().is_cuda()) {
