@@ -40,6 +40,9 @@ constexpr char kUsage[] =
     "                             a PEFT LoRA adapter merged into its base\n"
     "  train --spec FILE [--set path=value ...] [--resume]\n"
     "                             the fine-tune a run spec describes (checkpoints, metrics)\n"
+    "  plan --spec FILE [--set path=value ...] [--world-size N] [--gpu-memory 24GiB]\n"
+    "       [--model-config config.json] [--json]\n"
+    "                             the memory per process the run will need, and whether it fits\n"
     "  launch --nproc-per-node N [--nnodes M --node-rank R --master-addr A --master-port P]\n"
     "         -- COMMAND [ARGS]   N ranks of COMMAND with torchrun's variables (a distributed run)\n"
     "  report RUN_DIR             RUN_DIR/report.html: plots, samples, data summary, spec\n"
@@ -75,6 +78,7 @@ int main(int argc, char** argv) {
   if (command == "data-check") return llmtrain::cli::RunDataCheck(args);
   if (command == "quantize") return llmtrain::cli::RunQuantize(args);
   if (command == "merge") return llmtrain::cli::RunMerge(args);
+  if (command == "plan") return llmtrain::cli::RunPlan(args);
   if (command == "spec") return llmtrain::cli::RunSpecCommand(args);
   if (command == "train") return llmtrain::cli::RunTrain(args);
   if (command == "report") return llmtrain::cli::RunReport(args);

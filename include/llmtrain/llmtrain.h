@@ -50,4 +50,5 @@
 #include "llmtrain/train/tensorboard.h"
 #include "llmtrain/train/trainer.h"
 #include "llmtrain/spec/build.h"
+#include "llmtrain/spec/memory_plan.h"
 #include "llmtrain/spec/run_spec.h"

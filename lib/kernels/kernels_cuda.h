@@ -30,4 +30,7 @@ std::string Dequantize4bitCuda(const uint8_t* packed, const float* scales, const
                                int64_t begin, int64_t count, int64_t blocksize, int out_dtype, void* out,
                                void* stream);
 
+/// Free and total bytes of CUDA device `device` (cudaMemGetInfo; creates its context).
+std::string DeviceMemoryCuda(int device, int64_t* free_bytes, int64_t* total_bytes);
+
 }  // namespace llmtrain::kernels::detail

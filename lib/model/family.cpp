@@ -92,6 +92,25 @@ absl::Status FillLayerPattern(const io::TextConfig& config, FamilySpec* spec) {
 }
 
 }  // namespace detail
+std::vector<int64_t> WeightShape(Role role, const io::TextConfig& c) {
+  const int64_t q_dim = c.num_attention_heads * c.head_dim;
+  const int64_t kv_dim = c.num_key_value_heads * c.head_dim;
+  switch (role) {
+    case Role::kEmbed: case Role::kLmHead: return {c.vocab_size, c.hidden_size};
+    case Role::kFinalNorm: case Role::kInputNorm: case Role::kPostAttnNorm:
+    case Role::kPreFfwNorm: case Role::kPostFfwNorm: return {c.hidden_size};
+    case Role::kQ: return {q_dim, c.hidden_size};
+    case Role::kK: case Role::kV: return {kv_dim, c.hidden_size};
+    case Role::kO: return {c.hidden_size, q_dim};
+    case Role::kQBias: return {q_dim};
+    case Role::kKBias: case Role::kVBias: return {kv_dim};
+    case Role::kQNorm: case Role::kKNorm: return {c.head_dim};
+    case Role::kGate: case Role::kUp: return {c.intermediate_size, c.hidden_size};
+    case Role::kDown: return {c.hidden_size, c.intermediate_size};
+  }
+  return {};
+}
+
 std::vector<std::string> ProjectionNames(const FamilySpec& spec, int64_t num_layers) {
   std::vector<std::string> names;
   for (int64_t i = 0; i < num_layers; ++i) {

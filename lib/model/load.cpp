@@ -59,26 +59,6 @@ bool IsNormRole(Role role) {
          role == Role::kPostFfwNorm || role == Role::kFinalNorm || role == Role::kQNorm || role == Role::kKNorm;
 }
 
-// The shape the family expects for `role` under `config` (row-major, PyTorch order).
-std::vector<int64_t> ExpectedShape(Role role, const io::TextConfig& c) {
-  const int64_t q_dim = c.num_attention_heads * c.head_dim;
-  const int64_t kv_dim = c.num_key_value_heads * c.head_dim;
-  switch (role) {
-    case Role::kEmbed: case Role::kLmHead: return {c.vocab_size, c.hidden_size};
-    case Role::kFinalNorm: case Role::kInputNorm: case Role::kPostAttnNorm:
-    case Role::kPreFfwNorm: case Role::kPostFfwNorm: return {c.hidden_size};
-    case Role::kQ: return {q_dim, c.hidden_size};
-    case Role::kK: case Role::kV: return {kv_dim, c.hidden_size};
-    case Role::kO: return {c.hidden_size, q_dim};
-    case Role::kQBias: return {q_dim};
-    case Role::kKBias: case Role::kVBias: return {kv_dim};
-    case Role::kQNorm: case Role::kKNorm: return {c.head_dim};
-    case Role::kGate: case Role::kUp: return {c.intermediate_size, c.hidden_size};
-    case Role::kDown: return {c.hidden_size, c.intermediate_size};
-  }
-  return {};
-}
-
 std::string ShapeString(const std::vector<int64_t>& shape) {
   std::string s = "[";
   for (size_t i = 0; i < shape.size(); ++i) absl::StrAppend(&s, i ? ", " : "", shape[i]);
@@ -114,7 +94,7 @@ absl::Status BuildFromTensors(const TensorSource& source, bool from_gguf, const 
   const auto load_value = [&](const std::string& name, Role role) -> absl::StatusOr<at::Tensor> {
     const auto it = source.shapes.find(name);
     if (it == source.shapes.end()) return absl::NotFoundError(absl::StrCat(where, ": missing tensor \"", name, "\""));
-    const std::vector<int64_t> want = ExpectedShape(role, c);
+    const std::vector<int64_t> want = WeightShape(role, c);
     if (it->second != want) {
       return absl::InvalidArgumentError(absl::StrCat(where, ": tensor \"", name, "\" has shape ",
                                                      ShapeString(it->second), ", but the config needs ",
@@ -154,7 +134,7 @@ absl::Status BuildFromTensors(const TensorSource& source, bool from_gguf, const 
     p.module = LayerName(row.hf, i);
     if (absl::EndsWith(p.module, ".weight")) p.module.resize(p.module.size() - 7);
     p.weight_key = LayerName(from_gguf ? row.gguf : row.hf, i);
-    p.shape = ExpectedShape(row.role, c);
+    p.shape = WeightShape(row.role, c);
     p.dtype = dtype;
     p.from_gguf = from_gguf;
     if (const std::optional<Role> bias_role = BiasRoleOf(row.role)) {

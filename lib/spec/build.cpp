@@ -9,6 +9,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#if LLMTRAIN_WITH_CUDA
+#include "kernels/kernels_cuda.h"
+#endif
 #include "llmtrain/core/log.h"
 #include "llmtrain/core/status.h"
 #include "llmtrain/dist/env.h"
@@ -16,6 +19,7 @@
 #include "llmtrain/dist/sharded_engine.h"
 #include "llmtrain/lora/lora.h"
 #include "llmtrain/quant/quantized_linear.h"
+#include "llmtrain/spec/memory_plan.h"
 #include "llmtrain/tokenizer/chat_template.h"
 #include "llmtrain/tokenizer/tokenizer.h"
 
@@ -37,32 +41,6 @@ model::DecoderOptions ToDecoderOptions(const RunSpec& spec) {
   o.activation_checkpointing = spec.training().activation_checkpointing();
   o.linear_factory = quant::QuantizedLinearFactory(ToQuant4Options(spec));
   return o;
-}
-
-lora::LoraConfig ToLoraConfig(const RunSpec& spec) {
-  const LoraSpec& l = spec.lora();
-  lora::LoraConfig c;
-  c.r = l.r();
-  c.alpha = l.alpha();
-  c.dropout = l.dropout();
-  c.use_rslora = l.use_rslora();
-  c.use_dora = l.use_dora();
-  c.init = l.init() == LoraSpec::gaussian ? lora::InitMode::kGaussian : lora::InitMode::kDefault;
-  if (!l.target_regex().empty()) {
-    c.target_regex = l.target_regex();
-  } else {
-    c.target_modules.assign(l.target_modules().begin(), l.target_modules().end());
-  }
-  c.layers_to_transform.assign(l.layers_to_transform().begin(), l.layers_to_transform().end());
-  for (const auto& [k, v] : l.rank_pattern()) c.rank_pattern.emplace_back(k, v);
-  for (const auto& [k, v] : l.alpha_pattern()) c.alpha_pattern.emplace_back(k, v);
-  std::sort(c.rank_pattern.begin(), c.rank_pattern.end());
-  std::sort(c.alpha_pattern.begin(), c.alpha_pattern.end());
-  c.modules_to_save.assign(l.modules_to_save().begin(), l.modules_to_save().end());
-  c.dtype = l.dtype() == LoraSpec::bf16 ? Dtype::kBf16 : Dtype::kF32;
-  c.seed = spec.training().seed();
-  c.base_model_name_or_path = spec.model().path();
-  return c;
 }
 
 absl::StatusOr<data::DatasetOptions> ToDatasetOptions(const RunSpec& spec) {
@@ -163,6 +141,56 @@ absl::StatusOr<std::shared_ptr<train::Engine>> MakeEngine(const RunSpec& spec_in
   return std::shared_ptr<train::Engine>(std::make_shared<dist::ReplicatedEngine>(std::move(group)));
 }
 
+namespace {
+
+// distributed.memory_limit: the run's memory plan per process against the limit, before the
+// model loads. On the CPU the runtime is what this process holds now (code, data, tokenizer)
+// plus what training adds to it (kTrainingRuntimeGrowthBytes).
+absl::Status CheckMemoryBeforeLoading(const RunSpec& spec, const train::Engine& engine) {
+  const std::string& setting = spec.distributed().memory_limit();
+  if (setting == "off") return absl::OkStatus();
+  MemoryPlanOptions po;
+  po.world_size = engine.world_size();
+  const bool cuda = spec.model().device() != "cpu";
+  const int64_t rss = CurrentRssBytes();
+  if (!cuda && rss > 0) {
+    po.runtime_bytes = rss + kTrainingRuntimeGrowthBytes;
+    po.runtime_note = absl::StrCat("this process before loading (", FormatBytes(rss), ") + training's own");
+  }
+  LLMTRAIN_ASSIGN_OR_RETURN(const MemoryPlan plan, PlanMemory(spec, po));
+  int64_t limit = 0;
+  std::string source;
+  if (setting != "auto") {
+    LLMTRAIN_ASSIGN_OR_RETURN(limit, ParseByteSize(setting));
+    source = "distributed.memory_limit";
+  } else if (cuda) {
+#if LLMTRAIN_WITH_CUDA
+    const c10::Device device(spec.model().device());
+    int64_t free = 0, total = 0;
+    const std::string error = kernels::detail::DeviceMemoryCuda(device.has_index() ? device.index() : 0, &free, &total);
+    if (!error.empty()) return absl::FailedPreconditionError(absl::StrCat("model.device ", device.str(), ": ", error));
+    // The context now exists and is out of `free`; the plan counts it.
+    limit = free + kCudaRuntimeBytes;
+    source = absl::StrCat("the free memory of ", spec.model().device(), " (", FormatBytes(free), " of ",
+                          FormatBytes(total), ") + this process's CUDA context");
+#endif
+  } else if (const int64_t available = HostMemoryAvailable(); available > 0) {
+    limit = available / plan.local_world_size + rss;
+    source = absl::StrCat("this machine's available memory (", FormatBytes(available), plan.local_world_size > 1
+                              ? absl::StrCat(" / ", plan.local_world_size, " processes") : "",
+                          ") + what this process holds");
+  }
+  if (limit == 0) return absl::OkStatus();
+  if (engine.is_main()) {
+    LogInfo(absl::StrCat("memory plan: about ", FormatBytes(plan.peak_bytes()), " per process at its peak (",
+                         plan.peak_phase().name, "), ", FormatBytes(limit), " allowed (", source,
+                         "); `llmtrain plan` shows the details"));
+  }
+  return CheckPlanFits(plan, limit, source);
+}
+
+}  // namespace
+
 absl::StatusOr<train::TrainerComponents> BuildTrainerComponents(const RunSpec& spec_in,
                                                                 std::shared_ptr<train::Engine> engine) {
   RunSpec spec = spec_in;
@@ -196,6 +224,8 @@ absl::StatusOr<train::TrainerComponents> BuildTrainerComponents(const RunSpec& s
         *parts.train_data, *parts.collator,
         ToLoaderOptions(spec, parts.engine->rank(), parts.engine->world_size()));
 
+    // Before the model takes memory and time: refused here when it will not fit.
+    LLMTRAIN_RETURN_IF_ERROR(CheckMemoryBeforeLoading(spec, *parts.engine));
     model::DecoderOptions decoder_options = ToDecoderOptions(spec);
     // zero3 shards each layer as it loads, so no process holds the whole base; DoRA computes its
     // magnitudes from the whole weights at injection, so then the engine shards after it.

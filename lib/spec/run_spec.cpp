@@ -23,6 +23,7 @@
 #include "llmtrain/io/gguf.h"
 #include "llmtrain/io/hf_config.h"
 #include "llmtrain/lora/adapter_config.h"
+#include "llmtrain/spec/memory_plan.h"
 #include "llmtrain/model/family.h"
 #include "llmtrain/core/status.h"
 #include "nlohmann/json.hpp"
@@ -107,6 +108,7 @@ RunSpec Defaults() {
   s->set_cpu_offload(false);
   s->set_timeout_s(1800.0);
   s->set_init_method("env://");
+  s->set_memory_limit("auto");
   return d;
 }
 
@@ -605,6 +607,13 @@ std::vector<SpecError> FindSpecErrors(const RunSpec& s) {
   if (dist.cpu_offload()) {
     err("distributed.cpu_offload", "is not built yet (it needs the adapter's optimizer state sharded); leave it false");
   }
+  if (dist.memory_limit() != "auto" && dist.memory_limit() != "off") {
+    if (auto limit = ParseByteSize(dist.memory_limit()); !limit.ok()) {
+      err("distributed.memory_limit", absl::StrCat(limit.status().message(), ", \"auto\" or \"off\""));
+    } else if (*limit <= 0) {
+      err("distributed.memory_limit", absl::StrCat("must be positive, got \"", dist.memory_limit(), "\""));
+    }
+  }
   if (!(dist.timeout_s() > 0)) err("distributed.timeout_s", absl::StrCat("must be > 0, got ", dist.timeout_s()));
   if (dist.init_method() != "env://" &&
       !(absl::StartsWith(dist.init_method(), "file://") && dist.init_method().size() > 7)) {
@@ -704,6 +713,32 @@ std::string DefaultSpecText() {
     absl::StrAppend(&out, "  ", field, ": ", value, "\n");
   }
   return out;
+}
+
+lora::LoraConfig ToLoraConfig(const RunSpec& spec) {
+  const LoraSpec& l = spec.lora();
+  lora::LoraConfig c;
+  c.r = l.r();
+  c.alpha = l.alpha();
+  c.dropout = l.dropout();
+  c.use_rslora = l.use_rslora();
+  c.use_dora = l.use_dora();
+  c.init = l.init() == LoraSpec::gaussian ? lora::InitMode::kGaussian : lora::InitMode::kDefault;
+  if (!l.target_regex().empty()) {
+    c.target_regex = l.target_regex();
+  } else {
+    c.target_modules.assign(l.target_modules().begin(), l.target_modules().end());
+  }
+  c.layers_to_transform.assign(l.layers_to_transform().begin(), l.layers_to_transform().end());
+  for (const auto& [k, v] : l.rank_pattern()) c.rank_pattern.emplace_back(k, v);
+  for (const auto& [k, v] : l.alpha_pattern()) c.alpha_pattern.emplace_back(k, v);
+  std::sort(c.rank_pattern.begin(), c.rank_pattern.end());
+  std::sort(c.alpha_pattern.begin(), c.alpha_pattern.end());
+  c.modules_to_save.assign(l.modules_to_save().begin(), l.modules_to_save().end());
+  c.dtype = l.dtype() == LoraSpec::bf16 ? Dtype::kBf16 : Dtype::kF32;
+  c.seed = spec.training().seed();
+  c.base_model_name_or_path = spec.model().path();
+  return c;
 }
 
 }  // namespace llmtrain::spec

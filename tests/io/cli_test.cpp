@@ -118,5 +118,36 @@ TEST_CASE("cli: usage errors exit 2, bad files exit 1 naming the file", "[io][cl
   CHECK(truncated.out.find("truncated") != std::string::npos);
 }
 
+TEST_CASE("cli: plan prints the memory per process and whether it fits", "[io][cli]") {
+  const std::string cli = ShellQuote(testing::CliPath());
+  const std::string root = LLMTRAIN_SOURCE_DIR;
+  const std::string spec = ShellQuote(root + "/examples/specs/gemma3_27b_3x24gb.textproto");
+  const std::string config = ShellQuote(root + "/examples/model_configs/gemma-3-27b-it.json");
+  // The 27B on three GPUs of 24 GiB, from its config alone (the model is not on this machine).
+  const auto fits = RunCommand(cli + " plan --spec " + spec + " --model-config " + config + " --gpu-memory 24GiB 2>&1");
+  INFO(fits.out);
+  CHECK(fits.exit_code == 0);
+  CHECK(fits.out.find("gemma3_text, 62 layers, hidden 5376") != std::string::npos);
+  CHECK(fits.out.find("engine zero3, 3 processes") != std::string::npos);
+  CHECK(fits.out.find("1/3 of every layer (zero3)") != std::string::npos);
+  CHECK(fits.out.find("fits: 24.00 GiB allowed (--gpu-memory)") != std::string::npos);
+  // On one GPU it does not: exit 1, with the figures.
+  const auto one = RunCommand(cli + " plan --spec " + spec + " --model-config " + config +
+                              " --set distributed.engine=single --set distributed.world_size=0 --gpu-memory 24GiB --json");
+  CHECK(one.exit_code == 1);
+  const json plan = json::parse(one.out);
+  CHECK(plan["fits"] == false);
+  CHECK(plan["world_size"] == 1);
+  CHECK(plan["peak_bytes"].get<int64_t>() > (int64_t{24} << 30));
+  // Bad use exits 2; a bad spec field exits 1 naming it.
+  CHECK(RunCommand(cli + " plan 2>/dev/null").exit_code == 2);
+  CHECK(RunCommand(cli + " plan --spec " + spec + " --world-size 0 2>/dev/null").exit_code == 2);
+  CHECK(RunCommand(cli + " plan --spec " + spec + " --gpu-memory lots 2>/dev/null").exit_code == 2);
+  const auto bad = RunCommand(cli + " plan --spec " + spec + " --model-config " + config +
+                              " --set distributed.memory_limit=lots 2>&1");
+  CHECK(bad.exit_code == 1);
+  CHECK(bad.out.find("distributed.memory_limit") != std::string::npos);
+}
+
 }  // namespace
 }  // namespace llmtrain

@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "llmtrain/core/atomic_file.h"
 #include "llmtrain/spec/run_spec.h"
+#include "llmtrain/spec/memory_plan.h"
 #include "testing/reference.h"
 
 namespace llmtrain {
@@ -123,6 +124,8 @@ TEST_CASE("spec: every invalid spec is refused before any work, naming the field
       {"distributed.world_size=-1", "distributed.world_size", "must be ≥ 0"},
       {"distributed.cpu_offload=true", "distributed.cpu_offload", "is not built yet"},
       {"distributed.timeout_s=0", "distributed.timeout_s", "must be > 0"},
+      {"distributed.memory_limit=lots", "distributed.memory_limit", "expected a size such as 24GiB"},
+      {"distributed.memory_limit=0", "distributed.memory_limit", "must be positive"},
       {"distributed.init_method=tcp://h:1", "distributed.init_method", "must be \"env://\""},
       {"distributed.engine=fsdp", "distributed.engine", "is not one of"},
       {"model.device=gpu", "model.device", "must be \"cpu\", \"cuda\" or \"cuda:N\" (N < 100), got \"gpu\""},
@@ -239,6 +242,126 @@ TEST_CASE("spec: the example specs are valid but for the files each machine prov
     ++n;
   }
   CHECK(n >= 4);
+}
+
+TEST_CASE("spec: memory sizes parse with binary and decimal units", "[spec][plan]") {
+  const std::vector<std::pair<std::string, int64_t>> good = {
+      {"24GiB", int64_t{24} << 30}, {"24 GiB", int64_t{24} << 30}, {"24G", int64_t{24} << 30},
+      {"1.5GB", 1500000000},        {"512MiB", int64_t{512} << 20}, {"4096", 4096},
+      {"8K", 8192},                 {" 2 tib ", int64_t{2} << 40},  {"80GB", 80000000000}};
+  for (const auto& [text, bytes] : good) {
+    INFO(text);
+    auto parsed = spec::ParseByteSize(text);
+    REQUIRE(parsed.ok());
+    CHECK(*parsed == bytes);
+  }
+  for (const std::string bad : {"", "GiB", "-1G", "12 parsecs", "1..5G", "1e99G"}) {
+    INFO(bad);
+    auto parsed = spec::ParseByteSize(bad);
+    REQUIRE_FALSE(parsed.ok());
+    CHECK_THAT(std::string(parsed.status().message()), Catch::Contains(absl::StrCat("\"", bad, "\"")));
+  }
+}
+
+// The plan of the README job's shape on the real 270M's config (its GGUF metadata only).
+spec::RunSpec PlanSpec(const std::string& dir, const std::vector<std::string>& sets) {
+  auto run = spec::ParseRunSpec("plan", ValidSpec(dir));
+  REQUIRE(run.ok());
+  for (const std::string& set : {"model.load_in_4bit=true", "lora.r=16", "lora.target_modules=all-linear",
+                                 "data.max_length=64", "training.micro_batch_size=2"}) {
+    REQUIRE(spec::ApplyOverride(&*run, set).ok());
+  }
+  for (const std::string& set : sets) REQUIRE(spec::ApplyOverride(&*run, set).ok());
+  spec::FillDefaults(&*run);
+  return *run;
+}
+
+int64_t Item(const spec::MemoryPlan& plan, const std::string& prefix) {
+  for (const spec::MemoryItem& item : plan.resident) {
+    if (absl::StartsWith(item.name, prefix)) return item.bytes;
+  }
+  for (const spec::MemoryPhase& phase : plan.phases) {
+    for (const spec::MemoryItem& item : phase.items) {
+      if (absl::StartsWith(item.name, prefix)) return item.bytes;
+    }
+  }
+  return -1;
+}
+
+TEST_CASE("spec: the memory plan counts the 270M's tensors and shards them under zero3", "[spec][plan]") {
+  const std::string dir = testing::TempDir("spec_plan");
+  spec::MemoryPlanOptions options;
+  options.runtime_bytes = 0;
+  auto one = spec::PlanMemory(PlanSpec(dir, {}), options);
+  INFO(one.status().ToString());
+  REQUIRE(one.ok());
+  INFO(one->ToString());
+  // Gemma 3 270M: 18 layers of q (1024×640), k and v (256×640), o (640×1024), gate and up
+  // (2048×640), down (640×2048); embedding 262144×640 tied to the head.
+  const int64_t per_layer = 1024 * 640 + 2 * 256 * 640 + 640 * 1024 + 3 * 2048 * 640;
+  CHECK(Item(*one, "embedding") == int64_t{262144} * 640 * 4);
+  CHECK(Item(*one, "base projections, 4-bit packed") == 18 * per_layer / 2);
+  const int64_t lora = 18 * 16 * ((640 + 1024) + 2 * (640 + 256) + (1024 + 640) + 3 * (640 + 2048));
+  CHECK(one->trainable_parameters == lora);
+  CHECK(lora == 3796992);  // what PEFT counts for the README job (train_test)
+  CHECK(Item(*one, "adapter") == lora * 16);
+  CHECK(Item(*one, "gathered layers") == -1);
+  // The cross-entropy chunk: 126 target rows of 262144 float32 logits, and the hidden gradient.
+  CHECK(Item(*one, "cross-entropy chunk") == 126 * 262144 * 4 + 126 * 640 * 4);
+  CHECK(one->world_size == 1);
+
+  // zero3 over 2 processes: every layer's frozen bytes split in two, two whole layers gathered,
+  // activation checkpointing on; the embedding and the adapter stay whole.
+  spec::MemoryPlanOptions two_options = options;
+  two_options.world_size = 2;
+  auto two = spec::PlanMemory(PlanSpec(dir, {"distributed.engine=zero3"}), two_options);
+  REQUIRE(two.ok());
+  INFO(two->ToString());
+  CHECK(Item(*two, "base projections, 4-bit packed") == 18 * per_layer / 4);
+  CHECK(Item(*two, "gathered layers") > 0);
+  CHECK(Item(*two, "embedding") == Item(*one, "embedding"));
+  CHECK(Item(*two, "adapter") == Item(*one, "adapter"));
+  CHECK(Item(*two, "activations kept (each layer's input)") < Item(*one, "activations kept for backward"));
+  CHECK(Item(*two, "gradient all-reduce buffer") == lora * 4);
+  CHECK_THAT(two->ToString(), Catch::Contains("activation checkpointing on (zero3 turns it on)"));
+
+  // A bf16 model halves the embedding and the activations; checkpointing lowers the peak.
+  auto bf16 = spec::PlanMemory(PlanSpec(dir, {"model.dtype=bf16", "training.activation_checkpointing=true"}), options);
+  REQUIRE(bf16.ok());
+  CHECK(Item(*bf16, "embedding") * 2 == Item(*one, "embedding"));
+  CHECK(bf16->peak_bytes() < one->peak_bytes());
+
+  // The check before loading: over the limit is refused with the plan and the way out.
+  CHECK(spec::CheckPlanFits(*one, one->peak_bytes(), "test").ok());
+  const absl::Status refused = spec::CheckPlanFits(*one, one->peak_bytes() - 1, "distributed.memory_limit");
+  CHECK(refused.code() == absl::StatusCode::kResourceExhausted);
+  CHECK_THAT(std::string(refused.message()), Catch::Contains("distributed.memory_limit allows"));
+  CHECK_THAT(std::string(refused.message()), Catch::Contains("peak per process"));
+}
+
+TEST_CASE("spec: the example specs' plans for 3 × 24 GB and one 24 GB GPU", "[spec][plan]") {
+  const std::string root = LLMTRAIN_SOURCE_DIR;
+  const std::vector<std::pair<std::string, std::string>> examples = {
+      {"gemma3_27b_3x24gb.textproto", "gemma-3-27b-it.json"},
+      {"gemma2_2b_3x24gb.textproto", "gemma-2-2b-it.json"},
+      {"qwen2_5_14b_qlora.textproto", "qwen2.5-14b.json"}};
+  for (const auto& [spec_file, config_file] : examples) {
+    INFO(spec_file);
+    auto run = spec::LoadRunSpec(root + "/examples/specs/" + spec_file);
+    REQUIRE(run.ok());
+    auto config = io::LoadHfConfig(root + "/examples/model_configs/" + config_file);
+    REQUIRE(config.ok());
+    spec::MemoryPlanOptions options;
+    options.config = *config;
+    options.device = "cuda";
+    auto plan = spec::PlanMemory(*run, options);
+    INFO(plan.status().ToString());
+    REQUIRE(plan.ok());
+    INFO(plan->ToString());
+    CHECK(plan->world_size == (run->distributed().engine() == spec::DistributedSpec::single ? 1 : 3));
+    // What each spec's comment promises: it fits its GPUs.
+    CHECK(plan->peak_bytes() < (int64_t{24} << 30));
+  }
 }
 
 }  // namespace

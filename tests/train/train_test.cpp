@@ -15,8 +15,11 @@
 #include "llmtrain/core/atomic_file.h"
 #include "llmtrain/spec/build.h"
 #include "llmtrain/spec/run_spec.h"
+#include "llmtrain/spec/memory_plan.h"
 #include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/match.h"
 #include "llmtrain/train/checkpoint.h"
 #include "llmtrain/io/safetensors.h"
 #include "llmtrain/io/tensors.h"
@@ -164,6 +167,93 @@ std::string Bytes(const std::string& path) {
   auto text = ReadFileToString(path);
   REQUIRE(text.ok());
   return *text;
+}
+
+// Σ bytes of the distinct storages among `tensors` (views and repeats counted once).
+int64_t DistinctBytes(const std::vector<at::Tensor>& tensors) {
+  std::set<const void*> seen;
+  int64_t bytes = 0;
+  for (const at::Tensor& t : tensors) {
+    if (t.defined() && seen.insert(t.storage().data()).second) bytes += static_cast<int64_t>(t.storage().nbytes());
+  }
+  return bytes;
+}
+
+int64_t PlanItem(const spec::MemoryPlan& plan, const std::string& prefix) {
+  for (const spec::MemoryItem& item : plan.resident) {
+    if (absl::StartsWith(item.name, prefix)) return item.bytes;
+  }
+  FAIL("no plan item " << prefix);
+  return -1;
+}
+
+TEST_CASE("train: the memory plan counts the tensors the trainer builds, byte for byte", "[train][real]") {
+  const std::string dir = testing::TempDir("train_plan");
+  // The README job's shape of adapter, rank patterns, DoRA, a bf16 model and adapter, FP4 without
+  // double quantization, and a dense base.
+  const std::vector<std::vector<std::string>> variants = {
+      {"lora.target_modules=all-linear", "lora.r=16"},
+      {"lora.target_modules=all-linear", "lora.rank_pattern.down_proj=2", "lora.layers_to_transform=0,3"},
+      {"lora.use_dora=true", "model.dtype=bf16", "lora.dtype=bf16"},
+      {"model.quant_type=fp4", "model.double_quant=false", "model.quant_blocksize=128"},
+      {"model.load_in_4bit=false", "lora.target_modules=o_proj", "lora.modules_to_save=model.norm"},
+  };
+  for (size_t v = 0; v < variants.size(); ++v) {
+    INFO("variant " << absl::StrJoin(variants[v], " "));
+    spec::RunSpec run = SmallRun(absl::StrCat(dir, "/", v), 1, 1, 1);
+    run.mutable_lora()->clear_target_modules();
+    for (const std::string& set : variants[v]) REQUIRE(spec::ApplyOverride(&run, set).ok());
+    spec::FillDefaults(&run);
+    auto plan = spec::PlanMemory(run);
+    INFO(plan.status().ToString());
+    REQUIRE(plan.ok());
+    auto parts = spec::BuildTrainerComponents(run);
+    INFO(parts.status().ToString());
+    REQUIRE(parts.ok());
+    const model::Decoder& model = *parts->model;
+    // Frozen layer tensors: the packed weights, quant state and norms of every layer.
+    int64_t frozen = 0, trainable = 0;
+    for (int64_t i = 0; i < model.num_layers(); ++i) frozen += DistinctBytes(model.LayerFrozenTensors(i));
+    for (const auto& [key, t] : lora::TrainableParameters(model, parts->adapter)) trainable += t.numel();
+    const bool four_bit = run.model().load_in_4bit();
+    const int64_t planned_frozen = (four_bit ? PlanItem(*plan, "base projections, 4-bit") + PlanItem(*plan, "quant state")
+                                             : PlanItem(*plan, "base projections")) +
+                                   PlanItem(*plan, "norms and biases");
+    const at::Tensor& final_norm = [&]() -> const at::Tensor& {
+      for (const auto& [name, t] : model.named_parameters()) {
+        if (name == "model.norm.weight") return t;
+      }
+      FAIL("no final norm");
+      return model.lm_head();
+    }();
+    CHECK(planned_frozen == frozen + static_cast<int64_t>(final_norm.nbytes()));
+    CHECK(PlanItem(*plan, "embedding") == static_cast<int64_t>(model.lm_head().nbytes()));
+    CHECK(plan->trainable_parameters == trainable);
+    // Weights, gradients and AdamW state of the adapter.
+    const int64_t lp = run.lora().dtype() == spec::LoraSpec::bf16 ? 2 : 4;
+    if (run.lora().modules_to_save().empty()) {
+      CHECK(PlanItem(*plan, "adapter") == trainable * (2 * lp + 8 + (lp == 4 ? 0 : 4)));
+    }
+  }
+}
+
+TEST_CASE("train: a run over distributed.memory_limit is refused before the model loads, with its plan", "[train][real]") {
+  const std::string dir = testing::TempDir("train_memory_limit");
+  spec::RunSpec run = SmallRun(dir, 1, 1, 1);
+  REQUIRE(spec::ApplyOverride(&run, "distributed.memory_limit=900MiB").ok());
+  auto parts = spec::BuildTrainerComponents(run);
+  REQUIRE_FALSE(parts.ok());
+  INFO(parts.status().ToString());
+  CHECK(parts.status().code() == absl::StatusCode::kResourceExhausted);
+  const std::string message(parts.status().message());
+  CHECK_THAT(message, Catch::Contains("distributed.memory_limit allows 900.0 MiB"));
+  CHECK_THAT(message, Catch::Contains("embedding = tied LM head (f32)"));
+  CHECK_THAT(message, Catch::Contains("peak per process"));
+  // "off" skips the check; a limit above the plan lets it through.
+  REQUIRE(spec::ApplyOverride(&run, "distributed.memory_limit=off").ok());
+  CHECK(spec::BuildTrainerComponents(run).ok());
+  REQUIRE(spec::ApplyOverride(&run, "distributed.memory_limit=64GiB").ok());
+  CHECK(spec::BuildTrainerComponents(run).ok());
 }
 
 TEST_CASE("train: gradient accumulation 4 × 1 equals one batch of 4", "[train][real]") {

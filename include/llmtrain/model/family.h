@@ -83,6 +83,10 @@ absl::StatusOr<FamilySpec> BuildFamilySpec(const io::TextConfig& config);
 /// the name table (q, k, v, o, gate, up, down): what LoRA targets match against.
 std::vector<std::string> ProjectionNames(const FamilySpec& spec, int64_t num_layers);
 
+/// The shape a weight of `role` has under `config` (row-major, PyTorch order): what loading
+/// checks every tensor against, and what memory planning counts without reading weights.
+std::vector<int64_t> WeightShape(Role role, const io::TextConfig& config);
+
 /// The registered model types, sorted.
 std::vector<std::string> SupportedFamilies();
 

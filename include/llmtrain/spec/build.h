@@ -29,8 +29,6 @@ std::optional<quant::Quant4Options> ToQuant4Options(const RunSpec& spec);
 /// model.dtype and training.activation_checkpointing; the projection factory is
 /// quant::QuantizedLinearFactory(ToQuant4Options(spec)).
 model::DecoderOptions ToDecoderOptions(const RunSpec& spec);
-/// The lora section (PEFT's LoraConfig), seeded by training.seed, based on model.path.
-lora::LoraConfig ToLoraConfig(const RunSpec& spec);
 /// data.format.
 absl::StatusOr<data::DatasetOptions> ToDatasetOptions(const RunSpec& spec);
 /// data.max_length, truncation, mask_prompt, packing and training.micro_batch_size.

@@ -12,6 +12,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "llmtrain/lora/adapter_config.h"
 #include "llmtrain/run_spec.pb.h"  // generated from proto/llmtrain/run_spec.proto
 
 namespace llmtrain::spec {
@@ -50,5 +51,8 @@ std::string DefaultSpecText();
 
 /// The spec as text proto (for checkpoints and reports).
 std::string SpecToText(const RunSpec& spec);
+
+/// The lora section (PEFT's LoraConfig), seeded by training.seed, based on model.path.
+lora::LoraConfig ToLoraConfig(const RunSpec& spec);
 
 }  // namespace llmtrain::spec
