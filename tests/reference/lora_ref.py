@@ -92,6 +92,16 @@ def build_model(family, seed, qlora=False):
     return model, model_cls, config
 
 
+def plain_cpu_4bit(model):
+    """bitsandbytes' Linear4bit repacks its weight for an AVX512-BF16 kernel on CPUs that have one,
+    in eval mode without grad, and that kernel needs out_features divisible by 32 (tiny models'
+    are not). Keep every CPU on the same exact path: dequantize, then matmul."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+    return model
+
+
 def inputs(config, padding, seed):
     gen = torch.Generator().manual_seed(seed + 1)
     input_ids = torch.randint(0, config.vocab_size, (B, T), generator=gen)
@@ -152,8 +162,8 @@ def make(out_dir, qlora):
         if qlora:
             bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                      bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.float32)
-            model = model_cls.from_pretrained(model_dir, quantization_config=bnb, dtype=torch.float32,
-                                              device_map="cpu", attn_implementation="eager")
+            model = plain_cpu_4bit(model_cls.from_pretrained(model_dir, quantization_config=bnb, dtype=torch.float32,
+                                                             device_map="cpu", attn_implementation="eager"))
             model.save_pretrained(os.path.join(case_dir, "bnb_model"))
         model.eval()
         torch.manual_seed(SEED)
@@ -240,7 +250,7 @@ def generate(out_dir, case, ids_json, n):
     model = model_cls.from_pretrained(os.path.join(case_dir, "model"), quantization_config=bnb, dtype=torch.float32,
                                       device_map="cpu", attn_implementation="eager")
     model.train()  # bitsandbytes' exact CPU path for 4-bit models (as in make)
-    peft_model = PeftModel.from_pretrained(model, os.path.join(case_dir, "peft"))
+    peft_model = plain_cpu_4bit(PeftModel.from_pretrained(model, os.path.join(case_dir, "peft")))
     for module in peft_model.modules():  # no dropout while generating
         if isinstance(module, torch.nn.Dropout):
             module.eval()
