@@ -13,7 +13,8 @@
 // The formulas (per optimizer step, per rank, N ranks, A micro-batches per rank):
 //   ddp:   one all-reduce of the adapter's float32 gradients: 4·P bytes in, 2·(N−1)/N·4·P on the
 //          wire of a ring;
-//   zero3: the same, plus every layer's frozen unit gathered twice per micro-batch (forward, and
+//   zero3: a reduce-scatter of those gradients and an all-gather of the updated values (4·P bytes
+//          each, (N−1)/N·4·P on the wire of a ring), plus every layer's frozen unit gathered twice per micro-batch (forward, and
 //          the recompute of activation checkpointing in backward): 2·A·Σunits bytes assembled, of
 //          which (N−1)/N come from the other ranks.
 #include <sys/resource.h>
@@ -105,8 +106,16 @@ int Worker(const std::string& spec_path, const std::string& engine, const std::s
                       {"resident_mib_after_setup", resident_after_setup},
                       {"resident_mib_end", ResidentMib()},
                       {"peak_rss_mib", PeakRssMib()}};
+  // The adapter's optimizer state this rank holds (a slice of it under zero3).
+  const train::AdamW& optimizer = (*trainer)->optimizer();
+  int64_t state_bytes = 0;
+  for (const at::Tensor& t : optimizer.sharded() ? optimizer.ShardStateTensors() : optimizer.StateTensors()) {
+    state_bytes += t.numel() * t.element_size();
+  }
+  j["optimizer_state_bytes"] = state_bytes;
   if (auto* replicated = dynamic_cast<dist::ReplicatedEngine*>(eng.get())) {
     j["gradient_bytes"] = replicated->gradient_bytes();
+    j["parameter_gather_bytes"] = replicated->parameter_gather_bytes();
   }
   if (auto* sharded = dynamic_cast<dist::ShardedEngine*>(eng.get())) {
     j["unit_bytes"] = sharded->unit_bytes();
@@ -180,9 +189,9 @@ int main(int argc, char** argv) {
   std::printf("dist_bench: the real Gemma 3 270M, QLoRA r 16 all-linear, micro-batch 1 × accumulation 2 per rank, "
               "max_length 64, %d steps (median of steps 3..%d), Gloo on %ld cores\n\n", steps, steps,
               sysconf(_SC_NPROCESSORS_ONLN));
-  std::printf("%-6s %5s %8s %10s %10s %11s %15s %14s %12s %11s %8s %8s\n", "engine", "world", "step s",
-              "samples/s", "vs world 1", "grad MiB/st", "gathered MiB/st", "formula MiB/st", "recv MiB/st",
-              "held MiB/rk", "RSS MiB", "peak MiB");
+  std::printf("%-6s %5s %8s %10s %10s %11s %15s %14s %12s %11s %11s %8s %8s\n", "engine", "world", "step s",
+              "samples/s", "vs world 1", "adapt MiB/st", "gathered MiB/st", "formula MiB/st", "recv MiB/st",
+              "held MiB/rk", "optim MiB/rk", "RSS MiB", "peak MiB");
   for (const std::string& engine : engines) {
     double base = 0;
     for (int world : worlds) {
@@ -210,23 +219,28 @@ int main(int argc, char** argv) {
       const double samples_per_second = 2.0 * world / step;
       if (world == worlds.front()) base = samples_per_second;
       const double mib = 1 << 20;
-      const double grad = j.value("gradient_bytes", int64_t{0}) / mib / steps;
+      const double grad =
+          (j.value("gradient_bytes", int64_t{0}) + j.value("parameter_gather_bytes", int64_t{0})) / mib / steps;
       const double gathered = j.value("gathered_bytes", int64_t{0}) / mib / steps;
       const double units = j.value("unit_bytes", int64_t{0}) / mib;
       const double formula = engine == "zero3" ? 2.0 * 2 * units : 0.0;
       const double held = j.value("shard_bytes", int64_t{0}) / mib;
-      std::printf("%-6s %5d %8.3f %10.3f %10.2f %11.2f %15.1f %14.1f %12.1f %11.1f %8lld %8lld\n", engine.c_str(),
-                  world, step, samples_per_second, samples_per_second / base, grad, gathered, formula,
-                  gathered * (world - 1) / world, held, static_cast<long long>(j["resident_mib_end"].get<int64_t>()),
+      const double state = j.value("optimizer_state_bytes", int64_t{0}) / mib;
+      std::printf("%-6s %5d %8.3f %10.3f %10.2f %11.2f %15.1f %14.1f %12.1f %11.1f %11.1f %8lld %8lld\n",
+                  engine.c_str(), world, step, samples_per_second, samples_per_second / base, grad, gathered, formula,
+                  gathered * (world - 1) / world, held, state,
+                  static_cast<long long>(j["resident_mib_end"].get<int64_t>()),
                   static_cast<long long>(j["peak_rss_mib"].get<int64_t>()));
       std::fflush(stdout);
     }
   }
   std::printf("\nsamples/s: records trained per second by all ranks together; vs world 1: that throughput against the "
-              "engine's world-1 run, each using all cores. grad MiB/st: the adapter's float32 gradients all-reduced "
-              "per step (4 bytes per LoRA parameter). gathered: layer units assembled per step on rank 0; formula: "
+              "engine's world-1 run, each using all cores. adapt MiB/st: the adapter's bytes per step in collectives: "
+              "ddp all-reduces its float32 gradients (4 bytes per LoRA parameter), zero3 reduce-scatters them and "
+              "all-gathers the updated values (4 + 4 bytes; each rank steps 1/N of the optimizer state). gathered: layer units assembled per step on rank 0; formula: "
               "2 passes (forward, recompute) × 2 micro-batches × the units' bytes; recv: the part of it that came "
-              "from the other ranks, (N−1)/N. held: the frozen layer bytes rank 0 keeps between uses (zero3). RSS: "
+              "from the other ranks, (N−1)/N. held: the frozen layer bytes rank 0 keeps between uses (zero3). optim: the "
+              "adapter's AdamW state rank 0 holds (moments, and float32 values of its slice under zero3). RSS: "
               "resident at the end; peak: ru_maxrss.\n");
   return 0;
 }

@@ -13,6 +13,18 @@
 
 namespace llmtrain::dist {
 
+absl::Status SingleProcessEngine::ReduceScatterSum(at::Tensor& shard, const at::Tensor& flat) {
+  TORCH_CHECK(shard.numel() == flat.numel(), "ReduceScatterSum: one process holds the whole buffer");
+  shard.copy_(flat);
+  return absl::OkStatus();
+}
+
+absl::Status SingleProcessEngine::AllGather(at::Tensor& flat, const at::Tensor& shard) {
+  TORCH_CHECK(shard.numel() == flat.numel(), "AllGather: one process holds the whole buffer");
+  flat.copy_(shard);
+  return absl::OkStatus();
+}
+
 ReplicatedEngine::ReplicatedEngine(std::shared_ptr<ProcessGroup> group) : group_(std::move(group)) {
   TORCH_CHECK(group_ != nullptr, "ReplicatedEngine: no process group");
 }
@@ -47,6 +59,19 @@ absl::Status ReplicatedEngine::SynchronizeGradients(const std::vector<at::Tensor
     }
     offset += p.numel();
   }
+  return absl::OkStatus();
+}
+
+absl::Status ReplicatedEngine::ReduceScatterSum(at::Tensor& shard, const at::Tensor& flat) {
+  LLMTRAIN_RETURN_IF_ERROR(
+      Annotate(group_->ReduceScatterSum(shard, flat), "reduce-scattering the adapter's gradients"));
+  gradient_bytes_ += flat.numel() * flat.element_size();
+  return absl::OkStatus();
+}
+
+absl::Status ReplicatedEngine::AllGather(at::Tensor& flat, const at::Tensor& shard) {
+  LLMTRAIN_RETURN_IF_ERROR(Annotate(group_->AllGatherInto(flat, shard), "all-gathering the adapter's values"));
+  parameter_gather_bytes_ += flat.numel() * flat.element_size();
   return absl::OkStatus();
 }
 

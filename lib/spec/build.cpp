@@ -99,6 +99,7 @@ train::TrainerOptions ToTrainerOptions(const RunSpec& spec) {
   o.max_nonfinite_steps = t.max_nonfinite_steps();
   o.log_every_steps = t.log_every_steps();
   o.autocast = t.autocast() == TrainingSpec::bf16 ? train::Autocast::kBf16 : train::Autocast::kOff;
+  o.cpu_offload = spec.distributed().cpu_offload();
   o.eval_every_steps = spec.eval().every_steps();
   o.eval_max_batches = spec.eval().max_batches();
   o.sample_prompts.assign(spec.eval().sample_prompts().begin(), spec.eval().sample_prompts().end());

@@ -354,10 +354,28 @@ absl::StatusOr<MemoryPlan> PlanMemory(const RunSpec& spec_in, const MemoryPlanOp
   // The adapter: weights, gradients, AdamW's two float32 moments, and float32 masters of
   // bf16 weights; modules_to_save add their gradients and optimizer state (their weights are
   // counted above).
-  const int64_t per_lora = 2 * lp + 8 + (lp == 4 ? 0 : 4);
-  const int64_t per_saved = p + 8 + (p == 4 ? 0 : 4);
-  plan.resident.push_back({"adapter + gradients + AdamW state", lora_params * per_lora + saved_params * per_saved,
-                           absl::StrCat(per_lora, " B per LoRA parameter", world > 1 ? ", on every process" : "")});
+  // Under zero3 the state is sharded: each process keeps AdamW's moments and float32 values of
+  // 1/N of the flattened adapter (the weights and gradients stay whole: every forward needs them).
+  // distributed.cpu_offload takes the same step with the state in host memory.
+  const int64_t trainable = lora_params + saved_params;
+  const bool offload = ds.cpu_offload();
+  const bool shard_state = zero3 || offload;
+  if (shard_state) {
+    plan.resident.push_back({"adapter + gradients", lora_params * 2 * lp + saved_params * p, "whole on every process"});
+    const std::string slice = world > 1 ? absl::StrCat("1/", world, " of the adapter") : "the whole adapter";
+    if (offload && cuda) {
+      plan.resident.push_back({"AdamW state: in host memory (cpu_offload)", 0,
+                               absl::StrCat(FormatBytes(CeilDiv(trainable, world) * 12), ", ", slice)});
+    } else {
+      plan.resident.push_back({"AdamW state (moments + float32 values)", CeilDiv(trainable, world) * 12,
+                               absl::StrCat(slice, offload ? " (cpu_offload)" : " (zero3)")});
+    }
+  } else {
+    const int64_t per_lora = 2 * lp + 8 + (lp == 4 ? 0 : 4);
+    const int64_t per_saved = p + 8 + (p == 4 ? 0 : 4);
+    plan.resident.push_back({"adapter + gradients + AdamW state", lora_params * per_lora + saved_params * per_saved,
+                             absl::StrCat(per_lora, " B per LoRA parameter", world > 1 ? ", on every process" : "")});
+  }
 
   // Loading (host): the file pages loading reads, the weights built so far, one temporary.
   // Without the files (a config given): a bf16 checkpoint of the model's parameters.
@@ -440,9 +458,26 @@ absl::StatusOr<MemoryPlan> PlanMemory(const RunSpec& spec_in, const MemoryPlanOp
   if (dora_dense > 0) backward.items.push_back({"DoRA: dense weight and norm", dora_dense, ""});
   plan.phases.push_back(backward);
 
-  if (world > 1) {
+  if (shard_state) {
     MemoryPhase step{"optimizer step", {}, true};
-    step.items.push_back({"gradient all-reduce buffer (f32)", plan.trainable_parameters * 4, ""});
+    step.items.push_back({"gradients laid out flat for the reduce-scatter (f32)", CeilDiv(trainable, world) * world * 4, ""});
+    step.items.push_back({"this process's summed slice (f32)", CeilDiv(trainable, world) * 4, ""});
+    step.items.push_back({"updated values all-gathered (f32)", CeilDiv(trainable, world) * world * 4, ""});
+    plan.phases.push_back(step);
+    // A checkpoint gathers the state (moments and values) whole, then the main process copies
+    // it per parameter for the file.
+    MemoryPhase checkpoint{"checkpoint", {}, true};
+    if (cuda) {
+      checkpoint.items.push_back({"one AdamW state tensor gathered whole (f32)", CeilDiv(trainable, world) * world * 4,
+                                  "then copied to host memory"});
+    } else {
+      checkpoint.items.push_back({"AdamW state gathered whole, and its per-parameter copies",
+                                  2 * 3 * trainable * 4, "on the main process"});
+    }
+    plan.phases.push_back(checkpoint);
+  } else if (world > 1) {
+    MemoryPhase step{"optimizer step", {}, true};
+    step.items.push_back({"gradient all-reduce buffer (f32)", trainable * 4, ""});
     plan.phases.push_back(step);
   }
   plan.other_checkpointing = {

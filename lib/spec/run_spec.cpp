@@ -604,9 +604,6 @@ std::vector<SpecError> FindSpecErrors(const RunSpec& s) {
                                      DistributedSpec::Engine_Name(dist.engine()),
                                      ": the engines carry CPU tensors over Gloo so far; use engine single on a GPU"));
   }
-  if (dist.cpu_offload()) {
-    err("distributed.cpu_offload", "is not built yet (it needs the adapter's optimizer state sharded); leave it false");
-  }
   if (dist.memory_limit() != "auto" && dist.memory_limit() != "off") {
     if (auto limit = ParseByteSize(dist.memory_limit()); !limit.ok()) {
       err("distributed.memory_limit", absl::StrCat(limit.status().message(), ", \"auto\" or \"off\""));

@@ -7,6 +7,7 @@
 #include <ATen/core/grad_mode.h>
 #include <ATen/record_function.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
@@ -23,31 +24,100 @@ AdamW::AdamW(std::vector<at::Tensor> params, const AdamWOptions& options)
   }
 }
 
-void AdamW::Step(double lr) {
+namespace {
+
+// The parameters' elements [begin, end) of their flattened concatenation, as float32 on
+// `device`; `pick(i)` gives the tensor that stands for parameter i (any device).
+template <typename Pick>
+at::Tensor FlatSlice(const std::vector<at::Tensor>& params, int64_t begin, int64_t end, c10::Device device, Pick pick) {
+  std::vector<at::Tensor> parts;
+  int64_t offset = 0;
+  for (size_t i = 0; i < params.size(); ++i) {
+    const int64_t n = params[i].numel();
+    const int64_t lo = std::max(begin, offset), hi = std::min(end, offset + n);
+    if (lo < hi) {
+      parts.push_back(pick(i).detach().reshape({-1}).slice(0, lo - offset, hi - offset).to(device, at::kFloat));
+    }
+    offset += n;
+  }
+  const at::TensorOptions options = at::TensorOptions().dtype(at::kFloat).device(device);
+  return parts.empty() ? at::empty({0}, options) : at::cat(parts).contiguous();
+}
+
+}  // namespace
+
+int64_t AdamW::numel() const {
+  int64_t n = 0;
+  for (const at::Tensor& p : params_) n += p.numel();
+  return n;
+}
+
+absl::Status AdamW::ShardState(int64_t begin, int64_t end, std::optional<c10::Device> state_device) {
+  if (step_ != 0) return absl::FailedPreconditionError("AdamW::ShardState: after the first step");
+  if (begin < 0 || end < begin || end > numel()) {
+    return absl::InvalidArgumentError(absl::StrCat("AdamW::ShardState: slice [", begin, ", ", end, ") of ", numel(),
+                                                   " elements"));
+  }
+  if (params_.empty()) return absl::FailedPreconditionError("AdamW::ShardState: no parameters");
+  at::NoGradGuard no_grad;
+  sharded_ = true;
+  begin_ = begin;
+  end_ = end;
+  const c10::Device device = state_device ? *state_device : params_.front().device();
+  master_ = {FlatSlice(params_, begin, end, device,
+                       [&](size_t i) { return master_[i].defined() ? master_[i] : params_[i]; })};
+  exp_avg_ = {at::zeros_like(master_[0])};
+  exp_avg_sq_ = {at::zeros_like(master_[0])};
+  return absl::OkStatus();
+}
+
+namespace {
+
+// One AdamW update of `param` in place from float32 `grad` at step `step` (1-based):
+// torch/optim/adam.py _single_tensor_adam (decoupled weight decay, no amsgrad), with the scalar
+// math in double. Step and StepShard both call it, so a slice gets each element's arithmetic.
+void AdamWUpdate(at::Tensor& param, at::Tensor& exp_avg, at::Tensor& exp_avg_sq, const at::Tensor& grad,
+                 const AdamWOptions& o, double lr, int64_t step) {
+  const double bias_correction1 = 1 - std::pow(o.beta1, static_cast<double>(step));
+  const double bias_correction2 = 1 - std::pow(o.beta2, static_cast<double>(step));
+  const double step_size = lr / bias_correction1;
+  const double bias_correction2_sqrt = std::pow(bias_correction2, 0.5);
+  if (o.weight_decay != 0) param.mul_(1 - lr * o.weight_decay);
+  exp_avg.lerp_(grad, 1 - o.beta1);
+  exp_avg_sq.mul_(o.beta2).addcmul_(grad, grad, 1 - o.beta2);
+  const at::Tensor denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(o.eps);
+  param.addcdiv_(exp_avg, denom, -step_size);
+}
+
+}  // namespace
+
+const at::Tensor& AdamW::StepShard(double lr, const at::Tensor& grad) {
+  TORCH_CHECK(sharded_, "AdamW::StepShard: the optimizer is not sharded (ShardState)");
+  TORCH_CHECK(grad.scalar_type() == at::kFloat && grad.numel() == end_ - begin_,
+              "AdamW::StepShard: expected a float32 gradient of ", end_ - begin_, " elements, got ", grad.numel());
   RECORD_FUNCTION("llmtrain::adamw", std::vector<c10::IValue>());
   at::NoGradGuard no_grad;
   ++step_;
-  const double beta1 = options_.beta1, beta2 = options_.beta2;
-  // torch/optim/adam.py _single_tensor_adam (decoupled weight decay, no amsgrad).
-  const double bias_correction1 = 1 - std::pow(beta1, static_cast<double>(step_));
-  const double bias_correction2 = 1 - std::pow(beta2, static_cast<double>(step_));
-  const double step_size = lr / bias_correction1;
-  const double bias_correction2_sqrt = std::pow(bias_correction2, 0.5);
+  AdamWUpdate(master_[0], exp_avg_[0], exp_avg_sq_[0], grad.reshape({-1}), options_, lr, step_);
+  return master_[0];
+}
+
+void AdamW::Step(double lr) {
+  TORCH_CHECK(!sharded_, "AdamW::Step: a sharded optimizer steps with StepShard");
+  RECORD_FUNCTION("llmtrain::adamw", std::vector<c10::IValue>());
+  at::NoGradGuard no_grad;
+  ++step_;
   for (size_t i = 0; i < params_.size(); ++i) {
     at::Tensor p = params_[i];
     if (!p.grad().defined()) continue;
     at::Tensor param = master_[i].defined() ? master_[i] : p;
-    const at::Tensor grad = p.grad().to(at::kFloat);
-    if (options_.weight_decay != 0) param.mul_(1 - lr * options_.weight_decay);
-    exp_avg_[i].lerp_(grad, 1 - beta1);
-    exp_avg_sq_[i].mul_(beta2).addcmul_(grad, grad, 1 - beta2);
-    const at::Tensor denom = (exp_avg_sq_[i].sqrt() / bias_correction2_sqrt).add_(options_.eps);
-    param.addcdiv_(exp_avg_[i], denom, -step_size);
+    AdamWUpdate(param, exp_avg_[i], exp_avg_sq_[i], p.grad().to(at::kFloat), options_, lr, step_);
     if (master_[i].defined()) p.copy_(param);
   }
 }
 
 std::vector<at::Tensor> AdamW::StateTensors() const {
+  TORCH_CHECK(!sharded_, "AdamW::StateTensors: a sharded optimizer holds a slice (ShardStateTensors)");
   std::vector<at::Tensor> out;
   for (size_t i = 0; i < params_.size(); ++i) {
     out.push_back(exp_avg_[i]);
@@ -63,6 +133,27 @@ absl::Status AdamW::LoadState(const std::vector<at::Tensor>& tensors, int64_t st
                                                    params_.size(), " parameters (expected 3 each)"));
   }
   at::NoGradGuard no_grad;
+  if (sharded_) {
+    for (size_t i = 0; i < params_.size(); ++i) {
+      for (int k = 0; k < 2; ++k) {
+        if (tensors[3 * i + k].sizes() != params_[i].sizes()) {
+          return absl::InvalidArgumentError(absl::StrCat("optimizer state: tensor ", 3 * i + k,
+                                                         " does not have the shape of parameter ", i));
+        }
+      }
+      if (params_[i].scalar_type() != at::kFloat && tensors[3 * i + 2].sizes() != params_[i].sizes()) {
+        return absl::InvalidArgumentError(absl::StrCat("optimizer state: no master copy for parameter ", i));
+      }
+    }
+    const c10::Device device = master_[0].device();
+    exp_avg_[0].copy_(FlatSlice(params_, begin_, end_, device, [&](size_t i) { return tensors[3 * i]; }));
+    exp_avg_sq_[0].copy_(FlatSlice(params_, begin_, end_, device, [&](size_t i) { return tensors[3 * i + 1]; }));
+    master_[0].copy_(FlatSlice(params_, begin_, end_, device, [&](size_t i) {
+      return params_[i].scalar_type() == at::kFloat ? params_[i] : tensors[3 * i + 2];
+    }));
+    step_ = step;
+    return absl::OkStatus();
+  }
   for (size_t i = 0; i < params_.size(); ++i) {
     for (int k = 0; k < 2; ++k) {
       const at::Tensor& t = tensors[3 * i + k];

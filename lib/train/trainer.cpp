@@ -125,11 +125,60 @@ struct Trainer::State {
   // Gathered from every process for the checkpoint being written: [epoch, cursor] per rank, and
   // the CPU generator states of ranks 1 … N − 1 (bytes, one state after the other).
   std::vector<int64_t> positions, rng_states;
+  // Sharded optimizer state (Engine::shards_optimizer_state): elements per process's slice of
+  // the flattened adapter, and the whole state gathered for the checkpoint being written.
+  int64_t shard_size = 0;
+  std::vector<at::Tensor> gathered_state;
 };
 
 namespace {
 
 at::Tensor CpuRngState() { return at::detail::getDefaultCPUGenerator().get_state(); }
+
+at::TensorOptions Float32On(const std::vector<at::Tensor>& params) {
+  return at::TensorOptions().dtype(at::kFloat).device(params.front().device());
+}
+
+// Sharded optimizer state: the gradients laid out flat (float32, world · shard elements, zeros
+// past the adapter's end) and reduce-scattered; returns this process's slice of their sum.
+absl::StatusOr<at::Tensor> ReduceScatterGradients(Engine& engine, const std::vector<at::Tensor>& params,
+                                                  int64_t shard, int64_t slice) {
+  at::Tensor flat = at::zeros({shard * engine.world_size()}, Float32On(params));
+  int64_t offset = 0;
+  for (const at::Tensor& p : params) {
+    if (p.grad().defined()) flat.narrow(0, offset, p.numel()).copy_(p.grad().reshape({-1}));
+    offset += p.numel();
+  }
+  at::Tensor out = at::empty({shard}, flat.options());
+  LLMTRAIN_RETURN_IF_ERROR(engine.ReduceScatterSum(out, flat));
+  return out.narrow(0, 0, slice);
+}
+
+// Every process's slice (padded to `shard`) all-gathered into the whole flat buffer, on the
+// parameters' device (an offloaded slice comes back from the host).
+absl::StatusOr<at::Tensor> GatherSlices(Engine& engine, const std::vector<at::Tensor>& params, const at::Tensor& slice,
+                                        int64_t shard) {
+  if (engine.world_size() == 1) return slice;  // the whole adapter already, where it is
+  at::Tensor padded = at::zeros({shard}, Float32On(params));
+  padded.narrow(0, 0, slice.numel()).copy_(slice);
+  at::Tensor flat = at::empty({shard * engine.world_size()}, padded.options());
+  LLMTRAIN_RETURN_IF_ERROR(engine.AllGather(flat, padded));
+  return flat;
+}
+
+// The global gradient norm from every process's slice of the summed gradients, and those
+// slices clipped as torch.nn.utils.clip_grad_norm_ clips: × min(1, max_norm / (norm + 1e-6)) in
+// float32. The norm is √(Σ over processes of the slices' Σ g², in float64).
+absl::StatusOr<double> ClipGradShards(Engine& engine, at::Tensor& grad, double max_norm) {
+  const double local = grad.numel() > 0 ? grad.to(at::kDouble).square().sum().item<double>() : 0.0;
+  LLMTRAIN_ASSIGN_OR_RETURN(const double squares, engine.SumValues(local));
+  const double norm = std::sqrt(squares);
+  if (max_norm > 0 && std::isfinite(norm)) {
+    const at::Tensor total = at::scalar_tensor(norm, grad.options());
+    grad.mul_(at::clamp((total + 1e-6).reciprocal() * max_norm, c10::nullopt, 1.0));
+  }
+  return norm;
+}
 
 }  // namespace
 
@@ -139,6 +188,7 @@ Trainer::~Trainer() = default;
 int64_t Trainer::total_steps() const { return s_->total_steps; }
 const std::vector<std::pair<std::string, at::Tensor>>& Trainer::TrainableParameters() const { return s_->trainable; }
 const model::Decoder& Trainer::model() const { return *s_->parts.model; }
+const AdamW& Trainer::optimizer() const { return *s_->parts.optimizer; }
 
 absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(TrainerComponents parts, const TrainerOptions& options) {
   LLMTRAIN_RETURN_IF_ERROR(Validate(options));
@@ -173,6 +223,37 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(TrainerComponents parts
     return absl::InvalidArgumentError(absl::StrCat(
         "TrainerComponents.optimizer: expected AdamW over the ", s->params.size(),
         " tensors of lora::TrainableParameters(model, adapter), in that order; it holds ", opt.size()));
+  }
+  if (parts.optimizer->sharded() && !parts.engine->shards_optimizer_state() && !options.cpu_offload) {
+    return absl::InvalidArgumentError(
+        "TrainerComponents.optimizer: sharded, but neither the engine nor cpu_offload shards it");
+  }
+  if ((parts.engine->shards_optimizer_state() || options.cpu_offload) && !parts.optimizer->sharded()) {
+    // This process keeps the state of its 1/N of the flattened adapter (the last slices may be
+    // shorter, or empty when the adapter has fewer elements than processes); offloaded, in host
+    // memory.
+    const int64_t total = parts.optimizer->numel();
+    const int64_t world = parts.engine->world_size();
+    s->shard_size = (total + world - 1) / world;
+    const int64_t begin = std::min(total, parts.engine->rank() * s->shard_size);
+    LLMTRAIN_RETURN_IF_ERROR(parts.optimizer->ShardState(
+        begin, std::min(total, begin + s->shard_size),
+        options.cpu_offload ? std::optional<c10::Device>(c10::kCPU) : std::nullopt));
+  } else if (parts.optimizer->sharded()) {
+    // Sharded by the caller: it must be this process's slice, where cpu_offload wants it.
+    const int64_t total = parts.optimizer->numel(), world = parts.engine->world_size();
+    s->shard_size = (total + world - 1) / world;
+    const int64_t begin = std::min(total, parts.engine->rank() * s->shard_size);
+    const int64_t end = std::min(total, begin + s->shard_size);
+    const AdamW& opt = *parts.optimizer;
+    if (opt.shard_begin() != begin || opt.shard_end() != end) {
+      return absl::InvalidArgumentError(absl::StrCat("TrainerComponents.optimizer: holds elements [", opt.shard_begin(),
+                                                     ", ", opt.shard_end(), ") of the adapter; process ",
+                                                     parts.engine->rank(), " of ", world, " steps [", begin, ", ", end, ")"));
+    }
+    if (options.cpu_offload && !opt.ShardStateTensors()[0].is_cpu()) {
+      return absl::InvalidArgumentError("TrainerComponents.optimizer: cpu_offload, but its state is not on the CPU");
+    }
   }
   s->total_steps = TotalSteps(options, parts.train_data->size(), parts.collator->options().batch_size,
                               parts.engine->world_size());
@@ -212,14 +293,34 @@ absl::StatusOr<StepMetrics> Trainer::TrainStep() {
       (ce.loss_sum / static_cast<double>(total_targets)).backward();
       loss_sum += ce.loss_sum.item<double>();
     }
-    LLMTRAIN_RETURN_IF_ERROR(s.parts.engine->SynchronizeGradients(s.params));
+    // The global gradients: everywhere (all-reduce), or this process's slice of them when the
+    // optimizer state is sharded (reduce-scatter).
+    const bool sharded = s.parts.optimizer->sharded();
+    AdamW& optimizer = *s.parts.optimizer;
+    at::Tensor grad_slice;
+    if (sharded) {
+      LLMTRAIN_ASSIGN_OR_RETURN(grad_slice, ReduceScatterGradients(*s.parts.engine, s.params, s.shard_size,
+                                                                   optimizer.shard_end() - optimizer.shard_begin()));
+      if (o.cpu_offload && !grad_slice.is_cpu()) {
+        // To the host through pinned (page-locked) memory, the fastest copy, and stepped there.
+        at::Tensor host = at::empty(grad_slice.sizes(), grad_slice.options().device(c10::kCPU).pinned_memory(true));
+        host.copy_(grad_slice);
+        grad_slice = host;
+      }
+    } else {
+      LLMTRAIN_RETURN_IF_ERROR(s.parts.engine->SynchronizeGradients(s.params));
+    }
     // Every process computes the same loss, norm and decision from here on: the gradients are
     // the global ones everywhere, and the loss is the sum over processes.
     LLMTRAIN_ASSIGN_OR_RETURN(const double global_loss_sum, s.parts.engine->SumValues(loss_sum));
     StepMetrics m;
     m.loss = global_loss_sum / static_cast<double>(total_targets);
     m.target_tokens = total_targets;
-    m.grad_norm = ClipGradNorm(s.params, o.max_grad_norm);
+    if (sharded) {
+      LLMTRAIN_ASSIGN_OR_RETURN(m.grad_norm, ClipGradShards(*s.parts.engine, grad_slice, o.max_grad_norm));
+    } else {
+      m.grad_norm = ClipGradNorm(s.params, o.max_grad_norm);
+    }
     m.lr = s.parts.optimizer->options().lr * s.parts.schedule->Factor(s.step);
     if (!std::isfinite(m.loss) || !std::isfinite(m.grad_norm)) {
       // Skip the update and say where the non-finite value appeared: the first module whose
@@ -244,12 +345,28 @@ absl::StatusOr<StepMetrics> Trainer::TrainStep() {
         }
         lora::SetTraining(&model, true);
       }
-      if (m.nonfinite_where == "the loss") {
+      if (m.nonfinite_where == "the loss" && !sharded) {
         for (auto it = s.trainable.rbegin(); it != s.trainable.rend(); ++it) {
           const at::Tensor& p = it->second;
           if (p.grad().defined() && !at::isfinite(p.grad()).all().item<bool>()) {
             m.nonfinite_where = "the gradient of " + it->first;
             break;
+          }
+        }
+      }
+      if (m.nonfinite_where == "the loss" && sharded && grad_slice.numel() > 0) {
+        // This process's slice of the summed gradients: the tensor of its last non-finite element
+        // (the nearest the loss that it can see).
+        const at::Tensor bad = at::isfinite(grad_slice).logical_not().nonzero();
+        if (bad.numel() > 0) {
+          const int64_t element = optimizer.shard_begin() + bad.max().item<int64_t>();
+          int64_t offset = 0;
+          for (const auto& [key, p] : s.trainable) {
+            if (element < offset + p.numel()) {
+              m.nonfinite_where = "the gradient of " + key;
+              break;
+            }
+            offset += p.numel();
           }
         }
       }
@@ -259,7 +376,19 @@ absl::StatusOr<StepMetrics> Trainer::TrainStep() {
       if (s.parts.engine->is_main()) LogWarning(absl::StrFormat("step %d: non-finite %s, first in %s; step skipped (%d in a row)", s.step + 1,
                                  std::isfinite(m.loss) ? "gradient" : "loss", m.nonfinite_where, s.nonfinite_in_row));
     } else {
-      s.parts.optimizer->Step(m.lr);
+      if (sharded) {
+        // Every process's updated slice into every process's adapter.
+        LLMTRAIN_ASSIGN_OR_RETURN(const at::Tensor values,
+                                  GatherSlices(*s.parts.engine, s.params, optimizer.StepShard(m.lr, grad_slice), s.shard_size));
+        at::NoGradGuard no_grad;
+        int64_t offset = 0;
+        for (at::Tensor& p : s.params) {
+          p.copy_(values.narrow(0, offset, p.numel()).view(p.sizes()));
+          offset += p.numel();
+        }
+      } else {
+        optimizer.Step(m.lr);
+      }
       s.nonfinite_in_row = 0;
     }
     for (at::Tensor& p : s.params) p.mutable_grad() = at::Tensor();
@@ -378,9 +507,29 @@ absl::Status Trainer::SaveCheckpoint() {
     LLMTRAIN_ASSIGN_OR_RETURN(s.rng_states,
                               s.parts.engine->GatherCounts(std::vector<int64_t>(bytes, bytes + rng.numel())));
   }
+  // A sharded optimizer state is gathered whole, in the single-process layout (per parameter:
+  // exp_avg, exp_avg_sq, the master copy of a bf16 one), so the run resumes at any world size.
+  s.gathered_state.clear();
+  if (s.parts.optimizer->sharded()) {
+    std::vector<at::Tensor> whole;
+    for (const at::Tensor& slice : s.parts.optimizer->ShardStateTensors()) {
+      LLMTRAIN_ASSIGN_OR_RETURN(at::Tensor flat, GatherSlices(*s.parts.engine, s.params, slice, s.shard_size));
+      whole.push_back(flat.cpu());  // off the GPU at once: the state was sharded (or offloaded) to spare it
+    }
+    if (!s.parts.engine->is_main()) whole.clear();
+    int64_t offset = 0;
+    for (const at::Tensor& p : whole.empty() ? std::vector<at::Tensor>() : s.params) {
+      const auto part = [&](int k) { return whole[k].narrow(0, offset, p.numel()).view(p.sizes()).clone(); };
+      s.gathered_state.push_back(part(0));
+      s.gathered_state.push_back(part(1));
+      s.gathered_state.push_back(p.scalar_type() == at::kFloat ? at::empty({0}, at::kFloat) : part(2));
+      offset += p.numel();
+    }
+  }
   // The main process writes it (the adapter and optimizer state are the same on every process);
   // the others wait for it and learn whether it worked.
   absl::Status written = s.parts.engine->is_main() ? WriteCheckpoint() : absl::OkStatus();
+  s.gathered_state.clear();
   LLMTRAIN_ASSIGN_OR_RETURN(const bool failed, s.parts.engine->AnyProcess(!written.ok()));
   if (failed && written.ok()) {
     return absl::InternalError(absl::StrCat("the main process failed to write the checkpoint of step ", s.step));
@@ -393,7 +542,8 @@ absl::Status Trainer::WriteCheckpoint() {
   return CommitCheckpoint(s.options.output_dir, s.step, s.options.keep_last, [&](const std::string& dir) -> absl::Status {
     LLMTRAIN_RETURN_IF_ERROR(lora::SaveAdapter(*s.parts.model, s.parts.adapter, dir + "/adapter"));
     std::vector<std::pair<std::string, at::Tensor>> state;
-    const std::vector<at::Tensor> adam_state = s.parts.optimizer->StateTensors();
+    const std::vector<at::Tensor> adam_state =
+        s.parts.optimizer->sharded() ? s.gathered_state : s.parts.optimizer->StateTensors();
     for (size_t i = 0; i < adam_state.size(); ++i) state.emplace_back(absl::StrCat("adam.", i), adam_state[i]);
     state.emplace_back("rng.cpu", CpuRngState());
     // The other processes' generators: rng.cpu.<rank>.
@@ -482,7 +632,7 @@ absl::StatusOr<bool> Trainer::Resume() {
   }
   LLMTRAIN_ASSIGN_OR_RETURN(auto opt, io::SafetensorsFile::Open(ck + "/optimizer.safetensors"));
   std::vector<at::Tensor> adam_state;
-  const size_t n_state = s.parts.optimizer->StateTensors().size();
+  const size_t n_state = 3 * s.params.size();  // per parameter: exp_avg, exp_avg_sq, master
   for (size_t i = 0; i < n_state; ++i) {
     const io::TensorInfo* info = opt->Find(absl::StrCat("adam.", i));
     if (info == nullptr) return absl::DataLossError(absl::StrCat(ck, "/optimizer.safetensors: lacks adam.", i));

@@ -117,6 +117,96 @@ TEST_CASE("train: bf16 parameters keep float32 moments and a float32 master copy
   CHECK(a.StateTensors()[2].scalar_type() == at::kFloat);
 }
 
+TEST_CASE("train: AdamW with its state sharded in 3 slices updates every element as the whole optimizer does, within a few ulps",
+          "[train]") {
+  // float32 and bf16 parameters of odd sizes; slices that cut through parameters, one empty.
+  const auto make = [](uint64_t seed) {
+    at::manual_seed(seed);
+    return std::vector<at::Tensor>{at::randn({7, 5}).requires_grad_(true),
+                                   at::randn({13}).to(at::kBFloat16).requires_grad_(true),
+                                   at::randn({3, 11}).requires_grad_(true)};
+  };
+  const train::AdamWOptions options{.lr = 1e-2, .beta1 = 0.9, .beta2 = 0.95, .eps = 1e-6, .weight_decay = 0.1};
+  std::vector<at::Tensor> whole_params = make(3);
+  train::AdamW whole(whole_params, options);
+  const int64_t total = whole.numel();
+  REQUIRE(total == 35 + 13 + 33);
+  const std::vector<std::pair<int64_t, int64_t>> slices = {{0, 40}, {40, 40}, {40, total}};
+  std::vector<std::vector<at::Tensor>> shard_params;
+  std::vector<std::unique_ptr<train::AdamW>> shards;
+  for (const auto& [begin, end] : slices) {
+    shard_params.push_back(make(3));
+    shards.push_back(std::make_unique<train::AdamW>(shard_params.back(), options));
+    REQUIRE(shards.back()->ShardState(begin, end).ok());
+  }
+  CHECK_FALSE(shards[0]->ShardState(0, total + 1).ok());
+  for (int step = 0; step < 6; ++step) {
+    std::vector<at::Tensor> grads;
+    for (const at::Tensor& p : whole_params) grads.push_back(at::randn(p.sizes()).to(p.scalar_type()));
+    for (size_t i = 0; i < grads.size(); ++i) whole_params[i].mutable_grad() = grads[i].clone();
+    whole.Step(1e-2);
+    // The flattened float32 gradients, each shard stepping its slice; the values written back.
+    std::vector<at::Tensor> flat_parts;
+    for (const at::Tensor& g : grads) flat_parts.push_back(g.to(at::kFloat).reshape({-1}));
+    const at::Tensor flat = at::cat(flat_parts);
+    std::vector<at::Tensor> values;
+    for (size_t k = 0; k < shards.size(); ++k) {
+      values.push_back(shards[k]->StepShard(1e-2, flat.slice(0, slices[k].first, slices[k].second).contiguous()).clone());
+    }
+    const at::Tensor all = at::cat(values);
+    at::NoGradGuard no_grad;
+    for (auto& params : shard_params) {
+      int64_t offset = 0;
+      for (at::Tensor& p : params) {
+        p.copy_(all.narrow(0, offset, p.numel()).view(p.sizes()));
+        offset += p.numel();
+      }
+    }
+  }
+  // Each element takes the same operations in the same order; ATen's vectorized loops and their
+  // scalar tails may round a fused multiply-add differently, and an element falls in the body
+  // or the tail by its place in the tensor, so the bound is a few float32 ulps.
+  const std::vector<at::Tensor> state_now = whole.StateTensors();
+  const auto flat_of = [&](int k) {
+    std::vector<at::Tensor> parts;
+    for (size_t i = 0; i < whole_params.size(); ++i) {
+      const at::Tensor& t = k == 2 && whole_params[i].scalar_type() == at::kFloat ? whole_params[i] : state_now[3 * i + k];
+      parts.push_back(t.detach().to(at::kFloat).reshape({-1}));
+    }
+    return at::cat(parts);
+  };
+  for (int k = 0; k < 3; ++k) {
+    std::vector<at::Tensor> slices_k;
+    for (const auto& shard : shards) slices_k.push_back(shard->ShardStateTensors()[k]);
+    const at::Tensor got = at::cat(slices_k), want = flat_of(k);
+    const double rel = ((got - want).abs().max() / want.abs().max()).item<double>();
+    INFO("state tensor " << k << " (exp_avg, exp_avg_sq, values): rel diff " << rel);
+    CHECK(rel <= 1e-6);
+  }
+  for (auto& params : shard_params) {
+    const double rel = ((params[0] - whole_params[0]).abs().max() / whole_params[0].abs().max()).item<double>();
+    CHECK(rel <= 1e-6);
+  }
+  // The whole state, loaded into a sharded optimizer, gives the slice of the whole one's state.
+  std::vector<at::Tensor> state = whole.StateTensors();
+  std::vector<at::Tensor> fresh = make(4);
+  {
+    at::NoGradGuard no_grad;
+    for (size_t i = 0; i < fresh.size(); ++i) fresh[i].copy_(whole_params[i]);
+  }
+  train::AdamW loaded(fresh, options);
+  REQUIRE(loaded.ShardState(30, 60).ok());
+  REQUIRE(loaded.LoadState(state, whole.step()).ok());
+  const std::vector<at::Tensor> slice = loaded.ShardStateTensors();
+  const at::Tensor exp_avg = at::cat({state[0].reshape({-1}), state[3].reshape({-1}), state[6].reshape({-1})});
+  CHECK(at::equal(slice[0], exp_avg.slice(0, 30, 60)));
+  // Values: float32 parameters as they are, the bf16 one's float32 master copy.
+  const at::Tensor values = at::cat({fresh[0].detach().reshape({-1}), state[5].reshape({-1}),
+                                     fresh[2].detach().reshape({-1})});
+  CHECK(at::equal(slice[2], values.slice(0, 30, 60)));
+  CHECK(loaded.step() == 6);
+}
+
 }  // namespace
 }  // namespace llmtrain
 
@@ -254,6 +344,106 @@ TEST_CASE("train: a run over distributed.memory_limit is refused before the mode
   CHECK(spec::BuildTrainerComponents(run).ok());
   REQUIRE(spec::ApplyOverride(&run, "distributed.memory_limit=64GiB").ok());
   CHECK(spec::BuildTrainerComponents(run).ok());
+}
+
+TEST_CASE("train: cpu_offload steps the optimizer state from the host: the same run as without it",
+          "[train][real]") {
+  const std::string dir = testing::TempDir("train_offload");
+  // One run after the other: dropout draws from the process's generator, which each build seeds.
+  const auto train = [&](const std::string& name, bool offload, double max_norm, int steps,
+                         std::vector<train::StepMetrics>* metrics) {
+    spec::RunSpec run = SmallRun(dir + "/" + name, 2, 2, 4);
+    REQUIRE(spec::ApplyOverride(&run, absl::StrCat("training.max_grad_norm=", max_norm)).ok());
+    REQUIRE(spec::ApplyOverride(&run, absl::StrCat("distributed.cpu_offload=", offload ? "true" : "false")).ok());
+    auto trainer = spec::BuildTrainer(run);
+    REQUIRE(trainer.ok());
+    for (int step = 0; step < steps; ++step) {
+      auto m = (*trainer)->TrainStep();
+      REQUIRE(m.ok());
+      metrics->push_back(*m);
+    }
+    return std::move(*trainer);
+  };
+  const auto lora_diff = [](const train::Trainer& a, const train::Trainer& b) {
+    double worst = 0;
+    const auto& pa = a.TrainableParameters();
+    const auto& pb = b.TrainableParameters();
+    REQUIRE(pa.size() == pb.size());
+    for (size_t i = 0; i < pa.size(); ++i) {
+      const double scale = std::max(1e-12, pa[i].second.abs().max().item<double>());
+      worst = std::max(worst, (pa[i].second - pb[i].second).abs().max().item<double>() / scale);
+    }
+    return worst;
+  };
+  // Without clipping the arithmetic is the same, element by element: the same adapter, bit for bit.
+  std::vector<train::StepMetrics> ma, mb;
+  auto a = train("plain", false, 0, 4, &ma);
+  auto b = train("offload", true, 0, 4, &mb);
+  for (size_t step = 0; step < ma.size(); ++step) {
+    CHECK(ma[step].loss == mb[step].loss);
+    // The reported norm: torch's float32 norm of per-tensor norms against float64 over the slices.
+    CHECK(std::abs(ma[step].grad_norm - mb[step].grad_norm) <= 1e-6 * ma[step].grad_norm);
+  }
+  const double unclipped = lora_diff(*a, *b);
+  CHECK(unclipped == 0);
+  // Clipping multiplies by max_norm / (norm + 1e-6): the two norms round differently in the last
+  // float32 place, so one clipped step's adapter differs by float32 rounding. (Later steps would
+  // let Adam amplify it where a moment nearly cancels, as dist_test's parity comment explains.)
+  std::vector<train::StepMetrics> mc, md;
+  auto c = train("plain_clipped", false, 0.05, 2, &mc);
+  auto d = train("offload_clipped", true, 0.05, 2, &md);
+  CHECK(mc[1].grad_norm > 0.05);
+  const double clipped = lora_diff(*c, *d);
+  std::printf("train: cpu_offload vs none, 4 unclipped steps: LoRA rel diff %.2e; 2 steps clipped (the second the "
+              "first with a learning rate above 0): %.2e\n", unclipped, clipped);
+  CHECK(clipped <= 1e-6);
+}
+
+TEST_CASE("train: a checkpoint written with cpu_offload resumes without it, and the other way round", "[train][real]") {
+  const std::string dir = testing::TempDir("train_offload_resume");
+  const auto spec_of = [&](const std::string& name, bool offload) {
+    spec::RunSpec run = SmallRun(dir + "/" + name, 2, 2, 6);
+    REQUIRE(spec::ApplyOverride(&run, absl::StrCat("distributed.cpu_offload=", offload ? "true" : "false")).ok());
+    // Unclipped: each step's arithmetic is then the same with and without offload (test above).
+    REQUIRE(spec::ApplyOverride(&run, "training.max_grad_norm=0").ok());
+    return run;
+  };
+  const auto run = [&](const spec::RunSpec& spec, bool resume, int stop_at) {
+    auto trainer = spec::BuildTrainer(spec);
+    REQUIRE(trainer.ok());
+    std::atomic<bool> stop{false};
+    train::RunOptions options;
+    options.progress = false;
+    options.resume = resume;
+    options.stop = &stop;
+    options.on_step = [&](const train::StepMetrics& m) {
+      if (m.step == stop_at) stop.store(true);
+    };
+    REQUIRE((*trainer)->Run(options).ok());
+  };
+  const auto adapter = [&](const std::string& name) {
+    auto file = io::SafetensorsFile::Open(dir + "/" + name + "/run/adapter/adapter_model.safetensors");
+    REQUIRE(file.ok());
+    std::vector<at::Tensor> out;
+    for (const io::TensorInfo& info : (*file)->tensors()) out.push_back(io::TensorView(**file, info).clone());
+    return out;
+  };
+  run(spec_of("whole", false), false, 0);
+  for (const bool first_offload : {true, false}) {
+    const std::string name = first_offload ? "offload_then_plain" : "plain_then_offload";
+    run(spec_of(name, first_offload), false, 3);
+    REQUIRE(IsDirectory(dir + "/" + name + "/run/checkpoints/step-000003"));
+    run(spec_of(name, !first_offload), true, 0);
+    const std::vector<at::Tensor> a = adapter("whole"), b = adapter(name);
+    REQUIRE(a.size() == b.size());
+    double worst = 0;
+    for (size_t i = 0; i < a.size(); ++i) {
+      const double scale = std::max(1e-12, a[i].abs().max().item<double>());
+      worst = std::max(worst, (a[i] - b[i]).abs().max().item<double>() / scale);
+    }
+    std::printf("train: %s, resumed at step 3: LoRA rel diff %.2e from the uninterrupted run\n", name.c_str(), worst);
+    CHECK(worst == 0);
+  }
 }
 
 TEST_CASE("train: gradient accumulation 4 × 1 equals one batch of 4", "[train][real]") {
@@ -770,11 +960,14 @@ TEST_CASE("train: a QLoRA run on CUDA equals the CPU run (losses, grad norms, ad
     return;
   }
   // DoRA reads its 4-bit base's dense weight every forward: on the GPU, our dequantization kernel.
-  const auto [family, autocast, dora] = GENERATE(table<std::string, bool, bool>(
-      {{"qwen2", false, false}, {"gemma3_text", false, false}, {"qwen2", true, false}, {"qwen2", false, true}}));
-  INFO("family " << family << (autocast ? " under autocast bf16" : "") << (dora ? " with DoRA" : ""));
-  const std::string dir =
-      testing::TempDir("train_cuda_" + family + (autocast ? "_autocast" : "") + (dora ? "_dora" : ""));
+  // cpu_offload: the GPU run's gradients go to the host (pinned) and the updated values come back.
+  const auto [family, autocast, dora, offload] = GENERATE(table<std::string, bool, bool, bool>(
+      {{"qwen2", false, false, false}, {"gemma3_text", false, false, false}, {"qwen2", true, false, false},
+       {"qwen2", false, true, false}, {"qwen2", false, false, true}}));
+  INFO("family " << family << (autocast ? " under autocast bf16" : "") << (dora ? " with DoRA" : "")
+                 << (offload ? " with cpu_offload" : ""));
+  const std::string dir = testing::TempDir("train_cuda_" + family + (autocast ? "_autocast" : "") +
+                                           (dora ? "_dora" : "") + (offload ? "_offload" : ""));
   const std::string tiny = TinyModel(family, dir + "/tiny");
   if (tiny.empty()) return;
   struct Result {
@@ -793,7 +986,8 @@ TEST_CASE("train: a QLoRA run on CUDA equals the CPU run (losses, grad norms, ad
         autocast ? " autocast: \"bf16\"" : "", " }\n",
         "eval { max_batches: 2 sample_prompts: \"the\" max_new_tokens: 4 }\n",
         "checkpoint { every_steps: 2 }\n",
-        "output { dir: \"", dir, "/", device, "\" report_to: \"jsonl\" }\n"));
+        "output { dir: \"", dir, "/", device, "\" report_to: \"jsonl\" }\n",
+        offload ? "distributed { cpu_offload: true }\n" : ""));
     REQUIRE(spec.ok());
     auto trainer = spec::BuildTrainer(*spec);
     INFO(trainer.status().ToString());

@@ -45,6 +45,17 @@ class Engine {
   /// After the last micro-batch's backward of a step: make every process's gradients of
   /// `params` the global ones. Undefined gradients count as zeros.
   virtual absl::Status SynchronizeGradients(const std::vector<at::Tensor>& params) = 0;
+  /// True when the adapter's optimizer state is split across processes (ZeRO's sharded optimizer
+  /// state): instead of SynchronizeGradients, the trainer lays the gradients out flat
+  /// (float32, N·S elements, the last shard padded with zeros), ReduceScatterSum gives this
+  /// process the Σ of its slice [rank·S, (rank + 1)·S), AdamW::StepShard updates that slice,
+  /// and AllGather puts every process's updated slice back into every process's parameters.
+  virtual bool shards_optimizer_state() const { return false; }
+  /// shard (S) = Σ over processes of flat[rank·S, (rank + 1)·S); flat has world_size()·S
+  /// float32 elements.
+  virtual absl::Status ReduceScatterSum(at::Tensor& shard, const at::Tensor& flat) = 0;
+  /// flat (world_size()·S) = every process's shard (S) in rank order.
+  virtual absl::Status AllGather(at::Tensor& flat, const at::Tensor& shard) = 0;
   /// Σ over processes (target tokens, evaluated tokens).
   virtual absl::StatusOr<int64_t> SumCounts(int64_t value) = 0;
   /// Σ over processes of a float64 (loss sums), in rank order on every process.
@@ -66,6 +77,8 @@ class Engine {
 class SingleProcessEngine final : public Engine {
  public:
   absl::Status SynchronizeGradients(const std::vector<at::Tensor>&) override { return absl::OkStatus(); }
+  absl::Status ReduceScatterSum(at::Tensor& shard, const at::Tensor& flat) override;
+  absl::Status AllGather(at::Tensor& flat, const at::Tensor& shard) override;
   absl::StatusOr<int64_t> SumCounts(int64_t value) override { return value; }
   absl::StatusOr<double> SumValues(double value) override { return value; }
   absl::StatusOr<bool> AnyProcess(bool flag) override { return flag; }
@@ -80,6 +93,8 @@ class ReplicatedEngine : public Engine {
  public:
   explicit ReplicatedEngine(std::shared_ptr<ProcessGroup> group);
   absl::Status SynchronizeGradients(const std::vector<at::Tensor>& params) override;
+  absl::Status ReduceScatterSum(at::Tensor& shard, const at::Tensor& flat) override;
+  absl::Status AllGather(at::Tensor& flat, const at::Tensor& shard) override;
   absl::StatusOr<int64_t> SumCounts(int64_t value) override;
   absl::StatusOr<double> SumValues(double value) override;
   absl::StatusOr<bool> AnyProcess(bool flag) override;
@@ -88,12 +103,16 @@ class ReplicatedEngine : public Engine {
   int rank() const override;
   int world_size() const override;
   ProcessGroup& group() { return *group_; }
-  /// Bytes this rank has sent into gradient all-reduces so far (the flat buffer's size per step).
+  /// Bytes this rank has put into the adapter's gradient collectives so far (the flat buffer's
+  /// size per step: all-reduce, or reduce-scatter with a sharded optimizer state).
   int64_t gradient_bytes() const { return gradient_bytes_; }
+  /// Bytes of updated adapter values this rank has all-gathered so far (sharded optimizer state).
+  int64_t parameter_gather_bytes() const { return parameter_gather_bytes_; }
 
  protected:
   std::shared_ptr<ProcessGroup> group_;
   int64_t gradient_bytes_ = 0;
+  int64_t parameter_gather_bytes_ = 0;
 };
 
 }  // namespace llmtrain::dist

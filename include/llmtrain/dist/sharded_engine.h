@@ -9,8 +9,10 @@
 // Training therefore uses activation checkpointing (PrepareModel turns it on). The embedding,
 // final norm and LM head stay whole on every rank.
 //
-// The adapter is replicated and its gradients are summed by one all-reduce, as in
-// ReplicatedEngine; sharding the adapter and its optimizer state is not done yet.
+// The adapter's values are replicated (every rank's forward needs them), its optimizer state is
+// sharded: the gradients are reduce-scattered, each rank's AdamW steps its 1/N of the flattened
+// adapter (moments and float32 values), and the updated slices are all-gathered back
+// (shards_optimizer_state; the trainer drives it).
 //
 // Loading: given as DecoderOptions::on_layer_loaded (LayerLoadedHook), the engine shards each
 // layer as soon as the loader has built it, so a rank never holds more than its shares plus the
@@ -43,6 +45,7 @@ class ShardedEngine final : public ReplicatedEngine,
   /// on_layer_loaded calling OnLayerLoaded on this engine (which it keeps alive).
   std::function<absl::Status(int64_t, const std::vector<at::Tensor>&)> LayerLoadedHook();
   bool collective_forwards() const override { return world_size() > 1; }
+  bool shards_optimizer_state() const override { return true; }
   void Acquire(int64_t layer) override;
   void Release(int64_t layer) override;
 

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 #include <ATen/core/Tensor.h>
@@ -46,16 +47,40 @@ class AdamW {
   const std::vector<at::Tensor>& params() const { return params_; }
 
   /// State for checkpoints: per parameter exp_avg, exp_avg_sq (and the master copy of bf16
-  /// parameters), and the step count.
+  /// parameters), and the step count. Not for a sharded optimizer (ShardStateTensors).
   std::vector<at::Tensor> StateTensors() const;
   /// Restores what StateTensors returned (same parameters, same order). Errors name the mismatch.
+  /// A sharded optimizer takes its slice of them (its values: the master copies of bf16
+  /// parameters, the parameters' current values for float32 ones).
   absl::Status LoadState(const std::vector<at::Tensor>& tensors, int64_t step);
+
+  /// ZeRO's sharded optimizer state: keep the state of elements [begin, end) of the parameters
+  /// flattened in order (each parameter's elements, one after the other) and free the rest. The
+  /// slice's float32 values start from the parameters' values. Then StepShard updates the slice
+  /// from the slice's gradient (summed over processes) with the same arithmetic as Step, element
+  /// by element, and the caller writes the values back into the parameters of every process.
+  /// Refused after the first step, or for a slice outside [0, numel()].
+  /// The state lives on `state_device` (the CPU for offloading), else on the parameters' device.
+  absl::Status ShardState(int64_t begin, int64_t end, std::optional<c10::Device> state_device = std::nullopt);
+  bool sharded() const { return sharded_; }
+  int64_t shard_begin() const { return begin_; }
+  int64_t shard_end() const { return end_; }
+  /// Elements of all the parameters.
+  int64_t numel() const;
+  /// One update of the slice from `grad` (float32, shard_end() − shard_begin() elements, on the
+  /// state's device); returns the slice's updated float32 values. Increments the step count.
+  const at::Tensor& StepShard(double lr, const at::Tensor& grad);
+  /// The slice's exp_avg, exp_avg_sq and float32 values (for the gather of a checkpoint).
+  std::vector<at::Tensor> ShardStateTensors() const { return {exp_avg_[0], exp_avg_sq_[0], master_[0]}; }
 
  private:
   std::vector<at::Tensor> params_;
+  // Per parameter; when sharded, one flat tensor each: the slice's moments and values.
   std::vector<at::Tensor> exp_avg_, exp_avg_sq_, master_;
   AdamWOptions options_;
   int64_t step_ = 0;
+  bool sharded_ = false;
+  int64_t begin_ = 0, end_ = 0;
 };
 
 enum class ScheduleKind { kLinear, kCosine, kConstant };

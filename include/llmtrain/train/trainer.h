@@ -76,6 +76,11 @@ struct TrainerOptions {
   int64_t max_nonfinite_steps = 10;         ///< stop (with a checkpoint) after this many skipped steps in a row
   int64_t log_every_steps = 10;             ///< a metrics record every N steps (and steps 1, last, skipped)
   Autocast autocast = Autocast::kOff;       ///< needs a float32 model
+  /// The adapter's optimizer state (AdamW's moments and float32 values) in host memory, stepped
+  /// on the CPU: gradients go to the host, updated values come back (pinned buffers when the
+  /// model is on a GPU). Implies the sharded-state step (Engine::shards_optimizer_state), whatever
+  /// the engine: one slice per process.
+  bool cpu_offload = false;
   int64_t eval_every_steps = 0;             ///< evaluate every N steps; 0 = at the start and the end only
   int64_t eval_max_batches = 0;             ///< batches per evaluation; 0 = the whole eval data
   std::vector<std::string> sample_prompts;  ///< generated from at each evaluation (needs a tokenizer)
@@ -154,6 +159,8 @@ class Trainer {
   /// The LoRA tensors being trained, by their saved key.
   const std::vector<std::pair<std::string, at::Tensor>>& TrainableParameters() const;
   const model::Decoder& model() const;
+  /// The optimizer (sharded when the engine shards its state or cpu_offload is on).
+  const AdamW& optimizer() const;
 
  private:
   struct State;
