@@ -432,21 +432,14 @@ absl::StatusOr<MemoryPlan> PlanMemory(const RunSpec& spec_in, const MemoryPlanOp
   MemoryPhase forward{"forward and loss", {}, true};
   forward.items.push_back({checkpointing ? "activations kept (each layer's input)" : "activations kept for backward",
                            checkpointing ? kept_on : kept_off, ""});
-  if (checkpointing) forward.items.push_back({"one layer's forward, not kept", work, ""});
-  forward.items.push_back({"cross-entropy chunk", ce, ce_note});
+  // With checkpointing one layer's transient and the loss do not overlap: the larger one counts.
+  if (checkpointing && work >= ce) {
+    forward.items.push_back({"one layer's forward, not kept", work, ""});
+  } else {
+    forward.items.push_back({"cross-entropy chunk", ce, ce_note});
+  }
   if (tile > 0) forward.items.push_back({"4-bit dequantization tile", tile, ""});
   if (dora_dense > 0) forward.items.push_back({"DoRA: dense weight and norm", dora_dense, ""});
-  // With checkpointing the layer's transient and the loss do not overlap: the larger one counts.
-  if (checkpointing) {
-    const int64_t layer_part = work, ce_part = ce;
-    auto& items = forward.items;
-    items.erase(std::remove_if(items.begin(), items.end(),
-                               [&](const MemoryItem& item) {
-                                 return layer_part >= ce_part ? item.name == "cross-entropy chunk"
-                                                              : item.name == "one layer's forward, not kept";
-                               }),
-                items.end());
-  }
   plan.phases.push_back(forward);
 
   MemoryPhase backward{"backward", {}, true};
