@@ -33,6 +33,20 @@ std::function<absl::Status(int64_t, const std::vector<at::Tensor>&)> ShardedEngi
   return [self](int64_t layer, const std::vector<at::Tensor>& frozen) { return self->OnLayerLoaded(layer, frozen); };
 }
 
+absl::StatusOr<std::vector<model::TensorShare>> ShardedEngine::PlanLayerShares(
+    int64_t layer, const std::vector<at::Tensor>& frozen) const {
+  return ShardedUnit::Shares(absl::StrCat("model.layers.", layer), frozen, rank(), world_size(), unit_options_);
+}
+
+void ShardedEngine::ConfigureLoading(model::DecoderOptions* options) {
+  std::shared_ptr<ShardedEngine> self = shared_from_this();
+  options->on_layer_loaded = LayerLoadedHook();
+  options->plan_layer_shares = [self](int64_t layer, const std::vector<at::Tensor>& frozen) {
+    return self->PlanLayerShares(layer, frozen);
+  };
+  options->sum_over_processes = [self](at::Tensor& values) { return self->group().AllReduce(values); };
+}
+
 absl::Status ShardedEngine::PrepareModel(model::Decoder& model) {
   if (!holds_.empty()) return absl::FailedPreconditionError("ShardedEngine: PrepareModel was called already");
   if (weak_from_this().expired()) return absl::FailedPreconditionError("ShardedEngine: create it with std::make_shared");

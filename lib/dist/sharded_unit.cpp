@@ -2,65 +2,140 @@
 #include "llmtrain/dist/sharded_unit.h"
 
 #include <cstring>
-#include <unordered_set>
+#include <algorithm>
+#include <unordered_map>
 
 #include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 #include <c10/core/StorageImpl.h>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "llmtrain/core/status.h"
 
 namespace llmtrain::dist {
 
-absl::StatusOr<std::unique_ptr<ShardedUnit>> ShardedUnit::Create(std::string name, const std::vector<at::Tensor>& tensors,
-                                                                 int rank, int world_size,
-                                                                 const ShardedUnitOptions& options) {
+namespace {
+
+// Where each of a unit's tensors goes: the buffer's layout, and per tensor its place in it.
+struct UnitPlan {
+  enum class Kind { kUndefined, kRepeat, kPersistent, kMoved };
+  struct Entry {
+    Kind kind = Kind::kUndefined;
+    int64_t offset = 0;  // kMoved: byte offset in the buffer
+    int64_t nbytes = 0;
+    size_t first = 0;    // kRepeat: the entry it repeats
+  };
+  std::vector<Entry> entries;  // one per tensor given
+  int64_t total = 0;           // bytes of the moved tensors, alignment included
+  int64_t persistent_bytes = 0;
+};
+
+absl::StatusOr<UnitPlan> PlanUnit(const std::string& name, const std::vector<at::Tensor>& tensors, int rank,
+                                  int world_size, const ShardedUnitOptions& options) {
   if (world_size < 1 || rank < 0 || rank >= world_size || options.align_bytes < 1) {
     return absl::InvalidArgumentError(absl::StrCat(name, ": rank ", rank, " of ", world_size, ", align ",
                                                    options.align_bytes));
   }
-  std::unique_ptr<ShardedUnit> unit(new ShardedUnit());
-  unit->name_ = std::move(name);
-  // The tensors to move, each once, and where they go.
-  std::vector<at::Tensor> moved;
-  std::unordered_set<const c10::TensorImpl*> seen;
-  int64_t total = 0;
+  UnitPlan plan;
+  std::unordered_map<const c10::TensorImpl*, size_t> seen;
   for (size_t i = 0; i < tensors.size(); ++i) {
     const at::Tensor& t = tensors[i];
-    if (!t.defined() || !seen.insert(t.unsafeGetTensorImpl()).second) continue;
-    const int64_t nbytes = t.numel() * static_cast<int64_t>(t.element_size());
-    if (nbytes < options.persist_below_bytes) {
-      unit->persistent_bytes_ += nbytes;
+    UnitPlan::Entry& e = plan.entries.emplace_back();
+    if (!t.defined()) continue;
+    if (const auto [it, fresh] = seen.emplace(t.unsafeGetTensorImpl(), i); !fresh) {
+      e.kind = UnitPlan::Kind::kRepeat;
+      e.first = it->second;
+      continue;
+    }
+    e.nbytes = t.numel() * static_cast<int64_t>(t.element_size());
+    if (e.nbytes < options.persist_below_bytes) {
+      e.kind = UnitPlan::Kind::kPersistent;
+      plan.persistent_bytes += e.nbytes;
       continue;
     }
     if (!t.device().is_cpu() || !t.is_contiguous() || t.requires_grad() || t.is_sparse()) {
       return absl::InvalidArgumentError(absl::StrCat(
-          unit->name_, ": tensor ", i, " (", c10::toString(t.scalar_type()), " [", absl::StrJoin(t.sizes(), ", "),
+          name, ": tensor ", i, " (", c10::toString(t.scalar_type()), " [", absl::StrJoin(t.sizes(), ", "),
           "]) must be a contiguous CPU tensor that does not require grad"));
     }
     if (options.align_bytes % static_cast<int64_t>(t.element_size()) != 0) {
-      return absl::InvalidArgumentError(absl::StrCat(unit->name_, ": align_bytes ", options.align_bytes,
+      return absl::InvalidArgumentError(absl::StrCat(name, ": align_bytes ", options.align_bytes,
                                                      " is not a multiple of ", t.element_size()));
     }
-    total = (total + options.align_bytes - 1) / options.align_bytes * options.align_bytes;
-    unit->offsets_.push_back(total);
-    moved.push_back(t);
-    total += nbytes;
+    plan.total = (plan.total + options.align_bytes - 1) / options.align_bytes * options.align_bytes;
+    e.kind = UnitPlan::Kind::kMoved;
+    e.offset = plan.total;
+    plan.total += e.nbytes;
   }
-  unit->layout_ = MakeShardLayout(total, world_size, options.align_bytes);
+  return plan;
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<model::TensorShare>> ShardedUnit::Shares(const std::string& name,
+                                                                    const std::vector<at::Tensor>& tensors, int rank,
+                                                                    int world_size, const ShardedUnitOptions& options) {
+  LLMTRAIN_ASSIGN_OR_RETURN(const UnitPlan plan, PlanUnit(name, tensors, rank, world_size, options));
+  const ShardLayout layout = MakeShardLayout(plan.total, world_size, options.align_bytes);
+  std::vector<model::TensorShare> shares(tensors.size());
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const UnitPlan::Entry& e = plan.entries[i];
+    model::TensorShare& share = shares[i];
+    switch (e.kind) {
+      case UnitPlan::Kind::kUndefined: break;
+      case UnitPlan::Kind::kRepeat:  // the same bytes, computed where they were first listed
+        share.kept_begin = share.owned_begin = share.owned_end = shares[e.first].kept_begin;
+        share.kept_end = shares[e.first].kept_end;
+        break;
+      case UnitPlan::Kind::kPersistent:  // whole everywhere, computed for the sum by rank 0
+        share.kept_end = e.nbytes;
+        share.owned_end = rank == 0 ? e.nbytes : 0;
+        break;
+      case UnitPlan::Kind::kMoved: {
+        const auto clamp = [&](int64_t at) { return std::clamp<int64_t>(at - e.offset, 0, e.nbytes); };
+        share.kept_begin = share.owned_begin = clamp(layout.Begin(rank));
+        share.kept_end = share.owned_end = clamp(layout.End(rank));
+        break;
+      }
+    }
+  }
+  return shares;
+}
+
+absl::StatusOr<std::unique_ptr<ShardedUnit>> ShardedUnit::Create(std::string name, const std::vector<at::Tensor>& tensors,
+                                                                 int rank, int world_size,
+                                                                 const ShardedUnitOptions& options) {
+  LLMTRAIN_ASSIGN_OR_RETURN(const UnitPlan plan, PlanUnit(name, tensors, rank, world_size, options));
+  std::unique_ptr<ShardedUnit> unit(new ShardedUnit());
+  unit->name_ = std::move(name);
+  unit->persistent_bytes_ = plan.persistent_bytes;
+  unit->layout_ = MakeShardLayout(plan.total, world_size, options.align_bytes);
+  // Only this rank's bytes are read: a sharded load (Shares) filled no others.
+  const int64_t begin = rank * unit->layout_.shard_numel, end = begin + unit->layout_.shard_numel;
+  unit->shard_ = at::zeros({unit->layout_.shard_numel}, at::kByte);
+  uint8_t* shard = unit->shard_.data_ptr<uint8_t>();
+  std::vector<at::Tensor> moved;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const UnitPlan::Entry& e = plan.entries[i];
+    if (e.kind != UnitPlan::Kind::kMoved) continue;
+    const int64_t from = std::max(begin, e.offset), to = std::min(end, e.offset + e.nbytes);
+    if (from < to) {
+      std::memcpy(shard + (from - begin), static_cast<const uint8_t*>(tensors[i].data_ptr()) + (from - e.offset),
+                  static_cast<size_t>(to - from));
+    }
+    unit->offsets_.push_back(e.offset);
+    moved.push_back(tensors[i]);
+  }
+  // Every moved tensor now views the unit's buffer (same sizes, strides and dtype), which is
+  // allocated untouched and released at once: it holds bytes only between Gather and Release.
   unit->full_ = at::empty({unit->layout_.padded_numel()}, at::kByte);
-  unit->full_.zero_();
-  uint8_t* base = unit->full_.data_ptr<uint8_t>();
   for (size_t i = 0; i < moved.size(); ++i) {
     at::Tensor& t = moved[i];
-    const int64_t nbytes = t.numel() * static_cast<int64_t>(t.element_size());
-    std::memcpy(base + unit->offsets_[i], t.data_ptr(), static_cast<size_t>(nbytes));
-    // The tensor now views the unit's storage: same sizes, strides and dtype.
     const int64_t element_offset = unit->offsets_[i] / static_cast<int64_t>(t.element_size());
     t.set_(unit->full_.storage(), element_offset, t.sizes(), t.strides());
   }
-  unit->shard_ = unit->full_.narrow(0, rank * unit->layout_.shard_numel, unit->layout_.shard_numel).clone();
   unit->Release();
   return unit;
 }

@@ -96,24 +96,43 @@ absl::StatusOr<at::Tensor> LoadGgufTensor(const GgufFile& file, const GgufTensor
     LLMTRAIN_ASSIGN_OR_RETURN(at::Tensor t, LoadGgufTensor(file, tensor));
     return t.to(dtype);
   }
-  const int64_t row_elems = tensor.ne[0];
+  const int64_t rows = tensor.n_elems() / std::max<int64_t>(tensor.ne[0], 1);
+  LLMTRAIN_ASSIGN_OR_RETURN(at::Tensor out, LoadGgufRows(file, tensor, 0, rows, dtype));
+  return out.view(tensor.shape);
+}
+
+absl::StatusOr<at::Tensor> LoadGgufRows(const GgufFile& file, const GgufTensorInfo& tensor, int64_t row_begin,
+                                        int64_t row_end, c10::ScalarType dtype) {
+  const int64_t row_elems = tensor.ne.empty() ? 1 : tensor.ne[0];
   const int64_t rows = tensor.n_elems() / std::max<int64_t>(row_elems, 1);
+  if (row_begin < 0 || row_begin > row_end || row_end > rows) {
+    return absl::InvalidArgumentError(absl::StrCat(file.path(), ": tensor \"", tensor.name, "\": rows [", row_begin,
+                                                   ", ", row_end, ") of ", rows));
+  }
+  const auto traits = GetGgmlTypeTraits(static_cast<uint32_t>(tensor.type));
+  if (!at::isFloatingType(dtype) || !traits || tensor.ne.empty() || !CanDequantize(tensor.type)) {
+    LLMTRAIN_ASSIGN_OR_RETURN(at::Tensor t, LoadGgufTensor(file, tensor));
+    return t.reshape({rows, row_elems}).narrow(0, row_begin, row_end - row_begin).to(dtype).clone();
+  }
+  // ggml blocks never cross a row, so rows are whole blocks: dequantize a few MiB at a time.
   const int64_t row_bytes = row_elems / traits->block_elems * traits->block_bytes;
   const int64_t rows_per_chunk = std::max<int64_t>(1, (int64_t{1} << 20) / std::max<int64_t>(row_elems, 1));
-  at::Tensor out = at::empty({rows, row_elems}, at::TensorOptions().dtype(dtype));
-  at::Tensor scratch = at::empty({std::min(rows, rows_per_chunk), row_elems}, at::kFloat);
+  const int64_t n_rows = row_end - row_begin;
+  at::Tensor out = at::empty({n_rows, row_elems}, at::TensorOptions().dtype(dtype));
+  at::Tensor scratch;
+  if (dtype != at::kFloat) scratch = at::empty({std::min(n_rows, rows_per_chunk), row_elems}, at::kFloat);
   const absl::Span<const uint8_t> bytes = file.Data(tensor);
-  for (int64_t r = 0; r < rows; r += rows_per_chunk) {
-    const int64_t n = std::min(rows_per_chunk, rows - r);
-    at::Tensor part = scratch.narrow(0, 0, n);
-    const absl::Status status = Dequantize(tensor.type, bytes.subspan(r * row_bytes, n * row_bytes),
+  for (int64_t r = 0; r < n_rows; r += rows_per_chunk) {
+    const int64_t n = std::min(rows_per_chunk, n_rows - r);
+    at::Tensor part = dtype == at::kFloat ? out.narrow(0, r, n) : scratch.narrow(0, 0, n);
+    const absl::Status status = Dequantize(tensor.type, bytes.subspan((row_begin + r) * row_bytes, n * row_bytes),
                                            absl::Span<float>(part.data_ptr<float>(), part.numel()));
     if (!status.ok()) {
       return Annotate(status, absl::StrCat(file.path(), ": tensor \"", tensor.name, "\""));
     }
-    out.narrow(0, r, n).copy_(part);
+    if (dtype != at::kFloat) out.narrow(0, r, n).copy_(part);
   }
-  return out.view(tensor.shape);
+  return out;
 }
 
 absl::StatusOr<at::Tensor> LoadGgufTensorTo(const GgufFile& file, const GgufTensorInfo& tensor,

@@ -29,6 +29,9 @@ void DenseLinear::AppendFrozen(std::vector<at::Tensor>* out) const {
 }
 
 absl::StatusOr<std::shared_ptr<Linear>> MakeDenseLinear(const ProjectionSource& source) {
+  // A sharded load's layout pass reads nothing; its second pass loads the whole weight, of which
+  // the engine keeps its share.
+  if (source.layout_only) return std::make_shared<DenseLinear>(at::empty(source.shape, source.dtype), source.bias);
   auto weight = source.dense_weight();
   if (!weight.ok()) return weight.status();
   return std::make_shared<DenseLinear>(*std::move(weight), source.bias);

@@ -7,7 +7,9 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <array>
 #include <map>
+#include <optional>
 #ifdef __GLIBC__
 #include <malloc.h>
 #endif
@@ -33,6 +35,11 @@ struct TensorSource {
   /// The tensor called `name`, converted to `dtype` where the source can do it cheaply.
   std::function<absl::StatusOr<at::Tensor>(const std::string& name, c10::ScalarType dtype)> load;
   bool loads_owned = false;  ///< load() returns fresh tensors (GGUF), not views of a mapping
+  /// Rows [begin, end) of a tensor (rows of its last dimension) in `dtype`, owned, reading only
+  /// those rows.
+  std::function<absl::StatusOr<at::Tensor>(const std::string& name, c10::ScalarType dtype, int64_t row_begin,
+                                           int64_t row_end)>
+      load_rows;
 };
 
 int LinearSlot(Role role) {
@@ -127,8 +134,30 @@ absl::Status BuildFromTensors(const TensorSource& source, bool from_gguf, const 
     return value;
   };
   const LinearFactory factory = state->options.linear_factory ? state->options.linear_factory : MakeDenseLinear;
+  // Sharded loading (DecoderOptions::plan_layer_shares): each layer's projections are made twice,
+  // first laid out without reading, then with this process's shares of their frozen tensors.
+  const bool sharded = state->options.plan_layer_shares && state->options.on_layer_loaded &&
+                       state->options.sum_over_processes && !state->options.requires_grad;
+  struct Pass {
+    bool layout_only = false;
+    std::vector<TensorShare> shares;
+  };
+  std::map<std::pair<int64_t, int>, at::Tensor> biases;  // (layer, slot) → bias, taken once
+  // Projections of the layer being loaded whose factory deferred them (ProjectionSource::defer).
+  struct Deferred {
+    int64_t layer = 0;
+    int slot = 0;
+    std::string module;
+    std::vector<int64_t> shape;
+    at::Tensor values;
+    ProjectionSource::Finish finish;
+  };
+  std::vector<Deferred> deferred;
+  std::function<absl::Status(int64_t, int, const std::string&, const std::vector<int64_t>&, std::shared_ptr<Linear>,
+                             const Pass&)>
+      install;
   // One projection through the factory, with its bias (the family's bias row for q/k/v).
-  const auto make_linear = [&](const WeightName& row, int64_t i) -> absl::Status {
+  const auto make_linear = [&](const WeightName& row, int64_t i, const Pass& pass) -> absl::Status {
     const int slot = LinearSlot(row.role);
     ProjectionSource p;
     p.module = LayerName(row.hf, i);
@@ -137,13 +166,18 @@ absl::Status BuildFromTensors(const TensorSource& source, bool from_gguf, const 
     p.shape = WeightShape(row.role, c);
     p.dtype = dtype;
     p.from_gguf = from_gguf;
-    if (const std::optional<Role> bias_role = BiasRoleOf(row.role)) {
+    if (const auto taken = biases.find({i, slot}); taken != biases.end()) {
+      p.bias = taken->second;
+    } else if (const std::optional<Role> bias_role = BiasRoleOf(row.role)) {
       for (const WeightName& b : spec.weights) {
         if (b.role == *bias_role) {
           LLMTRAIN_ASSIGN_OR_RETURN(p.bias, take(LayerName(from_gguf ? b.gguf : b.hf, i), b.role));
         }
       }
+      biases[{i, slot}] = p.bias;
     }
+    p.layout_only = pass.layout_only;
+    p.shares = pass.shares;
     p.has = [&](const std::string& key) { return source.shapes.count(key) != 0; };
     p.load = [&](const std::string& key, c10::ScalarType as) -> absl::StatusOr<at::Tensor> {
       if (source.shapes.count(key) == 0) return absl::NotFoundError(absl::StrCat("missing tensor \"", key, "\""));
@@ -152,20 +186,138 @@ absl::Status BuildFromTensors(const TensorSource& source, bool from_gguf, const 
       return source.loads_owned ? t : t.clone();
     };
     p.dense_weight = [&, weight_key = p.weight_key, role = row.role]() { return load_value(weight_key, role); };
+    p.dense_elements = [&, weight_key = p.weight_key, shape = p.shape](int64_t begin,
+                                                                        int64_t end) -> absl::StatusOr<at::Tensor> {
+      const auto it = source.shapes.find(weight_key);
+      if (it == source.shapes.end()) {
+        return absl::NotFoundError(absl::StrCat(where, ": missing tensor \"", weight_key, "\""));
+      }
+      if (it->second != shape) {
+        return absl::InvalidArgumentError(absl::StrCat(where, ": tensor \"", weight_key, "\" has shape ",
+                                                       ShapeString(it->second), ", but the config needs ",
+                                                       ShapeString(shape)));
+      }
+      const int64_t in = shape[1];
+      if (begin < 0 || begin > end || end > shape[0] * in) {
+        return absl::InvalidArgumentError(absl::StrCat(where, ": elements [", begin, ", ", end, ") of \"",
+                                                       weight_key, "\""));
+      }
+      used[weight_key] = true;
+      const int64_t row_begin = begin / in, row_end = (end + in - 1) / in;
+      LLMTRAIN_ASSIGN_OR_RETURN(at::Tensor rows, source.load_rows(weight_key, dtype, row_begin, row_end));
+      return rows.reshape({-1}).narrow(0, begin - row_begin * in, end - begin);
+    };
+    std::optional<Deferred> deferral;
+    if (!pass.shares.empty()) {
+      p.defer = [&deferral, &p, i, slot](at::Tensor values, ProjectionSource::Finish finish) {
+        deferral = Deferred{i, slot, p.module, p.shape, std::move(values), std::move(finish)};
+      };
+    }
     auto made = factory(p);
     if (!made.ok()) {  // dense_weight's errors name the file already
       return absl::StartsWith(made.status().message(), where) ? made.status() : Annotate(made.status(), where);
     }
-    std::shared_ptr<Linear> layer = *std::move(made);
-    if (layer == nullptr || layer->in_features() != p.shape[1] || layer->out_features() != p.shape[0]) {
-      return absl::InternalError(absl::StrCat(where, ": the linear factory made a wrong layer for ", p.module));
+    if (*made == nullptr && deferral.has_value()) {
+      deferred.push_back(*std::move(deferral));
+      return absl::OkStatus();
+    }
+    return install(i, slot, p.module, p.shape, *std::move(made), pass);
+  };
+  // A projection the factory made: checked, and listed where the decoder lists it.
+  install = [&](int64_t i, int slot, const std::string& module, const std::vector<int64_t>& shape,
+                std::shared_ptr<Linear> layer, const Pass& pass) -> absl::Status {
+    if (layer == nullptr || layer->in_features() != shape[1] || layer->out_features() != shape[0]) {
+      return absl::InternalError(absl::StrCat(where, ": the linear factory made a wrong layer for ", module));
+    }
+    if (pass.layout_only) {
+      state->layers[i].proj[slot] = std::move(layer);
+      return absl::OkStatus();
+    }
+    if (!pass.shares.empty()) {  // the same tensors as laid out, or the shares do not fit them
+      std::vector<at::Tensor> laid_out, made_frozen;
+      state->layers[i].proj[slot]->AppendFrozen(&laid_out);
+      layer->AppendFrozen(&made_frozen);
+      bool same = laid_out.size() == made_frozen.size();
+      for (size_t k = 0; same && k < laid_out.size(); ++k) {
+        same = laid_out[k].sizes() == made_frozen[k].sizes() &&
+               laid_out[k].scalar_type() == made_frozen[k].scalar_type();
+      }
+      if (!same) {
+        return absl::InternalError(absl::StrCat(where, ": the linear factory's layout of ", module,
+                                                " differs from the layer it made"));
+      }
     }
     // Dense weights are listed in named_parameters(); 4-bit ones are not (see Decoder::linear).
     if (const at::Tensor w = layer->stored_weight(); w.defined()) {
-      state->params.emplace_back(p.module + ".weight", w);
+      state->params.emplace_back(module + ".weight", w);
     }
     state->layers[i].proj[slot] = std::move(layer);
-    state->linear_names.emplace_back(p.module, std::make_pair(i, slot));
+    state->linear_names.emplace_back(module, std::make_pair(i, slot));
+    return absl::OkStatus();
+  };
+
+  // Sharded loading, second pass of layer i: its laid-out frozen tensors (norms first, then each
+  // projection's AppendFrozen, as LayerFrozen lists them) get this process's shares, and each
+  // projection is made again with its slice of them.
+  const auto load_shares = [&](int64_t i) -> absl::Status {
+    const std::vector<at::Tensor> frozen = state->LayerFrozen(i);
+    LLMTRAIN_ASSIGN_OR_RETURN(std::vector<TensorShare> shares, state->options.plan_layer_shares(i, frozen));
+    if (shares.size() != frozen.size()) {
+      return absl::InternalError(absl::StrCat("plan_layer_shares gave ", shares.size(), " shares for ",
+                                              frozen.size(), " tensors"));
+    }
+    std::array<size_t, 7> first{}, count{};
+    size_t listed = 0;
+    for (int slot = 0; slot < 7; ++slot) {
+      std::vector<at::Tensor> f;
+      state->layers[i].proj[slot]->AppendFrozen(&f);
+      count[slot] = f.size();
+      listed += f.size();
+    }
+    size_t next = frozen.size() - listed;  // after the norms
+    for (int slot = 0; slot < 7; ++slot) {
+      first[slot] = next;
+      next += count[slot];
+    }
+    for (const WeightName& row : spec.weights) {
+      const int slot = LinearSlot(row.role);
+      if (slot < 0 || !absl::StrContains(from_gguf ? row.gguf : row.hf, "{i}")) continue;
+      Pass pass;
+      pass.shares.assign(shares.begin() + static_cast<std::ptrdiff_t>(first[slot]),
+                         shares.begin() + static_cast<std::ptrdiff_t>(first[slot] + count[slot]));
+      // A projection with nothing frozen has nothing to share: it is made whole.
+      LLMTRAIN_RETURN_IF_ERROR(make_linear(row, i, pass));
+    }
+    if (deferred.empty()) return absl::OkStatus();
+    // One collective for the layer: every deferred projection's values, summed over the
+    // processes, then each projection finished.
+    std::vector<at::Tensor> flat;
+    for (const Deferred& d : deferred) {
+      if (!d.values.is_cpu() || d.values.scalar_type() != at::kFloat || !d.values.is_contiguous()) {
+        return absl::InternalError(absl::StrCat("the linear factory deferred ", d.module,
+                                                " with values that are not a contiguous float32 CPU tensor"));
+      }
+      flat.push_back(d.values.reshape({-1}));
+    }
+    at::Tensor sum = at::cat(flat);
+    LLMTRAIN_RETURN_IF_ERROR(state->options.sum_over_processes(sum));
+    int64_t at = 0;
+    for (Deferred& d : deferred) {
+      d.values.reshape({-1}).copy_(sum.narrow(0, at, d.values.numel()));
+      at += d.values.numel();
+    }
+    std::vector<Deferred> finishing = std::move(deferred);
+    deferred.clear();
+    for (Deferred& d : finishing) {
+      Pass pass;
+      pass.shares.assign(shares.begin() + static_cast<std::ptrdiff_t>(first[d.slot]),
+                         shares.begin() + static_cast<std::ptrdiff_t>(first[d.slot] + count[d.slot]));
+      auto made = d.finish();
+      if (!made.ok()) {
+        return absl::StartsWith(made.status().message(), where) ? made.status() : Annotate(made.status(), where);
+      }
+      LLMTRAIN_RETURN_IF_ERROR(install(d.layer, d.slot, d.module, d.shape, *std::move(made), pass));
+    }
     return absl::OkStatus();
   };
 
@@ -179,7 +331,7 @@ absl::Status BuildFromTensors(const TensorSource& source, bool from_gguf, const 
         const std::string& pattern = from_gguf ? row.gguf : row.hf;
         if (IsBiasRole(row.role) || !absl::StrContains(pattern, "{i}")) continue;
         if (LinearSlot(row.role) >= 0) {
-          LLMTRAIN_RETURN_IF_ERROR(make_linear(row, i));
+          LLMTRAIN_RETURN_IF_ERROR(make_linear(row, i, Pass{.layout_only = sharded, .shares = {}}));
           continue;
         }
         LLMTRAIN_ASSIGN_OR_RETURN(at::Tensor t, take(LayerName(pattern, i), row.role));
@@ -194,6 +346,7 @@ absl::Status BuildFromTensors(const TensorSource& source, bool from_gguf, const 
           default: break;
         }
       }
+      if (sharded) LLMTRAIN_RETURN_IF_ERROR(Annotate(load_shares(i), absl::StrCat(where, ": layer ", i)));
       if (state->options.on_layer_loaded) {
         LLMTRAIN_RETURN_IF_ERROR(Annotate(state->options.on_layer_loaded(i, state->LayerFrozen(i)),
                                           absl::StrCat(where, ": layer ", i)));
@@ -283,6 +436,10 @@ absl::StatusOr<std::shared_ptr<DecoderState>> LoadDecoderState(absl::string_view
       source.load = [&gguf](const std::string& name, c10::ScalarType dtype) {
         return io::LoadGgufTensor(*gguf, *gguf->FindTensor(name), dtype);
       };
+      source.load_rows = [&gguf](const std::string& name, c10::ScalarType dtype, int64_t row_begin,
+                                 int64_t row_end) {
+        return io::LoadGgufRows(*gguf, *gguf->FindTensor(name), row_begin, row_end, dtype);
+      };
     } else {
       if (!IsDirectory(path)) {
         return absl::InvalidArgumentError(
@@ -296,6 +453,13 @@ absl::StatusOr<std::shared_ptr<DecoderState>> LoadDecoderState(absl::string_view
       }
       source.load = [&checkpoint](const std::string& name, c10::ScalarType) {
         return io::LoadTensor(*checkpoint, name);  // a view of the mapping, in the stored dtype
+      };
+      source.load_rows = [&checkpoint](const std::string& name, c10::ScalarType dtype, int64_t row_begin,
+                                       int64_t row_end) -> absl::StatusOr<at::Tensor> {
+        LLMTRAIN_ASSIGN_OR_RETURN(at::Tensor view, io::LoadTensor(*checkpoint, name));
+        const at::Tensor rows = view.reshape({-1, view.size(-1)}).narrow(0, row_begin, row_end - row_begin);
+        // Only these rows' pages of the mapping are read; the copy is owned.
+        return rows.scalar_type() == dtype ? rows.clone() : rows.to(dtype);
       };
       // generation_config.json may list more end tokens than config.json (Gemma: <end_of_turn>).
       if (auto text = ReadFileToString(path + "/generation_config.json"); text.ok()) {

@@ -9,6 +9,7 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "llmtrain/core/status.h"
 
 namespace llmtrain::quant {
 namespace {
@@ -76,11 +77,18 @@ void QuantizeBlockwise8(const std::vector<float>& x, const at::Tensor& code, int
   const float* c = code.data_ptr<float>();
   std::array<float, 255> mid{};
   for (int k = 0; k < 255; ++k) mid[k] = (c[k] + c[k + 1]) * 0.5f;
+  // The count of midpoints below each position: a binary search where they are sorted (the
+  // dynamic map is), a scan otherwise.
+  const bool sorted = std::is_sorted(mid.begin(), mid.end());
   std::vector<uint8_t> lut(65536);
   for (int i = 0; i < 65536; ++i) {
     const float val = static_cast<float>(i + i) / 65535.0f - 1.0f;
     int count = 0;
-    while (count < 255 && mid[count] < val) ++count;
+    if (sorted) {
+      count = static_cast<int>(std::lower_bound(mid.begin(), mid.end(), val) - mid.begin());
+    } else {
+      while (count < 255 && mid[count] < val) ++count;
+    }
     lut[i] = static_cast<uint8_t>(count);
   }
   const auto n = static_cast<int64_t>(x.size());
@@ -143,63 +151,193 @@ absl::Status Validate(const Quant4Options& options) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<Quantized4> Quantize4bit(const at::Tensor& weight, const Quant4Options& options) {
-  if (absl::Status valid = Validate(options); !valid.ok()) return valid;
-  const c10::ScalarType dtype = weight.scalar_type();
+namespace {
+
+absl::Status CheckWeightDtype(c10::ScalarType dtype) {
   if (dtype != at::kFloat && dtype != at::kHalf && dtype != at::kBFloat16) {
     return absl::InvalidArgumentError(absl::StrCat("4-bit quantization takes float32, float16 or bfloat16, not ",
                                                    c10::toString(dtype)));
   }
+  return absl::OkStatus();
+}
+
+// The scale of block b of an n-element weight, from its values v (v[0] is the block's first
+// element): full blocks keep their absolute maximum, the partial last block its clamped one.
+constexpr float kTiny = 1e-38f;
+float BlockScale(const float* v, int64_t b, int64_t n, int64_t bs) {
+  const int64_t begin = b * bs, end = std::min(n, begin + bs);
+  const float am = AbsMax(v, end - begin);
+  return end - begin == bs ? am : std::max(am, kTiny);
+}
+
+// Packs bytes [byte_begin, byte_end) of the weight: x holds elements [2 byte_begin, ...) as
+// float32, absmax every block's scale. Full blocks multiply by the reciprocal of the scale, the
+// partial last block divides; an odd element count pads the last byte with the code of 0.
+void PackBytes(const float* x, const float* absmax, int64_t n, const Quant4Options& options, int64_t byte_begin,
+               int64_t byte_end, uint8_t* packed) {
+  const int64_t bs = options.blocksize, full = n / bs * bs;
+  const Bucketizer bucket(options.type);
+  int64_t block = -1;
+  float reciprocal = 0.0f;
+  const auto nibble = [&](int64_t i) -> uint8_t {
+    if (i >= n) return bucket(0.0f);
+    const float v = x[i - 2 * byte_begin];
+    if (i >= full) return bucket(Clamp1(v / absmax[i / bs]));
+    if (i / bs != block) {
+      block = i / bs;
+      reciprocal = 1.0f / std::max(absmax[block], kTiny);
+    }
+    return bucket(Clamp1(v * reciprocal));
+  };
+  for (int64_t j = byte_begin; j < byte_end; ++j) {
+    const uint8_t high = nibble(2 * j);
+    packed[j] = static_cast<uint8_t>((high << 4) | nibble(2 * j + 1));
+  }
+}
+
+// The tensors of a quantized weight of `shape`, unfilled.
+Quantized4 EmptyQuantized(const std::vector<int64_t>& shape, c10::ScalarType dtype, const Quant4Options& options) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  const int64_t blocks = (n + options.blocksize - 1) / options.blocksize;
+  Quantized4 out;
+  out.packed = at::empty({(n + 1) / 2, 1}, at::kByte);
+  Quant4State& s = out.state;
+  s.type = options.type;
+  s.blocksize = options.blocksize;
+  s.shape = shape;
+  s.dtype = dtype;
+  s.code = CodeTable(options.type);
+  if (!options.double_quant) {
+    s.absmax = at::empty({blocks}, at::kFloat);
+    return out;
+  }
+  s.nested = true;
+  s.absmax = at::empty({blocks}, at::kByte);
+  s.nested_code = DynamicMap();
+  s.nested_absmax = at::empty({(blocks + s.nested_blocksize - 1) / s.nested_blocksize}, at::kFloat);
+  return out;
+}
+
+// Fills the state's block scales from the float32 scales of every block: stored as they are, or
+// with double quantization minus their mean (ATen's own reduction, as bitsandbytes calls it) as
+// 8-bit codes of the dynamic map in blocks of 256.
+void FinishState(const std::vector<float>& absmax, Quant4State* s) {
+  if (!s->nested) {
+    std::copy(absmax.begin(), absmax.end(), s->absmax.data_ptr<float>());
+    return;
+  }
+  const at::Tensor scales = at::tensor(absmax, at::kFloat);
+  s->offset = scales.mean().item<float>();
+  std::vector<float> centered(absmax.size());
+  for (size_t i = 0; i < absmax.size(); ++i) centered[i] = absmax[i] - s->offset;
+  std::vector<uint8_t> q;
+  std::vector<float> nested_absmax;
+  QuantizeBlockwise8(centered, s->nested_code, s->nested_blocksize, &q, &nested_absmax);
+  std::copy(q.begin(), q.end(), s->absmax.data_ptr<uint8_t>());
+  std::copy(nested_absmax.begin(), nested_absmax.end(), s->nested_absmax.data_ptr<float>());
+}
+
+}  // namespace
+
+absl::StatusOr<Quantized4> Quantize4bit(const at::Tensor& weight, const Quant4Options& options) {
+  if (absl::Status valid = Validate(options); !valid.ok()) return valid;
+  if (absl::Status dtype = CheckWeightDtype(weight.scalar_type()); !dtype.ok()) return dtype;
   if (!weight.device().is_cpu()) return absl::InvalidArgumentError("Quantize4bit: the tensor must be on the CPU");
   const at::Tensor x = weight.contiguous().reshape({-1}).to(at::kFloat);  // exact up-cast
   const float* v = x.data_ptr<float>();
   const int64_t n = x.numel(), bs = options.blocksize;
-  const int64_t full = n / bs * bs, blocks = (n + bs - 1) / bs;
-  const Bucketizer bucket(options.type);
-  std::vector<float> absmax(static_cast<size_t>(blocks));
-  std::vector<uint8_t> nibbles(static_cast<size_t>(n + (n % 2)));
-  constexpr float kTiny = 1e-38f;
-  for (int64_t b = 0; b * bs < full; ++b) {
-    const float am = AbsMax(v + b * bs, bs);
-    absmax[b] = am;
-    const float r = 1.0f / std::max(am, kTiny);  // full blocks multiply by the reciprocal
-    for (int64_t i = b * bs; i < (b + 1) * bs; ++i) nibbles[i] = bucket(Clamp1(v[i] * r));
-  }
-  if (full < n) {  // the partial last block divides, and stores its clamped scale
-    const float am = std::max(AbsMax(v + full, n - full), kTiny);
-    absmax[blocks - 1] = am;
-    for (int64_t i = full; i < n; ++i) nibbles[i] = bucket(Clamp1(v[i] / am));
-  }
-  if (n % 2) nibbles[n] = bucket(0.0f);
-  Quantized4 out;
-  out.packed = at::empty({(n + 1) / 2, 1}, at::kByte);
-  uint8_t* packed = out.packed.data_ptr<uint8_t>();
-  for (int64_t j = 0; j < (n + 1) / 2; ++j) packed[j] = static_cast<uint8_t>((nibbles[2 * j] << 4) | nibbles[2 * j + 1]);
-
-  Quant4State& s = out.state;
-  s.type = options.type;
-  s.blocksize = bs;
-  s.shape = weight.sizes().vec();
-  s.dtype = dtype;
-  s.code = CodeTable(options.type);
-  at::Tensor scales = at::tensor(absmax, at::kFloat);
-  if (!options.double_quant) {
-    s.absmax = scales;
-    return out;
-  }
-  // Double quantization: subtract the mean (ATen's own reduction, as bitsandbytes calls it), then
-  // 8-bit codes of the dynamic map in blocks of 256.
-  s.nested = true;
-  s.offset = scales.mean().item<float>();
-  std::vector<float> centered(absmax.size());
-  for (size_t i = 0; i < absmax.size(); ++i) centered[i] = absmax[i] - s.offset;
-  s.nested_code = DynamicMap();
-  std::vector<uint8_t> q;
-  std::vector<float> nested_absmax;
-  QuantizeBlockwise8(centered, s.nested_code, s.nested_blocksize, &q, &nested_absmax);
-  s.absmax = at::tensor(at::ArrayRef<uint8_t>(q.data(), q.size()), at::kByte);
-  s.nested_absmax = at::tensor(nested_absmax, at::kFloat);
+  Quantized4 out = EmptyQuantized(weight.sizes().vec(), weight.scalar_type(), options);
+  std::vector<float> absmax(static_cast<size_t>((n + bs - 1) / bs));
+  for (int64_t b = 0; b < static_cast<int64_t>(absmax.size()); ++b) absmax[b] = BlockScale(v + b * bs, b, n, bs);
+  PackBytes(v, absmax.data(), n, options, 0, (n + 1) / 2, out.packed.data_ptr<uint8_t>());
+  FinishState(absmax, &out.state);
   return out;
+}
+
+Quantized4 Quantize4bitLayout(const std::vector<int64_t>& shape, c10::ScalarType dtype, const Quant4Options& options) {
+  return EmptyQuantized(shape, dtype, options);
+}
+
+namespace {
+
+int64_t Elements(const std::vector<int64_t>& shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+// Elements [begin, end) through `read`, as float32 (an exact up-cast), checked for their count.
+absl::StatusOr<at::Tensor> ReadFloats(const WeightElements& read, int64_t begin, int64_t end) {
+  auto values = read(begin, end);
+  if (!values.ok()) return values.status();
+  if (values->numel() != end - begin) {
+    return absl::InternalError(absl::StrCat("Quantize4bitShare: elements [", begin, ", ", end, ") read as ",
+                                            values->numel(), " values"));
+  }
+  return values->contiguous().reshape({-1}).to(at::kFloat);
+}
+
+}  // namespace
+
+absl::StatusOr<Quant4ShareWork> BeginQuantize4bitShare(const std::vector<int64_t>& shape, c10::ScalarType dtype,
+                                                       const Quant4Options& options, const Quant4Share& share,
+                                                       WeightElements read) {
+  if (absl::Status valid = Validate(options); !valid.ok()) return valid;
+  if (absl::Status valid = CheckWeightDtype(dtype); !valid.ok()) return valid;
+  const int64_t elements = Elements(shape), bs = options.blocksize;
+  const int64_t bytes = (elements + 1) / 2, blocks = (elements + bs - 1) / bs;
+  if (share.kept_begin < 0 || share.kept_begin > share.kept_end || share.kept_end > bytes ||
+      share.owned_begin < share.kept_begin || share.owned_begin > share.owned_end || share.owned_end > share.kept_end) {
+    return absl::InvalidArgumentError(absl::StrCat("Quantize4bitShare: bytes [", share.kept_begin, ", ", share.kept_end,
+                                                   ") kept and [", share.owned_begin, ", ", share.owned_end,
+                                                   ") owned do not fit in ", bytes, " packed bytes"));
+  }
+  Quant4ShareWork work;
+  work.shape = shape;
+  work.dtype = dtype;
+  work.options = options;
+  work.share = share;
+  work.read = std::move(read);
+  work.scales = at::zeros({blocks}, at::kFloat);
+  // The blocks whose first element lies in the owned bytes: their scales are computed here.
+  const int64_t first = (2 * share.owned_begin + bs - 1) / bs;
+  const int64_t end = std::min(blocks, (2 * share.owned_end + bs - 1) / bs);
+  if (first < end) {
+    LLMTRAIN_ASSIGN_OR_RETURN(const at::Tensor x, ReadFloats(work.read, first * bs, std::min(elements, end * bs)));
+    float* a = work.scales.data_ptr<float>();
+    for (int64_t b = first; b < end; ++b) a[b] = BlockScale(x.data_ptr<float>() + (b - first) * bs, b, elements, bs);
+  }
+  return work;
+}
+
+absl::StatusOr<Quantized4> FinishQuantize4bitShare(const Quant4ShareWork& work) {
+  const int64_t elements = Elements(work.shape), blocks = work.scales.numel();
+  if (!work.scales.is_cpu() || work.scales.scalar_type() != at::kFloat || !work.scales.is_contiguous() ||
+      blocks != (elements + work.options.blocksize - 1) / work.options.blocksize) {
+    return absl::InvalidArgumentError("FinishQuantize4bitShare: the scales are not Begin's float32 CPU tensor");
+  }
+  Quantized4 out = EmptyQuantized(work.shape, work.dtype, work.options);
+  const Quant4Share& share = work.share;
+  if (share.kept_begin < share.kept_end) {  // then 2 kept_begin < elements
+    LLMTRAIN_ASSIGN_OR_RETURN(
+        const at::Tensor x, ReadFloats(work.read, 2 * share.kept_begin, std::min(elements, 2 * share.kept_end)));
+    PackBytes(x.data_ptr<float>(), work.scales.data_ptr<float>(), elements, work.options, share.kept_begin,
+              share.kept_end, out.packed.data_ptr<uint8_t>());
+  }
+  const float* all = work.scales.data_ptr<float>();
+  FinishState(std::vector<float>(all, all + blocks), &out.state);
+  return out;
+}
+
+absl::StatusOr<Quantized4> Quantize4bitShare(const std::vector<int64_t>& shape, c10::ScalarType dtype,
+                                             const Quant4Options& options, const Quant4Share& share,
+                                             const WeightElements& read, const SumOverProcesses& sum) {
+  LLMTRAIN_ASSIGN_OR_RETURN(Quant4ShareWork work, BeginQuantize4bitShare(shape, dtype, options, share, read));
+  // Every block's scale is computed by exactly one process (the owned ranges partition the
+  // bytes), the others add +0: the sum is exact.
+  LLMTRAIN_RETURN_IF_ERROR(sum(work.scales));
+  return FinishQuantize4bitShare(work);
 }
 
 at::Tensor BlockScales(const Quant4State& state) {

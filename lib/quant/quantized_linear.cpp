@@ -449,6 +449,28 @@ model::LinearFactory QuantizedLinearFactory(std::optional<Quant4Options> quantiz
       return std::make_shared<QuantizedLinear>(std::move(q), source.bias);
     }
     if (!quantize.has_value()) return model::MakeDenseLinear(source);
+    if (source.layout_only) {
+      return std::make_shared<QuantizedLinear>(Quantize4bitLayout(source.shape, source.dtype, *quantize), source.bias);
+    }
+    if (!source.shares.empty() && source.defer) {
+      // A sharded load: read and quantize only the packed bytes this process keeps (AppendFrozen
+      // lists the packed tensor first). The scales of its owned blocks are summed over the
+      // processes with the rest of the layer's, then the kept bytes are packed.
+      // Every process checks the weight's shape (and marks it used), whether or not it reads it.
+      if (auto checked = source.dense_elements(0, 0); !checked.ok()) return checked.status();
+      const model::TensorShare& packed = source.shares.front();
+      const Quant4Share share{packed.kept_begin, packed.kept_end, packed.owned_begin, packed.owned_end};
+      auto work = BeginQuantize4bitShare(source.shape, source.dtype, *quantize, share, source.dense_elements);
+      if (!work.ok()) return Annotate(work.status(), source.weight_key);
+      auto shared_work = std::make_shared<Quant4ShareWork>(*std::move(work));
+      source.defer(shared_work->scales, [shared_work, bias = source.bias,
+                                         key = source.weight_key]() -> absl::StatusOr<std::shared_ptr<model::Linear>> {
+        auto q = FinishQuantize4bitShare(*shared_work);
+        if (!q.ok()) return Annotate(q.status(), key);
+        return std::make_shared<QuantizedLinear>(*std::move(q), bias);
+      });
+      return std::shared_ptr<model::Linear>();
+    }
     // Quantized as it loads; the dense weight is dropped here, so the dense weights never coexist.
     LLMTRAIN_ASSIGN_OR_RETURN(at::Tensor dense, source.dense_weight());
     auto q = Quantize4bit(dense.detach(), *quantize);

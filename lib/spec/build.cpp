@@ -228,10 +228,11 @@ absl::StatusOr<train::TrainerComponents> BuildTrainerComponents(const RunSpec& s
     // Before the model takes memory and time: refused here when it will not fit.
     LLMTRAIN_RETURN_IF_ERROR(CheckMemoryBeforeLoading(spec, *parts.engine));
     model::DecoderOptions decoder_options = ToDecoderOptions(spec);
-    // zero3 shards each layer as it loads, so no process holds the whole base; DoRA computes its
+    // zero3 shards each layer as it loads, each process reading and quantizing only its part, so
+    // no process holds or computes the whole base; DoRA computes its
     // magnitudes from the whole weights at injection, so then the engine shards after it.
     if (auto* sharded = dynamic_cast<dist::ShardedEngine*>(parts.engine.get()); sharded && !spec.lora().use_dora()) {
-      decoder_options.on_layer_loaded = sharded->LayerLoadedHook();
+      sharded->ConfigureLoading(&decoder_options);
     }
     LLMTRAIN_ASSIGN_OR_RETURN(parts.model, model::Decoder::Load(spec.model().path(), decoder_options));
     parts.adapter = ToLoraConfig(spec);

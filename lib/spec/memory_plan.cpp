@@ -385,16 +385,36 @@ absl::StatusOr<MemoryPlan> PlanMemory(const RunSpec& spec_in, const MemoryPlanOp
                                                      : ModelFileBytes(ms.path());
   MemoryPhase load{"loading", {}, /*includes_resident=*/false};
   load.items.push_back({"runtime", host_runtime, cuda ? "estimate" : host_runtime_note});
-  load.items.push_back({"model file pages", file_bytes,
-                        absl::StrCat(files_known ? "" : "estimate: bf16 safetensors; ",
-                                     "mapped and read whole by every process")});
-  load.items.push_back({"embedding, head, final norm", embed_bytes + head_bytes + final_norm_bytes, ""});
   const bool shard_on_load = sharded && !lc.use_dora;  // DoRA's magnitudes need whole weights
-  load.items.push_back({shard_on_load ? "frozen layers: shards + the layer loading" : "frozen layers",
-                        shard_on_load ? CeilDiv(frozen_bytes, world) + frozen_layer_bytes : frozen_bytes,
-                        shard_on_load ? "sharded as each layer loads" : ""});
-  // A projection dequantized into the model dtype and quantized from float32.
-  if (four_bit) load.items.push_back({"largest projection, dense while it quantizes", largest_proj * (p + 4), ""});
+  // zero3 with 4-bit loading: each process reads and quantizes only its part of each layer
+  // (the rows its bytes come from); the rest of the file (embedding, head) every process reads.
+  const bool part_on_load = shard_on_load && four_bit && world > 1;
+  // The layers' share of the file, taken as their share of the parameters.
+  const int64_t layer_params = base_params - (embed_bytes + head_bytes + final_norm_bytes) / p;
+  const int64_t layer_file_bytes =
+      static_cast<int64_t>(static_cast<double>(file_bytes) * static_cast<double>(layer_params) /
+                           static_cast<double>(std::max<int64_t>(1, base_params)));
+  load.items.push_back({"model file pages",
+                        part_on_load ? file_bytes - layer_file_bytes + CeilDiv(layer_file_bytes, world) : file_bytes,
+                        absl::StrCat(files_known ? "" : "estimate: bf16 safetensors; ",
+                                     part_on_load ? "mapped; the layers' rows read in part by each process"
+                                                  : "mapped and read whole by every process")});
+  load.items.push_back({"embedding, head, final norm", embed_bytes + head_bytes + final_norm_bytes, ""});
+  load.items.push_back(
+      {shard_on_load ? "frozen layers: shards + the layer loading" : "frozen layers",
+       shard_on_load ? CeilDiv(frozen_bytes, world) + (part_on_load ? CeilDiv(frozen_layer_bytes, world)
+                                                                    : frozen_layer_bytes)
+                     : frozen_bytes,
+       shard_on_load ? (part_on_load ? "sharded as each layer loads; only this process's part is filled"
+                                     : "sharded as each layer loads")
+                     : ""});
+  // A projection dequantized into the model dtype and quantized from float32 (its part, when
+  // each process quantizes only its part).
+  if (four_bit) {
+    load.items.push_back({part_on_load ? "largest projection's part, dense while it quantizes"
+                                       : "largest projection, dense while it quantizes",
+                          CeilDiv(largest_proj, part_on_load ? world : 1) * (p + 4), ""});
+  }
   plan.phases.push_back(load);
 
   // Activations (docs/distributed.md): per layer a·M·(7C + 3HD + 4KD + 4I) for norms, q/k/v/o,

@@ -532,6 +532,34 @@ std::vector<nlohmann::json> EvalLines(const std::string& run) {
   return lines;
 }
 
+TEST_CASE("zero3 sharded loading: each rank reads and quantizes only its bytes, and they equal a whole load's, "
+          "world 2 and 3", "[reference]") {
+  if (!testing::ReferenceStackAvailable()) return testing::Skip("no .venv: the tiny models come from transformers");
+  // Tiny Qwen2 (q/k/v biases) and Gemma 3 folders in float32 safetensors, and the real Gemma 3
+  // 270M GGUF (Q4_K/Q6_K, dequantized by rows) where bootstrap installed it.
+  std::string models;
+  for (const char* family : {"qwen2", "gemma3_text"}) {
+    const std::string dir = testing::TempDir(std::string("dist_load_") + family);
+    REQUIRE(testing::RunReference("train_ref.py", {"tiny", dir, family}).exit_code == 0);
+    models += dir + "/model;";
+  }
+  const std::string gguf = std::string(LLMTRAIN_SOURCE_DIR) + "/.venv/models/gemma-3-270m-q4_k_m.gguf";
+  if (access(gguf.c_str(), R_OK) == 0) models += gguf;
+  setenv("LLMTRAIN_TEST_MODELS", models.c_str(), 1);
+  for (int world : {2, 3}) {
+    const std::string dir = testing::TempDir("dist_load_" + std::to_string(world));
+    dist::LaunchResult result = LaunchWorkers("load", world, dir, "env://", 300);
+    INFO(result.report);
+    CHECK(result.exit_code == 0);
+    for (int r = 0; r < world; ++r) {
+      const std::string report = ReadFile(dir + "/rank" + std::to_string(r) + ".txt");
+      INFO(report);
+      CHECK(report.find("ok load world " + std::to_string(world)) != std::string::npos);
+    }
+    std::printf("world %d, rank 0:\n%s", world, ReadFile(dir + "/load0.txt").c_str());
+  }
+}
+
 TEST_CASE("ddp and zero3 trainers: world 2 and 3 equal the single-process trainer on the same global batches",
           "[reference]") {
   if (!testing::ReferenceStackAvailable()) return testing::Skip("no .venv: the tiny models come from transformers");

@@ -8,6 +8,11 @@
 //             state, f32 LoRA; odd sizes
 //   unit      a ShardedUnit over NF4 (double-quant) and dense projections: released, gathered
 //             back, the layers compute bit for bit as before, the bytes held are 1/world
+//   load      each model of $LLMTRAIN_TEST_MODELS (';'-separated: HF folders, GGUF files) loaded in
+//             bf16 with a 4-bit double-quantized base twice under zero3: reading and quantizing
+//             only this rank's bytes (ShardedEngine::ConfigureLoading), and whole then sharded
+//             (on_layer_loaded alone); every layer's shard, the tensors left whole, the
+//             quantization offsets and the logits must be bitwise equal; writes both load times
 //   nonfinite the zero3 trainer on $LLMTRAIN_TEST_MODEL_DIR (train_ref.py tiny) with one LoRA weight
 //             NaN on rank 1 only: every rank skips the same 3 steps and stops with a checkpoint
 //   mismatch  rank 0 gathers 10 elements, the others 12: every rank must get an error naming it;
@@ -20,6 +25,8 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
+#include <cstring>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -32,10 +39,13 @@
 #include <ATen/core/grad_mode.h>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "llmtrain/dist/env.h"
 #include "llmtrain/dist/process_group.h"
 #include "llmtrain/dist/shard.h"
+#include "llmtrain/dist/sharded_engine.h"
 #include "llmtrain/dist/sharded_unit.h"
+#include "llmtrain/model/decoder.h"
 #include "llmtrain/model/linear.h"
 #include "llmtrain/quant/quantized_linear.h"
 #include "llmtrain/spec/build.h"
@@ -220,6 +230,89 @@ void Unit(dist::ProcessGroup& group) {
       << " bytes per rank; " << u.persistent_bytes() << " bytes left whole\n";
 }
 
+double Seconds(std::chrono::steady_clock::time_point since) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - since).count();
+}
+
+void LoadSharded(const std::shared_ptr<dist::ProcessGroup>& group) {
+  namespace model = llmtrain::model;
+  namespace quant = llmtrain::quant;
+  const char* models = std::getenv("LLMTRAIN_TEST_MODELS");
+  Check(models != nullptr && *models != '\0', "LLMTRAIN_TEST_MODELS is set");
+  if (models == nullptr) return;
+  std::ofstream out(g_out + "/load" + std::to_string(group->rank()) + ".txt");
+  for (const std::string& path : std::vector<std::string>(absl::StrSplit(models, ';', absl::SkipEmpty()))) {
+    // The default threshold, and one so low that the quant state and norms are sharded too.
+    for (const int64_t persist : {int64_t{4096}, int64_t{64}}) {
+      const std::string what = absl::StrCat(path, " (persist below ", persist, " B)");
+      model::DecoderOptions options;
+      options.dtype = llmtrain::Dtype::kBf16;
+      options.linear_factory = quant::QuantizedLinearFactory(quant::Quant4Options{quant::QuantType::kNf4, 64, true});
+      dist::ShardedUnitOptions unit_options;
+      unit_options.persist_below_bytes = persist;
+      auto sharded = std::make_shared<dist::ShardedEngine>(group, unit_options);
+      auto whole = std::make_shared<dist::ShardedEngine>(group, unit_options);
+      model::DecoderOptions sharded_options = options, whole_options = options;
+      sharded->ConfigureLoading(&sharded_options);
+      whole_options.on_layer_loaded = whole->LayerLoadedHook();
+      // Seconds from the first layer's end to the last's: the layers' part of each load.
+      std::vector<std::chrono::steady_clock::time_point> sharded_ends, whole_ends;
+      const auto timed = [](auto hook, std::vector<std::chrono::steady_clock::time_point>* ends) {
+        return [hook, ends](int64_t layer, const std::vector<at::Tensor>& frozen) {
+          absl::Status status = hook(layer, frozen);
+          ends->push_back(std::chrono::steady_clock::now());
+          return status;
+        };
+      };
+      sharded_options.on_layer_loaded = timed(sharded_options.on_layer_loaded, &sharded_ends);
+      whole_options.on_layer_loaded = timed(whole_options.on_layer_loaded, &whole_ends);
+      const auto layer_seconds = [](const std::vector<std::chrono::steady_clock::time_point>& ends) {
+        return ends.size() < 2 ? 0.0 : std::chrono::duration<double>(ends.back() - ends.front()).count() /
+                                           static_cast<double>(ends.size() - 1);
+      };
+      auto start = std::chrono::steady_clock::now();
+      auto a = model::Decoder::Load(path, sharded_options);
+      const double sharded_s = Seconds(start);
+      start = std::chrono::steady_clock::now();
+      auto b = model::Decoder::Load(path, whole_options);
+      const double whole_s = Seconds(start);
+      CheckOk(a.status(), what + ": sharded load");
+      CheckOk(b.status(), what + ": whole load");
+      if (!a.ok() || !b.ok()) return;
+      CheckOk(sharded->PrepareModel(**a), what + ": prepare");
+      CheckOk(whole->PrepareModel(**b), what + ": prepare");
+      Check(sharded->units() == (*a)->num_layers() && whole->units() == (*b)->num_layers(), what + ": every layer sharded");
+      int64_t left_whole = 0;
+      for (int64_t l = 0; l < sharded->units(); ++l) {
+        Check(BitEqual(sharded->unit(l).shard(), whole->unit(l).shard()), absl::StrCat(what, ": layer ", l, " shard"));
+        const std::vector<at::Tensor> x = (*a)->LayerFrozenTensors(l), y = (*b)->LayerFrozenTensors(l);
+        Check(x.size() == y.size(), absl::StrCat(what, ": layer ", l, " tensors"));
+        for (size_t i = 0; i < x.size() && i < y.size(); ++i) {
+          if (x[i].storage().nbytes() == 0) continue;  // moved into the unit (released)
+          Check(BitEqual(x[i], y[i]), absl::StrCat(what, ": layer ", l, " tensor ", i, " left whole"));
+          ++left_whole;
+        }
+      }
+      for (const std::string& name : (*a)->LinearNames()) {
+        auto p = std::dynamic_pointer_cast<quant::QuantizedLinear>((*a)->linear(name));
+        auto q = std::dynamic_pointer_cast<quant::QuantizedLinear>((*b)->linear(name));
+        Check(p && q, what + ": " + name + " is 4-bit");
+        if (!p || !q) continue;
+        const float u = p->quantized().state.offset, v = q->quantized().state.offset;
+        Check(std::memcmp(&u, &v, sizeof u) == 0, what + ": " + name + " offset");
+      }
+      at::manual_seed(11);  // the same tokens on every rank
+      const at::Tensor ids = at::randint((*a)->config().text.vocab_size, {2, 12}, at::kLong);
+      at::NoGradGuard no_grad;
+      Check(BitEqual((*a)->Forward(ids), (*b)->Forward(ids)), what + ": logits");
+      out << what << ": " << sharded->units() << " layers, " << sharded->shard_bytes() << " of "
+          << sharded->unit_bytes() << " bytes held, " << left_whole << " tensors left whole; load " << sharded_s << " s ("
+          << layer_seconds(sharded_ends) << " s a layer) reading this rank's part, " << whole_s << " s ("
+          << layer_seconds(whole_ends) << " s a layer) reading every layer whole\n";
+    }
+  }
+}
+
 // Runs without a ProcessGroup of its own: the trainer's engine makes one from the same variables.
 int NonFinite(const dist::DistEnv& env, std::ofstream& report) {
   const char* dir_env = std::getenv("LLMTRAIN_TEST_MODEL_DIR");
@@ -337,13 +430,16 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "%s\n", group.status().ToString().c_str());
     return 3;
   }
-  dist::ProcessGroup& g = **group;
+  const std::shared_ptr<dist::ProcessGroup> shared_group = *std::move(group);
+  dist::ProcessGroup& g = *shared_group;
   if (scenario == "smoke") {
     Smoke(g);
   } else if (scenario == "shard") {
     Shard(g);
   } else if (scenario == "unit") {
     Unit(g);
+  } else if (scenario == "load") {
+    LoadSharded(shared_group);
   } else if (scenario == "mismatch") {
     Mismatch(g);
   } else if (scenario == "exit3" || scenario == "kill") {

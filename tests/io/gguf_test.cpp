@@ -208,6 +208,29 @@ TEST_CASE("gguf: the real Gemma 3 270M Q4_K_M file", "[io][gguf][reference]") {
       CHECK(at::equal(*direct, via_f32->to(at::kBFloat16)));
     }
   }
+  SECTION("rows dequantized alone equal the same rows of the whole tensor (f32 and bf16)") {
+    for (const char* name : {"blk.0.attn_q.weight", "blk.3.ffn_down.weight", "output_norm.weight"}) {
+      const io::GgufTensorInfo* t = gguf.FindTensor(name);
+      REQUIRE(t != nullptr);
+      auto whole = io::LoadGgufTensor(gguf, *t);
+      REQUIRE(whole.ok());
+      const at::Tensor rows_of = whole->reshape({-1, t->ne[0]});
+      const int64_t rows = rows_of.size(0);
+      for (const auto& [begin, end] : std::vector<std::pair<int64_t, int64_t>>{
+               {0, rows}, {0, 1}, {rows / 3, std::min(rows, rows / 3 + 7)}, {rows - 1, rows}, {rows / 2, rows / 2}}) {
+        for (const auto dtype : {at::kFloat, at::kBFloat16}) {
+          INFO("tensor " << name << " rows [" << begin << ", " << end << ") of " << rows << " as " << dtype);
+          auto part = io::LoadGgufRows(gguf, *t, begin, end, dtype);
+          REQUIRE(part.ok());
+          CHECK(part->sizes() == at::IntArrayRef({end - begin, t->ne[0]}));
+          CHECK(at::equal(*part, rows_of.narrow(0, begin, end - begin).to(dtype)));
+        }
+      }
+      auto outside = io::LoadGgufRows(gguf, *t, rows - 1, rows + 1, at::kFloat);
+      REQUIRE(!outside.ok());
+      CHECK_THAT(std::string(outside.status().message()), Catch::Contains("rows [" + std::to_string(rows - 1)));
+    }
+  }
   SECTION("config equals transformers' config from the same file") {
     auto config = io::HfConfigFromGguf(gguf);
     REQUIRE(config.ok());

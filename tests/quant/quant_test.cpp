@@ -6,9 +6,13 @@
 
 #include <catch2/catch.hpp>
 #include <algorithm>
+#include <barrier>
 #include <cstdio>
 #include <cstring>
 #include <map>
+#include <mutex>
+#include <random>
+#include <thread>
 
 #include "llmtrain/io/safetensors.h"
 #include "llmtrain/io/tensors.h"
@@ -256,6 +260,108 @@ TEST_CASE("quant: QuantizedLinear on CUDA equals the CPU path", "[quant][cuda]")
   }
   std::printf("quant: QuantizedLinear CUDA vs CPU, forward and input gradient, 4 shapes × M 1/8/100: worst "
               "max-abs error relative to the largest value %.2e (float32), %.2e (bfloat16)\n", worst[0], worst[1]);
+}
+
+// Quantize4bitShare on `world` threads standing in for processes (the sum is a barrier over
+// them), each keeping the packed bytes between consecutive `edges`; `whole` makes every thread
+// keep everything, thread 0 owning it (a tensor under the persistence threshold).
+std::vector<quant::Quantized4> QuantizeShared(const at::Tensor& w, const quant::Quant4Options& options,
+                                              const std::vector<int64_t>& edges, bool whole) {
+  const int world = static_cast<int>(edges.size()) - 1;
+  std::vector<quant::Quantized4> out(world);
+  std::vector<at::Tensor> slots(world);
+  std::barrier sync(world);
+  std::mutex failures_mutex;
+  std::vector<std::string> failures;
+  std::vector<std::thread> threads;
+  for (int r = 0; r < world; ++r) {
+    threads.emplace_back([&, r] {
+      quant::Quant4Share share;
+      share.kept_begin = whole ? 0 : edges[r];
+      share.kept_end = whole ? edges.back() : edges[r + 1];
+      share.owned_begin = whole ? 0 : edges[r];
+      share.owned_end = whole ? (r == 0 ? edges.back() : 0) : edges[r + 1];
+      const at::Tensor flat = w.reshape({-1});
+      const auto read = [&](int64_t begin, int64_t end) -> absl::StatusOr<at::Tensor> {
+        return flat.narrow(0, begin, end - begin).clone();
+      };
+      const auto sum = [&](at::Tensor& values) -> absl::Status {
+        slots[r] = values.clone();
+        sync.arrive_and_wait();
+        at::Tensor total = slots[0].clone();
+        for (int k = 1; k < world; ++k) total += slots[k];
+        sync.arrive_and_wait();
+        values.copy_(total);
+        return absl::OkStatus();
+      };
+      auto q = quant::Quantize4bitShare(w.sizes().vec(), w.scalar_type(), options, share, read, sum);
+      if (!q.ok()) {
+        std::lock_guard<std::mutex> lock(failures_mutex);
+        failures.push_back(std::string(q.status().message()));
+        return;
+      }
+      out[r] = *std::move(q);
+    });
+  }
+  for (auto& t : threads) t.join();
+  INFO((failures.empty() ? std::string() : failures.front()));
+  REQUIRE(failures.empty());
+  return out;
+}
+
+TEST_CASE("quant: Quantize4bitShare's kept bytes and state equal Quantize4bit's, at world 1-4", "[quant]") {
+  std::mt19937 rng(7);
+  int cases = 0;
+  int64_t bytes_checked = 0;
+  for (const auto& shape : std::vector<std::vector<int64_t>>{{7, 13}, {48, 100}, {64, 256}, {3, 4096 + 96}}) {
+    for (const int64_t blocksize : {64, 256, 4096}) {
+      for (const bool nested : {false, true}) {
+        for (const auto type : {quant::QuantType::kNf4, quant::QuantType::kFp4}) {
+          for (const auto dtype : {at::kFloat, at::kBFloat16}) {
+            at::Tensor w = at::randn(shape).mul_(0.05).to(dtype);
+            w.reshape({-1})[std::min<int64_t>(5, w.numel() - 1)] = 0.0;  // a zero and a NaN block
+            if (w.numel() > 700) w.reshape({-1})[700] = std::numeric_limits<float>::quiet_NaN();
+            const quant::Quant4Options options{type, blocksize, nested};
+            auto full = quant::Quantize4bit(w, options);
+            REQUIRE(full.ok());
+            const int64_t bytes = full->packed.numel();
+            for (int world = 1; world <= 4; ++world) {
+              for (const int mode : {0, 1, 2}) {  // 64-byte edges, arbitrary edges, kept whole
+                std::vector<int64_t> edges{0};
+                for (int r = 1; r < world; ++r) {
+                  int64_t edge = bytes * r / world;
+                  if (mode == 0) edge = edge / 64 * 64;
+                  if (mode == 1) edge = std::uniform_int_distribution<int64_t>(edges.back(), bytes)(rng);
+                  edges.push_back(std::max(edges.back(), edge));
+                }
+                edges.push_back(bytes);
+                const auto parts = QuantizeShared(w, options, edges, mode == 2);
+                for (int r = 0; r < world; ++r) {
+                  const quant::Quantized4& q = parts[r];
+                  const int64_t begin = mode == 2 ? 0 : edges[r], end = mode == 2 ? bytes : edges[r + 1];
+                  INFO("shape " << shape[0] << "x" << shape[1] << " blocksize " << blocksize << " nested " << nested
+                                << " world " << world << " mode " << mode << " rank " << r);
+                  REQUIRE(q.packed.sizes() == full->packed.sizes());
+                  CHECK(std::memcmp(q.packed.data_ptr<uint8_t>() + begin, full->packed.data_ptr<uint8_t>() + begin,
+                                    static_cast<size_t>(end - begin)) == 0);
+                  CHECK(SameBytes(q.state.absmax, full->state.absmax));
+                  CHECK(q.state.shape == full->state.shape);
+                  CHECK(q.state.dtype == full->state.dtype);
+                  CHECK(std::memcmp(&q.state.offset, &full->state.offset, sizeof(float)) == 0);
+                  if (nested) CHECK(SameBytes(q.state.nested_absmax, full->state.nested_absmax));
+                  bytes_checked += end - begin;
+                }
+                ++cases;
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+  std::printf("quant: Quantize4bitShare vs Quantize4bit: %d cases (4 shapes, blocksizes 64/256/4096, double "
+              "quantization on/off, NF4/FP4, f32/bf16, world 1-4, 64-byte/arbitrary/whole shares), %lld kept "
+              "bytes and every state equal\n", cases, static_cast<long long>(bytes_checked));
 }
 
 TEST_CASE("quant: bad options are refused by name", "[quant]") {

@@ -14,11 +14,16 @@
 // adapter (moments and float32 values), and the updated slices are all-gathered back
 // (shards_optimizer_state; the trainer drives it).
 //
-// Loading: given as DecoderOptions::on_layer_loaded (LayerLoadedHook), the engine shards each
-// layer as soon as the loader has built it, so a rank never holds more than its shares plus the
-// layer being loaded; PrepareModel then only installs the residency. Without the hook,
-// PrepareModel shards the loaded model (a DoRA adapter needs that: its magnitudes are computed
-// from the whole base weights when it is injected).
+// Loading (ConfigureLoading): the loader lays each decoder layer out without reading it, asks
+// the engine which bytes of each frozen tensor this rank keeps (ShardedUnit::Shares), and reads
+// and quantizes only those: each rank reads its part of every weight (the rows its bytes come
+// from) and computes the 4-bit blocks of its part; the block scales, which the double
+// quantization needs whole, are summed over the ranks (each block computed by one rank). The
+// engine then shards the layer at once (on_layer_loaded), so a rank holds its shares plus one
+// layer's kept bytes, and PrepareModel only installs the residency. With on_layer_loaded alone
+// every rank loads each whole layer and keeps its share; without either, PrepareModel shards the
+// loaded model (a DoRA adapter needs that: its magnitudes are computed from the whole base
+// weights when it is injected).
 #pragma once
 
 #include <cstdint>
@@ -44,11 +49,21 @@ class ShardedEngine final : public ReplicatedEngine,
   absl::Status OnLayerLoaded(int64_t layer, const std::vector<at::Tensor>& frozen);
   /// on_layer_loaded calling OnLayerLoaded on this engine (which it keeps alive).
   std::function<absl::Status(int64_t, const std::vector<at::Tensor>&)> LayerLoadedHook();
+  /// The bytes of layer `layer`'s frozen tensors this rank will keep (ShardedUnit::Shares), for
+  /// DecoderOptions::plan_layer_shares.
+  absl::StatusOr<std::vector<model::TensorShare>> PlanLayerShares(int64_t layer,
+                                                                  const std::vector<at::Tensor>& frozen) const;
+  /// Sets options' on_layer_loaded, plan_layer_shares and sum_over_processes to this engine's:
+  /// every rank then reads and quantizes only the bytes it keeps of each layer.
+  void ConfigureLoading(model::DecoderOptions* options);
   bool collective_forwards() const override { return world_size() > 1; }
   bool shards_optimizer_state() const override { return true; }
   void Acquire(int64_t layer) override;
   void Release(int64_t layer) override;
 
+  /// Layer `layer`'s unit (layers sharded so far: 0 ≤ layer < units()).
+  int64_t units() const { return static_cast<int64_t>(units_.size()); }
+  const ShardedUnit& unit(int64_t layer) const { return *units_.at(static_cast<size_t>(layer)); }
   /// Bytes of the sharded layers in all, and the part this rank holds between uses.
   int64_t unit_bytes() const;
   int64_t shard_bytes() const;

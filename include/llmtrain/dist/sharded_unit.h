@@ -2,10 +2,10 @@
 // 4-bit weights, their quant state, norms, biases) packed into one byte buffer that every rank
 // holds only 1/world_size of between uses.
 //
-// Create() copies each tensor into the buffer at a 64-byte-aligned offset and then makes the
-// tensor itself a view of the buffer (the same TensorImpl, so the modules that hold it see the
-// change and need no other hook). It keeps this rank's shard of the bytes and releases the
-// buffer. Gather() all-gathers the shards back into the buffer (raw bytes: packed data is never
+// Create() lays the tensors out in the buffer at 64-byte-aligned offsets, copies the bytes of
+// this rank's shard from them (the others are never read, so a sharded load fills only those:
+// Shares), and makes each tensor a view of the buffer (the same TensorImpl, so the modules that
+// hold it see the change and need no other hook), which it leaves released. Gather() all-gathers the shards back into the buffer (raw bytes: packed data is never
 // viewed as floats on the way), after which the modules compute exactly as before; Release()
 // frees the buffer again. Reading a tensor of a released unit is an error from ATen ("data is not
 // allocated"), not a read of freed memory.
@@ -33,6 +33,7 @@
 #include "absl/status/statusor.h"
 #include "llmtrain/dist/process_group.h"
 #include "llmtrain/dist/shard.h"
+#include "llmtrain/model/linear.h"
 
 namespace llmtrain::dist {
 
@@ -49,6 +50,15 @@ class ShardedUnit {
   static absl::StatusOr<std::unique_ptr<ShardedUnit>> Create(std::string name, const std::vector<at::Tensor>& tensors,
                                                             int rank, int world_size,
                                                             const ShardedUnitOptions& options = {});
+
+  /// The bytes of each of `tensors` that Create(name, tensors, rank, world_size, options) keeps on
+  /// this rank, from their shapes and dtypes alone (values are not read): what a sharded load
+  /// fills (DecoderOptions::plan_layer_shares). A tensor kept whole on every rank is owned by
+  /// rank 0; a repeat is kept as its first listing and owned nowhere.
+  static absl::StatusOr<std::vector<model::TensorShare>> Shares(const std::string& name,
+                                                                const std::vector<at::Tensor>& tensors, int rank,
+                                                                int world_size,
+                                                                const ShardedUnitOptions& options = {});
 
   /// Materializes the buffer from every rank's shard (one all-gather of bytes).
   absl::Status Gather(ProcessGroup& group);

@@ -44,6 +44,13 @@ absl::StatusOr<at::Tensor> LoadGgufTensor(const GgufFile& file, const GgufTensor
 absl::StatusOr<at::Tensor> LoadGgufTensor(const GgufFile& file, const GgufTensorInfo& tensor,
                                           c10::ScalarType dtype);
 
+/// Rows [row_begin, row_end) of a GGUF tensor (a row is ne[0] elements) as a new (rows, ne[0])
+/// CPU tensor in `dtype`, dequantizing only those rows' bytes where the type allows (every type
+/// CanDequantize takes). Values equal the same rows of LoadGgufTensor(...).to(dtype).
+/// InvalidArgument for rows outside the tensor.
+absl::StatusOr<at::Tensor> LoadGgufRows(const GgufFile& file, const GgufTensorInfo& tensor, int64_t row_begin,
+                                        int64_t row_end, c10::ScalarType dtype);
+
 /// Dequantizes a GGUF tensor to float32 on `device`. On a CUDA device, Q8_0, Q4_0, Q4_K, Q5_K
 /// and Q6_K are dequantized by our kernels from the raw bytes (bit-identical to the CPU path);
 /// other types are dequantized on the CPU and copied. FailedPrecondition if CUDA is asked for

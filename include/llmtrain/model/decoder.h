@@ -51,6 +51,16 @@ struct DecoderOptions {
   /// keeps its share of them and frees the rest before the next layer loads, so no process holds
   /// the whole base. An error stops the load.
   std::function<absl::Status(int64_t layer, const std::vector<at::Tensor>& frozen)> on_layer_loaded;
+  /// Sharded loading, with on_layer_loaded: given a layer's frozen tensors in their final shapes
+  /// but not yet read (LinearFactory's layout-only pass), the bytes of each this process keeps
+  /// and owns. The projections are then made again with their shares (ProjectionSource::shares),
+  /// so a process reads and quantizes only its part of each weight, and on_layer_loaded receives
+  /// tensors whose kept bytes are filled. Every process loads the same layers in the same order.
+  std::function<absl::StatusOr<std::vector<TensorShare>>(int64_t layer, const std::vector<at::Tensor>& frozen)>
+      plan_layer_shares;
+  /// Sums a float32 CPU tensor over the processes in place: the collective plan_layer_shares'
+  /// loads need (once per layer, for what the factory deferred: ProjectionSource::defer).
+  std::function<absl::Status(at::Tensor& values)> sum_over_processes;
 };
 
 /// InvalidArgument naming the field for options the decoder cannot run (a dtype other than

@@ -65,6 +65,14 @@ class DenseLinear final : public Linear {
   at::Tensor weight_, bias_;
 };
 
+/// Sharded loading: the bytes of one frozen tensor this process keeps, and the part of them it
+/// alone computes. The owned ranges of all processes partition the tensor (a tensor every
+/// process keeps whole is owned by one of them).
+struct TensorShare {
+  int64_t kept_begin = 0, kept_end = 0;
+  int64_t owned_begin = 0, owned_end = 0;
+};
+
 /// What a loading decoder offers a LinearFactory for one projection. Tensor names are the
 /// checkpoint's own (HF names for folders, GGUF names for .gguf files).
 struct ProjectionSource {
@@ -83,6 +91,25 @@ struct ProjectionSource {
   /// The dense weight (out, in) in the model dtype, its shape checked against `shape`: what a
   /// DenseLinear holds. Marks the weight as used.
   std::function<absl::StatusOr<at::Tensor>()> dense_weight;
+
+  // Sharded loading (DecoderOptions::plan_layer_shares) calls the factory twice per projection.
+  /// First call: make the layer with its frozen tensors in their final shapes and dtypes, reading
+  /// nothing; their values are never read (the decoder lays the layer out from them).
+  bool layout_only = false;
+  /// Second call: one share per tensor the layout-only layer listed in AppendFrozen. The factory
+  /// must fill at least the kept bytes of each (it may read and compute only those: the other
+  /// bytes are never read) and list tensors of the same shapes and dtypes in the same order.
+  std::vector<TensorShare> shares;
+  /// Elements [begin, end) of the flattened dense weight, in the model dtype as dense_weight()
+  /// gives them, reading only the rows they lie in. Marks the weight as used.
+  std::function<absl::StatusOr<at::Tensor>(int64_t begin, int64_t end)> dense_elements;
+  using Finish = std::function<absl::StatusOr<std::shared_ptr<Linear>>()>;
+  /// With `shares`: a factory that needs values summed over the processes (the 4-bit block
+  /// scales each process computed for its part) calls defer(values, finish) and returns null.
+  /// The loader sums every deferred projection's values of the layer in one collective, in place
+  /// (float32 CPU tensors), then calls each finish for the layer. So no process waits for another
+  /// between projections: each does all its reading and quantizing of the layer in two stretches.
+  std::function<void(at::Tensor values, Finish finish)> defer;
 };
 
 /// Makes one projection of a loading decoder (see DecoderOptions::linear_factory). Called once per

@@ -13,6 +13,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include <ATen/core/Tensor.h>
@@ -60,6 +61,53 @@ struct Quantized4 {
 /// Quantizes a float32, float16 or bfloat16 CPU tensor of any shape. Errors name the bad option
 /// or dtype.
 absl::StatusOr<Quantized4> Quantize4bit(const at::Tensor& weight, const Quant4Options& options = {});
+
+/// The tensors Quantize4bit makes for a weight of `shape` and `dtype`, with their final shapes and
+/// dtypes but unfilled (at::empty: no memory is touched): what a sharded load lays out before it
+/// reads a weight.
+Quantized4 Quantize4bitLayout(const std::vector<int64_t>& shape, c10::ScalarType dtype, const Quant4Options& options);
+
+/// One process's part of a sharded load (dist::ShardedEngine) of a weight quantized as it loads.
+/// Byte offsets are into the packed tensor.
+struct Quant4Share {
+  /// The packed bytes this process keeps.
+  int64_t kept_begin = 0, kept_end = 0;
+  /// The part of them no other process computes: the scales of the blocks whose first element
+  /// lies in these bytes are computed here. The owned ranges of all processes partition the
+  /// packed bytes (a tensor every process keeps whole is owned by one of them).
+  int64_t owned_begin = 0, owned_end = 0;
+};
+/// Elements [begin, end) of the flattened weight, in the dtype Quantize4bit would be given.
+using WeightElements = std::function<absl::StatusOr<at::Tensor>(int64_t begin, int64_t end)>;
+/// Sums a float32 CPU tensor over the processes, in place (a collective: every process calls it).
+using SumOverProcesses = std::function<absl::Status(at::Tensor& values)>;
+
+/// Quantize4bit of a weight that no process reads whole: this process reads only the elements
+/// of its owned blocks and of its kept bytes, computes those blocks' scales, sums the scales over
+/// the processes (so every process has all of them: the state is complete everywhere) and packs
+/// its kept bytes. Those bytes and the whole state equal Quantize4bit's; the other packed bytes
+/// are left unwritten. Every process calls it with the same shape, dtype and options.
+absl::StatusOr<Quantized4> Quantize4bitShare(const std::vector<int64_t>& shape, c10::ScalarType dtype,
+                                             const Quant4Options& options, const Quant4Share& share,
+                                             const WeightElements& read, const SumOverProcesses& sum);
+
+/// Quantize4bitShare in two steps, for a loader that sums the scales of several weights in one
+/// collective (and lets every process do all its reading and computing between collectives):
+/// BeginQuantize4bitShare reads the owned blocks and computes their scales (the others stay 0);
+/// the caller sums `scales` over the processes; FinishQuantize4bitShare reads the kept bytes'
+/// elements and packs them.
+struct Quant4ShareWork {
+  at::Tensor scales;  ///< float32 (blocks), CPU: to be summed in place over the processes
+  std::vector<int64_t> shape;
+  c10::ScalarType dtype = c10::kFloat;
+  Quant4Options options;
+  Quant4Share share;
+  WeightElements read;
+};
+absl::StatusOr<Quant4ShareWork> BeginQuantize4bitShare(const std::vector<int64_t>& shape, c10::ScalarType dtype,
+                                                       const Quant4Options& options, const Quant4Share& share,
+                                                       WeightElements read);
+absl::StatusOr<Quantized4> FinishQuantize4bitShare(const Quant4ShareWork& work);
 
 /// The block scales as float32 (n_blocks) on the CPU: absmax itself, or rebuilt from the nested
 /// codes.
