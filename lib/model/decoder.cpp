@@ -5,6 +5,7 @@
 #include "llmtrain/model/decoder.h"
 
 #include <ATen/ATen.h>
+#include <ATen/autocast_mode.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/detail/CUDAHooksInterface.h>
 #include <ATen/core/grad_mode.h>
@@ -24,6 +25,59 @@
 #include "model/decoder_state.h"
 
 namespace llmtrain::model {
+namespace {
+
+// Holds layer `index` of a sharded decoder (LayerResidency) for its scope, and releases it on
+// every way out, an exception included, so a failed forward or backward leaves no layer held.
+class LayerHold {
+ public:
+  LayerHold(LayerResidency* residency, int64_t index) : residency_(residency), index_(index) {
+    if (residency_ != nullptr) residency_->Acquire(index_);  // a throw here holds nothing
+  }
+  ~LayerHold() {
+    if (residency_ == nullptr) return;
+    try {
+      residency_->Release(index_);
+    } catch (...) {  // a destructor must not throw; Release fails only on unpaired calls
+    }
+  }
+  LayerHold(const LayerHold&) = delete;
+  LayerHold& operator=(const LayerHold&) = delete;
+
+ private:
+  LayerResidency* residency_;
+  int64_t index_;
+};
+
+// The forward's autocast state for the recompute in backward, which runs outside the caller's
+// autocast region (torch.utils.checkpoint keeps it the same way): otherwise the recomputed layer
+// would compute in float32 where the forward computed in bfloat16.
+class RecomputeAutocast {
+ public:
+  RecomputeAutocast(c10::DeviceType device, bool enabled, c10::ScalarType dtype)
+      : device_(device),
+        previous_enabled_(at::autocast::is_autocast_enabled(device)),
+        previous_dtype_(at::autocast::get_autocast_dtype(device)) {
+    at::autocast::set_autocast_enabled(device, enabled);
+    at::autocast::set_autocast_dtype(device, dtype);
+    at::autocast::increment_nesting();
+  }
+  ~RecomputeAutocast() {
+    if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+    at::autocast::set_autocast_enabled(device_, previous_enabled_);
+    at::autocast::set_autocast_dtype(device_, previous_dtype_);
+  }
+  RecomputeAutocast(const RecomputeAutocast&) = delete;
+  RecomputeAutocast& operator=(const RecomputeAutocast&) = delete;
+
+ private:
+  c10::DeviceType device_;
+  bool previous_enabled_;
+  c10::ScalarType previous_dtype_;
+};
+
+}  // namespace
+
 
 absl::Status Validate(const DecoderOptions& options) {
   if (options.dtype != Dtype::kF32 && options.dtype != Dtype::kBf16 && options.dtype != Dtype::kF16) {
@@ -66,6 +120,8 @@ class CheckpointFunction : public torch::autograd::Function<CheckpointFunction> 
     // preserve_rng_state): the generator's state before the layer runs.
     // The layer draws from the default generator of x's device (CPU or that GPU).
     ctx->saved_data["rng"] = at::globalContext().defaultGenerator(x.device()).get_state();
+    ctx->saved_data["autocast"] = at::autocast::is_autocast_enabled(x.device().type());
+    ctx->saved_data["autocast_dtype"] = static_cast<int64_t>(at::autocast::get_autocast_dtype(x.device().type()));
     at::NoGradGuard no_grad;
     return state->Layer(index, x, cos, sin, mask, nullptr, nullptr);
   }
@@ -79,25 +135,27 @@ class CheckpointFunction : public torch::autograd::Function<CheckpointFunction> 
     const int64_t n_params = ctx->saved_data["n_params"].toInt();
     const at::Tensor x = saved[0].detach().requires_grad_(true);
     // A sharded layer's weights are gathered for the recompute and its backward, then released.
-    if (state.residency != nullptr) state.residency->Acquire(index);
-    at::Tensor out;
+    torch::autograd::variable_list g;
     {
+      const LayerHold hold(state.residency.get(), index);
+      at::Tensor out;
+      {
       // Replays the forward's random stream for its dropout masks, then puts the stream back.
       at::Generator generator = at::globalContext().defaultGenerator(x.device());
       const at::Tensor now = generator.get_state();
       generator.set_state(ctx->saved_data["rng"].toTensor());
       at::AutoGradMode enable(true);
+      const RecomputeAutocast autocast(x.device().type(), ctx->saved_data["autocast"].toBool(),
+                                       static_cast<c10::ScalarType>(ctx->saved_data["autocast_dtype"].toInt()));
       out = state.Layer(index, x, saved[1], saved[2], saved[3], nullptr, nullptr);
       generator.set_state(now);
+      }
+      torch::autograd::variable_list wrt = {x};
+      for (const at::Tensor& p : state.LayerParameters(index)) wrt.push_back(p);
+      TORCH_CHECK(static_cast<int64_t>(wrt.size()) == n_params + 1, "checkpoint: parameter count changed");
+      g = torch::autograd::grad({out}, wrt, {grads[0]}, /*retain_graph=*/false, /*create_graph=*/false,
+                                /*allow_unused=*/true);
     }
-    torch::autograd::variable_list wrt = {x};
-    for (const at::Tensor& p : state.LayerParameters(index)) wrt.push_back(p);
-    TORCH_CHECK(static_cast<int64_t>(wrt.size()) == n_params + 1, "checkpoint: parameter count changed");
-    torch::autograd::variable_list g = torch::autograd::grad({out}, wrt, {grads[0]},
-                                                            /*retain_graph=*/false,
-                                                            /*create_graph=*/false, /*allow_unused=*/true);
-    out = at::Tensor();
-    if (state.residency != nullptr) state.residency->Release(index);
     // One gradient per forward input: x, each parameter, then cos, sin, mask, state, index.
     for (int i = 0; i < 5; ++i) g.emplace_back();
     return g;
@@ -188,13 +246,12 @@ at::Tensor DecoderState::Hidden(const at::Tensor& input_ids, const at::Tensor& a
     const bool checkpointed = options.activation_checkpointing && cache == nullptr && at::GradMode::is_enabled();
     TORCH_CHECK(residency == nullptr || checkpointed || !at::GradMode::is_enabled(),
                 "a decoder whose layers are sharded (set_layer_residency) trains only with activation checkpointing");
-    if (residency != nullptr) residency->Acquire(index);
+    const LayerHold hold(residency.get(), index);
     if (checkpointed) {
       h = CheckpointedLayer(index, h, r.cos, r.sin, layer_mask);
     } else {
       h = Layer(index, h, r.cos, r.sin, layer_mask, cache, probe);
     }
-    if (residency != nullptr) residency->Release(index);
   }
   at::Tensor out = Norm(h, final_norm);
   if (probe != nullptr) (*probe)("model.norm", out);

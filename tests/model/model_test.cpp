@@ -15,6 +15,8 @@
 #include "llmtrain/model/decoder.h"
 #include "llmtrain/model/family.h"
 #include "llmtrain/model/generate.h"
+#include "llmtrain/model/linear.h"
+#include "llmtrain/train/autocast.h"
 #include "testing/json_util.h"
 #include "testing/safetensors_util.h"
 #include "testing/memory.h"
@@ -240,6 +242,119 @@ TEST_CASE("decoder: activation checkpointing gives identical gradients with less
     CHECK(at::equal(plain_grads[i], ckpt_grads[i]));  // the same ops recomputed: bit-identical
   }
   CHECK(ckpt_peak < plain_peak);
+}
+
+TEST_CASE("decoder: under autocast, the checkpointed recompute computes in bf16 as the forward did",
+          "[model][reference]") {
+  if (!testing::ReferenceStackAvailable()) return;
+  const std::string dir = testing::TempDir("tiny_ckpt_autocast");
+  REQUIRE(testing::RunReference("model_ref.py", {"tiny", "gemma3_text", dir, "11"}).exit_code == 0);
+  model::DecoderOptions options;
+  options.requires_grad = true;
+  auto model = model::Decoder::Load(dir + "/model", options);
+  REQUIRE(model.ok());
+  at::manual_seed(1);
+  const at::Tensor ids = at::randint(0, 128, {2, 24}, at::kLong);
+  const at::Tensor weights = at::randn({2, 24, 128});
+  // The trainer's way: the forward inside the autocast region, backward after it.
+  auto run = [&](bool checkpointing) {
+    (*model)->set_activation_checkpointing(checkpointing);
+    for (const auto& [name, p] : (*model)->named_parameters()) p.mutable_grad() = at::Tensor();
+    at::Tensor loss;
+    {
+      const train::AutocastGuard autocast(c10::DeviceType::CPU, at::kBFloat16);
+      loss = ((*model)->Forward(ids).to(at::kFloat) * weights).sum();
+    }
+    loss.backward();
+    std::vector<at::Tensor> grads;
+    for (const auto& [name, p] : (*model)->named_parameters()) grads.push_back(p.grad().clone());
+    return grads;
+  };
+  const std::vector<at::Tensor> plain = run(false), checkpointed = run(true);
+  REQUIRE(plain.size() == checkpointed.size());
+  for (size_t i = 0; i < plain.size(); ++i) {
+    INFO("parameter " << (*model)->named_parameters()[i].first);
+    CHECK(at::equal(plain[i], checkpointed[i]));
+  }
+}
+
+namespace {
+
+// Counts a sharded decoder's Acquire/Release calls per layer.
+class CountingResidency : public model::LayerResidency {
+ public:
+  explicit CountingResidency(int64_t layers) : holds(static_cast<size_t>(layers), 0) {}
+  void Acquire(int64_t layer) override {
+    ++holds[static_cast<size_t>(layer)];
+    ++acquires;
+  }
+  void Release(int64_t layer) override { --holds[static_cast<size_t>(layer)]; }
+  bool none_held() const { return std::all_of(holds.begin(), holds.end(), [](int h) { return h == 0; }); }
+  std::vector<int> holds;
+  int acquires = 0;
+};
+
+// A dense projection that throws while `armed` is set, if it is the failing one.
+class FailingLinear : public model::Linear {
+ public:
+  FailingLinear(at::Tensor weight, at::Tensor bias, bool fails)
+      : dense_(std::move(weight), std::move(bias)), fails_(fails) {}
+  at::Tensor Forward(const at::Tensor& x) const override {
+    TORCH_CHECK(!(fails_ && armed), "injected failure");
+    return dense_.Forward(x);
+  }
+  int64_t in_features() const override { return dense_.in_features(); }
+  int64_t out_features() const override { return dense_.out_features(); }
+  at::Tensor DenseWeight(c10::ScalarType dtype) const override { return dense_.DenseWeight(dtype); }
+  const at::Tensor& bias() const override { return dense_.bias(); }
+  at::Tensor stored_weight() const override { return dense_.stored_weight(); }
+  void AppendTrainable(std::vector<at::Tensor>* out) const override { dense_.AppendTrainable(out); }
+  void AppendFrozen(std::vector<at::Tensor>* out) const override { dense_.AppendFrozen(out); }
+  absl::string_view kind() const override { return "failing"; }
+  static inline bool armed = false;
+
+ private:
+  model::DenseLinear dense_;
+  bool fails_;
+};
+
+}  // namespace
+
+TEST_CASE("decoder: a layer that throws is released, in forward and in backward's recompute", "[model][reference]") {
+  if (!testing::ReferenceStackAvailable()) return;
+  const std::string dir = testing::TempDir("tiny_hold");
+  REQUIRE(testing::RunReference("model_ref.py", {"tiny", "gemma3_text", dir, "11"}).exit_code == 0);
+  model::DecoderOptions options;
+  options.requires_grad = true;
+  options.activation_checkpointing = true;
+  options.linear_factory = [](const model::ProjectionSource& p) -> absl::StatusOr<std::shared_ptr<model::Linear>> {
+    auto weight = p.dense_weight();
+    if (!weight.ok()) return weight.status();
+    return std::make_shared<FailingLinear>(*weight, p.bias, p.module == "model.layers.1.mlp.down_proj");
+  };
+  auto model = model::Decoder::Load(dir + "/model", options);
+  REQUIRE(model.ok());
+  auto residency = std::make_shared<CountingResidency>((*model)->num_layers());
+  (*model)->set_layer_residency(residency);
+  at::manual_seed(1);
+  const at::Tensor ids = at::randint(0, 128, {2, 16}, at::kLong);
+  // Forward: layer 1 throws after it was acquired.
+  FailingLinear::armed = true;
+  CHECK_THROWS_WITH((*model)->Forward(ids), Catch::Contains("injected failure"));
+  CHECK(residency->acquires == 2);
+  CHECK(residency->none_held());
+  // Backward: the forward succeeds, layer 1's recompute throws.
+  FailingLinear::armed = false;
+  const at::Tensor loss = (*model)->Forward(ids).sum();
+  CHECK(residency->none_held());
+  FailingLinear::armed = true;
+  CHECK_THROWS_WITH(loss.backward(), Catch::Contains("injected failure"));
+  FailingLinear::armed = false;
+  CHECK(residency->none_held());
+  // And the model still trains afterwards.
+  const at::Tensor again = (*model)->Forward(ids).sum();
+  again.backward();
+  CHECK(residency->none_held());
 }
 
 TEST_CASE("decoder: the KV cache trims sliding layers to W - 1 keys and gives the logits of a full forward",

@@ -38,7 +38,8 @@ struct DecoderOptions {
   bool requires_grad = false;
   /// Keep only each decoder layer's input during forward and run the layer again in backward:
   /// activation memory drops from all intermediates of every layer to one layer's worth.
-  /// Gradients are identical. Applies when autograd is on and no KV cache is used.
+  /// Gradients are identical: the recompute draws the forward's dropout masks and runs under the
+  /// forward's autocast state. Applies when autograd is on and no KV cache is used.
   bool activation_checkpointing = false;
   /// Makes each of the seven projections of every layer as it loads; unset = dense
   /// (MakeDenseLinear). quant::QuantizedLinearFactory gives QLoRA's frozen 4-bit base
