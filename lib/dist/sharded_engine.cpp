@@ -44,7 +44,20 @@ void ShardedEngine::ConfigureLoading(model::DecoderOptions* options) {
   options->plan_layer_shares = [self](int64_t layer, const std::vector<at::Tensor>& frozen) {
     return self->PlanLayerShares(layer, frozen);
   };
-  options->sum_over_processes = [self](at::Tensor& values) { return self->group().AllReduce(values); };
+  // Loading runs on the CPU; NCCL sums on the rank's GPU.
+  options->sum_over_processes = [self](at::Tensor& values) -> absl::Status {
+    const c10::Device device = self->group().device();
+    if (values.device() == device) return self->group().AllReduce(values);
+    at::Tensor there = values.to(device);
+    LLMTRAIN_RETURN_IF_ERROR(self->group().AllReduce(there));
+    values.copy_(there);
+    return absl::OkStatus();
+  };
+}
+
+absl::Status ShardedEngine::MoveTo(c10::Device device) {
+  for (auto& unit : units_) LLMTRAIN_RETURN_IF_ERROR(unit->MoveTo(device));
+  return absl::OkStatus();
 }
 
 absl::Status ShardedEngine::PrepareModel(model::Decoder& model) {

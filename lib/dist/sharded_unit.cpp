@@ -116,7 +116,6 @@ absl::StatusOr<std::unique_ptr<ShardedUnit>> ShardedUnit::Create(std::string nam
   const int64_t begin = rank * unit->layout_.shard_numel, end = begin + unit->layout_.shard_numel;
   unit->shard_ = at::zeros({unit->layout_.shard_numel}, at::kByte);
   uint8_t* shard = unit->shard_.data_ptr<uint8_t>();
-  std::vector<at::Tensor> moved;
   for (size_t i = 0; i < tensors.size(); ++i) {
     const UnitPlan::Entry& e = plan.entries[i];
     if (e.kind != UnitPlan::Kind::kMoved) continue;
@@ -126,18 +125,42 @@ absl::StatusOr<std::unique_ptr<ShardedUnit>> ShardedUnit::Create(std::string nam
                   static_cast<size_t>(to - from));
     }
     unit->offsets_.push_back(e.offset);
-    moved.push_back(tensors[i]);
+    unit->moved_.push_back(tensors[i]);
   }
   // Every moved tensor now views the unit's buffer (same sizes, strides and dtype), which is
   // allocated untouched and released at once: it holds bytes only between Gather and Release.
   unit->full_ = at::empty({unit->layout_.padded_numel()}, at::kByte);
-  for (size_t i = 0; i < moved.size(); ++i) {
-    at::Tensor& t = moved[i];
+  for (size_t i = 0; i < unit->moved_.size(); ++i) {
+    at::Tensor& t = unit->moved_[i];
     const int64_t element_offset = unit->offsets_[i] / static_cast<int64_t>(t.element_size());
     t.set_(unit->full_.storage(), element_offset, t.sizes(), t.strides());
   }
   unit->Release();
   return unit;
+}
+
+absl::Status ShardedUnit::MoveTo(c10::Device device) {
+  if (gathered_) return absl::FailedPreconditionError(absl::StrCat(name_, ": MoveTo while gathered"));
+  if (full_.device() == device) return absl::OkStatus();
+  try {
+    shard_ = shard_.to(device);
+    // A buffer on the device for the tensors to view, released at once like Create's. set_data
+    // swaps each tensor's storage under the same TensorImpl (so the modules holding it follow),
+    // device included.
+    full_ = at::empty({layout_.padded_numel()}, at::TensorOptions().dtype(at::kByte).device(device));
+    for (size_t i = 0; i < moved_.size(); ++i) {
+      at::Tensor& t = moved_[i];
+      const int64_t element_offset = offsets_[i] / static_cast<int64_t>(t.element_size());
+      at::Tensor view = at::empty({0}, t.options().device(device));
+      view.set_(full_.storage(), element_offset, t.sizes(), t.strides());
+      t.set_data(view);
+    }
+    gathered_ = true;  // the new buffer holds memory until:
+    Release();
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat(name_, ": MoveTo ", device.str(), ": ", e.what_without_backtrace()));
+  }
+  return absl::OkStatus();
 }
 
 void ShardedUnit::Release() {

@@ -132,7 +132,12 @@ absl::StatusOr<std::shared_ptr<train::Engine>> MakeEngine(const RunSpec& spec_in
   dist::ProcessGroupOptions options;
   options.timeout_s = d.timeout_s();
   options.init_method = d.init_method();
+  // On GPUs every rank takes cuda:LOCAL_RANK and the group is NCCL.
+  if (spec.model().device() != "cpu") options.device = "cuda";
   LLMTRAIN_ASSIGN_OR_RETURN(std::unique_ptr<dist::ProcessGroup> group, dist::ProcessGroup::Create(env, options));
+  // The rank's GPU is its current device from here on: loading's collectives, our kernels and
+  // cuBLASLt handles follow it.
+  if (group->device().is_cuda()) c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)->setDevice(group->device());
   const bool zero3 = d.engine() == DistributedSpec::zero3;
   if (env.rank == 0) {
     LogInfo(absl::StrCat("distributed: engine ", zero3 ? "zero3" : "ddp", ", ", env.world_size, " process(es), ",
@@ -167,8 +172,14 @@ absl::Status CheckMemoryBeforeLoading(const RunSpec& spec, const train::Engine& 
   } else if (cuda) {
 #if LLMTRAIN_WITH_CUDA
     const c10::Device device(spec.model().device());
+    // Under an engine each rank has cuda:LOCAL_RANK.
+    const auto* replicated = dynamic_cast<const dist::ReplicatedEngine*>(&engine);
+    const int index = device.has_index() ? device.index()
+                      : replicated != nullptr && replicated->group().device().is_cuda()
+                          ? replicated->group().device().index()
+                          : 0;
     int64_t free = 0, total = 0;
-    const std::string error = kernels::detail::DeviceMemoryCuda(device.has_index() ? device.index() : 0, &free, &total);
+    const std::string error = kernels::detail::DeviceMemoryCuda(index, &free, &total);
     if (!error.empty()) return absl::FailedPreconditionError(absl::StrCat("model.device ", device.str(), ": ", error));
     // The context now exists and is out of `free`; the plan counts it.
     limit = free + kCudaRuntimeBytes;
@@ -248,7 +259,16 @@ absl::StatusOr<train::TrainerComponents> BuildTrainerComponents(const RunSpec& s
     LLMTRAIN_RETURN_IF_ERROR(parts.engine->PrepareModel(*parts.model));
     // Before the optimizer, whose state is made where the parameters are.
     if (spec.model().device() != "cpu") {
-      LLMTRAIN_RETURN_IF_ERROR(Annotate(parts.model->MoveTo(c10::Device(spec.model().device())), "model.device"));
+      // Under ddp and zero3 each rank computes on its group's device (cuda:LOCAL_RANK); zero3's
+      // layer shards move first, so the model's move finds them there.
+      c10::Device device(spec.model().device());
+      if (auto* replicated = dynamic_cast<dist::ReplicatedEngine*>(parts.engine.get())) {
+        device = replicated->group().device();
+      }
+      if (auto* sharded = dynamic_cast<dist::ShardedEngine*>(parts.engine.get())) {
+        LLMTRAIN_RETURN_IF_ERROR(Annotate(sharded->MoveTo(device), "model.device"));
+      }
+      LLMTRAIN_RETURN_IF_ERROR(Annotate(parts.model->MoveTo(device), "model.device"));
       // The process's current GPU becomes the model's: our kernels and cuBLASLt handles follow it.
       if (parts.model->device().is_cuda()) {
         c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)->setDevice(parts.model->device());

@@ -599,10 +599,10 @@ std::vector<SpecError> FindSpecErrors(const RunSpec& s) {
     err("distributed.world_size", absl::StrCat("must be 0 or 1 for the single-process engine, got ", dist.world_size(),
                                                " (engine ddp trains on several)"));
   }
-  if (cuda_device && dist.engine() != DistributedSpec::single) {
+  if (cuda_device && dist.engine() != DistributedSpec::single && m.device() != "cuda") {
     err("model.device", absl::StrCat("\"", m.device(), "\" with distributed.engine ",
                                      DistributedSpec::Engine_Name(dist.engine()),
-                                     ": the engines carry CPU tensors over Gloo so far; use engine single on a GPU"));
+                                     ": use \"cuda\"; each process takes cuda:LOCAL_RANK"));
   }
   if (dist.memory_limit() != "auto" && dist.memory_limit() != "off") {
     if (auto limit = ParseByteSize(dist.memory_limit()); !limit.ok()) {

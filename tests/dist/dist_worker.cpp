@@ -7,7 +7,8 @@
 //   shard     gather(shard(x)) == x bitwise: packed NF4 bytes with bf16-NaN patterns, f32 quant
 //             state, f32 LoRA; odd sizes
 //   unit      a ShardedUnit over NF4 (double-quant) and dense projections: released, gathered
-//             back, the layers compute bit for bit as before, the bytes held are 1/world
+//             back, the layers compute bit for bit as before, the bytes held are 1/world; with
+//             LLMTRAIN_TEST_DEVICE=cuda the unit moves to the GPU and gathers there over NCCL
 //   load      each model of $LLMTRAIN_TEST_MODELS (';'-separated: HF folders, GGUF files) loaded in
 //             bf16 with a 4-bit double-quantized base twice under zero3: reading and quantizing
 //             only this rank's bytes (ShardedEngine::ConfigureLoading), and whole then sharded
@@ -191,7 +192,7 @@ void Unit(dist::ProcessGroup& group) {
   for (const auto& layer : layers) layer->AppendFrozen(&frozen);
   std::vector<at::Tensor> before;
   for (const at::Tensor& t : frozen) before.push_back(t.clone());
-  const at::Tensor x64 = at::randn({5, 64}), x200 = at::randn({40, 200});  // 40 rows: the large-tile path
+  at::Tensor x64 = at::randn({5, 64}), x200 = at::randn({40, 200});  // 40 rows: the large-tile path
   auto outputs = [&] {
     std::vector<at::Tensor> y;
     for (const auto& layer : layers) y.push_back(layer->Forward(layer->in_features() == 64 ? x64 : x200));
@@ -218,11 +219,32 @@ void Unit(dist::ProcessGroup& group) {
   Check(threw, "a forward over a released unit must throw");
   const int64_t expected_shard = (u.bytes() + group.world_size() - 1) / group.world_size();
   Check(u.shard_bytes() >= expected_shard && u.shard_bytes() < expected_shard + 64, "shard ≈ bytes / world");
+  // On a GPU (NCCL) the unit moves there, then the tensors left whole, as ShardedEngine::MoveTo
+  // and Decoder::MoveTo do; the layers then compute with our CUDA kernels.
+  const bool cuda = group.device().is_cuda();
+  if (cuda) {
+    CheckOk(u.MoveTo(group.device()), "move to " + group.device().str());
+    for (at::Tensor& t : frozen) {
+      if (!t.is_cuda()) t.set_data(t.detach().to(group.device()));
+    }
+    x64 = x64.to(group.device());
+    x200 = x200.to(group.device());
+  }
   for (int round = 0; round < 2; ++round) {
     CheckOk(u.Gather(group), "gather");
-    for (size_t i = 0; i < frozen.size(); ++i) Check(BitEqual(frozen[i], before[i]), "tensor " + std::to_string(i) + " bytes");
+    for (size_t i = 0; i < frozen.size(); ++i) {
+      Check(BitEqual(frozen[i].cpu(), before[i]), "tensor " + std::to_string(i) + " bytes");
+    }
     const std::vector<at::Tensor> got = outputs();
-    for (size_t i = 0; i < got.size(); ++i) Check(BitEqual(got[i], want[i]), "layer " + std::to_string(i) + " output");
+    for (size_t i = 0; i < got.size(); ++i) {
+      if (!cuda) {
+        Check(BitEqual(got[i], want[i]), "layer " + std::to_string(i) + " output");
+        continue;
+      }
+      // Another GEMM: float32 rounding apart (quant_test bounds the CUDA layer at 1e-6 relative).
+      const double error = (got[i].cpu() - want[i]).abs().max().item<double>() / want[i].abs().max().item<double>();
+      Check(error < 1e-4, absl::StrCat("layer ", i, " output on ", group.device().str(), ": relative error ", error));
+    }
     u.Release();
   }
   std::ofstream(g_out + "/unit" + std::to_string(group.rank()) + ".txt")

@@ -158,7 +158,7 @@ TEST_CASE("spec: every invalid spec is refused before any work, naming the field
                Catch::Contains("training.autocast: needs model.dtype \"f32\" (the model is \"bf16\" already)"));
   }
 
-  // A GPU with a multi-process engine is refused (the engines carry CPU tensors so far).
+  // A multi-process engine on GPUs gives each process cuda:LOCAL_RANK: a fixed index is refused.
   {
     auto run = spec::ParseRunSpec("run.textproto", valid);
     REQUIRE(run.ok());
@@ -167,7 +167,9 @@ TEST_CASE("spec: every invalid spec is refused before any work, naming the field
     CHECK(spec::ValidateRunSpec(*run).ok());
     REQUIRE(spec::ApplyOverride(&*run, "distributed.engine=zero3").ok());
     CHECK_THAT(std::string(spec::ValidateRunSpec(*run).message()),
-               Catch::Contains("model.device: \"cuda:1\" with distributed.engine zero3"));
+               Catch::Contains("model.device: \"cuda:1\" with distributed.engine zero3: use \"cuda\""));
+    REQUIRE(spec::ApplyOverride(&*run, "model.device=cuda").ok());
+    CHECK(spec::ValidateRunSpec(*run).ok());
   }
 
   // All errors at once.
@@ -266,7 +268,7 @@ TEST_CASE("spec: memory sizes parse with binary and decimal units", "[spec][plan
 spec::RunSpec PlanSpec(const std::string& dir, const std::vector<std::string>& sets) {
   auto run = spec::ParseRunSpec("plan", ValidSpec(dir));
   REQUIRE(run.ok());
-  for (const std::string& set : {"model.load_in_4bit=true", "lora.r=16", "lora.target_modules=all-linear",
+  for (const std::string set : {"model.load_in_4bit=true", "lora.r=16", "lora.target_modules=all-linear",
                                  "data.max_length=64", "training.micro_batch_size=2"}) {
     REQUIRE(spec::ApplyOverride(&*run, set).ok());
   }

@@ -103,6 +103,7 @@ class ReplicatedEngine : public Engine {
   int rank() const override;
   int world_size() const override;
   ProcessGroup& group() { return *group_; }
+  const ProcessGroup& group() const { return *group_; }
   /// Bytes this rank has put into the adapter's gradient collectives so far (the flat buffer's
   /// size per step: all-reduce, or reduce-scatter with a sharded optimizer state).
   int64_t gradient_bytes() const { return gradient_bytes_; }

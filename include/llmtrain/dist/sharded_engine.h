@@ -61,6 +61,9 @@ class ShardedEngine final : public ReplicatedEngine,
   void Acquire(int64_t layer) override;
   void Release(int64_t layer) override;
 
+  /// Moves every unit (released) to `device`, where the group gathers them (NCCL: the rank's
+  /// GPU). Call it before Decoder::MoveTo, which then moves the rest of the model.
+  absl::Status MoveTo(c10::Device device);
   /// Layer `layer`'s unit (layers sharded so far: 0 ≤ layer < units()).
   int64_t units() const { return static_cast<int64_t>(units_.size()); }
   const ShardedUnit& unit(int64_t layer) const { return *units_.at(static_cast<size_t>(layer)); }

@@ -64,6 +64,10 @@ class ShardedUnit {
   absl::Status Gather(ProcessGroup& group);
   /// The same, returning while the bytes travel: Wait() before the tensors are read.
   absl::StatusOr<Pending> GatherAsync(ProcessGroup& group);
+  /// Moves the unit (released) to `device`: its shard, and the storage its tensors view, so
+  /// later gathers fill a buffer there (NCCL for CUDA). Decoder::MoveTo then finds these tensors
+  /// on the device already and leaves them. FailedPrecondition while gathered.
+  absl::Status MoveTo(c10::Device device);
   /// Frees the buffer; the tensors must not be read until the next Gather.
   void Release();
   bool gathered() const { return gathered_; }
@@ -82,6 +86,7 @@ class ShardedUnit {
   at::Tensor full_;   // uint8 (padded_numel): the storage every moved tensor views
   at::Tensor shard_;  // uint8 (shard_numel): this rank's bytes
   std::vector<int64_t> offsets_;
+  std::vector<at::Tensor> moved_;  // the tensors viewing full_ (handles: the same TensorImpls)
   int64_t persistent_bytes_ = 0;
   bool gathered_ = true;
 };
