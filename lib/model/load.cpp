@@ -153,9 +153,38 @@ absl::Status BuildFromTensors(const TensorSource& source, bool from_gguf, const 
     ProjectionSource::Finish finish;
   };
   std::vector<Deferred> deferred;
-  std::function<absl::Status(int64_t, int, const std::string&, const std::vector<int64_t>&, std::shared_ptr<Linear>,
-                             const Pass&)>
-      install;
+  // A projection the factory made: checked, and listed where the decoder lists it.
+  const auto install = [&](int64_t i, int slot, const std::string& module, const std::vector<int64_t>& shape,
+                          std::shared_ptr<Linear> layer, const Pass& pass) -> absl::Status {
+    if (layer == nullptr || layer->in_features() != shape[1] || layer->out_features() != shape[0]) {
+      return absl::InternalError(absl::StrCat(where, ": the linear factory made a wrong layer for ", module));
+    }
+    if (pass.layout_only) {
+      state->layers[i].proj[slot] = std::move(layer);
+      return absl::OkStatus();
+    }
+    if (!pass.shares.empty()) {  // the same tensors as laid out, or the shares do not fit them
+      std::vector<at::Tensor> laid_out, made_frozen;
+      state->layers[i].proj[slot]->AppendFrozen(&laid_out);
+      layer->AppendFrozen(&made_frozen);
+      bool same = laid_out.size() == made_frozen.size();
+      for (size_t k = 0; same && k < laid_out.size(); ++k) {
+        same = laid_out[k].sizes() == made_frozen[k].sizes() &&
+               laid_out[k].scalar_type() == made_frozen[k].scalar_type();
+      }
+      if (!same) {
+        return absl::InternalError(absl::StrCat(where, ": the linear factory's layout of ", module,
+                                                " differs from the layer it made"));
+      }
+    }
+    // Dense weights are listed in named_parameters(); 4-bit ones are not (see Decoder::linear).
+    if (const at::Tensor w = layer->stored_weight(); w.defined()) {
+      state->params.emplace_back(module + ".weight", w);
+    }
+    state->layers[i].proj[slot] = std::move(layer);
+    state->linear_names.emplace_back(module, std::make_pair(i, slot));
+    return absl::OkStatus();
+  };
   // One projection through the factory, with its bias (the family's bias row for q/k/v).
   const auto make_linear = [&](const WeightName& row, int64_t i, const Pass& pass) -> absl::Status {
     const int slot = LinearSlot(row.role);
@@ -222,38 +251,6 @@ absl::Status BuildFromTensors(const TensorSource& source, bool from_gguf, const 
       return absl::OkStatus();
     }
     return install(i, slot, p.module, p.shape, *std::move(made), pass);
-  };
-  // A projection the factory made: checked, and listed where the decoder lists it.
-  install = [&](int64_t i, int slot, const std::string& module, const std::vector<int64_t>& shape,
-                std::shared_ptr<Linear> layer, const Pass& pass) -> absl::Status {
-    if (layer == nullptr || layer->in_features() != shape[1] || layer->out_features() != shape[0]) {
-      return absl::InternalError(absl::StrCat(where, ": the linear factory made a wrong layer for ", module));
-    }
-    if (pass.layout_only) {
-      state->layers[i].proj[slot] = std::move(layer);
-      return absl::OkStatus();
-    }
-    if (!pass.shares.empty()) {  // the same tensors as laid out, or the shares do not fit them
-      std::vector<at::Tensor> laid_out, made_frozen;
-      state->layers[i].proj[slot]->AppendFrozen(&laid_out);
-      layer->AppendFrozen(&made_frozen);
-      bool same = laid_out.size() == made_frozen.size();
-      for (size_t k = 0; same && k < laid_out.size(); ++k) {
-        same = laid_out[k].sizes() == made_frozen[k].sizes() &&
-               laid_out[k].scalar_type() == made_frozen[k].scalar_type();
-      }
-      if (!same) {
-        return absl::InternalError(absl::StrCat(where, ": the linear factory's layout of ", module,
-                                                " differs from the layer it made"));
-      }
-    }
-    // Dense weights are listed in named_parameters(); 4-bit ones are not (see Decoder::linear).
-    if (const at::Tensor w = layer->stored_weight(); w.defined()) {
-      state->params.emplace_back(module + ".weight", w);
-    }
-    state->layers[i].proj[slot] = std::move(layer);
-    state->linear_names.emplace_back(module, std::make_pair(i, slot));
-    return absl::OkStatus();
   };
 
   // Sharded loading, second pass of layer i: its laid-out frozen tensors (norms first, then each
