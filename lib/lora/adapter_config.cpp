@@ -53,6 +53,12 @@ bool InModulesToSave(const LoraConfig& config, const std::string& name) {
 absl::StatusOr<LoraConfig> WithDefaultTargets(LoraConfig config, absl::string_view model_type) {
   if (!config.target_modules.empty() || config.target_regex.has_value()) return config;
   const io::FamilyInfo* family = io::FindFamily(model_type);
+  if (family != nullptr && family->has_vision && family->peft_default_targets.empty()) {
+    // PEFT has no default for image+text models. Ours adapts the decoder as for its text family
+    // (q_proj and v_proj), not the vision tower, which a user targets by name or pattern.
+    config.target_regex = R"(model\.language_model\.layers\.\d+\.self_attn\.(q_proj|v_proj))";
+    return config;
+  }
   if (family == nullptr || family->peft_default_targets.empty()) {
     return absl::UnimplementedError(absl::StrCat(
         "target_modules: none given, and PEFT has no default for model_type \"", model_type, "\"; name them"));

@@ -8,7 +8,7 @@
 namespace llmtrain::model::detail {
 
 AttentionMasks BuildAttentionMasks(const at::Tensor& key_mask, int64_t past, int64_t window, int64_t sliding_kept,
-                                   c10::ScalarType dtype) {
+                                   c10::ScalarType dtype, const at::Tensor& blocks) {
   const int64_t B = key_mask.size(0), S = key_mask.size(1), T = S - past;
   // Query i is token past + i; keys are tokens 0 … S − 1 (cache indices, not positions).
   const at::TensorOptions on = key_mask.options().dtype(at::kLong);  // the mask's device
@@ -16,7 +16,13 @@ AttentionMasks BuildAttentionMasks(const at::Tensor& key_mask, int64_t past, int
   const at::Tensor k_idx = at::arange(S, on);
   const at::Tensor causal = q_idx.unsqueeze(1) >= k_idx.unsqueeze(0);  // (T, S) [q, k]
   const at::Tensor keys = key_mask.to(at::kBool).view({B, 1, 1, S});
-  at::Tensor allowed = causal.view({1, 1, T, S}) & keys;  // (B, 1, T, S)
+  at::Tensor visible = causal.view({1, 1, T, S});
+  if (blocks.defined()) {  // (causal OR same image block) AND not padding (masking_utils' or_mask)
+    TORCH_CHECK(past == 0 && blocks.sizes() == key_mask.sizes(), "attention masks: image blocks need past = 0");
+    const at::Tensor same = (blocks.view({B, 1, T, 1}) == blocks.view({B, 1, 1, S})) & blocks.ge(0).view({B, 1, T, 1});
+    visible = visible | same;
+  }
+  at::Tensor allowed = visible & keys;  // (B, 1, T, S)
   // Packed rows: mask values 1, 2, … name segments, and a token sees only its own segment. A 0/1
   // mask is one segment, so this changes nothing there.
   if (past == 0 && key_mask.numel() > 0 && key_mask.max().item<int64_t>() > 1) {

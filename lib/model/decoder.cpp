@@ -123,7 +123,7 @@ class CheckpointFunction : public torch::autograd::Function<CheckpointFunction> 
     ctx->saved_data["autocast"] = at::autocast::is_autocast_enabled(x.device().type());
     ctx->saved_data["autocast_dtype"] = static_cast<int64_t>(at::autocast::get_autocast_dtype(x.device().type()));
     at::NoGradGuard no_grad;
-    return state->Layer(index, x, cos, sin, mask, nullptr, nullptr);
+    return index >= 0 ? state->Layer(index, x, cos, sin, mask, nullptr, nullptr) : state->VisionLayer(-1 - index, x);
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
@@ -137,7 +137,8 @@ class CheckpointFunction : public torch::autograd::Function<CheckpointFunction> 
     // A sharded layer's weights are gathered for the recompute and its backward, then released.
     torch::autograd::variable_list g;
     {
-      const LayerHold hold(state.residency.get(), index);
+      // Decoder layers may be sharded; the vision tower's (index −1 − i) never are.
+      const LayerHold hold(index >= 0 ? state.residency.get() : nullptr, index);
       at::Tensor out;
       {
       // Replays the forward's random stream for its dropout masks, then puts the stream back.
@@ -147,11 +148,14 @@ class CheckpointFunction : public torch::autograd::Function<CheckpointFunction> 
       at::AutoGradMode enable(true);
       const RecomputeAutocast autocast(x.device().type(), ctx->saved_data["autocast"].toBool(),
                                        static_cast<c10::ScalarType>(ctx->saved_data["autocast_dtype"].toInt()));
-      out = state.Layer(index, x, saved[1], saved[2], saved[3], nullptr, nullptr);
+      out = index >= 0 ? state.Layer(index, x, saved[1], saved[2], saved[3], nullptr, nullptr)
+                       : state.VisionLayer(-1 - index, x);
       generator.set_state(now);
       }
       torch::autograd::variable_list wrt = {x};
-      for (const at::Tensor& p : state.LayerParameters(index)) wrt.push_back(p);
+      for (const at::Tensor& p : index >= 0 ? state.LayerParameters(index) : state.VisionLayerParameters(-1 - index)) {
+        wrt.push_back(p);
+      }
       TORCH_CHECK(static_cast<int64_t>(wrt.size()) == n_params + 1, "checkpoint: parameter count changed");
       g = torch::autograd::grad({out}, wrt, {grads[0]}, /*retain_graph=*/false, /*create_graph=*/false,
                                 /*allow_unused=*/true);
@@ -164,13 +168,18 @@ class CheckpointFunction : public torch::autograd::Function<CheckpointFunction> 
 
 }  // namespace
 
-absl::Status DecoderState::CheckInputs(const at::Tensor& input_ids, const at::Tensor& mask) const {
+absl::Status DecoderState::CheckInputs(const at::Tensor& input_ids, const at::Tensor& mask,
+                                       const ImageInputs* images) const {
   if (!input_ids.defined() || input_ids.dim() != 2) {
     return absl::InvalidArgumentError("input_ids: expected an int64 tensor of shape (B, T)");
   }
   if (input_ids.numel() > 0) {
-    const int64_t max_id = input_ids.max().item<int64_t>();
-    const int64_t min_id = input_ids.min().item<int64_t>();
+    // An image model's soft token may lie past the vocabulary (it is looked up as id 0).
+    const at::Tensor text_ids =
+        vision != nullptr ? at::where(input_ids == vision->image_token_id, at::zeros_like(input_ids), input_ids)
+                          : input_ids;
+    const int64_t max_id = text_ids.max().item<int64_t>();
+    const int64_t min_id = text_ids.min().item<int64_t>();
     if (max_id >= config.text.vocab_size || min_id < 0) {
       return absl::InvalidArgumentError(absl::StrCat(
           "input_ids: token id ", max_id >= config.text.vocab_size ? max_id : min_id,
@@ -186,6 +195,38 @@ absl::Status DecoderState::CheckInputs(const at::Tensor& input_ids, const at::Te
     return absl::InvalidArgumentError(absl::StrCat("attention_mask: shape ", ShapeString(mask.sizes()),
                                                    " differs from input_ids ", ShapeString(input_ids.sizes())));
   }
+  if (images == nullptr || images->empty()) return absl::OkStatus();
+  if (vision == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat("pixel_values / token_type_ids: this ", spec.model_type,
+                                                   " model has no vision tower"));
+  }
+  const at::Tensor& types = images->token_type_ids;
+  if (types.defined() && (types.sizes() != input_ids.sizes() || types.device() != input_ids.device())) {
+    return absl::InvalidArgumentError(absl::StrCat("token_type_ids: shape ", ShapeString(types.sizes()), " on ",
+                                                   types.device().str(), ", expected input_ids' ",
+                                                   ShapeString(input_ids.sizes()), " on ", input_ids.device().str()));
+  }
+  const int64_t image_tokens = input_ids.eq(vision->image_token_id).sum().item<int64_t>();
+  const at::Tensor& pixels = images->pixel_values;
+  const int64_t S = vision->config.image_size;
+  if (!pixels.defined()) {
+    if (image_tokens > 0) {
+      return absl::InvalidArgumentError(absl::StrCat("input_ids hold ", image_tokens, " image tokens (id ",
+                                                     vision->image_token_id, ") but no pixel_values were given"));
+    }
+    return absl::OkStatus();
+  }
+  if (pixels.dim() != 4 || pixels.size(1) != vision->config.num_channels || pixels.size(2) != S ||
+      pixels.size(3) != S || !at::isFloatingType(pixels.scalar_type())) {
+    return absl::InvalidArgumentError(absl::StrCat("pixel_values: expected a float tensor (N, ",
+                                                   vision->config.num_channels, ", ", S, ", ", S, "), found ",
+                                                   ShapeString(pixels.sizes())));
+  }
+  if (image_tokens != pixels.size(0) * vision->tokens_per_image) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "input_ids hold ", image_tokens, " image tokens (id ", vision->image_token_id, "), but ", pixels.size(0),
+        " image(s) give ", pixels.size(0) * vision->tokens_per_image, " (", vision->tokens_per_image, " each)"));
+  }
   return absl::OkStatus();
 }
 
@@ -197,8 +238,9 @@ at::Tensor DecoderState::Norm(const at::Tensor& x, const at::Tensor& w) const {
 }
 
 at::Tensor DecoderState::Hidden(const at::Tensor& input_ids, const at::Tensor& attention_mask,
-                                const at::Tensor& position_ids, KvCache* cache, const Probe* probe) const {
-  const absl::Status ok = CheckInputs(input_ids, attention_mask);
+                                const at::Tensor& position_ids, KvCache* cache, const Probe* probe,
+                                const ImageInputs* images) const {
+  const absl::Status ok = CheckInputs(input_ids, attention_mask, images);
   TORCH_CHECK(ok.ok(), std::string(ok.message()));
   const io::TextConfig& c = config.text;
   const c10::ScalarType dtype = io::ToScalarType(options.dtype);
@@ -226,16 +268,36 @@ at::Tensor DecoderState::Hidden(const at::Tensor& input_ids, const at::Tensor& a
     cache->next_position = mask.sum(-1);  // real tokens so far
   }
 
-  at::Tensor h = at::embedding(embed, input_ids);  // (B, T, C)
+  // Gemma3Model: an image token outside the vocabulary is looked up as id 0 (then replaced).
+  const at::Tensor is_image = vision != nullptr ? input_ids.eq(vision->image_token_id) : at::Tensor();
+  const at::Tensor lookup = vision != nullptr && vision->image_token_id >= c.vocab_size
+                                ? at::where(is_image, at::zeros_like(input_ids), input_ids)
+                                : input_ids;
+  at::Tensor h = at::embedding(embed, lookup);  // (B, T, C)
   if (spec.scale_embeddings) {
     // sqrt(C) as a tensor in the weight dtype: bf16 rounds sqrt(640) = 25.298 to 25.25.
     h = h * at::scalar_tensor(std::sqrt(static_cast<double>(c.hidden_size)), h.options().dtype(dtype));
   }
   if (probe != nullptr) (*probe)("model.embed_tokens", h);
+  if (images != nullptr && images->pixel_values.defined()) {
+    // The image features, in order, in place of the image tokens (masked_scatter); no scale.
+    const at::Tensor features = ImageFeatures(images->pixel_values).to(h.scalar_type());
+    if (probe != nullptr) (*probe)("model.multi_modal_projector", features);
+    h = h.masked_scatter(is_image.unsqueeze(-1), features);
+  }
+  // Tokens of one image (a run of token type 1) see each other: their block index, −1 for text.
+  at::Tensor blocks;
+  if (images != nullptr && images->token_type_ids.defined()) {
+    TORCH_CHECK(past == 0, "Forward: token_type_ids are for the first call of a cached forward only");
+    const at::Tensor image = images->token_type_ids.eq(1);
+    const at::Tensor previous = at::constant_pad_nd(image, {1, 0}, 0).slice(1, 0, T);
+    const at::Tensor starts = image & previous.logical_not();
+    blocks = at::where(image, starts.to(at::kLong).cumsum(1) - 1, at::full_like(starts, -1, at::kLong));
+  }
 
   // With a cache, sliding layers hold only the last W − 1 earlier keys (see Attention).
   const int64_t sliding_kept = cache != nullptr ? std::min<int64_t>(past, spec.window - 1) : past;
-  const AttentionMasks masks = BuildAttentionMasks(mask, past, spec.window, sliding_kept, dtype);
+  const AttentionMasks masks = BuildAttentionMasks(mask, past, spec.window, sliding_kept, dtype, blocks);
   // RoPE tables, once per distinct layer RoPE.
   std::vector<kernels::RopeTables> rope;
   for (const at::Tensor& inv : inv_freq) rope.push_back(kernels::MakeRopeTables(positions, inv, dtype));
@@ -341,7 +403,7 @@ std::vector<at::Tensor> DecoderState::LayerParameters(int64_t i) const {
 
 at::Tensor DecoderState::CheckpointedLayer(int64_t i, const at::Tensor& x, const at::Tensor& cos,
                                            const at::Tensor& sin, const at::Tensor& mask) const {
-  const std::vector<at::Tensor> params = LayerParameters(i);
+  const std::vector<at::Tensor> params = i >= 0 ? LayerParameters(i) : VisionLayerParameters(-1 - i);
   // The node keeps the state alive: a shared_ptr that shares ownership with the Decoder's.
   return CheckpointFunction::apply(x, at::TensorList(params), cos, sin, mask, shared_from_this(), i);
 }
@@ -384,6 +446,7 @@ absl::Status Decoder::MoveTo(c10::Device device) {
   }
   detail::DecoderState& s = *state_;
   std::vector<at::Tensor> all = {s.embed, s.final_norm, s.lm_head};
+  for (const at::Tensor& t : s.VisionTensors()) all.push_back(t);
   all.insert(all.end(), s.inv_freq.begin(), s.inv_freq.end());
   for (const auto& [name, t] : s.params) all.push_back(t);
   for (int64_t i = 0; i < num_layers(); ++i) {
@@ -437,6 +500,41 @@ absl::Status Decoder::CheckInputs(const at::Tensor& input_ids, const at::Tensor&
   return state_->CheckInputs(input_ids, attention_mask);
 }
 
+absl::Status Decoder::CheckInputs(const at::Tensor& input_ids, const at::Tensor& attention_mask,
+                                  const ImageInputs& images) const {
+  return state_->CheckInputs(input_ids, attention_mask, &images);
+}
+
+at::Tensor Decoder::Forward(const at::Tensor& input_ids, const at::Tensor& attention_mask,
+                            const at::Tensor& position_ids, const ImageInputs& images) const {
+  at::Tensor logits = at::linear(state_->Hidden(input_ids, attention_mask, position_ids, nullptr, nullptr, &images),
+                                 state_->lm_head);
+  const FamilySpec& spec = state_->spec;
+  if (spec.final_softcap) logits = at::tanh(logits / *spec.final_softcap) * *spec.final_softcap;
+  return logits;
+}
+
+at::Tensor Decoder::Forward(const at::Tensor& input_ids, const at::Tensor& attention_mask, KvCache* cache,
+                            const ImageInputs& images) const {
+  TORCH_CHECK(cache != nullptr, "Forward: cache is null");
+  at::Tensor logits =
+      at::linear(state_->Hidden(input_ids, attention_mask, {}, cache, nullptr, &images), state_->lm_head);
+  const FamilySpec& spec = state_->spec;
+  if (spec.final_softcap) logits = at::tanh(logits / *spec.final_softcap) * *spec.final_softcap;
+  return logits;
+}
+
+at::Tensor Decoder::Hidden(const at::Tensor& input_ids, const at::Tensor& attention_mask,
+                           const at::Tensor& position_ids, const ImageInputs& images) const {
+  return state_->Hidden(input_ids, attention_mask, position_ids, nullptr, nullptr, &images);
+}
+
+at::Tensor Decoder::ImageFeatures(const at::Tensor& pixel_values) const { return state_->ImageFeatures(pixel_values); }
+bool Decoder::has_vision() const { return state_->vision != nullptr; }
+int64_t Decoder::image_token_id() const { return state_->vision ? state_->vision->image_token_id : 0; }
+int64_t Decoder::tokens_per_image() const { return state_->vision ? state_->vision->tokens_per_image : 0; }
+int64_t Decoder::image_size() const { return state_->vision ? state_->vision->config.image_size : 0; }
+
 at::Tensor Decoder::Forward(const at::Tensor& input_ids, const at::Tensor& attention_mask,
                             const at::Tensor& position_ids) const {
   at::Tensor logits = at::linear(state_->Hidden(input_ids, attention_mask, position_ids, nullptr, nullptr),
@@ -477,9 +575,20 @@ std::vector<std::string> Decoder::LinearNames() const {
   return names;
 }
 
+namespace detail {
+std::shared_ptr<Linear>& DecoderState::LinearAt(const LinearRef& ref) {
+  return ref.vision ? vision->layers[static_cast<size_t>(ref.layer)].proj[ref.slot]
+                    : layers[static_cast<size_t>(ref.layer)].proj[ref.slot];
+}
+const std::shared_ptr<Linear>& DecoderState::LinearAt(const LinearRef& ref) const {
+  return ref.vision ? vision->layers[static_cast<size_t>(ref.layer)].proj[ref.slot]
+                    : layers[static_cast<size_t>(ref.layer)].proj[ref.slot];
+}
+}  // namespace detail
+
 std::shared_ptr<Linear> Decoder::linear(absl::string_view name) const {
   for (const auto& [module, where] : state_->linear_names) {
-    if (module == name) return state_->layers[where.first].proj[where.second];
+    if (module == name) return state_->LinearAt(where);
   }
   return nullptr;
 }
@@ -495,7 +604,7 @@ int64_t Decoder::FindParameter(absl::string_view name) const {
 absl::Status Decoder::ReplaceLinear(absl::string_view name, std::shared_ptr<Linear> layer) {
   for (const auto& [module, where] : state_->linear_names) {
     if (module != name) continue;
-    std::shared_ptr<Linear>& slot = state_->layers[where.first].proj[where.second];
+    std::shared_ptr<Linear>& slot = state_->LinearAt(where);
     if (layer == nullptr || layer->in_features() != slot->in_features() ||
         layer->out_features() != slot->out_features()) {
       return absl::InvalidArgumentError(absl::StrCat(

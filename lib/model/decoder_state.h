@@ -11,6 +11,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -32,6 +33,41 @@ struct LayerWeights {
 /// The roles of the seven projections, in LayerWeights::proj order.
 inline constexpr Role kLinearRoles[7] = {Role::kQ, Role::kK, Role::kV, Role::kO, Role::kGate, Role::kUp, Role::kDown};
 
+/// One SigLIP encoder layer (pre-LN, biases everywhere): h += out(attn(LN1 h)); h += fc2(gelu(fc1(LN2 h))).
+struct VisionLayerWeights {
+  at::Tensor ln1_weight, ln1_bias, ln2_weight, ln2_bias;  // (Cv)
+  // q, k, v, out (Cv, Cv), fc1 (Iv, Cv), fc2 (Cv, Iv), each with its bias
+  std::array<std::shared_ptr<Linear>, 6> proj;
+};
+
+/// The module names of a vision layer's projections, in VisionLayerWeights::proj order.
+inline constexpr const char* kVisionLinearNames[6] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                                                      "self_attn.out_proj", "mlp.fc1", "mlp.fc2"};
+
+/// Gemma 3's image path: the SigLIP tower and the multi-modal projector.
+struct VisionState {
+  io::VisionConfig config;
+  int64_t tokens_per_image = 0;  // mm_tokens_per_image
+  int64_t image_token_id = 0;
+  at::Tensor patch_weight, patch_bias;      // (Cv, 3, p, p), (Cv)
+  at::Tensor position;                      // (P, Cv), P = (S / p)^2
+  std::vector<VisionLayerWeights> layers;
+  at::Tensor post_weight, post_bias;        // post_layernorm (Cv)
+  at::Tensor mm_norm;                       // (Cv), Gemma RMSNorm (1 + w)
+  at::Tensor mm_projection;                 // (Cv, C), used as x @ W
+};
+
+/// Where a projection lives: decoder layer `layer`'s slot, or the vision tower's.
+struct LinearRef {
+  bool vision = false;
+  int64_t layer = 0;
+  int slot = 0;
+  bool operator<(const LinearRef& o) const {
+    if (vision != o.vision) return vision;  // the tower's first, as transformers registers them
+    return std::tie(layer, slot) < std::tie(o.layer, o.slot);
+  }
+};
+
 /// Called with a module's name and output at each point FirstNonFiniteModule checks.
 using Probe = std::function<void(const std::string& module, const at::Tensor& output)>;
 
@@ -44,16 +80,28 @@ struct DecoderState : std::enable_shared_from_this<DecoderState> {
   at::Tensor final_norm;  // (C)
   at::Tensor lm_head;     // (V, C); the embedding when tied
   std::vector<LayerWeights> layers;
-  // HF module name → (layer, projection slot), in LinearNames() order.
-  std::vector<std::pair<std::string, std::pair<int64_t, int>>> linear_names;
+  std::unique_ptr<VisionState> vision;  // image+text models only
+  // HF module name → where the projection lives, in LinearNames() order.
+  std::vector<std::pair<std::string, LinearRef>> linear_names;
   std::vector<at::Tensor> inv_freq;  // per distinct layer RoPE, (D/2) float32
   std::vector<int64_t> layer_rope;   // per layer: index into inv_freq
   std::vector<int64_t> eos_token_ids;
   std::shared_ptr<LayerResidency> residency;  // null: every layer's weights are always present
 
-  /// The final-normed hidden states (B, T, C); extends `cache` when given.
+  /// The final-normed hidden states (B, T, C); extends `cache` when given. `images` may be null.
   at::Tensor Hidden(const at::Tensor& input_ids, const at::Tensor& attention_mask, const at::Tensor& position_ids,
-                    KvCache* cache, const Probe* probe) const;
+                    KvCache* cache, const Probe* probe, const ImageInputs* images = nullptr) const;
+  /// The projected image features (N, tokens_per_image, C) (vision.cpp).
+  at::Tensor ImageFeatures(const at::Tensor& pixel_values) const;
+  /// Vision layer `index`: (N, P, Cv) → (N, P, Cv) (vision.cpp).
+  at::Tensor VisionLayer(int64_t index, const at::Tensor& x) const;
+  /// The parameters of vision layer `index` that require grad, in a fixed order.
+  std::vector<at::Tensor> VisionLayerParameters(int64_t index) const;
+  /// Every tensor of the vision path (MoveTo).
+  std::vector<at::Tensor> VisionTensors() const;
+  /// The projection `ref` names.
+  std::shared_ptr<Linear>& LinearAt(const LinearRef& ref);
+  const std::shared_ptr<Linear>& LinearAt(const LinearRef& ref) const;
   /// One decoder layer: x (B, T, C) → (B, T, C). cos/sin (B, 1, T, D); mask (B, 1, T, S) additive.
   at::Tensor Layer(int64_t index, const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
                    const at::Tensor& mask, KvCache* cache, const Probe* probe) const;
@@ -63,12 +111,14 @@ struct DecoderState : std::enable_shared_from_this<DecoderState> {
   /// The frozen tensors of layer `index` (Decoder::LayerFrozenTensors).
   std::vector<at::Tensor> LayerFrozen(int64_t index) const;
   at::Tensor Norm(const at::Tensor& x, const at::Tensor& w) const;
-  absl::Status CheckInputs(const at::Tensor& input_ids, const at::Tensor& attention_mask) const;
+  absl::Status CheckInputs(const at::Tensor& input_ids, const at::Tensor& attention_mask,
+                           const ImageInputs* images = nullptr) const;
 
  private:
   at::Tensor Attention(const LayerWeights& layer, int64_t index, const at::Tensor& x, const at::Tensor& cos,
                        const at::Tensor& sin, const at::Tensor& mask, KvCache* cache) const;
-  /// Layer `index` through activation checkpointing (decoder.cpp).
+  /// Layer `index` through activation checkpointing (decoder.cpp); vision layer i is index −1 − i
+  /// (cos, sin and mask undefined).
   at::Tensor CheckpointedLayer(int64_t index, const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
                                const at::Tensor& mask) const;
 };

@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "llmtrain/core/status.h"
 
 namespace llmtrain::model {
 namespace {
@@ -122,6 +123,30 @@ std::vector<std::string> ProjectionNames(const FamilySpec& spec, int64_t num_lay
       std::string name = absl::StrReplaceAll(row.hf, {{"{i}", absl::StrCat(i)}});
       if (absl::EndsWith(name, ".weight")) name.resize(name.size() - 7);
       names.push_back(std::move(name));
+    }
+  }
+  return names;
+}
+
+absl::StatusOr<FamilySpec> BuildModelSpec(const io::HfConfig& config) {
+  LLMTRAIN_ASSIGN_OR_RETURN(FamilySpec spec, BuildFamilySpec(config.text));
+  if (!config.vision.has_value()) return spec;
+  // Gemma3ForConditionalGeneration: the decoder is model.language_model (lm_head stays on top),
+  // and its forward applies no final soft-cap.
+  for (WeightName& row : spec.weights) {
+    if (absl::StartsWith(row.hf, "model.")) row.hf = "model.language_model." + row.hf.substr(6);
+  }
+  spec.final_softcap.reset();
+  return spec;
+}
+
+std::vector<std::string> VisionProjectionNames(const io::HfConfig& config) {
+  std::vector<std::string> names;
+  if (!config.vision.has_value()) return names;
+  for (int64_t i = 0; i < config.vision->num_hidden_layers; ++i) {
+    for (const char* p : {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "mlp.fc1",
+                          "mlp.fc2"}) {
+      names.push_back(absl::StrCat("model.vision_tower.encoder.layers.", i, ".", p));
     }
   }
   return names;

@@ -74,7 +74,12 @@ absl::StatusOr<std::vector<int64_t>> Generate(const Decoder& model, const std::v
   LLMTRAIN_RETURN_IF_ERROR(Validate(options));
   if (prompt.empty()) return absl::InvalidArgumentError("prompt: expected at least one token id");
   const at::Tensor prompt_ids = at::tensor(prompt, at::kLong).view({1, -1}).to(model.device());
-  LLMTRAIN_RETURN_IF_ERROR(model.CheckInputs(prompt_ids, {}));
+  ImageInputs images;
+  if (options.pixel_values.defined()) {
+    images.pixel_values = options.pixel_values.to(model.device());
+    images.token_type_ids = prompt_ids.eq(model.image_token_id()).to(at::kLong);
+  }
+  LLMTRAIN_RETURN_IF_ERROR(model.CheckInputs(prompt_ids, {}, images));
   const std::vector<int64_t>& eos = options.eos_token_ids.empty() ? model.eos_token_ids()
                                                                   : options.eos_token_ids;
   at::NoGradGuard no_grad;
@@ -83,7 +88,7 @@ absl::StatusOr<std::vector<int64_t>> Generate(const Decoder& model, const std::v
   std::vector<int64_t> history = prompt, output;
   try {
     // Prefill with the whole prompt, then one token per step.
-    at::Tensor logits = model.Forward(prompt_ids, at::ones_like(prompt_ids), &cache);
+    at::Tensor logits = model.Forward(prompt_ids, at::ones_like(prompt_ids), &cache, images);
     while (static_cast<int64_t>(output.size()) < options.max_new_tokens) {
       // The choice runs on the CPU (V floats), wherever the model computes.
       const at::Tensor last = logits.select(1, logits.size(1) - 1).squeeze(0).to(at::kCPU, at::kFloat);

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cmath>
 #include <map>
 #include <optional>
 #ifdef __GLIBC__
@@ -74,6 +75,73 @@ std::string ShapeString(const std::vector<int64_t>& shape) {
 
 std::string LayerName(const std::string& pattern, int64_t i) {
   return absl::StrReplaceAll(pattern, {{"{i}", absl::StrCat(i)}});
+}
+
+// transformers' in-memory name of an image+text checkpoint's tensor, whichever of the three
+// layouts it loads the file was saved in: the Hub's (language_model.model.*,
+// vision_tower.vision_model.*), 5.23's save_pretrained (vision_tower.* without vision_model.), or
+// the in-memory one (model.language_model.*, model.vision_tower.*).
+std::string ImageTextName(const std::string& name) {
+  std::string r = absl::StartsWith(name, "model.") ? name.substr(6) : name;
+  if (absl::StartsWith(r, "lm_head.")) return r;
+  if (absl::StartsWith(r, "language_model.lm_head.")) return r.substr(15);
+  if (absl::StartsWith(r, "language_model.model.")) r = "language_model." + r.substr(21);
+  if (absl::StartsWith(r, "vision_tower.vision_model.")) r = "vision_tower." + r.substr(26);
+  return "model." + r;
+}
+
+// The source's tensors by ImageTextName; two file tensors with one name are refused.
+absl::Status UseImageTextNames(TensorSource* source, const std::string& where) {
+  auto file_names = std::make_shared<std::map<std::string, std::string>>();  // in-memory → file
+  std::map<std::string, std::vector<int64_t>> shapes;
+  for (const auto& [name, shape] : source->shapes) {
+    const std::string memory = ImageTextName(name);
+    if (!file_names->emplace(memory, name).second) {
+      return absl::InvalidArgumentError(absl::StrCat(where, ": tensors \"", (*file_names)[memory], "\" and \"", name,
+                                                     "\" are both ", memory));
+    }
+    shapes[memory] = shape;
+  }
+  source->shapes = std::move(shapes);
+  source->load = [file_names, load = source->load](const std::string& name, c10::ScalarType dtype) {
+    const auto it = file_names->find(name);
+    return load(it == file_names->end() ? name : it->second, dtype);
+  };
+  source->load_rows = [file_names, load_rows = source->load_rows](const std::string& name, c10::ScalarType dtype,
+                                                                 int64_t row_begin, int64_t row_end) {
+    const auto it = file_names->find(name);
+    return load_rows(it == file_names->end() ? name : it->second, dtype, row_begin, row_end);
+  };
+  return absl::OkStatus();
+}
+
+// What Gemma3ForConditionalGeneration's modules require of their config.
+absl::Status CheckImageTextConfig(const io::HfConfig& config, const std::string& where) {
+  const io::VisionConfig& v = *config.vision;
+  const auto bad = [&](const std::string& field, const std::string& why) {
+    return absl::InvalidArgumentError(absl::StrCat(where, ": ", field, ": ", why));
+  };
+  if (v.vision_use_head) {
+    return bad("vision_config.vision_use_head", "true, but Gemma 3 never reads the SigLIP head (google/gemma-3-* "
+               "configs set it false; transformers' SiglipVisionConfig defaults to true)");
+  }
+  if (v.hidden_act != "gelu_pytorch_tanh" && v.hidden_act != "gelu") {
+    return bad("vision_config.hidden_act", absl::StrCat("\"", v.hidden_act, "\" (gelu_pytorch_tanh and gelu are supported)"));
+  }
+  if (v.num_attention_heads < 1 || v.hidden_size % v.num_attention_heads != 0) {
+    return bad("vision_config.num_attention_heads", absl::StrCat(v.num_attention_heads, " does not divide hidden_size ",
+                                                                 v.hidden_size));
+  }
+  if (v.image_size % v.patch_size != 0) {
+    return bad("vision_config.image_size", absl::StrCat(v.image_size, " is not a multiple of patch_size ", v.patch_size));
+  }
+  const int64_t grid = v.image_size / v.patch_size;
+  const int64_t side = static_cast<int64_t>(std::llround(std::sqrt(static_cast<double>(config.mm_tokens_per_image))));
+  if (config.mm_tokens_per_image < 1 || side * side != config.mm_tokens_per_image || grid % side != 0) {
+    return bad("mm_tokens_per_image", absl::StrCat(config.mm_tokens_per_image, " must be a square whose side divides the ",
+                                                   grid, "×", grid, " patch grid"));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status BuildFromTensors(const TensorSource& source, bool from_gguf, const std::string& where,
@@ -182,7 +250,7 @@ absl::Status BuildFromTensors(const TensorSource& source, bool from_gguf, const 
       state->params.emplace_back(module + ".weight", w);
     }
     state->layers[i].proj[slot] = std::move(layer);
-    state->linear_names.emplace_back(module, std::make_pair(i, slot));
+    state->linear_names.emplace_back(module, LinearRef{false, i, slot});
     return absl::OkStatus();
   };
   // One projection through the factory, with its bias (the family's bias row for q/k/v).
@@ -351,6 +419,88 @@ absl::Status BuildFromTensors(const TensorSource& source, bool from_gguf, const 
     }
     return absl::OkStatus();
   };
+  // Image+text models: the SigLIP tower and the projector, before the decoder (transformers'
+  // order). Their tensors go by transformers' in-memory names (LoadDecoderState maps the file's).
+  if (state->config.vision.has_value()) {
+    const io::VisionConfig& vc = *state->config.vision;
+    auto vision = std::make_unique<VisionState>();
+    vision->config = vc;
+    vision->tokens_per_image = state->config.mm_tokens_per_image;
+    vision->image_token_id = state->config.image_token_index;
+    // A tensor of the vision path, shape-checked, owned, in the model dtype; listed unless `list` is false.
+    const auto vision_tensor = [&](const std::string& name, const std::vector<int64_t>& want,
+                                   bool list = true) -> absl::StatusOr<at::Tensor> {
+      const auto it = source.shapes.find(name);
+      if (it == source.shapes.end()) return absl::NotFoundError(absl::StrCat(where, ": missing tensor \"", name, "\""));
+      if (it->second != want) {
+        return absl::InvalidArgumentError(absl::StrCat(where, ": tensor \"", name, "\" has shape ",
+                                                       ShapeString(it->second), ", but the config needs ",
+                                                       ShapeString(want)));
+      }
+      used[name] = true;
+      LLMTRAIN_ASSIGN_OR_RETURN(at::Tensor value, source.load(name, dtype));
+      value = value.scalar_type() != dtype ? value.to(dtype) : (source.loads_owned ? value : value.clone());
+      value = value.contiguous();
+      value.set_requires_grad(state->options.requires_grad);
+      if (list) state->params.emplace_back(name, value);
+      return value;
+    };
+    const int64_t Cv = vc.hidden_size, Iv = vc.intermediate_size, p = vc.patch_size;
+    const int64_t patches = (vc.image_size / p) * (vc.image_size / p);
+    const std::string tower = "model.vision_tower.";
+    LLMTRAIN_ASSIGN_OR_RETURN(vision->patch_weight, vision_tensor(tower + "embeddings.patch_embedding.weight",
+                                                                  {Cv, vc.num_channels, p, p}));
+    LLMTRAIN_ASSIGN_OR_RETURN(vision->patch_bias, vision_tensor(tower + "embeddings.patch_embedding.bias", {Cv}));
+    LLMTRAIN_ASSIGN_OR_RETURN(vision->position,
+                              vision_tensor(tower + "embeddings.position_embedding.weight", {patches, Cv}));
+    vision->layers.resize(static_cast<size_t>(vc.num_hidden_layers));
+    for (int64_t i = 0; i < vc.num_hidden_layers; ++i) {
+      VisionLayerWeights& l = vision->layers[static_cast<size_t>(i)];
+      const std::string layer = absl::StrCat(tower, "encoder.layers.", i, ".");
+      LLMTRAIN_ASSIGN_OR_RETURN(l.ln1_weight, vision_tensor(layer + "layer_norm1.weight", {Cv}));
+      LLMTRAIN_ASSIGN_OR_RETURN(l.ln1_bias, vision_tensor(layer + "layer_norm1.bias", {Cv}));
+      for (int slot = 0; slot < 6; ++slot) {
+        const std::string module = layer + kVisionLinearNames[slot];
+        const std::vector<int64_t> shape = slot == 4 ? std::vector<int64_t>{Iv, Cv}
+                                           : slot == 5 ? std::vector<int64_t>{Cv, Iv}
+                                                       : std::vector<int64_t>{Cv, Cv};
+        ProjectionSource ps;
+        ps.module = module;
+        ps.weight_key = module + ".weight";
+        ps.shape = shape;
+        ps.dtype = dtype;
+        LLMTRAIN_ASSIGN_OR_RETURN(ps.bias, vision_tensor(module + ".bias", {shape[0]}));
+        ps.has = [&](const std::string& key) { return source.shapes.count(key) != 0; };
+        ps.load = [&](const std::string& key, c10::ScalarType as) -> absl::StatusOr<at::Tensor> {
+          if (source.shapes.count(key) == 0) return absl::NotFoundError(absl::StrCat("missing tensor \"", key, "\""));
+          used[key] = true;
+          LLMTRAIN_ASSIGN_OR_RETURN(at::Tensor t, source.load(key, as));
+          return source.loads_owned ? t : t.clone();
+        };
+        ps.dense_weight = [&, key = ps.weight_key, shape]() { return vision_tensor(key, shape, /*list=*/false); };
+        auto made = factory(ps);
+        if (!made.ok()) {
+          return absl::StartsWith(made.status().message(), where) ? made.status() : Annotate(made.status(), where);
+        }
+        if (*made == nullptr || (*made)->in_features() != shape[1] || (*made)->out_features() != shape[0]) {
+          return absl::InternalError(absl::StrCat(where, ": the linear factory made a wrong layer for ", module));
+        }
+        if (const at::Tensor w = (*made)->stored_weight(); w.defined()) state->params.emplace_back(ps.weight_key, w);
+        l.proj[slot] = *std::move(made);
+        state->linear_names.emplace_back(module, LinearRef{true, i, slot});
+        if (slot == 3) {
+          LLMTRAIN_ASSIGN_OR_RETURN(l.ln2_weight, vision_tensor(layer + "layer_norm2.weight", {Cv}));
+          LLMTRAIN_ASSIGN_OR_RETURN(l.ln2_bias, vision_tensor(layer + "layer_norm2.bias", {Cv}));
+        }
+      }
+    }
+    LLMTRAIN_ASSIGN_OR_RETURN(vision->post_weight, vision_tensor(tower + "post_layernorm.weight", {Cv}));
+    LLMTRAIN_ASSIGN_OR_RETURN(vision->post_bias, vision_tensor(tower + "post_layernorm.bias", {Cv}));
+    LLMTRAIN_ASSIGN_OR_RETURN(vision->mm_projection, vision_tensor("model.multi_modal_projector.mm_input_projection_weight",
+                                                                   {Cv, c.hidden_size}));
+    LLMTRAIN_ASSIGN_OR_RETURN(vision->mm_norm, vision_tensor("model.multi_modal_projector.mm_soft_emb_norm.weight", {Cv}));
+    state->vision = std::move(vision);
+  }
   for (const WeightName& row : spec.weights) {
     const std::string& pattern = from_gguf ? row.gguf : row.hf;
     if (IsBiasRole(row.role)) continue;  // loaded with their projection
@@ -473,10 +623,10 @@ absl::StatusOr<std::shared_ptr<DecoderState>> LoadDecoderState(absl::string_view
       }
     }
     if (state->config.vision.has_value()) {
-      return absl::UnimplementedError(
-          absl::StrCat(path, ": model_type gemma3 (image+text) is not supported by the text decoder yet"));
+      LLMTRAIN_RETURN_IF_ERROR(CheckImageTextConfig(state->config, path));
+      LLMTRAIN_RETURN_IF_ERROR(UseImageTextNames(&source, path));
     }
-    auto spec = BuildFamilySpec(state->config.text);
+    auto spec = BuildModelSpec(state->config);
     if (!spec.ok()) return Annotate(spec.status(), path);
     state->spec = *std::move(spec);
     if (state->spec.refuses_fp16 && options.dtype == Dtype::kF16) {

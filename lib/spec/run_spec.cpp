@@ -514,9 +514,10 @@ std::vector<SpecError> FindSpecErrors(const RunSpec& s) {
     if (!(a > 0)) err(absl::StrCat("lora.alpha_pattern[\"", pattern, "\"]"), absl::StrCat("must be > 0, got ", a));
   }
   if (config) {
-    auto family = model::BuildFamilySpec(config->text);
+    auto family = model::BuildModelSpec(*config);
     if (family.ok()) {
-      const std::vector<std::string> names = model::ProjectionNames(*family, config->text.num_hidden_layers);
+      std::vector<std::string> names = model::VisionProjectionNames(*config);
+      for (std::string& n : model::ProjectionNames(*family, config->text.num_hidden_layers)) names.push_back(std::move(n));
       lora::LoraConfig lc;
       lc.target_modules.assign(l.target_modules().begin(), l.target_modules().end());
       if (!l.target_regex().empty()) {

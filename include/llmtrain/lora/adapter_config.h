@@ -34,7 +34,8 @@ struct LoraConfig {
   /// Modules to adapt: full names ("model.layers.0.self_attn.q_proj") or suffixes on a dot
   /// boundary ("q_proj", "self_attn.q_proj"), or the one entry "all-linear" (every projection; the
   /// head is never adapted). Empty with no target_regex: PEFT's default for the model's family
-  /// (WithDefaultTargets; q_proj and v_proj for every supported family).
+  /// (WithDefaultTargets; q_proj and v_proj for every supported family; for Gemma 3 image+text,
+  /// those of the decoder only).
   std::vector<std::string> target_modules;
   /// A single string target_modules: a regular expression the whole name must match.
   std::optional<std::string> target_regex;
@@ -66,7 +67,10 @@ absl::Status Validate(const LoraConfig& config);
 /// PEFT's resolution of a config that names no targets (no target_modules, no target_regex): the
 /// default of `model_type`'s family (io::FamilyInfo::peft_default_targets). A config that names its
 /// targets comes back unchanged. Unimplemented for a family with no default, as PEFT asks for
-/// target_modules then. InjectLora, SaveAdapter and LoadAdapter resolve with the model's type.
+/// target_modules then. Image+text models (gemma3), for which PEFT has no default, get the
+/// decoder's q_proj and v_proj as the regex model\.language_model\.layers\.\d+\.self_attn\.(q_proj|v_proj):
+/// the vision tower trains only when named. InjectLora, SaveAdapter and LoadAdapter resolve with
+/// the model's type.
 absl::StatusOr<LoraConfig> WithDefaultTargets(LoraConfig config, absl::string_view model_type);
 
 /// True if `config` adapts module `name` (e.g. "model.layers.0.self_attn.q_proj"), by PEFT's rules:

@@ -68,6 +68,19 @@ struct DecoderOptions {
 /// f32, bf16, f16).
 absl::Status Validate(const DecoderOptions& options);
 
+/// The images of an image+text model's batch (Gemma3ForConditionalGeneration): each image's
+/// features replace its tokens, and tokens of one image see each other both ways.
+struct ImageInputs {
+  /// (N, 3, S, S) float, S = the tower's image_size, the images in the order their tokens come
+  /// (row by row, left to right): data::PreprocessImage's output. Undefined = no images.
+  at::Tensor pixel_values;
+  /// (B, T) int64, 1 on image soft tokens and 0 elsewhere (the processor's token_type_ids).
+  /// Defined: a run of 1s (one image) attends to itself bidirectionally, sliding layers still cut
+  /// at their window (transformers' mask when token_type_ids are passed). Undefined: all causal.
+  at::Tensor token_type_ids;
+  bool empty() const { return !pixel_values.defined() && !token_type_ids.defined(); }
+};
+
 /// Keys and values of earlier tokens, per layer, for incremental decoding. Filled by Forward.
 struct KvCache {
   /// per layer (B, K, past, D), after RoPE and QK-norm; sliding-window layers keep only their last
@@ -114,6 +127,29 @@ class Decoder {
   at::Tensor Forward(const at::Tensor& input_ids, const at::Tensor& attention_mask,
                      KvCache* cache) const;
 
+  /// Image+text forward (has_vision()): the tower's features replace the image tokens
+  /// (image_token_id(), tokens_per_image() per image) and token_type_ids shape the mask (see
+  /// ImageInputs). With a cache, images and token_type_ids only on the first call (the prompt).
+  /// No final soft-cap: Gemma3ForConditionalGeneration applies none.
+  at::Tensor Forward(const at::Tensor& input_ids, const at::Tensor& attention_mask, const at::Tensor& position_ids,
+                     const ImageInputs& images) const;
+  at::Tensor Forward(const at::Tensor& input_ids, const at::Tensor& attention_mask, KvCache* cache,
+                     const ImageInputs& images) const;
+  at::Tensor Hidden(const at::Tensor& input_ids, const at::Tensor& attention_mask, const at::Tensor& position_ids,
+                    const ImageInputs& images) const;
+  /// The projected image features (N, tokens_per_image(), C) of pixel_values (N, 3, S, S): the
+  /// SigLIP tower, its post-LayerNorm, the average pool to tokens_per_image() and the projector
+  /// (transformers' get_image_features(...).pooler_output). FailedPrecondition-style c10::Error
+  /// without a tower.
+  at::Tensor ImageFeatures(const at::Tensor& pixel_values) const;
+  /// Whether the model has a vision tower (model_type gemma3 with a vision_config).
+  bool has_vision() const;
+  /// Image+text models: the soft token each image feature replaces, the tokens per image and the
+  /// tower's input side S in pixels; 0 for text models.
+  int64_t image_token_id() const;
+  int64_t tokens_per_image() const;
+  int64_t image_size() const;
+
   /// Token ids that end generation: the config's eos_token_id(s), generation_config.json's
   /// (HF folders), and the chat end-of-turn tokens found in a GGUF vocabulary.
   const std::vector<int64_t>& eos_token_ids() const;
@@ -154,6 +190,10 @@ class Decoder {
 
   /// InvalidArgument naming the problem if Forward would refuse these inputs.
   absl::Status CheckInputs(const at::Tensor& input_ids, const at::Tensor& attention_mask) const;
+  /// The same with images: pixel_values' shape, token_type_ids' shape, and as many image tokens
+  /// as the images have features.
+  absl::Status CheckInputs(const at::Tensor& input_ids, const at::Tensor& attention_mask,
+                           const ImageInputs& images) const;
 
   /// Stored tensors by HF name ("model.layers.0.self_attn.q_proj.weight", also for a model loaded
   /// from GGUF), in load order: every dense tensor, not the weights of 4-bit projections
@@ -161,7 +201,10 @@ class Decoder {
   const std::vector<std::pair<std::string, at::Tensor>>& named_parameters() const;
 
   /// The HF module names of the projections, layer by layer: "model.layers.{i}.self_attn.q_proj",
-  /// k_proj, v_proj, o_proj, "model.layers.{i}.mlp.gate_proj", up_proj, down_proj.
+  /// k_proj, v_proj, o_proj, "model.layers.{i}.mlp.gate_proj", up_proj, down_proj. An image+text
+  /// model lists its tower's first ("model.vision_tower.encoder.layers.{i}.self_attn.q_proj",
+  /// k_proj, v_proj, out_proj, "….mlp.fc1", fc2), then its decoder's under
+  /// "model.language_model.layers.{i}." (transformers' module names).
   std::vector<std::string> LinearNames() const;
   /// The projection called `name` (an entry of LinearNames()), or null.
   std::shared_ptr<Linear> linear(absl::string_view name) const;

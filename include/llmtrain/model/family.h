@@ -79,6 +79,16 @@ bool RegisterFamily(const std::string& model_type, FamilyBuilder builder);
 /// The spec for `config.model_type`. Unimplemented names the type and lists the supported ones.
 absl::StatusOr<FamilySpec> BuildFamilySpec(const io::TextConfig& config);
 
+/// The spec of the whole model a config describes: BuildFamilySpec(config.text), and for an
+/// image+text config (Gemma3ForConditionalGeneration) the decoder's names nested under
+/// "model.language_model." (the module names transformers gives it) and no final soft-cap.
+absl::StatusOr<FamilySpec> BuildModelSpec(const io::HfConfig& config);
+
+/// The module names of an image+text model's vision-tower projections, layer by layer
+/// ("model.vision_tower.encoder.layers.{i}.self_attn.q_proj", k_proj, v_proj, out_proj,
+/// "….mlp.fc1", fc2); empty for text models.
+std::vector<std::string> VisionProjectionNames(const io::HfConfig& config);
+
 /// The HF module names of the seven projections of every layer, layer by layer, in the order of
 /// the name table (q, k, v, o, gate, up, down): what LoRA targets match against.
 std::vector<std::string> ProjectionNames(const FamilySpec& spec, int64_t num_layers);

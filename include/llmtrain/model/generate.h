@@ -29,13 +29,17 @@ struct GenerationOptions {
   std::vector<int64_t> eos_token_ids;
   /// Called with each new token as soon as it is chosen (streaming).
   std::function<void(int64_t)> on_token;
+  /// Image+text models: the prompt's images (N, 3, S, S), in the order of their tokens; the prompt
+  /// holds tokens_per_image() image tokens for each. The prompt's image tokens see each other both
+  /// ways (token_type_ids from the prompt, as the processor makes them). Undefined: no images.
+  at::Tensor pixel_values;
 };
 
 /// InvalidArgument naming the field for options that cannot work (negative counts, p ∉ (0, 1]).
 absl::Status Validate(const GenerationOptions& options);
 
 /// The new token ids that follow `prompt` (ids < vocab, at least one). InvalidArgument for an
-/// empty prompt, ids outside the vocabulary or bad options.
+/// empty prompt, ids outside the vocabulary, images that do not fit the prompt or bad options.
 absl::StatusOr<std::vector<int64_t>> Generate(const Decoder& model, const std::vector<int64_t>& prompt,
                                               const GenerationOptions& options);
 
