@@ -22,7 +22,9 @@ constexpr char kHelp[] =
     "usage: llmtrain forward --model PATH --input IN.safetensors --output OUT.safetensors\n"
     "                        [--dtype f32|bf16|f16] [--load-in-4bit] [--adapter DIR]\n"
     "  PATH: a model folder (config.json + safetensors) or a .gguf file.\n"
-    "  IN holds input_ids (I64 [B,T]) and optionally attention_mask (I64 [B,T]).\n"
+    "  IN holds input_ids (I64 [B,T]) and optionally attention_mask (I64 [B,T]); for an image+text\n"
+    "  model also pixel_values (F32 [N,3,S,S], `llmtrain preprocess-images`) and token_type_ids\n"
+    "  (I64 [B,T], 1 on image soft tokens: each image's tokens then see each other).\n"
     "  OUT gets logits (F32 [B,T,V]).\n";
 
 absl::Status Forward(const std::string& model_path, const std::string& in, const std::string& out,
@@ -41,10 +43,22 @@ absl::Status Forward(const std::string& model_path, const std::string& in, const
     }
     mask = io::TensorView(*inputs, *m);
   }
-  const absl::Status ok = model->CheckInputs(ids, mask);
+  model::ImageInputs images;
+  if (const io::TensorInfo* p = inputs->Find("pixel_values")) {
+    if (p->dtype != Dtype::kF32 || p->shape.size() != 4) {
+      return absl::InvalidArgumentError(absl::StrCat(in, ": pixel_values must be F32 [N, 3, S, S]"));
+    }
+    images.pixel_values = io::TensorView(*inputs, *p);
+  }
+  if (const io::TensorInfo* t = inputs->Find("token_type_ids")) {
+    if (t->dtype != Dtype::kI64) return absl::InvalidArgumentError(absl::StrCat(in, ": token_type_ids must be I64"));
+    images.token_type_ids = io::TensorView(*inputs, *t);
+  }
+  const absl::Status ok = model->CheckInputs(ids, mask, images);
   if (!ok.ok()) return Annotate(ok, in);
   at::NoGradGuard no_grad;
-  const at::Tensor logits = model->Forward(ids, mask).to(at::kFloat);
+  const at::Tensor logits =
+      (images.empty() ? model->Forward(ids, mask) : model->Forward(ids, mask, at::Tensor(), images)).to(at::kFloat);
   return io::SaveSafetensors(out, {{"logits", logits}}, {{"format", "pt"}});
 }
 

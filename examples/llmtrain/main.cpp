@@ -23,6 +23,9 @@ constexpr char kUsage[] =
     "           [--temperature T] [--top-k K] [--top-p P] [--repetition-penalty R] [--seed S]\n"
     "           [--dtype f32|bf16|f16] [--json]\n"
     "                             new tokens with the KV cache, streamed as produced\n"
+    "  preprocess-images (--processor PATH | --size S) --output OUT.safetensors IMAGE...\n"
+    "                             pixel_values of image files as Gemma 3's image processor\n"
+    "                             makes them\n"
     "  (forward and generate also take --load-in-4bit [--quant-type nf4|fp4] and --adapter DIR)\n"
     "  tokenize --tokenizer PATH [--no-special] [--chat] [--add-generation-prompt]\n"
     "           [--decode [--skip-special-tokens]]\n"
@@ -84,6 +87,7 @@ int main(int argc, char** argv) {
   if (command == "report") return llmtrain::cli::RunReport(args);
   if (command == "launch") return llmtrain::cli::RunLaunch(args);
   if (command == "make-default-dataset") return llmtrain::cli::RunMakeDefaultDataset(args);
+  if (command == "preprocess-images") return llmtrain::cli::RunPreprocessImages(args);
   std::fprintf(stderr, "llmtrain: unknown command \"%s\"\n\n%s", command.c_str(), kUsage);
   return 2;
 }

@@ -1,8 +1,10 @@
 #include "llmtrain/data/collator.h"
 
 #include <algorithm>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "llmtrain/core/status.h"
 
 namespace llmtrain::data {
 
@@ -19,17 +21,55 @@ Collator::Collator(const tokenizer::Tokenizer& tokenizer, const tokenizer::ChatT
   if (options_.batch_size < 1) options_.batch_size = 1;
 }
 
+absl::StatusOr<ImageOptions> MakeImageOptions(tokenizer::Tokenizer* tokenizer, int64_t tokens_per_image,
+                                              int64_t image_size) {
+  ImageOptions o;
+  o.tokens_per_image = tokens_per_image;
+  o.processor = DefaultImageProcessor(image_size);
+  const auto id_of = [&](const std::string& token) -> absl::StatusOr<int32_t> {
+    if (const std::optional<int32_t> id = tokenizer->TokenToId(token)) return *id;
+    return absl::FailedPreconditionError(absl::StrCat("the tokenizer has no \"", token,
+                                                      "\" token: not a Gemma 3 vocabulary?"));
+  };
+  LLMTRAIN_ASSIGN_OR_RETURN(o.boi_id, id_of(o.boi_token));
+  LLMTRAIN_ASSIGN_OR_RETURN(o.eoi_id, id_of(o.eoi_token));
+  o.image_id = tokenizer->AddSpecialToken(o.image_token);
+  return o;
+}
+
 absl::StatusOr<TokenizedExample> Collator::Tokenize(const Example& example) const {
   TokenizedExample out;
   out.where = example.where;
+  const ImageOptions& im = options_.images;
+  const bool with_images = im.tokens_per_image > 0;
   if (!example.messages.empty()) {
     if (chat_ == nullptr) return absl::InvalidArgumentError("a conversation needs a chat template");
-    auto encoded = tokenizer::EncodeChat(tokenizer_, *chat_, example.messages, /*add_generation_prompt=*/false);
+    absl::StatusOr<tokenizer::EncodedChat> encoded;
+    if (with_images) {
+      // Gemma3Processor: each placeholder grows into the image's tokens before tokenizing.
+      LLMTRAIN_ASSIGN_OR_RETURN(tokenizer::RenderedChat rendered, chat_->Render(example.messages, false));
+      std::string expansion = "\n\n" + im.boi_token;
+      for (int64_t i = 0; i < im.tokens_per_image; ++i) expansion += im.image_token;
+      expansion += im.eoi_token + "\n\n";
+      const int placeholders = tokenizer::ExpandPlaceholders(&rendered, im.boi_token, expansion);
+      if (placeholders != static_cast<int>(example.images.size())) {
+        return absl::InvalidArgumentError(absl::StrCat("the conversation has ", placeholders, " image placeholder(s) but ",
+                                                       example.images.size(), " image(s)"));
+      }
+      encoded = tokenizer::EncodeRendered(tokenizer_, rendered);
+    } else {
+      encoded = tokenizer::EncodeChat(tokenizer_, *chat_, example.messages, /*add_generation_prompt=*/false);
+    }
     if (!encoded.ok()) return encoded.status();
     out.ids = std::move(encoded->ids);
     out.labels.resize(out.ids.size());
     for (size_t i = 0; i < out.ids.size(); ++i) {
-      out.labels[i] = options_.train_on_prompt || encoded->assistant_mask[i] ? out.ids[i] : static_cast<int32_t>(kIgnoreIndex);
+      const int32_t id = out.ids[i];
+      bool target = options_.train_on_prompt || encoded->assistant_mask[i];
+      if (with_images) {
+        target = im.trl_labels || (target && id != im.boi_id && id != im.image_id && id != im.eoi_id);
+      }
+      out.labels[i] = target ? id : static_cast<int32_t>(kIgnoreIndex);
     }
   } else {
     out.ids = tokenizer_.Encode(example.text, /*add_special_tokens=*/true);
@@ -51,6 +91,17 @@ absl::StatusOr<TokenizedExample> Collator::Tokenize(const Example& example) cons
   if (!any) {
     return absl::InvalidArgumentError(
         absl::StrCat("no target token within max_length ", options_.max_length, " (", n, " tokens)"));
+  }
+  if (with_images && !example.messages.empty()) {
+    const int64_t soft = std::count(out.ids.begin(), out.ids.end(), im.image_id);
+    if (soft != im.tokens_per_image * static_cast<int64_t>(example.images.size())) {
+      return absl::InvalidArgumentError(absl::StrCat("max_length ", options_.max_length, " cuts the tokens of an image (",
+                                                     n, " tokens)"));
+    }
+    for (const std::string& path : example.images) {
+      LLMTRAIN_ASSIGN_OR_RETURN(RgbImage image, LoadImage(path, im.limits));
+      out.pixels.push_back(PreprocessImage(image, im.processor));
+    }
   }
   return out;
 }
@@ -90,16 +141,83 @@ Batch Collator::Collate(const std::vector<std::vector<TokenizedExample>>& rows) 
       batch.sources.push_back(e.where);
     }
   }
+  const ImageOptions& im = options_.images;
+  if (im.tokens_per_image > 0) {
+    batch.token_type_ids.assign(cells, 0);
+    for (size_t i = 0; i < cells; ++i) batch.token_type_ids[i] = batch.input_ids[i] == im.image_id ? 1 : 0;
+    batch.image_height = im.processor.height;
+    batch.image_width = im.processor.width;
+    for (const auto& row : rows) {  // row by row, left to right: the order of the image tokens
+      for (const auto& e : row) {
+        for (const std::vector<float>& pixels : e.pixels) {
+          batch.pixel_values.insert(batch.pixel_values.end(), pixels.begin(), pixels.end());
+          ++batch.num_images;
+        }
+      }
+    }
+  }
   return batch;
 }
+
+struct DataLoader::Prefetch {
+  std::thread worker;
+  absl::StatusOr<Batch> batch = absl::UnknownError("no batch made yet");
+  std::vector<std::string> skipped;
+};
 
 DataLoader::DataLoader(const Dataset& dataset, const Collator& collator, const LoaderOptions& options)
     : dataset_(dataset),
       collator_(collator),
       sampler_(dataset.size(), options),
+      position_(sampler_.position()),
       skipped_index_(static_cast<size_t>(dataset.size()), false) {}
 
+DataLoader::~DataLoader() { Join(); }
+
+void DataLoader::Launch() {
+  ahead_ = std::make_unique<Prefetch>();
+  Prefetch* p = ahead_.get();
+  // The worker reports skips into its own list (skipped_ is the caller's to read meanwhile).
+  p->worker = std::thread([this, p] { p->batch = Make(&p->skipped); });
+}
+
+void DataLoader::Join() {
+  if (ahead_ == nullptr || !ahead_->worker.joinable()) return;
+  ahead_->worker.join();
+}
+
+void DataLoader::set_prefetch(bool on) {
+  if (!on && ahead_ != nullptr) Seek(position_);  // drops the batch made ahead
+  prefetch_ = on;
+}
+
+void DataLoader::Seek(const Sampler::Position& position) {
+  if (ahead_ != nullptr) {
+    Join();
+    skipped_.insert(skipped_.end(), ahead_->skipped.begin(), ahead_->skipped.end());
+    ahead_.reset();
+  }
+  sampler_.Seek(position);
+  position_ = position;
+}
+
 absl::StatusOr<Batch> DataLoader::Next() {
+  if (!prefetch_) {
+    absl::StatusOr<Batch> batch = Make(&skipped_);
+    position_ = sampler_.position();
+    return batch;
+  }
+  if (ahead_ == nullptr) Launch();
+  Join();
+  absl::StatusOr<Batch> batch = std::move(ahead_->batch);
+  skipped_.insert(skipped_.end(), ahead_->skipped.begin(), ahead_->skipped.end());
+  ahead_.reset();
+  position_ = sampler_.position();
+  if (batch.ok()) Launch();  // the next batch, while the caller computes on this one
+  return batch;
+}
+
+absl::StatusOr<Batch> DataLoader::Make(std::vector<std::string>* skipped) {
   const CollatorOptions& o = collator_.options();
   std::vector<std::vector<TokenizedExample>> rows;
   int64_t longest = 0, last_row_len = 0, skipped_in_a_row = 0;
@@ -113,12 +231,12 @@ absl::StatusOr<Batch> DataLoader::Next() {
     if (!tokenized.ok()) {
       if (!skipped_index_[*index]) {
         skipped_index_[*index] = true;
-        skipped_.push_back(absl::StrCat(example.ok() ? example->where : std::string("record"), ": ",
+        skipped->push_back(absl::StrCat(example.ok() ? example->where : std::string("record"), ": ",
                                         tokenized.status().message()));
       }
       if (++skipped_in_a_row > sampler_.per_epoch()) {
         return absl::FailedPreconditionError(
-            absl::StrCat("no example can be used; the first reason: ", skipped_.empty() ? "" : skipped_.front()));
+            absl::StrCat("no example can be used; the first reason: ", skipped->empty() ? "" : skipped->front()));
       }
       continue;
     }

@@ -1,15 +1,20 @@
 #include "llmtrain/data/dataset.h"
 
 #include <algorithm>
+#include <filesystem>
+#include <optional>
 #include <map>
 #include <random>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "io/json_checked.h"
+#include "llmtrain/core/atomic_file.h"
 #include "llmtrain/core/status.h"
 #include "llmtrain/io/mapped_file.h"
 #include "tokenizer/unicode.h"
@@ -340,10 +345,51 @@ absl::StatusOr<std::unique_ptr<Dataset>> Dataset::Open(absl::Span<const std::str
   return FromFiles(std::move(mapped), options);
 }
 
+absl::StatusOr<std::string> ResolveImagePath(absl::string_view root_view, absl::string_view name_view,
+                                             bool must_exist) {
+  namespace fs = std::filesystem;
+  const std::string name(name_view);
+  if (name.empty()) return absl::InvalidArgumentError("empty image path");
+  if (name.find('\0') != std::string::npos) return absl::InvalidArgumentError("image path holds a NUL byte");
+  std::error_code ec;
+  const fs::path root = fs::absolute(fs::path(std::string(root_view.empty() ? "." : root_view)), ec).lexically_normal();
+  const fs::path given(name);
+  const fs::path path = (given.is_absolute() ? given : root / given).lexically_normal();
+  const auto inside = [](const fs::path& folder, const fs::path& p) {
+    const fs::path relative = p.lexically_relative(folder);
+    return !relative.empty() && *relative.begin() != ".." && relative != ".";
+  };
+  if (!inside(root, path)) {
+    return absl::InvalidArgumentError(absl::StrCat("image path \"", name, "\" leaves the image folder ", root.string()));
+  }
+  if (!must_exist) return path.string();
+  if (!fs::is_regular_file(path, ec)) {
+    return absl::InvalidArgumentError(absl::StrCat("image file not found: ", path.string()));
+  }
+  // A symbolic link inside the folder must not lead out of it.
+  const fs::path real = fs::weakly_canonical(path, ec), real_root = fs::weakly_canonical(root, ec);
+  if (!ec && !inside(real_root, real)) {
+    return absl::InvalidArgumentError(absl::StrCat("image path \"", name, "\" leads out of the image folder ",
+                                                   root.string(), " (to ", real.string(), ")"));
+  }
+  return path.string();
+}
+
 absl::StatusOr<std::unique_ptr<Dataset>> Dataset::FromFiles(std::vector<std::shared_ptr<const io::MappedFile>> files,
                                                             const DatasetOptions& options) {
   if (files.empty()) return absl::InvalidArgumentError("no data files given");
   auto data = std::unique_ptr<Dataset>(new Dataset());
+  // A split list: the image names whose captions are used.
+  std::optional<absl::flat_hash_set<std::string>> listed;
+  if (!options.image_list.empty()) {
+    LLMTRAIN_ASSIGN_OR_RETURN(std::string list, ReadFileToString(options.image_list));
+    listed.emplace();
+    for (absl::string_view line : absl::StrSplit(list, '\n')) {
+      line = Trim(line);
+      if (!line.empty()) listed->insert(std::string(line));
+    }
+    if (listed->empty()) return absl::InvalidArgumentError(absl::StrCat(options.image_list, ": lists no image"));
+  }
   data->format_ = options.format;
   data->format_reason_ = options.format == Format::kAuto ? "" : "given";
   for (uint32_t f = 0; f < files.size(); ++f) {
@@ -355,6 +401,10 @@ absl::StatusOr<std::unique_ptr<Dataset>> Dataset::FromFiles(std::vector<std::sha
     const size_t first = body.find_first_not_of(" \t\r\n");
     std::vector<RawRecord> raw = first != absl::string_view::npos && body[first] == '[' ? SplitJsonArray(text)
                                                                                         : SplitLines(text);
+    // Where this file's images are: the given folder, or the file's own.
+    const std::string root = !options.image_dir.empty() ? options.image_dir
+                             : name.find('/') != std::string::npos ? name.substr(0, name.rfind('/'))
+                                                                   : std::string(".");
     // Format of this file, from its first records.
     std::map<Format, int> votes;
     int looked = 0;
@@ -404,10 +454,28 @@ absl::StatusOr<std::unique_ptr<Dataset>> Dataset::FromFiles(std::vector<std::sha
         data->bad_.push_back({name, r.line, std::string(example.status().message())});
         continue;
       }
+      if (listed.has_value() && data->format_ == Format::kCaptions && !example->images.empty() &&
+          listed->count(example->images.front()) == 0) {
+        ++data->excluded_;
+        continue;
+      }
+      std::string image_problem;
+      for (const std::string& image : example->images) {
+        auto resolved = ResolveImagePath(root, image, options.check_images);
+        if (!resolved.ok()) {
+          image_problem = std::string(resolved.status().message());
+          break;
+        }
+      }
+      if (!image_problem.empty()) {
+        data->bad_.push_back({name, r.line, image_problem});
+        continue;
+      }
       data->records_.push_back({f, static_cast<uint32_t>(r.length), r.offset, r.line});
     }
     data->files_.push_back(std::move(mapped));
     data->names_.push_back(name);
+    data->image_roots_.push_back(root);
   }
   return data;
 }
@@ -419,13 +487,19 @@ absl::StatusOr<Example> Dataset::Get(int64_t index) const {
   const Record& r = records_[index];
   const auto bytes = files_[r.file]->bytes();
   const absl::string_view record(reinterpret_cast<const char*>(bytes.data()) + r.offset, r.length);
-  return ParseRecord(format_, record, absl::StrCat(names_[r.file], ":", r.line));
+  LLMTRAIN_ASSIGN_OR_RETURN(Example example, ParseRecord(format_, record, absl::StrCat(names_[r.file], ":", r.line)));
+  for (std::string& image : example.images) {
+    // Checked at Open; a file removed since fails where it is read.
+    LLMTRAIN_ASSIGN_OR_RETURN(image, ResolveImagePath(image_roots_[r.file], image, /*must_exist=*/false));
+  }
+  return example;
 }
 
 std::string Dataset::Summary() const {
   const double fraction = total_records() > 0 ? static_cast<double>(bad_.size()) / total_records() : 0.0;
   std::string out = absl::StrFormat("format %s (%s); %d records: %d used, %d bad (%.2f%%)", FormatName(format_),
                                     format_reason_, total_records(), size(), bad_.size(), 100.0 * fraction);
+  if (excluded_ > 0) absl::StrAppend(&out, ", ", excluded_, " not in the image list");
   // Group by the reason's kind (the text before any ':'), with the first places.
   std::map<std::string, std::vector<const BadRecord*>> groups;
   for (const BadRecord& b : bad_) {

@@ -379,61 +379,76 @@ inline uint8_t Clip8(int32_t v) {
 
 }  // namespace
 
-RgbImage ResizeBilinear(const RgbImage& in, int64_t width, int64_t height) {
-  if (width == in.width && height == in.height) return in;  // Pillow returns a copy
-  const Coefficients horiz = Precompute(in.width, width);
-  Coefficients vert = Precompute(in.height, height);
-  const bool need_horizontal = width != in.width;
-  const bool need_vertical = height != in.height;
-  // The rows the vertical pass reads; the horizontal pass makes only those.
-  const int ybox_first = vert.bounds[0];
-  const int ybox_last = vert.bounds[static_cast<size_t>(height * 2 - 2)] + vert.bounds[static_cast<size_t>(height * 2 - 1)];
-  RgbImage temp;
-  const RgbImage* source = &in;
-  if (need_horizontal) {
-    for (int64_t i = 0; i < height; ++i) vert.bounds[static_cast<size_t>(i * 2)] -= ybox_first;
-    const int64_t rows = need_vertical ? ybox_last - ybox_first : in.height;
-    const int64_t first = need_vertical ? ybox_first : 0;
-    temp.width = width;
-    temp.height = rows;
-    temp.pixels.resize(static_cast<size_t>(width * rows * 3));
-    for (int64_t y = 0; y < rows; ++y) {
-      const uint8_t* row = in.pixels.data() + static_cast<size_t>((y + first) * in.width * 3);
-      uint8_t* out = temp.pixels.data() + static_cast<size_t>(y * width * 3);
-      for (int64_t xx = 0; xx < width; ++xx) {
-        const int xmin = horiz.bounds[static_cast<size_t>(xx * 2)], xmax = horiz.bounds[static_cast<size_t>(xx * 2 + 1)];
-        const int32_t* k = horiz.k.data() + xx * horiz.ksize;
-        int32_t s0 = 1 << (kPrecisionBits - 1), s1 = s0, s2 = s0;
-        for (int x = 0; x < xmax; ++x) {
-          const uint8_t* p = row + (x + xmin) * 3;
-          s0 += p[0] * k[x];
-          s1 += p[1] * k[x];
-          s2 += p[2] * k[x];
-        }
-        out[xx * 3 + 0] = Clip8(s0);
-        out[xx * 3 + 1] = Clip8(s1);
-        out[xx * 3 + 2] = Clip8(s2);
-      }
-    }
-    source = &temp;
-  }
-  if (!need_vertical) return need_horizontal ? temp : in;
+namespace {
+
+// One horizontal pass: every row of `in` (or rows [first, first + rows)) to `width` columns.
+RgbImage HorizontalPass(const RgbImage& in, const Coefficients& c, int64_t width, int64_t first, int64_t rows) {
   RgbImage out;
   out.width = width;
+  out.height = rows;
+  out.pixels.resize(static_cast<size_t>(width * rows * 3));
+  for (int64_t y = 0; y < rows; ++y) {
+    const uint8_t* row = in.pixels.data() + static_cast<size_t>((y + first) * in.width * 3);
+    uint8_t* dst = out.pixels.data() + static_cast<size_t>(y * width * 3);
+    for (int64_t xx = 0; xx < width; ++xx) {
+      const int xmin = c.bounds[static_cast<size_t>(xx * 2)], xmax = c.bounds[static_cast<size_t>(xx * 2 + 1)];
+      const int32_t* k = c.k.data() + xx * c.ksize;
+      int32_t s0 = 1 << (kPrecisionBits - 1), s1 = s0, s2 = s0;
+      for (int x = 0; x < xmax; ++x) {
+        const uint8_t* p = row + (x + xmin) * 3;
+        s0 += p[0] * k[x];
+        s1 += p[1] * k[x];
+        s2 += p[2] * k[x];
+      }
+      dst[xx * 3 + 0] = Clip8(s0);
+      dst[xx * 3 + 1] = Clip8(s1);
+      dst[xx * 3 + 2] = Clip8(s2);
+    }
+  }
+  return out;
+}
+
+// One vertical pass: `in` to `height` rows; bounds are row indices of `in`.
+RgbImage VerticalPass(const RgbImage& in, const Coefficients& c, int64_t height) {
+  RgbImage out;
+  out.width = in.width;
   out.height = height;
-  out.pixels.resize(static_cast<size_t>(width * height * 3));
-  const int64_t stride = source->width * 3;
+  out.pixels.resize(static_cast<size_t>(in.width * height * 3));
+  const int64_t stride = in.width * 3;
   for (int64_t yy = 0; yy < height; ++yy) {
-    const int ymin = vert.bounds[static_cast<size_t>(yy * 2)], ymax = vert.bounds[static_cast<size_t>(yy * 2 + 1)];
-    const int32_t* k = vert.k.data() + yy * vert.ksize;
-    uint8_t* row = out.pixels.data() + static_cast<size_t>(yy * width * 3);
-    for (int64_t i = 0; i < width * 3; ++i) {
+    const int ymin = c.bounds[static_cast<size_t>(yy * 2)], ymax = c.bounds[static_cast<size_t>(yy * 2 + 1)];
+    const int32_t* k = c.k.data() + yy * c.ksize;
+    uint8_t* row = out.pixels.data() + static_cast<size_t>(yy * stride);
+    for (int64_t i = 0; i < stride; ++i) {
       int32_t s = 1 << (kPrecisionBits - 1);
-      for (int y = 0; y < ymax; ++y) s += source->pixels[static_cast<size_t>((y + ymin) * stride + i)] * k[y];
+      for (int y = 0; y < ymax; ++y) s += in.pixels[static_cast<size_t>((y + ymin) * stride + i)] * k[y];
       row[i] = Clip8(s);
     }
   }
   return out;
+}
+
+}  // namespace
+
+RgbImage ResizeBilinear(const RgbImage& in, int64_t width, int64_t height) {
+  if (width == in.width && height == in.height) return in;  // Pillow returns a copy
+  const bool need_horizontal = width != in.width;
+  const bool need_vertical = height != in.height;
+  const Coefficients horiz = Precompute(in.width, width);
+  Coefficients vert = Precompute(in.height, height);
+  if (!need_horizontal) return VerticalPass(in, vert, height);
+  if (!need_vertical) return HorizontalPass(in, horiz, width, 0, in.height);
+  // Pillow 13 resizes vertically first when the height loses more than twice the pixels the
+  // width loses (python-pillow/Pillow#9549); ties and every other case go horizontally first.
+  // The order changes the 8-bit rounding between the passes, so it must be the same.
+  if (height < in.height && (in.height - height) > 2 * (in.width - width)) {
+    return HorizontalPass(VerticalPass(in, vert, height), horiz, width, 0, height);
+  }
+  // Horizontally first, only over the rows the vertical pass reads.
+  const int ybox_first = vert.bounds[0];
+  const int ybox_last = vert.bounds[static_cast<size_t>(height * 2 - 2)] + vert.bounds[static_cast<size_t>(height * 2 - 1)];
+  for (int64_t i = 0; i < height; ++i) vert.bounds[static_cast<size_t>(i * 2)] -= ybox_first;
+  return VerticalPass(HorizontalPass(in, horiz, width, ybox_first, ybox_last - ybox_first), vert, height);
 }
 
 // ---- the processor ----

@@ -314,6 +314,10 @@ absl::StatusOr<RenderedChat> ChatTemplate::Render(absl::Span<const Message> mess
 absl::StatusOr<EncodedChat> EncodeChat(const Tokenizer& tokenizer, const ChatTemplate& chat,
                                        absl::Span<const Message> messages, bool add_generation_prompt) {
   LLMTRAIN_ASSIGN_OR_RETURN(const RenderedChat rendered, chat.Render(messages, add_generation_prompt));
+  return EncodeRendered(tokenizer, rendered);
+}
+
+EncodedChat EncodeRendered(const Tokenizer& tokenizer, const RenderedChat& rendered) {
   EncodedChat out;
   std::vector<std::pair<uint32_t, uint32_t>> offsets;
   out.ids = tokenizer.EncodeWithOffsets(rendered.text, /*add_special_tokens=*/false, &offsets);
@@ -327,6 +331,39 @@ absl::StatusOr<EncodedChat> EncodeChat(const Tokenizer& tokenizer, const ChatTem
     }
   }
   return out;
+}
+
+int ExpandPlaceholders(RenderedChat* rendered, absl::string_view placeholder, absl::string_view expansion) {
+  if (placeholder.empty()) return 0;
+  std::string text;
+  text.reserve(rendered->text.size());
+  std::vector<std::pair<size_t, size_t>> growth;  // (position in the old text, bytes added there)
+  int count = 0;
+  size_t at = 0;
+  while (true) {
+    const size_t found = rendered->text.find(placeholder.data(), at, placeholder.size());
+    if (found == std::string::npos) break;
+    text.append(rendered->text, at, found - at);
+    text.append(expansion.data(), expansion.size());
+    growth.emplace_back(found, expansion.size() - placeholder.size());
+    at = found + placeholder.size();
+    ++count;
+  }
+  text.append(rendered->text, at, std::string::npos);
+  // A span boundary moves by what was inserted before it.
+  const auto moved = [&](size_t position) {
+    size_t shift = 0;
+    for (const auto& [where, added] : growth) {
+      if (where < position) shift += added;
+    }
+    return position + shift;
+  };
+  for (auto& [begin, end] : rendered->assistant_spans) {
+    begin = moved(begin);
+    end = moved(end);
+  }
+  rendered->text = std::move(text);
+  return count;
 }
 
 }  // namespace llmtrain::tokenizer

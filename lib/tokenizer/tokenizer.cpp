@@ -817,6 +817,33 @@ bool Tokenizer::adds_bos() const {
          std::find(single.front().ids.begin(), single.front().ids.end(), *impl_->p.bos_id) != single.front().ids.end();
 }
 const std::vector<AddedToken>& Tokenizer::added_tokens() const { return impl_->p.added; }
+
+int32_t Tokenizer::AddSpecialToken(absl::string_view content) {
+  if (const auto it = impl_->added_by_content.find(std::string(content)); it != impl_->added_by_content.end()) {
+    return it->second;
+  }
+  if (const auto it = impl_->p.model.vocab.find(std::string(content)); it != impl_->p.model.vocab.end()) {
+    // In the vocabulary already: HF makes it an added token with that id.
+    AddedToken token;
+    token.content = std::string(content);
+    token.id = it->second;
+    token.special = true;
+    impl_->added_by_id[token.id] = impl_->p.added.size();
+    impl_->added_by_content[token.content] = token.id;
+    impl_->raw_trie.Insert(token.content, token.id);
+    impl_->p.added.push_back(std::move(token));
+    return it->second;
+  }
+  AddedToken token;
+  token.content = std::string(content);
+  token.id = impl_->vocab_size++;
+  token.special = true;
+  impl_->added_by_id[token.id] = impl_->p.added.size();
+  impl_->added_by_content[token.content] = token.id;
+  impl_->raw_trie.Insert(token.content, token.id);
+  impl_->p.added.push_back(std::move(token));
+  return impl_->vocab_size - 1;
+}
 absl::string_view Tokenizer::kind() const { return impl_->p.kind; }
 const std::string& Tokenizer::chat_template_source() const { return impl_->p.chat_template; }
 void Tokenizer::set_chat_template_source(std::string source) { impl_->p.chat_template = std::move(source); }

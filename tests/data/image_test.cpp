@@ -91,6 +91,36 @@ TEST_CASE("image: pixel_values equal transformers' Gemma 3 processor bit for bit
               exact, files.size(), generated, real.size());
 }
 
+TEST_CASE("image: ResizeBilinear equals Pillow's Image.resize on 400 random size pairs", "[data][image][reference]") {
+  if (!testing::ReferenceStackAvailable()) return;
+  const std::string dir = testing::TempDir("image_resize");
+  const int n = 400;
+  REQUIRE(testing::RunReference("image_ref.py", {"resize", dir + "/resize.safetensors", std::to_string(n)}).exit_code == 0);
+  auto ref = io::SafetensorsFile::Open(dir + "/resize.safetensors");
+  REQUIRE(ref.ok());
+  int equal = 0, vertical_first = 0;
+  for (int i = 0; i < n; ++i) {
+    const io::TensorInfo* in = (*ref)->Find("in." + std::to_string(i));
+    const io::TensorInfo* out = (*ref)->Find("out." + std::to_string(i));
+    REQUIRE((in != nullptr && out != nullptr));
+    data::RgbImage image;
+    image.height = in->shape[0];
+    image.width = in->shape[1];
+    const auto bytes = (*ref)->Data(*in);
+    image.pixels.assign(bytes.begin(), bytes.end());
+    const data::RgbImage resized = data::ResizeBilinear(image, out->shape[1], out->shape[0]);
+    const auto want = (*ref)->Data(*out);
+    INFO(image.width << "x" << image.height << " -> " << out->shape[1] << "x" << out->shape[0]);
+    REQUIRE(resized.pixels.size() == want.size());
+    const bool same = std::memcmp(resized.pixels.data(), want.data(), want.size()) == 0;
+    CHECK(same);
+    equal += same;
+    vertical_first += out->shape[0] < image.height && image.height - out->shape[0] > 2 * (image.width - out->shape[1]);
+  }
+  std::printf("resize: %d of %d random size pairs equal Pillow (%d of them resized vertically first)\n", equal, n,
+              vertical_first);
+}
+
 std::vector<uint8_t> ReadBytes(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   return std::vector<uint8_t>(std::istreambuf_iterator<char>(in), {});

@@ -5,6 +5,9 @@ given their paths. Usage:
       Writes test images of every kind into DIR (PNG RGB/RGBA/L/LA/P/16-bit grey, JPEG 4:2:0,
       4:2:2, 4:4:4, progressive, grey, EXIF orientations 2-8, PNG with eXIf, BMP, GIF, tiny and
       extreme sizes, up- and downscaling); prints {"files": [paths]}.
+  image_ref.py resize OUT.safetensors N
+      N random RGB noise images (in.i, sizes 2..160) and Image.resize((w, h), BILINEAR) of each to a
+      random size (out.i): up, down, and mixed, both pass orders of Pillow 13.
   image_ref.py run OUT.safetensors SIZE FILE...
       For each FILE i: rgb.i (H, W, 3) uint8 = load_image(path) (EXIF transposed, convert("RGB")),
       resized.i = rgb resized to SIZE x SIZE with Image.BILINEAR, and pixels.i (3, SIZE, SIZE)
@@ -74,6 +77,8 @@ def make(out):
     put("big_1203x1001.jpg", Image.fromarray(scene(1203, 1001, 14)), quality=88)
     put("one_pixel.png", Image.fromarray(scene(1, 1, 15)))
     put("wide_2000x30.png", Image.fromarray(scene(2000, 30, 16)))
+    put("tall_700x1900.jpg", Image.fromarray(scene(700, 1900, 17)), quality=85)  # resized vertically first
+    put("tall_1000x2400.png", Image.fromarray(scene(1000, 2400, 18)))  # both shrink, vertically first
     emit({"files": files})
 
 
@@ -94,9 +99,23 @@ def run(out, size, files):
     emit({"images": len(files), "processor": type(processor).__name__})
 
 
+def resize(out, n):
+    rng = np.random.default_rng(2024)
+    tensors = {}
+    for i in range(n):
+        w, h, ow, oh = (int(v) for v in rng.integers(2, 161, 4))
+        a = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        tensors[f"in.{i}"] = a
+        tensors[f"out.{i}"] = np.asarray(Image.fromarray(a).resize((ow, oh), Image.BILINEAR), dtype=np.uint8).copy()
+    save_file(tensors, out)
+    emit({"cases": n})
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "make":
         make(sys.argv[2])
+    elif sys.argv[1] == "resize":
+        resize(sys.argv[2], int(sys.argv[3]))
     elif sys.argv[1] == "run":
         run(sys.argv[2], int(sys.argv[3]), sys.argv[4:])
     else:

@@ -19,12 +19,32 @@
 
 #include "absl/status/statusor.h"
 #include "llmtrain/data/dataset.h"
+#include "llmtrain/data/image.h"
 #include "llmtrain/tokenizer/chat_template.h"
 #include "llmtrain/tokenizer/tokenizer.h"
 
 namespace llmtrain::data {
 
 constexpr int64_t kIgnoreIndex = -100;
+
+/// Images in conversations, for an image+text model (Gemma 3). Each image placeholder the chat
+/// template writes ("<start_of_image>") becomes, before tokenizing, "\n\n<start_of_image>" +
+/// tokens_per_image × "<image_soft_token>" + "<end_of_image>\n\n", as Gemma3Processor does; the
+/// example's images are decoded and preprocessed (data/image.h) into the batch's pixel_values.
+struct ImageOptions {
+  int64_t tokens_per_image = 0;  ///< 0: a text model (image records keep their placeholder only)
+  std::string boi_token = "<start_of_image>";
+  std::string image_token = "<image_soft_token>";
+  std::string eoi_token = "<end_of_image>";
+  int32_t boi_id = -1, image_id = -1, eoi_id = -1;  ///< their ids (MakeImageOptions fills them)
+  ImageProcessorConfig processor;
+  ImageLimits limits;
+  /// Labels as TRL's DataCollatorForVisionLanguageModeling makes them: every token but padding
+  /// (prompt and image tokens included; the model does not mask them). Default (false): the loss
+  /// is on the assistant's tokens only, and never on <start_of_image>, soft tokens or
+  /// <end_of_image>, whatever train_on_prompt says.
+  bool trl_labels = false;
+};
 
 struct CollatorOptions {
   int64_t max_length = 2048;  ///< tokens per sequence
@@ -39,7 +59,16 @@ struct CollatorOptions {
   bool packing = false;
   int64_t batch_size = 1;    ///< sequences per batch
   int64_t token_budget = 0;  ///< > 0: as many sequences as fit in B × T ≤ token_budget instead
+  ImageOptions images;       ///< image+text models
 };
+
+/// ImageOptions for a tokenizer and a model with `tokens_per_image` tokens per image of
+/// `image_size` pixels: the processor at that size, the three tokens' ids (the soft token is added
+/// as a special token when the vocabulary lacks it, as with the 270M GGUF's; its id must then be
+/// the model's image_token_id). FailedPrecondition when <start_of_image> or <end_of_image> is not
+/// in the vocabulary.
+absl::StatusOr<ImageOptions> MakeImageOptions(tokenizer::Tokenizer* tokenizer, int64_t tokens_per_image,
+                                              int64_t image_size);
 
 /// InvalidArgument naming the field: max_length < 2, batch_size < 1, a negative token_budget.
 absl::Status Validate(const CollatorOptions& options);
@@ -49,6 +78,8 @@ struct TokenizedExample {
   std::vector<int32_t> ids;
   std::vector<int32_t> labels;  ///< ids, or kIgnoreIndex where no loss is taken
   std::string where;
+  /// Image+text: each image's pixel_values (3, H, W), in the order of its tokens.
+  std::vector<std::vector<float>> pixels;
 };
 
 /// A batch, row-major (B, T), right-padded.
@@ -64,15 +95,22 @@ struct Batch {
   std::vector<int64_t> labels;          ///< kIgnoreIndex where no loss is taken
   int64_t target_tokens = 0;            ///< labels that are not kIgnoreIndex (after the shift)
   std::vector<std::string> sources;     ///< "file:line" of each example in the batch
+  // Image+text batches (ImageOptions::tokens_per_image > 0); empty otherwise.
+  std::vector<int64_t> token_type_ids;  ///< (B, T): 1 on image soft tokens, 0 elsewhere
+  int64_t num_images = 0;               ///< N
+  int64_t image_height = 0, image_width = 0;
+  std::vector<float> pixel_values;      ///< (N, 3, H, W), the images in the order of their tokens
 };
 
 class Collator {
  public:
   /// `chat` renders conversations; it may be null only for plain-text data.
   Collator(const tokenizer::Tokenizer& tokenizer, const tokenizer::ChatTemplate* chat, CollatorOptions options);
-  /// Tokens and labels of one example, truncated. An error says why the example cannot be used
-  /// (no chat template, a template error, no target token left after truncation, dropped as too
-  /// long); the loader reports it with the example's file:line and skips it.
+  /// Tokens and labels of one example, truncated, with its images decoded and preprocessed. An
+  /// error says why the example cannot be used (no chat template, a template error, no target
+  /// token left after truncation, dropped as too long, an image that does not decode, cut by
+  /// truncation or without its placeholder); the loader reports it with the example's file:line
+  /// and skips it.
   absl::StatusOr<TokenizedExample> Tokenize(const Example& example) const;
   /// One sequence per row: a row holds one example, or several when packing. Pads every row to
   /// the longest (packing: to max_length).
@@ -96,20 +134,32 @@ using LoaderOptions = SamplerOptions;
 class DataLoader {
  public:
   DataLoader(const Dataset& dataset, const Collator& collator, const LoaderOptions& options);
+  ~DataLoader();
+  /// Makes each next batch on a worker thread while the caller computes (images are decoded
+  /// there, ahead of the step). position(), Seek() and skipped() behave as without it.
+  void set_prefetch(bool on);
   /// The next batch (epochs follow each other). Errors only when no example at all can be used.
   absl::StatusOr<Batch> Next();
-  Sampler::Position position() const { return sampler_.position(); }
-  void Seek(const Sampler::Position& position) { sampler_.Seek(position); }
+  Sampler::Position position() const { return position_; }
+  void Seek(const Sampler::Position& position);
   /// Examples skipped so far ("file:line: reason"), e.g. no target left after truncation.
   const std::vector<std::string>& skipped() const { return skipped_; }
-  int64_t epoch() const { return sampler_.position().epoch; }
+  int64_t epoch() const { return position_.epoch; }
 
  private:
+  // The batch at sampler_'s position; moves sampler_ past it and reports skips into `skipped`.
+  absl::StatusOr<Batch> Make(std::vector<std::string>* skipped);
+  void Launch();                 // Make() on the worker
+  void Join();
   const Dataset& dataset_;
   const Collator& collator_;
   Sampler sampler_;
+  Sampler::Position position_;  // after the last batch Next() returned
   std::vector<std::string> skipped_;
   std::vector<bool> skipped_index_;
+  bool prefetch_ = false;
+  struct Prefetch;
+  std::unique_ptr<Prefetch> ahead_;
 };
 
 }  // namespace llmtrain::data

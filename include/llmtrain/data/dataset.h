@@ -66,6 +66,16 @@ struct DatasetOptions {
   int64_t max_record_bytes = 1 << 20;
   /// Records looked at to detect the format of each file.
   int detect_records = 64;
+  /// The folder records' image paths are relative to (Flickr8K's image folder); empty: the folder
+  /// of each data file. A path that leaves it (.., an absolute path elsewhere, a symbolic link
+  /// out of it) makes its record bad; Get() gives the images as paths inside it.
+  std::string image_dir;
+  /// Whether Open() checks that every image file exists (a missing one makes its record bad).
+  /// Decoding is checked where images are used (the collator, `llmtrain data-check --images`).
+  bool check_images = true;
+  /// A split list (Flickr8K's Flickr_8k.trainImages.txt: one image name per line): only caption
+  /// records of listed images are used; the others are counted as excluded, not bad. Empty: all.
+  std::string image_list;
 };
 
 /// InvalidArgument naming the field: max_record_bytes or detect_records < 1.
@@ -87,7 +97,9 @@ class Dataset {
   /// How the format was chosen: "detected from 64 records of a.jsonl" or "given".
   const std::string& format_reason() const { return format_reason_; }
   int64_t size() const { return static_cast<int64_t>(records_.size()); }  ///< valid records
-  int64_t total_records() const { return size() + static_cast<int64_t>(bad_.size()); }
+  int64_t total_records() const { return size() + static_cast<int64_t>(bad_.size()) + excluded_; }
+  /// Records left out because their image is not in DatasetOptions::image_list.
+  int64_t excluded() const { return excluded_; }
   const std::vector<BadRecord>& bad_records() const { return bad_; }
   /// Record `index` (0 ≤ index < size()).
   absl::StatusOr<Example> Get(int64_t index) const;
@@ -108,9 +120,16 @@ class Dataset {
   std::vector<std::string> names_;
   std::vector<Record> records_;
   std::vector<BadRecord> bad_;
+  std::vector<std::string> image_roots_;  // per file: the folder its records' images are in
+  int64_t excluded_ = 0;
   Format format_ = Format::kAuto;
   std::string format_reason_;
 };
+
+/// The path of image `name` of a record, inside the folder `root`: InvalidArgument when it leaves
+/// the folder (.., an absolute path elsewhere, a symbolic link out) or, with `must_exist`, when
+/// there is no such file.
+absl::StatusOr<std::string> ResolveImagePath(absl::string_view root, absl::string_view name, bool must_exist);
 
 /// Parses one record of `format` (JSON text, or a caption line) into an Example, or says why it is
 /// bad. `where` is copied into Example::where.

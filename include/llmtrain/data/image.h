@@ -8,7 +8,8 @@
 //   - load_image(path): EXIF orientation applied, then convert("RGB"): alpha dropped, grey and
 //     palettes expanded.
 //   - Image.resize(BILINEAR): separable triangle filter (widened by the scale when shrinking),
-//     horizontal pass first, 8-bit between the passes, 22-bit fixed-point weights.
+//     8-bit between the passes, 22-bit fixed-point weights; horizontal pass first, except when
+//     the height loses more than twice the pixels the width loses (Pillow 13's rule).
 //
 //   LLMTRAIN_ASSIGN_OR_RETURN(data::ImageProcessorConfig config,
 //                             data::LoadImageProcessorConfig("model_dir"));

@@ -116,5 +116,12 @@ struct EncodedChat {
 /// Renders and tokenizes (no extra BOS: the template writes it), and marks the assistant ids.
 absl::StatusOr<EncodedChat> EncodeChat(const Tokenizer& tokenizer, const ChatTemplate& chat,
                                        absl::Span<const Message> messages, bool add_generation_prompt);
+/// Tokenizes a rendered conversation (no extra BOS) and marks the assistant ids.
+EncodedChat EncodeRendered(const Tokenizer& tokenizer, const RenderedChat& rendered);
+/// Replaces every `placeholder` in the rendered text with `expansion`, moving the assistant spans
+/// with the text: what Gemma3Processor does to "<start_of_image>" before it tokenizes (so the
+/// newlines of the expansion merge with their neighbours as they do there). Returns how many
+/// placeholders it replaced.
+int ExpandPlaceholders(RenderedChat* rendered, absl::string_view placeholder, absl::string_view expansion);
 
 }  // namespace llmtrain::tokenizer

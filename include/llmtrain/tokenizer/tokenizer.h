@@ -93,6 +93,11 @@ class Tokenizer {
   /// Whether Encode(…, add_special_tokens = true) puts BOS first (the post-processor's choice).
   bool adds_bos() const;
   const std::vector<AddedToken>& added_tokens() const;
+  /// HF `add_tokens(AddedToken(content, special=True, normalized=False))`: the id of `content`
+  /// when the tokenizer has it, else a new special token with id vocab_size() (e.g. Gemma 3's
+  /// "<image_soft_token>" for a vocabulary that lacks it, as the 270M GGUF's does). Not
+  /// thread-safe: add tokens before encoding.
+  int32_t AddSpecialToken(absl::string_view content);
   /// "byte_level" or "sentencepiece": which BPE flavour this is.
   absl::string_view kind() const;
   /// tokenizer_config.json `chat_template` (the Jinja source), when there is one.
