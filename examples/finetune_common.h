@@ -102,9 +102,22 @@ inline int RunQloraRecipe(int argc, char** argv, const std::vector<std::string>&
                 static_cast<long long>(parts.tokenizer->vocab_size()), parts.chat ? "the model's" : "none (plain text)");
 
     // 4. Collator (templating, loss mask, truncation, padding or packing) and the loader.
-    parts.collator = std::make_unique<data::Collator>(*parts.tokenizer, parts.chat.get(), spec::ToCollatorOptions(*run));
+    //    An image+text model also gets its images: tokens per image, the processor, decoding
+    //    on a worker thread ahead of each step.
+    data::CollatorOptions collator_options = spec::ToCollatorOptions(*run);
+    if (absl::Status images = spec::ConfigureImages(*run, parts.tokenizer.get(), &collator_options); !images.ok()) {
+      return Failed(images);
+    }
+    parts.collator = std::make_unique<data::Collator>(*parts.tokenizer, parts.chat.get(), collator_options);
     parts.train_loader = std::make_unique<data::DataLoader>(*parts.train_data, *parts.collator,
                                                             spec::ToLoaderOptions(*run, /*rank=*/0, /*world_size=*/1));
+    if (collator_options.images.tokens_per_image > 0) {
+      parts.train_loader->set_prefetch(true);
+      std::printf("[4] images: %lld tokens each, %lld×%lld pixels, decoded ahead of each step\n",
+                  static_cast<long long>(collator_options.images.tokens_per_image),
+                  static_cast<long long>(collator_options.images.processor.height),
+                  static_cast<long long>(collator_options.images.processor.width));
+    }
     std::printf("[4] collator: %lld tokens per sequence, %lld sequences per micro-batch%s\n",
                 static_cast<long long>(parts.collator->options().max_length),
                 static_cast<long long>(parts.collator->options().batch_size),

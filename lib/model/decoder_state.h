@@ -36,12 +36,13 @@ inline constexpr Role kLinearRoles[7] = {Role::kQ, Role::kK, Role::kV, Role::kO,
 /// One SigLIP encoder layer (pre-LN, biases everywhere): h += out(attn(LN1 h)); h += fc2(gelu(fc1(LN2 h))).
 struct VisionLayerWeights {
   at::Tensor ln1_weight, ln1_bias, ln2_weight, ln2_bias;  // (Cv)
-  // q, k, v, out (Cv, Cv), fc1 (Iv, Cv), fc2 (Cv, Iv), each with its bias
+  // k, v, q, out (Cv, Cv), fc1 (Iv, Cv), fc2 (Cv, Iv), each with its bias: SiglipAttention's
+  // order of registration, which PEFT injects (and draws LoRA inits) in
   std::array<std::shared_ptr<Linear>, 6> proj;
 };
 
 /// The module names of a vision layer's projections, in VisionLayerWeights::proj order.
-inline constexpr const char* kVisionLinearNames[6] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+inline constexpr const char* kVisionLinearNames[6] = {"self_attn.k_proj", "self_attn.v_proj", "self_attn.q_proj",
                                                       "self_attn.out_proj", "mlp.fc1", "mlp.fc2"};
 
 /// Gemma 3's image path: the SigLIP tower and the multi-modal projector.

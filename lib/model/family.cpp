@@ -144,7 +144,7 @@ std::vector<std::string> VisionProjectionNames(const io::HfConfig& config) {
   std::vector<std::string> names;
   if (!config.vision.has_value()) return names;
   for (int64_t i = 0; i < config.vision->num_hidden_layers; ++i) {
-    for (const char* p : {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "mlp.fc1",
+    for (const char* p : {"self_attn.k_proj", "self_attn.v_proj", "self_attn.q_proj", "self_attn.out_proj", "mlp.fc1",
                           "mlp.fc2"}) {
       names.push_back(absl::StrCat("model.vision_tower.encoder.layers.", i, ".", p));
     }

@@ -21,9 +21,9 @@ at::Tensor DecoderState::VisionLayer(int64_t index, const at::Tensor& x) const {
   const double eps = v.config.layer_norm_eps;
   // SiglipAttention (eager): no mask, scale head_dim^-0.5, softmax in float32.
   const at::Tensor a = at::layer_norm(x, {C}, l.ln1_weight, l.ln1_bias, eps);
-  const at::Tensor q = l.proj[0]->Forward(a).view({N, P, H, D}).transpose(1, 2);
-  const at::Tensor k = l.proj[1]->Forward(a).view({N, P, H, D}).transpose(1, 2);
-  const at::Tensor val = l.proj[2]->Forward(a).view({N, P, H, D}).transpose(1, 2);
+  const at::Tensor k = l.proj[0]->Forward(a).view({N, P, H, D}).transpose(1, 2);
+  const at::Tensor val = l.proj[1]->Forward(a).view({N, P, H, D}).transpose(1, 2);
+  const at::Tensor q = l.proj[2]->Forward(a).view({N, P, H, D}).transpose(1, 2);
   const at::Tensor s = at::matmul(q, k.transpose(2, 3)) * std::pow(static_cast<double>(D), -0.5);
   const at::Tensor p = at::softmax(s, -1, at::kFloat).to(q.scalar_type());
   const at::Tensor o = at::matmul(p, val).transpose(1, 2).reshape({N, P, C});

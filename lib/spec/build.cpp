@@ -12,11 +12,13 @@
 #if LLMTRAIN_WITH_CUDA
 #include "kernels/kernels_cuda.h"
 #endif
+#include "llmtrain/core/atomic_file.h"
 #include "llmtrain/core/log.h"
 #include "llmtrain/core/status.h"
 #include "llmtrain/dist/env.h"
 #include "llmtrain/dist/process_group.h"
 #include "llmtrain/dist/sharded_engine.h"
+#include "llmtrain/io/hf_config.h"
 #include "llmtrain/lora/lora.h"
 #include "llmtrain/quant/quantized_linear.h"
 #include "llmtrain/spec/memory_plan.h"
@@ -46,7 +48,35 @@ model::DecoderOptions ToDecoderOptions(const RunSpec& spec) {
 absl::StatusOr<data::DatasetOptions> ToDatasetOptions(const RunSpec& spec) {
   data::DatasetOptions o;
   LLMTRAIN_ASSIGN_OR_RETURN(o.format, data::ParseFormat(DataSpec::Format_Name(spec.data().format())));
+  o.image_dir = spec.data().image_dir();
+  o.image_list = spec.data().image_list();
   return o;
+}
+
+absl::Status ConfigureImages(const RunSpec& spec, tokenizer::Tokenizer* tokenizer, data::CollatorOptions* options) {
+  const std::string& path = spec.model().path();
+  if (!IsDirectory(path)) return absl::OkStatus();  // a GGUF holds a text model
+  LLMTRAIN_ASSIGN_OR_RETURN(const io::HfConfig config, io::LoadHfConfig(path + "/config.json"));
+  if (!config.vision.has_value()) return absl::OkStatus();
+  LLMTRAIN_ASSIGN_OR_RETURN(options->images,
+                            data::MakeImageOptions(tokenizer, config.mm_tokens_per_image, config.vision->image_size));
+  if (options->images.image_id != config.image_token_index) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the tokenizer's ", options->images.image_token, " is id ", options->images.image_id, ", but ", path,
+        "/config.json has image_token_index ", config.image_token_index));
+  }
+  if (IsRegularFile(path + "/preprocessor_config.json")) {
+    LLMTRAIN_ASSIGN_OR_RETURN(options->images.processor, data::LoadImageProcessorConfig(path));
+  }
+  if (options->images.processor.height != config.vision->image_size ||
+      options->images.processor.width != config.vision->image_size) {
+    return absl::FailedPreconditionError(absl::StrCat(path, "/preprocessor_config.json: size ",
+                                                      options->images.processor.height, "×",
+                                                      options->images.processor.width, ", but the vision tower takes ",
+                                                      config.vision->image_size, "×", config.vision->image_size));
+  }
+  options->images.trl_labels = spec.data().image_labels() == DataSpec::trl;
+  return absl::OkStatus();
 }
 
 data::CollatorOptions ToCollatorOptions(const RunSpec& spec) {
@@ -231,10 +261,14 @@ absl::StatusOr<train::TrainerComponents> BuildTrainerComponents(const RunSpec& s
     if (spec.data().template_() == DataSpec::model) {
       LLMTRAIN_ASSIGN_OR_RETURN(parts.chat, tokenizer::ChatTemplate::ForTokenizer(*parts.tokenizer));
     }
-    parts.collator = std::make_unique<data::Collator>(*parts.tokenizer, parts.chat.get(), ToCollatorOptions(spec));
+    data::CollatorOptions collator_options = ToCollatorOptions(spec);
+    LLMTRAIN_RETURN_IF_ERROR(ConfigureImages(spec, parts.tokenizer.get(), &collator_options));
+    parts.collator = std::make_unique<data::Collator>(*parts.tokenizer, parts.chat.get(), collator_options);
     parts.train_loader = std::make_unique<data::DataLoader>(
         *parts.train_data, *parts.collator,
         ToLoaderOptions(spec, parts.engine->rank(), parts.engine->world_size()));
+    // Images decode on a worker thread while the step computes.
+    if (collator_options.images.tokens_per_image > 0) parts.train_loader->set_prefetch(true);
 
     // Before the model takes memory and time: refused here when it will not fit.
     LLMTRAIN_RETURN_IF_ERROR(CheckMemoryBeforeLoading(spec, *parts.engine));

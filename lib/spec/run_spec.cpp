@@ -74,6 +74,9 @@ RunSpec Defaults() {
   a->set_mask_prompt(true);
   a->set_max_bad_fraction(0.01);
   a->set_seed(0);
+  a->set_image_dir("");
+  a->set_image_list("");
+  a->set_image_labels(DataSpec::assistant);
   TrainingSpec* t = d.mutable_training();
   t->set_epochs(1.0);
   t->set_max_steps(0);
@@ -559,6 +562,14 @@ std::vector<SpecError> FindSpecErrors(const RunSpec& s) {
                                         config->text.max_position_embeddings, " tokens"));
   }
   in_unit("data.max_bad_fraction", d.max_bad_fraction(), true);
+  if (!d.image_list().empty()) file("data.image_list", d.image_list());
+  if (!d.image_dir().empty() && !IsDirectory(d.image_dir())) {
+    err("data.image_dir", absl::StrCat("\"", d.image_dir(), "\" is not a folder"));
+  }
+  if (config && !config->vision.has_value() && (!d.image_dir().empty() || !d.image_list().empty())) {
+    err(d.image_dir().empty() ? "data.image_list" : "data.image_dir",
+        absl::StrCat("the model (", config->model_type, ") has no vision tower"));
+  }
 
   // training
   const TrainingSpec& t = s.training();

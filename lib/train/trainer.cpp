@@ -49,6 +49,18 @@ at::Tensor ToTensor(const std::vector<int64_t>& v, int64_t b, int64_t t, c10::De
   return device.is_cpu() ? cpu : cpu.to(device);
 }
 
+// An image+text batch's pixel_values and token_type_ids on the model's device (empty otherwise).
+model::ImageInputs BatchImages(const data::Batch& b, c10::Device device) {
+  model::ImageInputs images;
+  if (!b.token_type_ids.empty()) images.token_type_ids = ToTensor(b.token_type_ids, b.batch_size, b.seq_len, device);
+  if (b.num_images > 0) {
+    images.pixel_values = at::tensor(at::ArrayRef<float>(b.pixel_values), at::kFloat)
+                              .view({b.num_images, 3, b.image_height, b.image_width})
+                              .to(device);
+  }
+  return images;
+}
+
 // Forwards and losses run inside the guard this turns on; backward runs outside it, as with
 // torch.autocast.
 void EnterAutocast(std::optional<AutocastGuard>* guard, Autocast autocast, const model::Decoder& model) {
@@ -65,7 +77,9 @@ kernels::CrossEntropyResult BatchLoss(const model::Decoder& model, const data::B
       ToTensor(b.segment_ids.empty() ? b.attention_mask : b.segment_ids, b.batch_size, b.seq_len, device);
   const at::Tensor positions = ToTensor(b.position_ids, b.batch_size, b.seq_len, device);
   const at::Tensor labels = ToTensor(b.labels, b.batch_size, b.seq_len, device);
-  const at::Tensor hidden = model.Hidden(ids, mask, positions);  // (B, T, C)
+  const model::ImageInputs images = BatchImages(b, device);
+  const at::Tensor hidden = images.empty() ? model.Hidden(ids, mask, positions)
+                                           : model.Hidden(ids, mask, positions, images);  // (B, T, C)
   const int64_t c = hidden.size(-1);
   kernels::CrossEntropyOptions options;
   options.final_softcap = model.spec().final_softcap;
@@ -122,6 +136,7 @@ struct Trainer::State {
   std::vector<at::Tensor> params;                             // the same, in order
   int64_t total_steps = 0, step = 0, nonfinite_in_row = 0, skipped_total = 0;
   decltype(RunOptions::on_batch) on_batch;
+  decltype(RunOptions::on_micro_batch) on_micro_batch;
   // Gathered from every process for the checkpoint being written: [epoch, cursor] per rank, and
   // the CPU generator states of ranks 1 … N − 1 (bytes, one state after the other).
   std::vector<int64_t> positions, rng_states;
@@ -282,6 +297,7 @@ absl::StatusOr<StepMetrics> Trainer::TrainStep() {
     lora::SetTraining(&model, true);
     double loss_sum = 0;
     for (const data::Batch& b : batches) {
+      if (s.on_micro_batch) s.on_micro_batch(s.step, b);
       if (s.on_batch) {
         s.on_batch(s.step, b.input_ids, b.segment_ids.empty() ? b.attention_mask : b.segment_ids, b.position_ids,
                    b.labels, b.batch_size, b.seq_len);
@@ -672,6 +688,7 @@ absl::Status Trainer::RunLoop(const RunOptions& options) {
   State& s = *s_;
   const TrainerOptions& o = s.options;
   s.on_batch = options.on_batch;
+  s.on_micro_batch = options.on_micro_batch;
 
   // 1. The run folder: the run's files, no half-written checkpoint, and where to start from.
   // The main process writes; every process reads (a folder they all see).

@@ -202,8 +202,8 @@ class Decoder {
 
   /// The HF module names of the projections, layer by layer: "model.layers.{i}.self_attn.q_proj",
   /// k_proj, v_proj, o_proj, "model.layers.{i}.mlp.gate_proj", up_proj, down_proj. An image+text
-  /// model lists its tower's first ("model.vision_tower.encoder.layers.{i}.self_attn.q_proj",
-  /// k_proj, v_proj, out_proj, "….mlp.fc1", fc2), then its decoder's under
+  /// model lists its tower's first ("model.vision_tower.encoder.layers.{i}.self_attn.k_proj",
+  /// v_proj, q_proj, out_proj, "….mlp.fc1", fc2: SiglipAttention's order), then its decoder's under
   /// "model.language_model.layers.{i}." (transformers' module names).
   std::vector<std::string> LinearNames() const;
   /// The projection called `name` (an entry of LinearNames()), or null.

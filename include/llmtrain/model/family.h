@@ -85,8 +85,8 @@ absl::StatusOr<FamilySpec> BuildFamilySpec(const io::TextConfig& config);
 absl::StatusOr<FamilySpec> BuildModelSpec(const io::HfConfig& config);
 
 /// The module names of an image+text model's vision-tower projections, layer by layer
-/// ("model.vision_tower.encoder.layers.{i}.self_attn.q_proj", k_proj, v_proj, out_proj,
-/// "….mlp.fc1", fc2); empty for text models.
+/// ("model.vision_tower.encoder.layers.{i}.self_attn.k_proj", v_proj, q_proj, out_proj,
+/// "….mlp.fc1", fc2: the order transformers registers them in); empty for text models.
 std::vector<std::string> VisionProjectionNames(const io::HfConfig& config);
 
 /// The HF module names of the seven projections of every layer, layer by layer, in the order of

@@ -22,6 +22,10 @@
 #include "llmtrain/train/optimizer.h"
 #include "llmtrain/train/trainer.h"
 
+namespace llmtrain::tokenizer {
+class Tokenizer;
+}  // namespace llmtrain::tokenizer
+
 namespace llmtrain::spec {
 
 /// model.load_in_4bit's quantization (nf4/fp4, blocksize, double quantization), or nullopt.
@@ -29,10 +33,16 @@ std::optional<quant::Quant4Options> ToQuant4Options(const RunSpec& spec);
 /// model.dtype and training.activation_checkpointing; the projection factory is
 /// quant::QuantizedLinearFactory(ToQuant4Options(spec)).
 model::DecoderOptions ToDecoderOptions(const RunSpec& spec);
-/// data.format.
+/// data.format, image_dir, image_list.
 absl::StatusOr<data::DatasetOptions> ToDatasetOptions(const RunSpec& spec);
 /// data.max_length, truncation, mask_prompt, packing and training.micro_batch_size.
 data::CollatorOptions ToCollatorOptions(const RunSpec& spec);
+/// For a model with a vision tower (its config.json has a vision_config), the collator's images:
+/// the model's tokens per image and image size, the tokenizer's image tokens (the soft token
+/// added when the vocabulary lacks it), the processor from the model folder's
+/// preprocessor_config.json when there is one, data.image_labels. Nothing for text models.
+/// FailedPrecondition when the tokenizer's soft token id is not the model's image_token_index.
+absl::Status ConfigureImages(const RunSpec& spec, tokenizer::Tokenizer* tokenizer, data::CollatorOptions* options);
 /// data.seed, and the process's place in a data-parallel job.
 data::LoaderOptions ToLoaderOptions(const RunSpec& spec, int rank, int world_size);
 /// training.learning_rate, adam_beta1/2, adam_epsilon, weight_decay.

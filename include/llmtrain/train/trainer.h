@@ -49,6 +49,7 @@ namespace llmtrain::data {
 class Dataset;
 class Collator;
 class DataLoader;
+struct Batch;
 }  // namespace llmtrain::data
 
 namespace llmtrain::train {
@@ -135,6 +136,8 @@ struct RunOptions {
                      const std::vector<int64_t>& position_ids, const std::vector<int64_t>& labels, int64_t batch,
                      int64_t seq_len)>
       on_batch;
+  /// Called with each micro-batch as it is, images included, before its forward (replays).
+  std::function<void(int64_t step, const data::Batch& batch)> on_micro_batch;
   bool progress = true;  ///< a progress line with loss, tokens/s and ETA on stderr
 };
 
