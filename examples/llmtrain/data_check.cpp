@@ -16,6 +16,7 @@
 #include "llmtrain/commands.h"
 #include "llmtrain/data/builtin.h"
 #include "llmtrain/data/dataset.h"
+#include "llmtrain/data/image.h"
 #include "llmtrain/tokenizer/chat_template.h"
 #include "llmtrain/tokenizer/tokenizer.h"
 #include "nlohmann/json.hpp"
@@ -26,9 +27,14 @@ namespace {
 constexpr char kHelp[] =
     "usage: llmtrain data-check --data FILE [--data FILE ...] [--format auto] [--tokenizer PATH]\n"
     "                           [--max-length N] [--max-bad-fraction 0.01] [--json]\n"
+    "                           [--images DIR] [--image-list FILE]\n"
     "  formats: auto, dolly, alpaca, messages, sharegpt, text, captions (Flickr8K token file).\n"
     "  --tokenizer: also tokenize every example (chat template of the tokenizer's family) and print\n"
-    "  token-length statistics; --max-length counts the examples longer than N tokens.\n";
+    "  token-length statistics; --max-length counts the examples longer than N tokens.\n"
+    "  --images DIR: the folder image paths are relative to (Flickr8K's image folder; default: each\n"
+    "  data file's folder); every image is decoded, and a record whose image is missing, outside\n"
+    "  the folder or undecodable is a bad record with file:line and the reason. --image-list: a\n"
+    "  Flickr8K split list (Flickr_8k.trainImages.txt); captions of other images are left out.\n";
 
 constexpr char kMakeHelp[] =
     "usage: llmtrain make-default-dataset --output FILE [--status /var/lib/dpkg/status]\n"
@@ -50,6 +56,7 @@ int RunDataCheck(const std::vector<std::string>& args) {
   double max_bad = 0.01;
   int64_t max_length = 0;
   bool as_json = false;
+  bool check_images = false;
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& a = args[i];
     if (a == "--help" || a == "-h") {
@@ -70,6 +77,11 @@ int RunDataCheck(const std::vector<std::string>& args) {
       options.format = *format;
     } else if (a == "--tokenizer") {
       tokenizer_path = v;
+    } else if (a == "--images") {
+      options.image_dir = v;
+      check_images = true;
+    } else if (a == "--image-list") {
+      options.image_list = v;
     } else if (a == "--max-bad-fraction") {
       if (!absl::SimpleAtod(v, &max_bad) || max_bad < 0 || max_bad > 1) {
         return Fail("data-check", "--max-bad-fraction: expected a number in [0, 1]", 2);
@@ -84,6 +96,14 @@ int RunDataCheck(const std::vector<std::string>& args) {
   auto dataset = data::Dataset::Open(files, options);
   if (!dataset.ok()) return Fail("data-check", std::string(dataset.status().message()));
   const data::Dataset& d = **dataset;
+  // Images: each distinct one decoded once; a record with one that does not decode is bad.
+  std::vector<data::BadRecord> bad_images;
+  int64_t with_images = 0;
+  for (int64_t i = 0; i < d.size(); ++i) {
+    auto example = d.Get(i);
+    with_images += example.ok() && !example->images.empty();
+  }
+  if (check_images || with_images > 0) bad_images = data::FindUndecodableImages(d);
 
   nlohmann::json out = {{"format", std::string(data::FormatName(d.format()))},
                         {"format_reason", d.format_reason()},
@@ -92,7 +112,12 @@ int RunDataCheck(const std::vector<std::string>& args) {
                         {"bad", d.bad_records().size()}};
   nlohmann::json bad = nlohmann::json::array();
   for (const auto& b : d.bad_records()) bad.push_back({{"file", b.file}, {"line", b.line}, {"reason", b.reason}});
+  for (const auto& b : bad_images) bad.push_back({{"file", b.file}, {"line", b.line}, {"reason", b.reason}});
   out["bad_records"] = bad;
+  out["bad"] = bad.size();
+  out["used"] = d.size() - static_cast<int64_t>(bad_images.size());
+  out["records_with_images"] = with_images;
+  out["bad_images"] = bad_images.size();
   if (!tokenizer_path.empty()) {
     auto tok = tokenizer::Tokenizer::Load(tokenizer_path);
     if (!tok.ok()) return Fail("data-check", std::string(tok.status().message()));
@@ -137,13 +162,21 @@ int RunDataCheck(const std::vector<std::string>& args) {
                      {"template_errors", failed}};
     if (max_length > 0) out["tokens"]["over_max_length"] = over;
   }
-  const absl::Status within = d.CheckBadFraction(max_bad);
+  const int64_t n_bad = static_cast<int64_t>(d.bad_records().size() + bad_images.size());
+  const bool within_limit = d.total_records() > 0 && n_bad <= max_bad * static_cast<double>(d.total_records()) &&
+                            d.size() > static_cast<int64_t>(bad_images.size());
+  const absl::Status within = within_limit ? absl::OkStatus() : absl::InvalidArgumentError("over the limit");
   out["within_bad_fraction"] = within.ok();
   if (as_json) {
     std::printf("%s\n", out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
   } else {
     std::printf("%s\n", d.Summary().c_str());
     for (const auto& b : d.bad_records()) std::printf("bad record %s\n", b.ToString().c_str());
+    if (with_images > 0) {
+      std::printf("images: %lld records with images, %zu with an image that does not decode\n",
+                  static_cast<long long>(with_images), bad_images.size());
+    }
+    for (const auto& b : bad_images) std::printf("bad record %s\n", b.ToString().c_str());
     if (out.contains("tokens")) {
       const auto& t = out["tokens"];
       std::printf("tokens per example: min %lld, mean %.1f, p50 %.0f, p95 %.0f, max %lld; %lld in all, %lld to train on\n",

@@ -17,6 +17,9 @@
 #include "llmtrain/model/generate.h"
 #include "llmtrain/tokenizer/chat_template.h"
 #include "llmtrain/tokenizer/tokenizer.h"
+#include "llmtrain/core/atomic_file.h"
+#include "llmtrain/data/collator.h"
+#include "llmtrain/data/image.h"
 #include "nlohmann/json.hpp"
 
 namespace llmtrain::cli {
@@ -31,7 +34,10 @@ constexpr char kHelp[] =
     "  --chat wraps it as one user turn of the family's chat template, with the generation prompt.\n"
     "  --input-ids: a JSON array of prompt token ids, e.g. [2, 818, 5279].\n"
     "  --temperature 0 is greedy. Stops at the model's end tokens or after --max-new-tokens.\n"
-    "  --json prints {\"ids\": [new ids], \"text\": \"...\"} instead of streaming.\n";
+    "  --json prints {\"ids\": [new ids], \"text\": \"...\"} instead of streaming.\n"
+    "  --image FILE (repeatable, with --chat): an image+text model sees the images before the text\n"
+    "  of the user turn (Gemma 3's processor: each becomes its tokens, pixels from the model folder's\n"
+    "  preprocessor_config.json or Gemma 3's defaults at the tower's size).\n";
 
 }  // namespace
 
@@ -41,6 +47,7 @@ int RunGenerate(const std::vector<std::string>& args) {
   model::GenerationOptions options;
   Dtype dtype = Dtype::kF32;
   ModelFlags flags;
+  std::vector<std::string> images;
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& a = args[i];
     if (a == "--help" || a == "-h") {
@@ -66,6 +73,8 @@ int RunGenerate(const std::vector<std::string>& args) {
     bool ok = true;
     if (a == "--model") {
       model_path = v;
+    } else if (a == "--image") {
+      images.push_back(v);
     } else if (a == "--prompt") {
       has_prompt = true;
       prompt_text = v;
@@ -97,6 +106,14 @@ int RunGenerate(const std::vector<std::string>& args) {
     return Fail("generate", absl::StrCat("give one of --prompt and --input-ids\n", kHelp), 2);
   }
   if (chat && !has_prompt) return Fail("generate", "--chat needs --prompt", 2);
+  if (!images.empty() && !chat) return Fail("generate", "--image needs --chat (the template places the image)", 2);
+  // An image+text prompt needs the model's tokens per image first.
+  absl::StatusOr<std::unique_ptr<model::Decoder>> model = absl::UnknownError("not loaded");
+  if (!images.empty()) {
+    model = flags.Load(model_path, dtype);
+    if (!model.ok()) return Fail("generate", std::string(model.status().message()));
+    if (!(*model)->has_vision()) return Fail("generate", absl::StrCat(model_path, ": --image: the model has no vision tower"));
+  }
   // The model's tokenizer: the GGUF's vocabulary, or tokenizer.json in the model folder.
   auto tok = tokenizer::Tokenizer::Load(model_path);
   if (has_prompt && !tok.ok()) return Fail("generate", std::string(tok.status().message()));
@@ -109,9 +126,40 @@ int RunGenerate(const std::vector<std::string>& args) {
       tokenizer::Message user;
       user.role = "user";
       user.content = prompt_text;
-      auto encoded = tokenizer::EncodeChat(**tok, **chat_template, {user}, /*add_generation_prompt=*/true);
-      if (!encoded.ok()) return Fail("generate", std::string(encoded.status().message()));
-      ids = encoded->ids;
+      if (!images.empty()) {
+        user.content_is_list = true;
+        for (size_t k = 0; k < images.size(); ++k) user.parts.push_back({"image", ""});
+        user.parts.push_back({"text", prompt_text});
+        auto image_options =
+            data::MakeImageOptions(tok->get(), (*model)->tokens_per_image(), (*model)->image_size());
+        if (!image_options.ok()) return Fail("generate", std::string(image_options.status().message()));
+        if (IsRegularFile(model_path + "/preprocessor_config.json")) {
+          auto processor = data::LoadImageProcessorConfig(model_path);
+          if (!processor.ok()) return Fail("generate", std::string(processor.status().message()));
+          image_options->processor = *processor;
+        }
+        auto rendered = (*chat_template)->Render({user}, /*add_generation_prompt=*/true);
+        if (!rendered.ok()) return Fail("generate", std::string(rendered.status().message()));
+        std::string expansion = "\n\n" + image_options->boi_token;
+        for (int64_t k = 0; k < image_options->tokens_per_image; ++k) expansion += image_options->image_token;
+        expansion += image_options->eoi_token + "\n\n";
+        tokenizer::ExpandPlaceholders(&*rendered, image_options->boi_token, expansion);
+        ids = tokenizer::EncodeRendered(**tok, *rendered).ids;
+        std::vector<float> pixels;
+        for (const std::string& path : images) {
+          auto image = data::LoadImage(path, image_options->limits);
+          if (!image.ok()) return Fail("generate", std::string(image.status().message()));
+          const std::vector<float> one = data::PreprocessImage(*image, image_options->processor);
+          pixels.insert(pixels.end(), one.begin(), one.end());
+        }
+        options.pixel_values = at::tensor(at::ArrayRef<float>(pixels), at::kFloat)
+                                   .view({static_cast<int64_t>(images.size()), 3, image_options->processor.height,
+                                          image_options->processor.width});
+      } else {
+        auto encoded = tokenizer::EncodeChat(**tok, **chat_template, {user}, /*add_generation_prompt=*/true);
+        if (!encoded.ok()) return Fail("generate", std::string(encoded.status().message()));
+        ids = encoded->ids;
+      }
     } else {
       ids = (*tok)->Encode(prompt_text);
     }
@@ -127,7 +175,7 @@ int RunGenerate(const std::vector<std::string>& args) {
   if (absl::Status valid = model::Validate(options); !valid.ok()) {
     return Fail("generate", std::string(valid.message()), 2);
   }
-  auto model = flags.Load(model_path, dtype);
+  if (!model.ok()) model = flags.Load(model_path, dtype);
   if (!model.ok()) return Fail("generate", std::string(model.status().message()));
   // Text streams as it becomes final (a character split over byte tokens waits for its last
   // byte); without a tokenizer, ids are printed.

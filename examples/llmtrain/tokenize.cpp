@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "llmtrain/commands.h"
 #include "llmtrain/tokenizer/chat_template.h"
@@ -27,13 +28,17 @@ constexpr char kHelp[] =
     "  PATH: an HF folder with tokenizer.json, a tokenizer.json, or a .gguf file.\n"
     "  stdin: JSONL; each line a JSON string (or, with --chat, a JSON array of messages; with\n"
     "  --decode, a JSON array of ids). stdout: one JSON array of ids (or string) per line.\n"
-    "  --no-special: no BOS/EOS from the post-processor (add_special_tokens=False).\n";
+    "  --no-special: no BOS/EOS from the post-processor (add_special_tokens=False).\n"
+    "  --image-tokens N (with --chat): messages may hold {\"type\": \"image\"} parts; each becomes\n"
+    "  Gemma3Processor's expansion with N <image_soft_token>s (the token is added when the vocabulary\n"
+    "  lacks it), as processor(text=apply_chat_template(...), add_special_tokens=False) gives.\n";
 
 }  // namespace
 
 int RunTokenize(const std::vector<std::string>& args) {
   std::string path;
   bool add_special = true, chat = false, generation_prompt = false, decode = false, skip_special = false;
+  int64_t image_tokens = 0;
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& a = args[i];
     if (a == "--help" || a == "-h") {
@@ -47,6 +52,10 @@ int RunTokenize(const std::vector<std::string>& args) {
       chat = true;
     } else if (a == "--add-generation-prompt") {
       generation_prompt = true;
+    } else if (a == "--image-tokens" && i + 1 < args.size()) {
+      if (!absl::SimpleAtoi(args[++i], &image_tokens) || image_tokens < 1) {
+        return Fail("tokenize", "--image-tokens: expected N ≥ 1", 2);
+      }
     } else if (a == "--decode") {
       decode = true;
     } else if (a == "--skip-special-tokens") {
@@ -58,6 +67,14 @@ int RunTokenize(const std::vector<std::string>& args) {
   if (path.empty()) return Fail("tokenize", absl::StrCat("--tokenizer is required\n", kHelp), 2);
   auto tok = tokenizer::Tokenizer::Load(path);
   if (!tok.ok()) return Fail("tokenize", std::string(tok.status().message()));
+  std::string expansion;  // what each image placeholder becomes
+  if (image_tokens > 0) {
+    if (!chat) return Fail("tokenize", "--image-tokens needs --chat", 2);
+    (*tok)->AddSpecialToken("<image_soft_token>");
+    expansion = "\n\n<start_of_image>";
+    for (int64_t k = 0; k < image_tokens; ++k) expansion += "<image_soft_token>";
+    expansion += "<end_of_image>\n\n";
+  }
   std::unique_ptr<tokenizer::ChatTemplate> chat_template;
   if (chat) {
     auto t = tokenizer::ChatTemplate::ForTokenizer(**tok);
@@ -90,11 +107,12 @@ int RunTokenize(const std::vector<std::string>& args) {
       if (!messages.ok()) {
         problem = std::string(messages.status().message());
       } else {
-        auto encoded = tokenizer::EncodeChat(**tok, *chat_template, *messages, generation_prompt);
-        if (!encoded.ok()) {
-          problem = std::string(encoded.status().message());
+        auto rendered = chat_template->Render(*messages, generation_prompt);
+        if (!rendered.ok()) {
+          problem = std::string(rendered.status().message());
         } else {
-          out = encoded->ids;
+          if (!expansion.empty()) tokenizer::ExpandPlaceholders(&*rendered, "<start_of_image>", expansion);
+          out = tokenizer::EncodeRendered(**tok, *rendered).ids;
         }
       }
     } else if (!value.is_string()) {

@@ -39,7 +39,12 @@
 #include "absl/strings/str_cat.h"
 #include "llmtrain/core/atomic_file.h"
 #include "llmtrain/core/status.h"
+#include "llmtrain/core/threads.h"
+#include "llmtrain/data/dataset.h"
 #include "nlohmann/json.hpp"
+
+#include <map>
+#include <mutex>
 
 namespace llmtrain::data {
 namespace {
@@ -547,6 +552,43 @@ std::vector<float> PreprocessImage(const RgbImage& image, const ImageProcessorCo
     for (size_t c = 0; c < 3; ++c) out[c * plane + i] = table[c][resized.pixels[i * 3 + c]];
   }
   return out;
+}
+
+std::vector<BadRecord> FindUndecodableImages(const Dataset& data, const ImageLimits& limits) {
+  std::vector<BadRecord> bad;
+  // Which records use which image (Get resolves the paths; it fails only if the file changed).
+  std::map<std::string, std::vector<int64_t>> users;
+  for (int64_t i = 0; i < data.size(); ++i) {
+    auto example = data.Get(i);
+    if (!example.ok()) continue;
+    for (const std::string& image : example->images) users[image].push_back(i);
+  }
+  std::vector<std::string> paths;
+  for (const auto& [path, unused] : users) paths.push_back(path);
+  std::vector<std::string> reasons(paths.size());
+  ParallelFor(static_cast<int64_t>(paths.size()), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      auto image = LoadImage(paths[static_cast<size_t>(i)], limits);
+      if (!image.ok()) reasons[static_cast<size_t>(i)] = std::string(image.status().message());
+    }
+  });
+  std::vector<std::pair<int64_t, std::string>> found;  // (record, reason)
+  for (size_t i = 0; i < paths.size(); ++i) {
+    if (reasons[i].empty()) continue;
+    for (int64_t record : users[paths[i]]) found.emplace_back(record, reasons[i]);
+  }
+  std::sort(found.begin(), found.end());
+  for (const auto& [record, reason] : found) {
+    auto example = data.Get(record);
+    const std::string where = example.ok() ? example->where : std::string();
+    const size_t colon = where.rfind(':');
+    BadRecord b;
+    b.file = colon == std::string::npos ? where : where.substr(0, colon);
+    b.line = colon == std::string::npos ? 0 : std::stoll(where.substr(colon + 1));
+    b.reason = reason;
+    bad.push_back(std::move(b));
+  }
+  return bad;
 }
 
 }  // namespace llmtrain::data

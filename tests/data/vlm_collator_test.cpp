@@ -7,6 +7,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 
 #include "llmtrain/core/atomic_file.h"
 #include "llmtrain/data/collator.h"
@@ -125,6 +126,42 @@ TEST_CASE("vlm collator: ids, token_type_ids, pixel_values and TRL labels equal 
     REQUIRE(pixels->n_bytes() == batch.pixel_values.size() * sizeof(float));
     CHECK(std::memcmp((*ref)->Data(*pixels).data(), batch.pixel_values.data(), pixels->n_bytes()) == 0);
   }
+
+  // The CLI: `tokenize --chat --image-tokens` gives the processor's ids for the same chats, and
+  // `preprocess-images` its pixel_values for chat 1's three images.
+  std::string chats_in;
+  {
+    std::ifstream lines(dir + "/chats.jsonl");
+    std::string line;
+    while (std::getline(lines, line)) chats_in += nlohmann::json::parse(line)["messages"].dump() + "\n";
+  }
+  REQUIRE(WriteFileAtomically(dir + "/chats_cli.jsonl", chats_in).ok());
+  const auto tokenized = testing::RunCommand(testing::ShellQuote(testing::CliPath()) + " tokenize --tokenizer " +
+                                             testing::ShellQuote(gguf) + " --chat --image-tokens " +
+                                             std::to_string(tokens) + " < " + testing::ShellQuote(dir + "/chats_cli.jsonl"));
+  REQUIRE(tokenized.exit_code == 0);
+  std::istringstream cli_lines(tokenized.out);
+  std::string cli_line;
+  for (int64_t i = 0; i < n && std::getline(cli_lines, cli_line); ++i) {
+    INFO("tokenize chat " << i);
+    CHECK(nlohmann::json::parse(cli_line).get<std::vector<int64_t>>() == Int64s(**ref, "ids." + std::to_string(i)));
+  }
+  auto chat1 = (*dataset)->Get(1);
+  REQUIRE(chat1.ok());
+  std::string command = testing::ShellQuote(testing::CliPath()) + " preprocess-images --size " + std::to_string(size) +
+                        " --output " + testing::ShellQuote(dir + "/cli_pixels.safetensors");
+  for (const std::string& image : chat1->images) command += " " + testing::ShellQuote(image);
+  const auto preprocessed = testing::RunCommand(command + " 2>&1");
+  INFO(preprocessed.out);
+  REQUIRE(preprocessed.exit_code == 0);
+  auto cli_pixels = io::SafetensorsFile::Open(dir + "/cli_pixels.safetensors");
+  REQUIRE(cli_pixels.ok());
+  const io::TensorInfo* mine = (*cli_pixels)->Find("pixel_values");
+  const io::TensorInfo* want = (*ref)->Find("pixels.1");
+  REQUIRE((mine != nullptr && want != nullptr));
+  CHECK(mine->shape == want->shape);
+  REQUIRE(mine->n_bytes() == want->n_bytes());
+  CHECK(std::memcmp((*cli_pixels)->Data(*mine).data(), (*ref)->Data(*want).data(), want->n_bytes()) == 0);
 }
 
 void Write(const std::string& path, const std::string& text) { REQUIRE(WriteFileAtomically(path, text).ok()); }
@@ -177,6 +214,21 @@ TEST_CASE("flickr8k: a token file, an image folder and a split list; paths out o
   CHECK((*train)->excluded() == 1);  // b.jpg is not in the split
   CHECK((*train)->bad_records().size() == 4);
   CHECK_THAT((*train)->Summary(), Catch::Contains("1 not in the image list"));
+
+  // `llmtrain data-check --images` decodes them: "x" is not an image, so every record with one is
+  // bad, reported with file:line.
+  const auto check = testing::RunCommand(testing::ShellQuote(testing::CliPath()) + " data-check --data " +
+                                         testing::ShellQuote(dir + "/Flickr8k.token.txt") + " --images " +
+                                         testing::ShellQuote(dir + "/Images") + " --json");
+  CHECK(check.exit_code == 1);
+  const nlohmann::json report = testing::LastJsonLine(check.out);
+  CHECK(report["records_with_images"] == 4);
+  CHECK(report["bad_images"] == 4);
+  bool named = false;
+  for (const auto& b : report["bad_records"]) {
+    named = named || (b["line"] == 1 && b["reason"].get<std::string>().find("unknown signature") != std::string::npos);
+  }
+  CHECK(named);
 }
 
 }  // namespace

@@ -10,6 +10,7 @@
 #include <fstream>
 
 #include "llmtrain/core/atomic_file.h"
+#include "llmtrain/io/tensors.h"
 #include "llmtrain/model/decoder.h"
 #include "llmtrain/model/generate.h"
 #include "testing/json_util.h"
@@ -146,6 +147,25 @@ TEST_CASE("vlm: activation checkpointing in the tower and the decoder gives the 
     REQUIRE(grads[1][name].defined());
     CHECK(at::equal(g, grads[1][name]));  // the recompute runs the same ops on the same inputs
   }
+}
+
+TEST_CASE("vlm: llmtrain forward reads pixel_values and token_type_ids", "[model][vlm][cli][reference]") {
+  if (!testing::ReferenceStackAvailable()) return;
+  const Case& ref_case = Reference("w8_in_vocab");
+  auto inputs = LoadAll(ref_case.dir + "/inputs.safetensors");
+  const std::string in = ref_case.dir + "/cli_in.safetensors", out = ref_case.dir + "/cli_out.safetensors";
+  REQUIRE(io::SaveSafetensors(in, {{"input_ids", inputs["input_ids"]}, {"attention_mask", inputs["attention_mask"]},
+                                   {"pixel_values", inputs["pixel_values"]},
+                                   {"token_type_ids", inputs["token_type_ids"]}}).ok());
+  const auto run = testing::RunCommand(testing::ShellQuote(testing::CliPath()) + " forward --model " +
+                                       testing::ShellQuote(ref_case.dir + "/model") + " --input " +
+                                       testing::ShellQuote(in) + " --output " + testing::ShellQuote(out) + " 2>&1");
+  INFO(run.out);
+  REQUIRE(run.exit_code == 0);
+  auto ref = LoadAll(ref_case.dir + "/ref.safetensors");
+  const at::Tensor real = inputs["attention_mask"].to(at::kBool);
+  // Positions from the mask (cumsum − 1), as the reference was given.
+  CHECK(RelativeError(LoadAll(out)["logits"].index({real}), ref["logits"].index({real})) <= 1e-5);
 }
 
 TEST_CASE("vlm: bad image inputs and configs are refused with the field named", "[model][vlm][reference]") {

@@ -95,6 +95,20 @@ TEST_CASE("train: 5 QLoRA steps on a tiny VLM equal transformers + PEFT + bitsan
               theirs.back(), worst_loss, n, tower, worst_weight, result["quantized"].size());
   CHECK(worst_loss <= 1e-5);
   CHECK(worst_weight <= 1e-4);
+
+  // `llmtrain generate --chat --image` on the base model: the image's tokens in the user turn.
+  const auto generate = testing::RunCommand(testing::ShellQuote(testing::CliPath()) + " generate --model " +
+                                            testing::ShellQuote(dir + "/model") + " --chat --prompt 'Describe this image.'"
+                                            " --image " + testing::ShellQuote(dir + "/Images/img000.png") +
+                                            " --max-new-tokens 6 --json 2>&1");
+  INFO(generate.out);
+  REQUIRE(generate.exit_code == 0);
+  CHECK(testing::LastJsonLine(generate.out)["ids"].size() >= 1);
+  const auto no_chat = testing::RunCommand(testing::ShellQuote(testing::CliPath()) + " generate --model " +
+                                           testing::ShellQuote(dir + "/model") + " --prompt x --image " +
+                                           testing::ShellQuote(dir + "/Images/img000.png") + " 2>&1");
+  CHECK(no_chat.exit_code == 2);
+  CHECK(no_chat.out.find("--image needs --chat") != std::string::npos);
 }
 
 }  // namespace

@@ -78,6 +78,13 @@ absl::StatusOr<ImageProcessorConfig> LoadImageProcessorConfig(const std::string&
 /// The processor for a tower of `image_size` pixels: Gemma 3's defaults at that size.
 ImageProcessorConfig DefaultImageProcessor(int64_t image_size);
 
+class Dataset;
+struct BadRecord;
+/// Every record of `data` with an image that does not decode (data::LoadImage with `limits`),
+/// as bad records with the record's file:line and the reason; each distinct image is decoded
+/// once, on all cores (what `llmtrain data-check --images` reports before training does).
+std::vector<BadRecord> FindUndecodableImages(const Dataset& data, const ImageLimits& limits = {});
+
 /// pixel_values of one image: float32 (3, height, width), channel-major. Resize (when the size
 /// differs), then (float32(v · rescale_factor) − mean) / std per channel, as transformers does.
 std::vector<float> PreprocessImage(const RgbImage& image, const ImageProcessorConfig& config);
