@@ -132,11 +132,16 @@ TEST_CASE("lora: default targets come from the model's family, as PEFT resolves 
     CHECK(lora::IsLoraTarget(*resolved, "model.layers.0.self_attn.v_proj"));
     CHECK(!lora::IsLoraTarget(*resolved, "model.layers.0.mlp.up_proj"));
   }
-  for (const char* type : {"gemma3", "llama"}) {
-    auto refused = lora::WithDefaultTargets(none, type);
-    REQUIRE(!refused.ok());
-    CHECK(refused.status().message().find(absl::StrCat("\"", type, "\"")) != absl::string_view::npos);
-  }
+  // Image+text Gemma 3 (PEFT has no default): the decoder's q_proj and v_proj, not the tower's.
+  auto vlm = lora::WithDefaultTargets(none, "gemma3");
+  REQUIRE(vlm.ok());
+  CHECK(lora::IsLoraTarget(*vlm, "model.language_model.layers.3.self_attn.q_proj"));
+  CHECK(lora::IsLoraTarget(*vlm, "model.language_model.layers.0.self_attn.v_proj"));
+  CHECK(!lora::IsLoraTarget(*vlm, "model.language_model.layers.0.self_attn.k_proj"));
+  CHECK(!lora::IsLoraTarget(*vlm, "model.vision_tower.encoder.layers.0.self_attn.q_proj"));
+  auto refused = lora::WithDefaultTargets(none, "llama");
+  REQUIRE(!refused.ok());
+  CHECK(refused.status().message().find("\"llama\"") != absl::string_view::npos);
   lora::LoraConfig named;
   named.target_modules = {"o_proj"};
   auto kept = lora::WithDefaultTargets(named, "gemma3");
