@@ -138,6 +138,9 @@ int RunGenerate(const std::vector<std::string>& args) {
           if (!processor.ok()) return Fail("generate", std::string(processor.status().message()));
           image_options->processor = *processor;
         }
+        if (!image_options->processor.do_resize) {
+          return Fail("generate", absl::StrCat(model_path, "/preprocessor_config.json: do_resize false is not supported"));
+        }
         auto rendered = (*chat_template)->Render({user}, /*add_generation_prompt=*/true);
         if (!rendered.ok()) return Fail("generate", std::string(rendered.status().message()));
         std::string expansion = "\n\n" + image_options->boi_token;

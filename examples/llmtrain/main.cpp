@@ -54,6 +54,12 @@ constexpr char kUsage[] =
     "  make-default-dataset --output FILE [--status /var/lib/dpkg/status]\n"
     "                             the default instruction data: one Dolly record per installed\n"
     "                             Debian package\n"
+    "  make-default-dataset --vlm --output DIR [--images 400] [--seed 0]\n"
+    "                             the default image-caption data: generated pictures of coloured\n"
+    "                             shapes in Flickr8K's layout\n"
+    "  make-vlm --text PATH --output DIR [...]\n"
+    "                             a Gemma 3 image+text folder: a real text model and a new small\n"
+    "                             SigLIP tower (to fine-tune on images on a CPU)\n"
     "\n"
     "run `llmtrain <command> --help` for the options of one command\n";
 
@@ -88,6 +94,7 @@ int main(int argc, char** argv) {
   if (command == "launch") return llmtrain::cli::RunLaunch(args);
   if (command == "make-default-dataset") return llmtrain::cli::RunMakeDefaultDataset(args);
   if (command == "preprocess-images") return llmtrain::cli::RunPreprocessImages(args);
+  if (command == "make-vlm") return llmtrain::cli::RunMakeVlm(args);
   std::fprintf(stderr, "llmtrain: unknown command \"%s\"\n\n%s", command.c_str(), kUsage);
   return 2;
 }

@@ -35,6 +35,7 @@
 #include "llmtrain/data/builtin.h"
 #include "llmtrain/data/collator.h"
 #include "llmtrain/data/dataset.h"
+#include "llmtrain/data/image.h"
 #include "llmtrain/dist/engine.h"
 #include "llmtrain/dist/env.h"
 #include "llmtrain/dist/launch.h"

@@ -92,15 +92,25 @@ absl::StatusOr<TokenizedExample> Collator::Tokenize(const Example& example) cons
     return absl::InvalidArgumentError(
         absl::StrCat("no target token within max_length ", options_.max_length, " (", n, " tokens)"));
   }
-  if (with_images && !example.messages.empty()) {
+  if (with_images) {
+    // Every example: a text that spells the soft token would give image tokens without pixels.
     const int64_t soft = std::count(out.ids.begin(), out.ids.end(), im.image_id);
-    if (soft != im.tokens_per_image * static_cast<int64_t>(example.images.size())) {
+    const int64_t images = example.messages.empty() ? 0 : static_cast<int64_t>(example.images.size());
+    if (example.messages.empty() && soft > 0) {
+      return absl::InvalidArgumentError(absl::StrCat("the text holds ", soft, " ", im.image_token,
+                                                     " token(s) but the record has no image"));
+    }
+    if (soft != im.tokens_per_image * images) {
       return absl::InvalidArgumentError(absl::StrCat("max_length ", options_.max_length, " cuts the tokens of an image (",
                                                      n, " tokens)"));
     }
-    for (const std::string& path : example.images) {
-      LLMTRAIN_ASSIGN_OR_RETURN(RgbImage image, LoadImage(path, im.limits));
+    for (int64_t k = 0; k < images; ++k) {
+      LLMTRAIN_ASSIGN_OR_RETURN(RgbImage image, LoadImage(example.images[static_cast<size_t>(k)], im.limits));
       out.pixels.push_back(PreprocessImage(image, im.processor));
+      if (out.pixels.back().size() != static_cast<size_t>(3 * im.processor.height * im.processor.width)) {
+        return absl::InvalidArgumentError("the image processor does not resize (do_resize false): images of "
+                                          "other sizes cannot batch");
+      }
     }
   }
   return out;
@@ -178,7 +188,13 @@ void DataLoader::Launch() {
   ahead_ = std::make_unique<Prefetch>();
   Prefetch* p = ahead_.get();
   // The worker reports skips into its own list (skipped_ is the caller's to read meanwhile).
-  p->worker = std::thread([this, p] { p->batch = Make(&p->skipped); });
+  p->worker = std::thread([this, p] {
+    try {
+      p->batch = Make(&p->skipped);
+    } catch (...) {  // out of memory decoding a huge image, …: an error for the caller, not terminate()
+      p->batch = StatusFromCurrentException("making the next batch");
+    }
+  });
 }
 
 void DataLoader::Join() {

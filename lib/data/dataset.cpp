@@ -391,6 +391,7 @@ absl::StatusOr<std::unique_ptr<Dataset>> Dataset::FromFiles(std::vector<std::sha
     if (listed->empty()) return absl::InvalidArgumentError(absl::StrCat(options.image_list, ": lists no image"));
   }
   data->format_ = options.format;
+  data->check_images_ = options.check_images;
   data->format_reason_ = options.format == Format::kAuto ? "" : "given";
   for (uint32_t f = 0; f < files.size(); ++f) {
     std::shared_ptr<const io::MappedFile> mapped = files[f];
@@ -489,8 +490,8 @@ absl::StatusOr<Example> Dataset::Get(int64_t index) const {
   const absl::string_view record(reinterpret_cast<const char*>(bytes.data()) + r.offset, r.length);
   LLMTRAIN_ASSIGN_OR_RETURN(Example example, ParseRecord(format_, record, absl::StrCat(names_[r.file], ":", r.line)));
   for (std::string& image : example.images) {
-    // Checked at Open; a file removed since fails where it is read.
-    LLMTRAIN_ASSIGN_OR_RETURN(image, ResolveImagePath(image_roots_[r.file], image, /*must_exist=*/false));
+    // Checked again (a file replaced by a link out of the folder since Open is refused).
+    LLMTRAIN_ASSIGN_OR_RETURN(image, ResolveImagePath(image_roots_[r.file], image, check_images_));
   }
   return example;
 }

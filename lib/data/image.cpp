@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <csetjmp>
+#include <cstdlib>
 #include <cstdio>
 #include <cstring>
 
@@ -11,6 +12,19 @@
 #include <jpeglib.h>
 #include <jerror.h>
 
+// stb_image's allocations go through a per-decode cap: a PNG whose zlib stream inflates far past
+// what its header's size needs (a decompression bomb: a 1 KiB file, gigabytes of output) fails
+// with "outofmem" instead of taking the machine's memory. (Found by tests/fuzz/image_fuzz.)
+namespace llmtrain::data::detail {
+inline thread_local size_t stb_allocation_cap = 0;  // 0: none (not decoding)
+inline void* StbMalloc(size_t n) { return stb_allocation_cap != 0 && n > stb_allocation_cap ? nullptr : std::malloc(n); }
+inline void* StbRealloc(void* p, size_t n) {
+  return stb_allocation_cap != 0 && n > stb_allocation_cap ? nullptr : std::realloc(p, n);
+}
+}  // namespace llmtrain::data::detail
+#define STBI_MALLOC(n) ::llmtrain::data::detail::StbMalloc(n)
+#define STBI_REALLOC(p, n) ::llmtrain::data::detail::StbRealloc(p, n)
+#define STBI_FREE(p) std::free(p)
 #define STB_IMAGE_IMPLEMENTATION
 #define STB_IMAGE_STATIC
 #define STBI_NO_STDIO
@@ -30,6 +44,9 @@
 #pragma GCC diagnostic ignored "-Wdouble-promotion"
 #endif
 #include <stb/stb_image.h>
+#define STB_IMAGE_WRITE_IMPLEMENTATION
+#define STB_IMAGE_WRITE_STATIC
+#include <stb/stb_image_write.h>
 #if defined(__clang__)
 #pragma clang diagnostic pop
 #elif defined(__GNUC__)
@@ -121,29 +138,40 @@ std::string DecodeJpegInto(const uint8_t* data, size_t size, const ImageLimits* 
     jpeg_destroy_decompress(&cinfo);
     return "CMYK/YCCK JPEG is not supported";
   }
-  const absl::Status ok = CheckSize(cinfo.image_width, cinfo.image_height, *limits, "JPEG");
-  if (!ok.ok()) {
+  {  // (a scope: no object with a destructor may be alive when libjpeg jumps back)
+    const absl::Status ok = CheckSize(cinfo.image_width, cinfo.image_height, *limits, "JPEG");
+    if (!ok.ok()) *size_error = std::string(ok.message());
+  }
+  if (!size_error->empty()) {
     jpeg_destroy_decompress(&cinfo);
-    *size_error = std::string(ok.message());
     return *size_error;
+  }
+  // The pixels, before decoding starts (an allocation failure here unwinds past nothing of libjpeg's
+  // but cinfo, which is destroyed).
+  try {
+    out->width = cinfo.image_width;
+    out->height = cinfo.image_height;
+    out->pixels.assign(static_cast<size_t>(out->width) * static_cast<size_t>(out->height) * 3, 0);
+  } catch (...) {
+    jpeg_destroy_decompress(&cinfo);
+    return "out of memory for the decoded image";
   }
   cinfo.out_color_space = JCS_RGB;  // libjpeg's defaults otherwise, as Pillow decodes
   jpeg_start_decompress(&cinfo);
-  if (cinfo.output_components != 3) {
+  if (cinfo.output_components != 3 || static_cast<int64_t>(cinfo.output_width) != out->width ||
+      static_cast<int64_t>(cinfo.output_height) != out->height) {
     jpeg_destroy_decompress(&cinfo);
-    return "unexpected JPEG output components";
+    return "unexpected JPEG output size";
   }
-  out->width = cinfo.output_width;
-  out->height = cinfo.output_height;
-  out->pixels.assign(static_cast<size_t>(out->width) * static_cast<size_t>(out->height) * 3, 0);
   while (cinfo.output_scanline < cinfo.output_height && !errors.truncated) {
     JSAMPROW row = out->pixels.data() + static_cast<size_t>(cinfo.output_scanline) * static_cast<size_t>(out->width) * 3;
     jpeg_read_scanlines(&cinfo, &row, 1);
   }
   if (!errors.truncated) jpeg_finish_decompress(&cinfo);
   jpeg_destroy_decompress(&cinfo);
+  // Pillow refuses a cut file ("image file is truncated") and decodes through libjpeg's other
+  // warnings (extraneous bytes before a marker, a bad Huffman code, …): so do we.
   if (errors.truncated) return "truncated JPEG (premature end of data)";
-  if (errors.corrupt > 0) return absl::StrCat("corrupt JPEG data: ", errors.message);
   return "";
 }
 
@@ -164,10 +192,22 @@ absl::StatusOr<RgbImage> DecodeStb(absl::Span<const uint8_t> bytes, Kind kind, c
   const auto* data = reinterpret_cast<const stbi_uc*>(bytes.data());
   const int length = static_cast<int>(bytes.size());
   int w = 0, h = 0, comp = 0;
+  detail::stb_allocation_cap = size_t{64} << 20;  // headers: small
   if (!stbi_info_from_memory(data, length, &w, &h, &comp)) {
+    detail::stb_allocation_cap = 0;
     return absl::InvalidArgumentError(absl::StrCat(name, ": unreadable header (", stbi_failure_reason(), ")"));
   }
-  LLMTRAIN_RETURN_IF_ERROR(CheckSize(w, h, limits, name));
+  if (absl::Status size = CheckSize(w, h, limits, name); !size.ok()) {
+    detail::stb_allocation_cap = 0;
+    return size;
+  }
+  // No buffer of a decode needs more than the image at 16 bits × 4 channels, plus PNG's filter
+  // bytes, twice over (stb's zlib output grows by doubling).
+  detail::stb_allocation_cap = static_cast<size_t>(w) * static_cast<size_t>(h) * 8 * 2 +
+                               static_cast<size_t>(h) * 2 + (size_t{1} << 20);
+  struct ResetCap {
+    ~ResetCap() { detail::stb_allocation_cap = 0; }
+  } reset;
   RgbImage image;
   if (kind == Kind::kPng && stbi_is_16_bit_from_memory(data, length)) {
     // Pillow reads 16-bit grey as I;16 and clips it to 255 in convert("RGB"); the other 16-bit
@@ -324,6 +364,67 @@ absl::StatusOr<RgbImage> LoadImage(const std::string& path, const ImageLimits& l
                            limits);
   if (!image.ok()) return absl::InvalidArgumentError(absl::StrCat(path, ": ", image.status().message()));
   return image;
+}
+
+// ---- writing ----
+namespace {
+
+void AppendBytes(void* context, void* data, int size) {
+  static_cast<std::string*>(context)->append(static_cast<const char*>(data), static_cast<size_t>(size));
+}
+
+}  // namespace
+
+absl::Status WritePng(const std::string& path, const RgbImage& image) {
+  if (image.width < 1 || image.height < 1 || image.pixels.size() != static_cast<size_t>(image.width * image.height * 3)) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": an empty or inconsistent image"));
+  }
+  std::string bytes;
+  if (stbi_write_png_to_func(AppendBytes, &bytes, static_cast<int>(image.width), static_cast<int>(image.height), 3,
+                             image.pixels.data(), static_cast<int>(image.width * 3)) == 0) {
+    return absl::InternalError(absl::StrCat(path, ": PNG encoding failed"));
+  }
+  return WriteFileAtomically(path, bytes);
+}
+
+absl::Status WriteJpeg(const std::string& path, const RgbImage& image, int quality) {
+  if (image.width < 1 || image.height < 1 || image.pixels.size() != static_cast<size_t>(image.width * image.height * 3)) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": an empty or inconsistent image"));
+  }
+  if (image.width > 65500 || image.height > 65500) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": JPEG sides are at most 65500 pixels"));
+  }
+  jpeg_compress_struct c;
+  JpegErrors errors;
+  std::memset(&errors, 0, sizeof(errors));
+  c.err = jpeg_std_error(&errors.mgr);
+  errors.mgr.error_exit = JpegErrorExit;  // not libjpeg's default, which exits the process
+  errors.mgr.emit_message = JpegEmitMessage;
+  unsigned char* mem = nullptr;
+  unsigned long size = 0;
+  if (setjmp(errors.jump) != 0) {
+    // (`mem` may have changed since setjmp: it is not freed here; this path is out of memory only.)
+    jpeg_destroy_compress(&c);
+    return absl::InternalError(absl::StrCat(path, ": JPEG encoding failed: ", errors.message));
+  }
+  jpeg_create_compress(&c);
+  jpeg_mem_dest(&c, &mem, &size);
+  c.image_width = static_cast<JDIMENSION>(image.width);
+  c.image_height = static_cast<JDIMENSION>(image.height);
+  c.input_components = 3;
+  c.in_color_space = JCS_RGB;
+  jpeg_set_defaults(&c);
+  jpeg_set_quality(&c, std::clamp(quality, 1, 100), TRUE);
+  jpeg_start_compress(&c, TRUE);
+  while (c.next_scanline < c.image_height) {
+    JSAMPROW row = const_cast<uint8_t*>(image.pixels.data()) + static_cast<size_t>(c.next_scanline) * image.width * 3;
+    jpeg_write_scanlines(&c, &row, 1);
+  }
+  jpeg_finish_compress(&c);
+  jpeg_destroy_compress(&c);
+  const std::string bytes(reinterpret_cast<const char*>(mem), size);
+  std::free(mem);
+  return WriteFileAtomically(path, bytes);
 }
 
 // ---- Pillow's bilinear resize (libImaging/Resample.c) ----
@@ -578,6 +679,10 @@ std::vector<BadRecord> FindUndecodableImages(const Dataset& data, const ImageLim
     for (int64_t record : users[paths[i]]) found.emplace_back(record, reasons[i]);
   }
   std::sort(found.begin(), found.end());
+  // One bad record per record (its first bad image), however many of its images fail.
+  found.erase(std::unique(found.begin(), found.end(),
+                          [](const auto& a, const auto& b) { return a.first == b.first; }),
+              found.end());
   for (const auto& [record, reason] : found) {
     auto example = data.Get(record);
     const std::string where = example.ok() ? example->where : std::string();

@@ -75,7 +75,19 @@ absl::Status ConfigureImages(const RunSpec& spec, tokenizer::Tokenizer* tokenize
                                                       options->images.processor.width, ", but the vision tower takes ",
                                                       config.vision->image_size, "×", config.vision->image_size));
   }
+  if (!options->images.processor.do_resize) {
+    return absl::FailedPreconditionError(absl::StrCat(path, "/preprocessor_config.json: do_resize false: the tower "
+                                                      "takes ", config.vision->image_size, "×",
+                                                      config.vision->image_size, " images"));
+  }
   options->images.trl_labels = spec.data().image_labels() == DataSpec::trl;
+  if (options->images.trl_labels && config.image_token_index >= config.text.vocab_size) {
+    // TRL's labels are the ids, soft tokens included: outside the vocabulary they have no logit
+    // (transformers' loss fails on them too).
+    return absl::FailedPreconditionError(absl::StrCat(
+        "data.image_labels: trl trains on the image soft token, but its id ", config.image_token_index,
+        " is outside the model's vocabulary of ", config.text.vocab_size, "; use assistant"));
+  }
   return absl::OkStatus();
 }
 

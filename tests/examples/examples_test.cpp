@@ -14,6 +14,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "llmtrain/core/atomic_file.h"
+#include "llmtrain/data/image.h"
 #include "llmtrain/io/safetensors.h"
 #include "llmtrain/io/tensors.h"
 #include "llmtrain/spec/build.h"
@@ -143,6 +144,85 @@ TEST_CASE("examples: custom_loop trains what the Trainer trains, on the same bat
   // the reductions could differ, and it does not on these shapes; 1e-6 leaves room for it.
   CHECK(worst_loss <= 1e-6);
   CHECK(worst_weight <= 1e-6);
+}
+
+}  // namespace
+}  // namespace llmtrain
+
+namespace llmtrain {
+namespace {
+
+// The image+text example end to end, at a small size: the generated shapes set, a VLM made of the
+// real Gemma 3 270M decoder and a new tower (which transformers must load to the same logits), and
+// a few QLoRA steps of gemma3_vlm_finetune with the example spec.
+TEST_CASE("examples: gemma3_vlm_finetune trains the 270M decoder with a new tower on generated captions",
+          "[examples][vlm][reference][real]") {
+  if (!testing::ReferenceStackAvailable()) return;
+  const std::string dir = testing::TempDir("example_vlm");
+  const std::string gguf = std::string(LLMTRAIN_SOURCE_DIR) + "/.venv/models/gemma-3-270m-q4_k_m.gguf";
+  const std::string cli = testing::ShellQuote(testing::CliPath());
+  const auto data = testing::RunCommand(cli + " make-default-dataset --vlm --images 30 --output " +
+                                        testing::ShellQuote(dir + "/data") + " 2>&1");
+  INFO(data.out);
+  REQUIRE(data.exit_code == 0);
+  CHECK(absl::StrContains(data.out, "30 images, 150 captions"));
+  const auto made = testing::RunCommand(cli + " make-vlm --text " + testing::ShellQuote(gguf) + " --output " +
+                                        testing::ShellQuote(dir + "/model") +
+                                        " --image-size 64 --patch-size 16 --tower-layers 1 --tower-hidden 64"
+                                        " --tower-heads 2 --tower-intermediate 128 --tokens-per-image 4 2>&1");
+  INFO(made.out);
+  REQUIRE(made.exit_code == 0);
+
+  // transformers reads the folder make-vlm wrote to the logits we compute (one image, OOV token).
+  auto image = data::LoadImage(dir + "/data/Images/shapes_0000.png");
+  REQUIRE(image.ok());
+  const std::vector<float> pixels = data::PreprocessImage(*image, data::DefaultImageProcessor(64));
+  const std::vector<int64_t> ids = {2, 105, 2364, 108, 255999, 262144, 262144, 262144, 262144, 256000, 108, 82858, 672};
+  const at::Tensor input_ids = at::tensor(ids, at::kLong).view({1, -1});
+  REQUIRE(io::SaveSafetensors(dir + "/check_in.safetensors",
+                              {{"input_ids", input_ids}, {"attention_mask", at::ones_like(input_ids)},
+                               {"pixel_values", at::tensor(pixels, at::kFloat).view({1, 3, 64, 64})},
+                               {"token_type_ids", input_ids.eq(262144).to(at::kLong)}}).ok());
+  REQUIRE(testing::RunReference("vlm_ref.py", {"check", dir + "/model", dir + "/check_in.safetensors",
+                                               dir + "/check_ref.safetensors"}).exit_code == 0);
+  const auto ours = testing::RunCommand(cli + " forward --model " + testing::ShellQuote(dir + "/model") + " --input " +
+                                        testing::ShellQuote(dir + "/check_in.safetensors") + " --output " +
+                                        testing::ShellQuote(dir + "/check_ours.safetensors") + " 2>&1");
+  INFO(ours.out);
+  REQUIRE(ours.exit_code == 0);
+  const at::Tensor want = testing::LoadAll(dir + "/check_ref.safetensors")["logits"];
+  const at::Tensor got = testing::LoadAll(dir + "/check_ours.safetensors")["logits"];
+  const double error = (got - want).abs().max().item<double>() / want.abs().max().item<double>();
+  std::printf("examples: make-vlm folder (270M decoder + new tower): logits rel err %.2e vs transformers\n", error);
+  CHECK(error <= 1e-4);  // the 270M's float32 sums in other orders, as the GGUF parity test allows
+
+  // The example program with the example spec, its paths and length cut down for a test.
+  const std::string spec = std::string(LLMTRAIN_SOURCE_DIR) + "/examples/specs/gemma3_vlm_cpu.textproto";
+  const auto run = testing::RunCommand(
+      testing::ShellQuote(Bin("gemma3_vlm_finetune")) + " " + testing::ShellQuote(spec) + " model.path=" +
+      testing::ShellQuote(dir + "/model") + " model.tokenizer=" + testing::ShellQuote(gguf) + " data.train_files=" +
+      testing::ShellQuote(dir + "/data/Flickr8k.token.txt") + " data.image_dir=" + testing::ShellQuote(dir + "/data/Images") +
+      " data.image_list=" + testing::ShellQuote(dir + "/data/Flickr_8k.trainImages.txt") +
+      " output.dir=" + testing::ShellQuote(dir + "/run") +
+      " training.max_steps=8 training.micro_batch_size=2 training.log_every_steps=1 checkpoint.every_steps=0 2>&1");
+  INFO(run.out);
+  REQUIRE(run.exit_code == 0);
+  CHECK(absl::StrContains(run.out, "[4] images: 4 tokens each, 64×64 pixels"));
+  CHECK(absl::StrContains(run.out, "[5] vision: SigLIP tower of 1 layers"));
+  const std::vector<nlohmann::json> lines = TrainLines(dir + "/run/metrics.jsonl");
+  REQUIRE(lines.size() == 8);
+  for (const auto& line : lines) CHECK(std::isfinite(line["loss"].get<double>()));
+  const double first = lines.front()["loss"].get<double>(), last = lines.back()["loss"].get<double>();
+  std::printf("examples: gemma3_vlm_finetune, 8 steps: caption loss %.4f → %.4f\n", first, last);
+  CHECK(last < first);
+  CHECK(IsRegularFile(dir + "/run/adapter/adapter_model.safetensors"));
+  // A text model is refused, before it loads: the spec names images it cannot see.
+  const auto text = testing::RunCommand(
+      testing::ShellQuote(Bin("gemma3_vlm_finetune")) + " " + testing::ShellQuote(spec) + " model.path=" +
+      testing::ShellQuote(gguf) + " data.train_files=" + testing::ShellQuote(dir + "/data/Flickr8k.token.txt") +
+      " data.image_dir=" + testing::ShellQuote(dir + "/data/Images") + " data.image_list= 2>&1");
+  CHECK(text.exit_code == 1);
+  CHECK(absl::StrContains(text.out, "data.image_dir: the model (gemma3_text) has no vision tower"));
 }
 
 }  // namespace

@@ -7,6 +7,9 @@ gradients and greedy generation with an image. Usage:
       DIR/ref.safetensors (logits, image_features, grad.<param>, greedy: up to 16 tokens of
       generate() after the prompt `prompt` with its image `prompt_pixels`), where the loss is
       sum(logits * loss_weights * mask). Prints {"params": n, "images": N, ...}.
+  vlm_ref.py check MODEL_DIR INPUTS.safetensors OUT.safetensors
+      Logits of MODEL_DIR loaded by Gemma3ForConditionalGeneration.from_pretrained (float32, eager)
+      on INPUTS (input_ids, attention_mask, pixel_values, token_type_ids; positions from the mask).
 Layouts: "hub" (language_model.model.*, vision_tower.vision_model.*: google/gemma-3-*), "saved"
 (what transformers 5.23's save_pretrained writes: vision_tower.* without vision_model.), "memory"
 (the in-memory names model.language_model.*, model.vision_tower.*).
@@ -186,8 +189,23 @@ def tiny(case, out_dir, seed):
           "eos": [] if eos is None else (eos if isinstance(eos, list) else [eos])})
 
 
+def check(model_dir, inputs_path, out):
+    from transformers import Gemma3ForConditionalGeneration
+    model = Gemma3ForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32,
+                                                           attn_implementation="eager").eval()
+    i = load_file(inputs_path)
+    positions = (i["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        logits = model(input_ids=i["input_ids"], attention_mask=i["attention_mask"], position_ids=positions,
+                       pixel_values=i["pixel_values"], token_type_ids=i["token_type_ids"]).logits
+    save_file({"logits": logits.contiguous()}, out)
+    emit({"vocab": logits.shape[-1]})
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "tiny":
         tiny(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    elif sys.argv[1] == "check":
+        check(sys.argv[2], sys.argv[3], sys.argv[4])
     else:
         raise SystemExit(f"unknown command {sys.argv[1]}")

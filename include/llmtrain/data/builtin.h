@@ -23,4 +23,13 @@ constexpr char kDpkgStatusPath[] = "/var/lib/dpkg/status";
 /// the number of records. Errors when the status file is missing or describes no package.
 absl::StatusOr<int64_t> BuildDebianPackageDataset(absl::string_view status_path, absl::string_view output);
 
+/// The default image-caption set, generated: `images` pictures of one or two coloured shapes
+/// (circle, square, triangle; red, green, blue, yellow, white, black) at named places (left,
+/// right, top, bottom, centre) on a plain background, saved as PNG and JPEG (every third one) in
+/// `dir`/Images, with Flickr8K's files: `dir`/Flickr8k.token.txt (five captions per image,
+/// "name#k<TAB>caption", each caption true of the picture, so it can be learned from the pixels)
+/// and the split lists Flickr_8k.trainImages.txt / devImages.txt (one image in ten for dev).
+/// Deterministic for a seed. Returns the number of caption lines.
+absl::StatusOr<int64_t> BuildShapesCaptionDataset(absl::string_view dir, int64_t images, uint64_t seed = 0);
+
 }  // namespace llmtrain::data

@@ -122,6 +122,7 @@ class Dataset {
   std::vector<BadRecord> bad_;
   std::vector<std::string> image_roots_;  // per file: the folder its records' images are in
   int64_t excluded_ = 0;
+  bool check_images_ = true;
   Format format_ = Format::kAuto;
   std::string format_reason_;
 };

@@ -49,6 +49,11 @@ absl::StatusOr<RgbImage> DecodeImage(absl::Span<const uint8_t> bytes, const Imag
 /// Reads and decodes the file at `path`; errors start with the path.
 absl::StatusOr<RgbImage> LoadImage(const std::string& path, const ImageLimits& limits = {});
 
+/// Writes `image` as a PNG (stb_image_write) or a baseline JPEG (libjpeg, 4:2:0, `quality`),
+/// atomically. InvalidArgument for an empty image.
+absl::Status WritePng(const std::string& path, const RgbImage& image);
+absl::Status WriteJpeg(const std::string& path, const RgbImage& image, int quality = 90);
+
 /// The EXIF orientation (1 … 8) in a JPEG's APP1 or a PNG's eXIf chunk; 1 when there is none or
 /// it is unreadable (as Pillow's exif_transpose treats it).
 int ExifOrientation(absl::Span<const uint8_t> bytes);
