@@ -15,6 +15,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "llmtrain/commands.h"
+#include "llmtrain/data/collator.h"
 #include "llmtrain/tokenizer/chat_template.h"
 #include "llmtrain/tokenizer/tokenizer.h"
 #include "nlohmann/json.hpp"
@@ -67,13 +68,11 @@ int RunTokenize(const std::vector<std::string>& args) {
   if (path.empty()) return Fail("tokenize", absl::StrCat("--tokenizer is required\n", kHelp), 2);
   auto tok = tokenizer::Tokenizer::Load(path);
   if (!tok.ok()) return Fail("tokenize", std::string(tok.status().message()));
-  std::string expansion;  // what each image placeholder becomes
+  data::ImageOptions images;  // Gemma3Processor's expansion of each image placeholder
+  images.tokens_per_image = image_tokens;
   if (image_tokens > 0) {
     if (!chat) return Fail("tokenize", "--image-tokens needs --chat", 2);
-    (*tok)->AddSpecialToken("<image_soft_token>");
-    expansion = "\n\n<start_of_image>";
-    for (int64_t k = 0; k < image_tokens; ++k) expansion += "<image_soft_token>";
-    expansion += "<end_of_image>\n\n";
+    (*tok)->AddSpecialToken(images.image_token);
   }
   std::unique_ptr<tokenizer::ChatTemplate> chat_template;
   if (chat) {
@@ -111,7 +110,7 @@ int RunTokenize(const std::vector<std::string>& args) {
         if (!rendered.ok()) {
           problem = std::string(rendered.status().message());
         } else {
-          if (!expansion.empty()) tokenizer::ExpandPlaceholders(&*rendered, "<start_of_image>", expansion);
+          if (images.tokens_per_image > 0) data::ExpandImagePlaceholders(images, &*rendered);
           out = tokenizer::EncodeRendered(**tok, *rendered).ids;
         }
       }

@@ -37,6 +37,13 @@ absl::StatusOr<ImageOptions> MakeImageOptions(tokenizer::Tokenizer* tokenizer, i
   return o;
 }
 
+int ExpandImagePlaceholders(const ImageOptions& options, tokenizer::RenderedChat* rendered) {
+  std::string expansion = "\n\n" + options.boi_token;
+  for (int64_t i = 0; i < options.tokens_per_image; ++i) expansion += options.image_token;
+  expansion += options.eoi_token + "\n\n";
+  return tokenizer::ExpandPlaceholders(rendered, options.boi_token, expansion);
+}
+
 absl::StatusOr<TokenizedExample> Collator::Tokenize(const Example& example) const {
   TokenizedExample out;
   out.where = example.where;
@@ -48,10 +55,7 @@ absl::StatusOr<TokenizedExample> Collator::Tokenize(const Example& example) cons
     if (with_images) {
       // Gemma3Processor: each placeholder grows into the image's tokens before tokenizing.
       LLMTRAIN_ASSIGN_OR_RETURN(tokenizer::RenderedChat rendered, chat_->Render(example.messages, false));
-      std::string expansion = "\n\n" + im.boi_token;
-      for (int64_t i = 0; i < im.tokens_per_image; ++i) expansion += im.image_token;
-      expansion += im.eoi_token + "\n\n";
-      const int placeholders = tokenizer::ExpandPlaceholders(&rendered, im.boi_token, expansion);
+      const int placeholders = ExpandImagePlaceholders(im, &rendered);
       if (placeholders != static_cast<int>(example.images.size())) {
         return absl::InvalidArgumentError(absl::StrCat("the conversation has ", placeholders, " image placeholder(s) but ",
                                                        example.images.size(), " image(s)"));

@@ -70,6 +70,12 @@ struct CollatorOptions {
 absl::StatusOr<ImageOptions> MakeImageOptions(tokenizer::Tokenizer* tokenizer, int64_t tokens_per_image,
                                               int64_t image_size);
 
+/// Grows each image placeholder (options.boi_token) of a rendered chat into the image's tokens, as
+/// Gemma3Processor does before it tokenizes: "\n\n" + boi + tokens_per_image × image_token + eoi +
+/// "\n\n" (the newlines then merge with the template's into one token). Returns the number of
+/// placeholders expanded.
+int ExpandImagePlaceholders(const ImageOptions& options, tokenizer::RenderedChat* rendered);
+
 /// InvalidArgument naming the field: max_length < 2, batch_size < 1, a negative token_budget.
 absl::Status Validate(const CollatorOptions& options);
 
