@@ -19,14 +19,12 @@
 #include "llmtrain/quant/quant4.h"
 #include "testing/memory.h"
 #include "testing/reference.h"
+#include "testing/tensor_compare.h"
 
 namespace llmtrain {
 namespace {
 
-double RelativeError(const at::Tensor& a, const at::Tensor& b) {
-  const double scale = b.abs().max().item<double>();
-  return (a.to(at::kDouble) - b.to(at::kDouble)).abs().max().item<double>() / (scale > 0 ? scale : 1.0);
-}
+using testing::RelativeError;
 
 // The full computation: float32 logits (N, V), optional soft-cap, summed cross-entropy.
 at::Tensor FullLoss(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& labels,

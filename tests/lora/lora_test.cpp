@@ -33,16 +33,14 @@
 #include "testing/json_util.h"
 #include "testing/reference.h"
 #include "testing/safetensors_util.h"
+#include "testing/tensor_compare.h"
 
 namespace llmtrain {
 namespace {
 
 using testing::LoadAll;
 
-double RelativeError(const at::Tensor& a, const at::Tensor& b) {
-  const double scale = b.abs().max().item<double>();
-  return (a.to(at::kDouble) - b.to(at::kDouble)).abs().max().item<double>() / (scale > 0 ? scale : 1.0);
-}
+using testing::RelativeError;
 
 // Folders saved 4-bit (by transformers or by us) load as 4-bit: the quant factory is the default.
 std::unique_ptr<model::Decoder> LoadModel(const std::string& path, model::DecoderOptions options = {}) {

@@ -21,6 +21,7 @@
 #include "testing/safetensors_util.h"
 #include "testing/memory.h"
 #include "testing/reference.h"
+#include "testing/tensor_compare.h"
 
 namespace llmtrain {
 namespace {
@@ -29,11 +30,7 @@ using nlohmann::json;
 
 using testing::LoadAll;
 
-// max |a − b| ÷ max |b|: the relative error the thresholds are stated in.
-double RelativeError(const at::Tensor& a, const at::Tensor& b) {
-  const double scale = b.abs().max().item<double>();
-  return (a.to(at::kDouble) - b.to(at::kDouble)).abs().max().item<double>() / (scale > 0 ? scale : 1.0);
-}
+using testing::RelativeError;
 
 // The two registrations of the family files agree: every decoder type of io's registry has a spec
 // builder, and every builder belongs to a registered config class of its own type.

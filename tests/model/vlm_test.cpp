@@ -16,6 +16,7 @@
 #include "testing/json_util.h"
 #include "testing/reference.h"
 #include "testing/safetensors_util.h"
+#include "testing/tensor_compare.h"
 
 namespace llmtrain {
 namespace {
@@ -23,10 +24,7 @@ namespace {
 using nlohmann::json;
 using testing::LoadAll;
 
-double RelativeError(const at::Tensor& a, const at::Tensor& b) {
-  const double scale = b.abs().max().item<double>();
-  return (a.to(at::kDouble) - b.to(at::kDouble)).abs().max().item<double>() / (scale > 0 ? scale : 1.0);
-}
+using testing::RelativeError;
 
 std::vector<int64_t> Ids(const at::Tensor& t) {
   const at::Tensor c = t.contiguous();
