@@ -85,6 +85,14 @@ bool IsLoraTarget(const LoraConfig& config, const std::string& name) {
   return index.has_value() && std::count(config.layers_to_transform.begin(), config.layers_to_transform.end(), *index) > 0;
 }
 
+bool InModuleToSave(absl::string_view param, absl::string_view entry) {
+  absl::string_view module = param;
+  for (size_t dot = module.rfind('.'); dot != absl::string_view::npos; dot = module.rfind('.')) {
+    module = module.substr(0, dot);  // the parameter's module, then each module above it
+    if (absl::EndsWith(module, entry)) return true;
+  }
+  return false;
+}
 
 std::pair<int64_t, double> RankAndAlpha(const LoraConfig& config, absl::string_view name_view) {
   const std::string name(name_view);

@@ -222,7 +222,7 @@ absl::StatusOr<std::vector<std::string>> InjectLora(model::Decoder* model, const
   for (const std::string& m : config.modules_to_save) {
     bool found = false;
     for (const auto& [name, tensor] : model->named_parameters()) {
-      if (!absl::EndsWith(ModuleOf(name), m)) continue;
+      if (!InModuleToSave(name, m)) continue;
       const_cast<at::Tensor&>(tensor).requires_grad_(true);
       found = true;
     }
@@ -253,9 +253,8 @@ std::vector<std::pair<std::string, at::Tensor>> TrainableParameters(const model:
     if (lora->use_dora()) out.emplace_back(key + ".lora_magnitude_vector", lora->magnitude());
   }
   for (const auto& [name, tensor] : model.named_parameters()) {
-    const std::string module = ModuleOf(name);
     if (std::any_of(config.modules_to_save.begin(), config.modules_to_save.end(),
-                    [&](const std::string& m) { return absl::EndsWith(module, m); })) {
+                    [&](const std::string& m) { return InModuleToSave(name, m); })) {
       out.emplace_back(absl::StrCat(kPrefix, name), tensor);
     }
   }

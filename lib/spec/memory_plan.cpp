@@ -1,6 +1,8 @@
 // Memory planning (spec/memory_plan.h). Letters: B micro-batch, T max_length, M = B·T tokens,
 // C hidden, I intermediate, H query heads, K key/value heads, D head_dim, V vocabulary, L layers,
 // N processes, p the model dtype's bytes, a the activations' bytes (2 under bf16 autocast).
+// A vision tower (Gemma 3 image+text): Cv, Iv, Hv, Lv its widths, heads and layers, Np patches
+// per image, Mv = B·Np patch tokens (one image per sequence).
 #include "llmtrain/spec/memory_plan.h"
 
 #include <algorithm>
@@ -191,7 +193,7 @@ absl::StatusOr<MemoryPlan> PlanMemory(const RunSpec& spec_in, const MemoryPlanOp
     config = *std::move(read);
   }
   const io::TextConfig& c = config.text;
-  auto family_or = model::BuildFamilySpec(c);
+  auto family_or = model::BuildModelSpec(config);  // an image+text model's decoder names nest
   if (!family_or.ok()) return Annotate(family_or.status(), "model.path");
   const model::FamilySpec& family = *family_or;
 
@@ -234,7 +236,7 @@ absl::StatusOr<MemoryPlan> PlanMemory(const RunSpec& spec_in, const MemoryPlanOp
   const int64_t lp = ls.dtype() == LoraSpec::bf16 ? 2 : 4;
 
   const lora::LoraConfig lc = ToLoraConfig(spec);
-  auto resolved = lora::WithDefaultTargets(lc, config.text.model_type);
+  auto resolved = lora::WithDefaultTargets(lc, config.model_type);
   if (!resolved.ok()) return Annotate(resolved.status(), "lora.target_modules");
 
   // Walk the name table: frozen bytes per layer, the adapter, the largest projection.
@@ -244,9 +246,9 @@ absl::StatusOr<MemoryPlan> PlanMemory(const RunSpec& spec_in, const MemoryPlanOp
   int64_t lora_act = 0;          // per-layer LoRA activations kept for backward, summed over layers
   int64_t embed_bytes = 0, head_bytes = 0, final_norm_bytes = 0;
   bool head_trains = false;
-  const auto saved_module = [&](const std::string& module) {
+  const auto saved_param = [&](const std::string& param) {
     return std::any_of(lc.modules_to_save.begin(), lc.modules_to_save.end(),
-                       [&](const std::string& m) { return absl::EndsWith(module, m); });
+                       [&](const std::string& m) { return lora::InModuleToSave(param, m); });
   };
   for (const model::WeightName& row : family.weights) {
     const bool per_layer = absl::StrContains(row.hf, "{i}");
@@ -256,7 +258,7 @@ absl::StatusOr<MemoryPlan> PlanMemory(const RunSpec& spec_in, const MemoryPlanOp
       const std::string module = ModuleOf(name);
       if (row.role == model::Role::kLmHead && family.tied_embeddings) continue;
       base_params += numel;
-      if (saved_module(module)) {
+      if (saved_param(name)) {
         saved_params += numel;
         if (row.role == model::Role::kLmHead || (row.role == model::Role::kEmbed && family.tied_embeddings)) {
           head_trains = true;
@@ -296,6 +298,72 @@ absl::StatusOr<MemoryPlan> PlanMemory(const RunSpec& spec_in, const MemoryPlanOp
   const int64_t frozen_layer_bytes = (packed + quant_state + dense_proj + norms_biases) / std::max<int64_t>(1, L);
   const int64_t frozen_bytes = packed + quant_state + dense_proj + norms_biases;
 
+  // The vision tower and projector (model/vision.cpp): its projections through the same linear
+  // factory (4-bit when the base is), everything else dense in the model dtype, whole on every
+  // process (zero3 shards the decoder's layers only). It runs on the micro-batch's images, taken
+  // as one per sequence (the captions format's): without autograd unless something in it trains.
+  int64_t tower_frozen = 0, tower_lora = 0, tower_adapted = 0, tower_lora_act = 0, Lv = 0;
+  int64_t Np = 0, Mv = 0, Cv = 0, Iv = 0, Hv = 0, tower_layer_act = 0, tower_work = 0, tower_kept_bytes = 0;
+  int64_t tower_saved = 0, tower_params = 0;
+  bool tower_trains = false;
+  if (config.vision.has_value()) {
+    const io::VisionConfig& vc = *config.vision;
+    Cv = vc.hidden_size;
+    Iv = vc.intermediate_size;
+    Hv = vc.num_attention_heads;
+    Lv = vc.num_hidden_layers;
+    Np = (vc.image_size / vc.patch_size) * (vc.image_size / vc.patch_size);
+    Mv = B * Np;
+    const std::vector<std::string> projections = model::VisionProjectionNames(config);
+    for (const std::string& module : projections) {
+      const int64_t out = absl::EndsWith(module, "fc1") ? Iv : Cv, in = absl::EndsWith(module, "fc2") ? Iv : Cv;
+      const int64_t numel = out * in;
+      if (four_bit) {
+        const int64_t blocks = CeilDiv(numel, blocksize);
+        tower_frozen += CeilDiv(numel, 2) + 16 * 4 + (nested ? blocks + CeilDiv(blocks, 256) * 4 + 256 * 4 : blocks * 4);
+      } else {
+        tower_frozen += numel * p;
+      }
+      tower_frozen += out * p;  // the bias
+      if (lora::IsLoraTarget(*resolved, module)) {
+        const int64_t r = lora::RankAndAlpha(*resolved, module).first;
+        tower_lora += r * (out + in) + (lc.use_dora ? out : 0);
+        ++tower_adapted;
+        tower_lora_act += a * Mv * r + (ls.dropout() > 0 ? Mv * in * (a + 1) : 0);
+      }
+    }
+    // Layer norms (2 per layer, weight and bias), the patch convolution, the positions, the
+    // post-LayerNorm, the projector's norm and matrix (Cv, C).
+    const int64_t patch = Cv * vc.num_channels * vc.patch_size * vc.patch_size + Cv;
+    const int64_t other = Lv * 4 * Cv + patch + Np * Cv + 2 * Cv;
+    const int64_t projector = Cv + Cv * C;
+    tower_frozen += (other + projector) * p;
+    tower_params = other + projector;
+    for (const std::string& module : projections) {
+      tower_params += (absl::EndsWith(module, "fc1") || absl::EndsWith(module, "fc2") ? Iv * Cv : Cv * Cv) +
+                      (absl::EndsWith(module, "fc1") ? Iv : Cv);
+    }
+    base_params += tower_params;
+    if (saved_param("model.multi_modal_projector.mm_input_projection_weight")) tower_saved += Cv * C;
+    if (saved_param("model.multi_modal_projector.mm_soft_emb_norm.weight")) tower_saved += Cv;
+    saved_params += tower_saved;
+    lora_params += tower_lora;
+    adapted += tower_adapted;
+    tower_trains = tower_adapted > 0;
+    // SiglipEncoderLayer's eager math per layer: LN1 and its input, q/k/v, the attention output
+    // and o_proj's, the residual, LN2, fc1 and GELU (a·Mv·(8Cv + 2Iv)), the scores and their
+    // float32 softmax (B·Hv·Np²·(4 + a)), and LoRA's x·Aᵀ.
+    const int64_t t2v = B * Hv * Np * Np;
+    tower_layer_act = a * Mv * (8 * Cv + 2 * Iv) + t2v * (4 + a) + tower_lora_act / std::max<int64_t>(1, Lv);
+    tower_work = a * Mv * (2 * Iv + 2 * Cv) + t2v * (4 + a);
+    // Kept while the decoder runs: the layers' activations (their inputs when checkpointed) when
+    // the tower trains; the pixels, the pooled features and the projected image tokens always.
+    const int64_t images = B * vc.num_channels * vc.image_size * vc.image_size * 4;
+    const int64_t tokens = B * config.mm_tokens_per_image;
+    tower_kept_bytes = images + tokens * (Cv + C) * a * 2;
+    if (tower_trains) tower_kept_bytes += (checkpointing ? Lv * a * Mv * Cv : Lv * tower_layer_act) + 3 * a * Mv * Cv;
+  }
+
   MemoryPlan plan;
   plan.device = device;
   plan.world_size = world;
@@ -304,6 +372,11 @@ absl::StatusOr<MemoryPlan> PlanMemory(const RunSpec& spec_in, const MemoryPlanOp
   plan.model = absl::StrCat(c.model_type, ", ", L, " layers, hidden ", C, ", intermediate ", I, ", heads ", H, "/", K,
                             " × ", D, ", vocab ", V, ", ", Count(base_params), " parameters",
                             options.config ? " (config given)" : absl::StrCat(" (", ms.path(), ")"));
+  if (config.vision.has_value()) {
+    absl::StrAppend(&plan.model, "; SigLIP tower: ", Lv, " layers, hidden ", Cv, ", intermediate ", Iv, ", heads ", Hv,
+                    ", ", Np, " patches per image, ", config.mm_tokens_per_image, " tokens per image",
+                    tower_trains ? absl::StrCat(", LoRA on ", tower_adapted, " of its projections") : ", frozen");
+  }
   plan.run = absl::StrCat(
       "engine ", DistributedSpec::Engine_Name(ds.engine()), ", ", world, " process", world > 1 ? "es" : "",
       local_world > 1 && !cuda ? absl::StrCat(" (", local_world, " per machine)") : "", ", device ", device, ", model ",
@@ -313,7 +386,8 @@ absl::StatusOr<MemoryPlan> PlanMemory(const RunSpec& spec_in, const MemoryPlanOp
                : "dense base",
       ", LoRA r ", lc.r, lc.use_dora ? " (DoRA)" : "", " on ", adapted, " projections (", Count(lora_params),
       " parameters", saved_params > 0 ? absl::StrCat(" + ", Count(saved_params), " in modules_to_save") : "",
-      "), micro-batch ", B, " × ", T, " tokens, activation checkpointing ", checkpointing ? "on" : "off",
+      "), micro-batch ", B, " × ", T, " tokens", config.vision.has_value() ? absl::StrCat(" (", B, " images)") : "",
+      ", activation checkpointing ", checkpointing ? "on" : "off",
       zero3 && !spec.training().activation_checkpointing() ? " (zero3 turns it on)" : "");
 
   // Runtime.
@@ -344,6 +418,10 @@ absl::StatusOr<MemoryPlan> PlanMemory(const RunSpec& spec_in, const MemoryPlanOp
                              shard_note});
   }
   plan.resident.push_back({"norms and biases", CeilDiv(norms_biases, share) + final_norm_bytes, shard_note});
+  if (config.vision.has_value()) {
+    plan.resident.push_back({absl::StrCat("vision tower + projector", four_bit ? " (4-bit projections)" : ""),
+                             tower_frozen, "whole on every process"});
+  }
   if (sharded) {
     // The layer in use and the one being prefetched, whole (ShardedEngine::Acquire).
     plan.resident.push_back({"gathered layers (in use + prefetch)", 2 * frozen_layer_bytes, "2 whole layers"});
@@ -390,7 +468,7 @@ absl::StatusOr<MemoryPlan> PlanMemory(const RunSpec& spec_in, const MemoryPlanOp
   // (the rows its bytes come from); the rest of the file (embedding, head) every process reads.
   const bool part_on_load = shard_on_load && four_bit && world > 1;
   // The layers' share of the file, taken as their share of the parameters.
-  const int64_t layer_params = base_params - (embed_bytes + head_bytes + final_norm_bytes) / p;
+  const int64_t layer_params = base_params - tower_params - (embed_bytes + head_bytes + final_norm_bytes) / p;
   const int64_t layer_file_bytes =
       static_cast<int64_t>(static_cast<double>(file_bytes) * static_cast<double>(layer_params) /
                            static_cast<double>(std::max<int64_t>(1, base_params)));
@@ -400,6 +478,7 @@ absl::StatusOr<MemoryPlan> PlanMemory(const RunSpec& spec_in, const MemoryPlanOp
                                      part_on_load ? "mapped; the layers' rows read in part by each process"
                                                   : "mapped and read whole by every process")});
   load.items.push_back({"embedding, head, final norm", embed_bytes + head_bytes + final_norm_bytes, ""});
+  if (config.vision.has_value()) load.items.push_back({"vision tower + projector", tower_frozen, ""});
   load.items.push_back(
       {shard_on_load ? "frozen layers: shards + the layer loading" : "frozen layers",
        shard_on_load ? CeilDiv(frozen_bytes, world) + (part_on_load ? CeilDiv(frozen_layer_bytes, world)
@@ -439,7 +518,7 @@ absl::StatusOr<MemoryPlan> PlanMemory(const RunSpec& spec_in, const MemoryPlanOp
   int64_t ce = chunk_rows * V * a + rows_all * C * a;
   std::string ce_note = absl::StrCat(chunk_rows, " rows × ", V, " logits");
   if (a != 4) ce += sub_rows * V * 4;
-  if (c.final_logit_softcapping) ce += sub_rows * V * 4;
+  if (family.final_softcap) ce += sub_rows * V * 4;
   if (autocast) {
     ce += V * C * 2;
     absl::StrAppend(&ce_note, " + the head cast to bf16");
@@ -460,6 +539,11 @@ absl::StatusOr<MemoryPlan> PlanMemory(const RunSpec& spec_in, const MemoryPlanOp
   }
   if (tile > 0) forward.items.push_back({"4-bit dequantization tile", tile, ""});
   if (dora_dense > 0) forward.items.push_back({"DoRA: dense weight and norm", dora_dense, ""});
+  const std::string tower_kept_name =
+      tower_trains ? absl::StrCat("vision tower: images, features, activations kept",
+                                  checkpointing ? " (each layer's input)" : "")
+                   : "vision tower: images and image features";
+  if (config.vision.has_value()) forward.items.push_back({tower_kept_name, tower_kept_bytes, ""});
   plan.phases.push_back(forward);
 
   MemoryPhase backward{"backward", {}, true};
@@ -469,7 +553,28 @@ absl::StatusOr<MemoryPlan> PlanMemory(const RunSpec& spec_in, const MemoryPlanOp
   backward.items.push_back({"gradient work inside a layer", work, ""});
   if (tile > 0) backward.items.push_back({"4-bit dequantization tile", tile, ""});
   if (dora_dense > 0) backward.items.push_back({"DoRA: dense weight and norm", dora_dense, ""});
+  if (config.vision.has_value()) backward.items.push_back({tower_kept_name, tower_kept_bytes, ""});
   plan.phases.push_back(backward);
+
+  if (config.vision.has_value()) {
+    // The tower runs before the decoder, and its backward (when it trains) after the decoder's:
+    // neither overlaps the decoder's activations.
+    MemoryPhase tower{"vision tower forward", {}, true};
+    tower.items.push_back({tower_kept_name, tower_kept_bytes, ""});
+    tower.items.push_back({tower_trains && !checkpointing ? "the layer computing (scores not kept)"
+                                                          : "one layer's forward, not kept",
+                           tower_trains && !checkpointing ? B * Hv * Np * Np * a : tower_layer_act,
+                           absl::StrCat(B * Hv, " attention maps of ", Np, "² scores")});
+    if (tile > 0) tower.items.push_back({"4-bit dequantization tile", std::min(tile, std::max(Cv, Iv) * Cv * a), ""});
+    plan.phases.push_back(tower);
+    if (tower_trains) {
+      MemoryPhase back{"vision tower backward", {}, true};
+      back.items.push_back({tower_kept_name, tower_kept_bytes, ""});
+      if (checkpointing) back.items.push_back({"one tower layer recomputed for its backward", tower_layer_act, ""});
+      back.items.push_back({"gradient work inside a tower layer", tower_work, ""});
+      plan.phases.push_back(back);
+    }
+  }
 
   if (shard_state) {
     MemoryPhase step{"optimizer step", {}, true};

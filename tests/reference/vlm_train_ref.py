@@ -6,7 +6,7 @@ small Gemma-style tokenizer, a Flickr8K-format caption set, and transformers + P
       tokens), DIR/Images/*.png and DIR/captions.txt (name#k<TAB>caption). Prints {"records": n}.
   vlm_train_ref.py replay DIR CONFIG_JSON
       Loads DIR/model 4-bit, adds LoRA (CONFIG_JSON: seed, r, alpha, target regex, lr, wd, warmup,
-      steps), and runs the steps on DIR/batches.safetensors (ids/mask/pos/labels/types.STEP.K and
+      steps, and optionally save: modules_to_save), and runs the steps on DIR/batches.safetensors (ids/mask/pos/labels/types.STEP.K and
       pixels.STEP.K), with torch AdamW, the linear schedule and clip_grad_norm_(1.0). Writes
       DIR/replay_weights.safetensors; prints {"losses": [...], "quantized": [module names]}.
 """
@@ -98,7 +98,7 @@ def replay(out, cfg):
     quantized = sorted(n for n, m in model.named_modules() if type(m).__name__ == "Linear4bit")
     torch.manual_seed(cfg["seed"])
     peft_model = get_peft_model(model, LoraConfig(r=cfg["r"], lora_alpha=cfg["alpha"], lora_dropout=0.0,
-                                                  target_modules=cfg["target"]))
+                                                  target_modules=cfg["target"], modules_to_save=cfg.get("save")))
     peft_model.train()
     params = [p for n, p in peft_model.named_parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg["lr"], betas=(0.9, 0.999), eps=1e-8, weight_decay=cfg["wd"])
@@ -122,8 +122,8 @@ def replay(out, cfg):
         sched.step()
         opt.zero_grad(set_to_none=True)
         losses.append(loss_sum / total)
-    weights = {n.replace(".default", ""): p.detach().contiguous() for n, p in peft_model.named_parameters()
-               if p.requires_grad}
+    weights = {n.replace(".modules_to_save.default", "").replace(".default", ""): p.detach().contiguous()
+               for n, p in peft_model.named_parameters() if p.requires_grad}
     save_file(weights, os.path.join(out, "replay_weights.safetensors"))
     emit({"losses": losses, "quantized": quantized})
 

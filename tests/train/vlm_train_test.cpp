@@ -6,12 +6,16 @@
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <map>
+#include <set>
 
 #include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "llmtrain/data/collator.h"
 #include "llmtrain/io/tensors.h"
+#include "llmtrain/model/family.h"
 #include "llmtrain/spec/build.h"
+#include "llmtrain/spec/memory_plan.h"
 #include "llmtrain/spec/run_spec.h"
 #include "llmtrain/train/trainer.h"
 #include "testing/json_util.h"
@@ -31,7 +35,8 @@ TEST_CASE("train: 5 QLoRA steps on a tiny VLM equal transformers + PEFT + bitsan
   const std::string target = R"(.*(language_model\.layers\.\d+\.self_attn\.(q|k|v|o)_proj|vision_tower.*self_attn\.(q|v)_proj))";
   auto run = spec::ParseRunSpec("test", absl::StrCat(
       "model { path: \"", dir, "/model\" load_in_4bit: true }\n",
-      "lora { r: 4 alpha: 8 dropout: 0 target_regex: \"", absl::CEscape(target), "\" }\n",
+      "lora { r: 4 alpha: 8 dropout: 0 target_regex: \"", absl::CEscape(target),
+      "\" modules_to_save: \"multi_modal_projector\" }\n",
       "data { train_files: \"", dir, "/captions.txt\" image_dir: \"", dir, "/Images\" max_length: 64 }\n",
       "training { max_steps: ", steps, " micro_batch_size: 2 gradient_accumulation_steps: 2 learning_rate: 0.003",
       " warmup_steps: 1 weight_decay: 0.01 max_grad_norm: 1.0 seed: 7 log_every_steps: 1 }\n",
@@ -67,7 +72,7 @@ TEST_CASE("train: 5 QLoRA steps on a tiny VLM equal transformers + PEFT + bitsan
   REQUIRE((*trainer)->Run(options).ok());
   REQUIRE(io::SaveSafetensors(dir + "/batches.safetensors", batches).ok());
   const nlohmann::json cfg = {{"seed", 7}, {"r", 4}, {"alpha", 8}, {"target", target}, {"lr", 0.003},
-                              {"wd", 0.01}, {"warmup", 1}, {"steps", steps}};
+                              {"wd", 0.01}, {"warmup", 1}, {"steps", steps}, {"save", {"multi_modal_projector"}}};
   const auto replay = testing::RunReference("vlm_train_ref.py", {"replay", dir, cfg.dump()});
   REQUIRE(replay.exit_code == 0);
   const nlohmann::json result = testing::LastJsonLine(replay.out);
@@ -77,7 +82,7 @@ TEST_CASE("train: 5 QLoRA steps on a tiny VLM equal transformers + PEFT + bitsan
   for (size_t i = 0; i < ours.size(); ++i) worst_loss = std::max(worst_loss, std::abs(ours[i] - theirs[i]) / std::abs(theirs[i]));
   auto weights = testing::LoadAll(dir + "/replay_weights.safetensors");
   double worst_weight = 0;
-  size_t n = 0, tower = 0;
+  size_t n = 0, tower = 0, projector = 0;
   for (const auto& [key, t] : (*trainer)->TrainableParameters()) {
     INFO("weight " << key);
     REQUIRE(weights.count(key) == 1);
@@ -85,9 +90,11 @@ TEST_CASE("train: 5 QLoRA steps on a tiny VLM equal transformers + PEFT + bitsan
     worst_weight = std::max(worst_weight, (t.detach() - weights[key]).abs().max().item<double>() / (scale > 0 ? scale : 1));
     ++n;
     tower += key.find("vision_tower") != std::string::npos;
+    projector += key.find("multi_modal_projector") != std::string::npos;
   }
   CHECK(n == weights.size());
   CHECK(tower > 0);
+  CHECK(projector == 2);  // modules_to_save takes the projector's matrix and its norm, as PEFT's wrapper does
   std::printf("train: tiny VLM, %lld QLoRA steps (%lld images) against transformers + PEFT + bitsandbytes: loss %.4f → "
               "%.4f (ours) vs %.4f → %.4f; worst step loss rel diff %.2e; %zu LoRA tensors (%zu in the tower), worst "
               "rel diff %.2e; bitsandbytes quantized %zu modules\n",
@@ -95,6 +102,39 @@ TEST_CASE("train: 5 QLoRA steps on a tiny VLM equal transformers + PEFT + bitsan
               theirs.back(), worst_loss, n, tower, worst_weight, result["quantized"].size());
   CHECK(worst_loss <= 1e-5);
   CHECK(worst_weight <= 1e-4);
+
+  // The memory plan of this run counts the tower's tensors as the loaded model holds them, byte
+  // for byte (4-bit projections with their quant state, the rest float32), and the trainable
+  // parameters (the decoder's and the tower's LoRA, the projector in full).
+  auto plan = spec::PlanMemory(*run);
+  INFO(plan.status().ToString());
+  REQUIRE(plan.ok());
+  const model::Decoder& model = (*trainer)->model();
+  std::set<const void*> seen;
+  int64_t tower_bytes = 0;
+  const auto count = [&](const at::Tensor& t) {
+    if (t.defined() && seen.insert(t.storage().data()).second) tower_bytes += static_cast<int64_t>(t.storage().nbytes());
+  };
+  for (const auto& [name, t] : model.named_parameters()) {
+    if (absl::StartsWith(name, "model.vision_tower.") || absl::StartsWith(name, "model.multi_modal_projector.")) count(t);
+  }
+  for (const std::string& name : model::VisionProjectionNames(model.config())) {
+    std::vector<at::Tensor> frozen;
+    model.linear(name)->AppendFrozen(&frozen);
+    for (const at::Tensor& t : frozen) count(t);
+  }
+  int64_t planned_tower = -1;
+  for (const spec::MemoryItem& item : plan->resident) {
+    if (absl::StartsWith(item.name, "vision tower + projector")) planned_tower = item.bytes;
+  }
+  CHECK(planned_tower == tower_bytes);
+  int64_t trainable = 0;
+  for (const auto& [key, t] : (*trainer)->TrainableParameters()) trainable += t.numel();
+  CHECK(plan->trainable_parameters == trainable);
+  const std::string text = plan->ToString();
+  INFO(text);
+  CHECK(absl::StrContains(text, "SigLIP tower: 2 layers, hidden 64"));
+  CHECK(absl::StrContains(text, "vision tower backward"));  // LoRA in the tower: it runs with autograd
 
   // `llmtrain generate --chat --image` on the base model: the image's tokens in the user turn.
   const auto generate = testing::RunCommand(testing::ShellQuote(testing::CliPath()) + " generate --model " +

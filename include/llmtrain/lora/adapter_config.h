@@ -50,7 +50,8 @@ struct LoraConfig {
   std::vector<std::pair<std::string, int64_t>> rank_pattern;
   std::vector<std::pair<std::string, double>> alpha_pattern;
   /// Other modules trained in full and saved with the adapter ("lm_head", "embed_tokens",
-  /// norms), matched as PEFT does: the module name ends with the entry.
+  /// norms, "multi_modal_projector"), matched as PEFT does: every parameter under a module whose
+  /// name ends with the entry (InModuleToSave).
   std::vector<std::string> modules_to_save;
   /// dtype of A, B and the DoRA magnitude: f32 (PEFT's default) or bf16.
   Dtype dtype = Dtype::kF32;
@@ -78,6 +79,12 @@ absl::StatusOr<LoraConfig> WithDefaultTargets(LoraConfig config, absl::string_vi
 /// dot-boundary suffix filtered by layers_to_transform. A config that names no targets adapts
 /// nothing: resolve it first with WithDefaultTargets.
 bool IsLoraTarget(const LoraConfig& config, const std::string& name);
+
+/// Whether parameter `param` ("model.multi_modal_projector.mm_soft_emb_norm.weight") lies under a
+/// module that modules_to_save entry `entry` names: PEFT wraps each module whose name ends with
+/// the entry, and every parameter under it trains ("multi_modal_projector" takes the projector's
+/// weight and its norm's).
+bool InModuleToSave(absl::string_view param, absl::string_view entry);
 
 /// r and alpha of module `name` after rank_pattern / alpha_pattern.
 std::pair<int64_t, double> RankAndAlpha(const LoraConfig& config, absl::string_view name);
