@@ -1,6 +1,6 @@
 // llmtrain generate --model PATH (--prompt TEXT | --input-ids JSON) [--chat] [--max-new-tokens N]
 //                   [--temperature T] [--top-k K] [--top-p P] [--repetition-penalty R]
-//                   [--seed S] [--json]
+//                   [--seed S] [--json] [--tokenizer PATH] [--image FILE]
 // Streams the new tokens as they are produced; --json prints {"ids": [...], "text": "..."}.
 #include <ATen/ATen.h>
 
@@ -29,12 +29,14 @@ constexpr char kHelp[] =
     "usage: llmtrain generate --model PATH (--prompt TEXT | --input-ids JSON) [--chat]\n"
     "                         [--max-new-tokens 32] [--temperature 0] [--top-k 0] [--top-p 1]\n"
     "                         [--repetition-penalty 1] [--seed 0] [--dtype f32] [--json]\n"
-    "                         [--load-in-4bit] [--adapter DIR]\n"
+    "                         [--load-in-4bit] [--adapter DIR] [--tokenizer PATH] [--image FILE]\n"
     "  --prompt: text, tokenized by the model's tokenizer (BOS added where the model wants it);\n"
     "  --chat wraps it as one user turn of the family's chat template, with the generation prompt.\n"
     "  --input-ids: a JSON array of prompt token ids, e.g. [2, 818, 5279].\n"
     "  --temperature 0 is greedy. Stops at the model's end tokens or after --max-new-tokens.\n"
     "  --json prints {\"ids\": [new ids], \"text\": \"...\"} instead of streaming.\n"
+    "  --tokenizer PATH: a GGUF or a folder with tokenizer.json, when the model's own has none (as\n"
+    "  a run spec's model.tokenizer; e.g. a `llmtrain make-vlm` folder with the 270M GGUF's).\n"
     "  --image FILE (repeatable, with --chat): an image+text model sees the images before the text\n"
     "  of the user turn (Gemma 3's processor: each becomes its tokens, pixels from the model folder's\n"
     "  preprocessor_config.json or Gemma 3's defaults at the tower's size).\n";
@@ -42,7 +44,7 @@ constexpr char kHelp[] =
 }  // namespace
 
 int RunGenerate(const std::vector<std::string>& args) {
-  std::string model_path, input_ids_json, prompt_text;
+  std::string model_path, tokenizer_path, input_ids_json, prompt_text;
   bool has_prompt = false, as_json = false, chat = false;
   model::GenerationOptions options;
   Dtype dtype = Dtype::kF32;
@@ -73,6 +75,8 @@ int RunGenerate(const std::vector<std::string>& args) {
     bool ok = true;
     if (a == "--model") {
       model_path = v;
+    } else if (a == "--tokenizer") {
+      tokenizer_path = v;
     } else if (a == "--image") {
       images.push_back(v);
     } else if (a == "--prompt") {
@@ -114,8 +118,9 @@ int RunGenerate(const std::vector<std::string>& args) {
     if (!model.ok()) return Fail("generate", std::string(model.status().message()));
     if (!(*model)->has_vision()) return Fail("generate", absl::StrCat(model_path, ": --image: the model has no vision tower"));
   }
-  // The model's tokenizer: the GGUF's vocabulary, or tokenizer.json in the model folder.
-  auto tok = tokenizer::Tokenizer::Load(model_path);
+  // The model's tokenizer: the GGUF's vocabulary, or tokenizer.json in the model folder (or in
+  // --tokenizer).
+  auto tok = tokenizer::Tokenizer::Load(tokenizer_path.empty() ? model_path : tokenizer_path);
   if (has_prompt && !tok.ok()) return Fail("generate", std::string(tok.status().message()));
   std::vector<int64_t> prompt;
   if (has_prompt) {
@@ -143,10 +148,7 @@ int RunGenerate(const std::vector<std::string>& args) {
         }
         auto rendered = (*chat_template)->Render({user}, /*add_generation_prompt=*/true);
         if (!rendered.ok()) return Fail("generate", std::string(rendered.status().message()));
-        std::string expansion = "\n\n" + image_options->boi_token;
-        for (int64_t k = 0; k < image_options->tokens_per_image; ++k) expansion += image_options->image_token;
-        expansion += image_options->eoi_token + "\n\n";
-        tokenizer::ExpandPlaceholders(&*rendered, image_options->boi_token, expansion);
+        data::ExpandImagePlaceholders(*image_options, &*rendered);
         ids = tokenizer::EncodeRendered(**tok, *rendered).ids;
         std::vector<float> pixels;
         for (const std::string& path : images) {

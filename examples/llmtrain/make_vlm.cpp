@@ -1,4 +1,4 @@
-// llmtrain make-vlm --text PATH --output DIR [--image-size 224] [--patch-size 16] [--tower-layers 2]
+// llmtrain make-vlm --text PATH --output DIR [--image-size 224] [--patch-size 14] [--tower-layers 2]
 //                   [--tower-hidden 128] [--tower-heads 4] [--tower-intermediate 512]
 //                   [--tokens-per-image 16] [--seed 0]
 // A Gemma 3 image+text folder (Gemma3ForConditionalGeneration) from a real Gemma 3 text model
@@ -24,7 +24,7 @@ namespace llmtrain::cli {
 namespace {
 
 constexpr char kHelp[] =
-    "usage: llmtrain make-vlm --text PATH --output DIR [--image-size 224] [--patch-size 16]\n"
+    "usage: llmtrain make-vlm --text PATH --output DIR [--image-size 224] [--patch-size 14]\n"
     "                         [--tower-layers 2] [--tower-hidden 128] [--tower-heads 4]\n"
     "                         [--tower-intermediate 512] [--tokens-per-image 16] [--seed 0]\n"
     "  PATH: a Gemma 3 text model (the 270M GGUF, or an HF folder). DIR gets config.json\n"
@@ -36,7 +36,7 @@ constexpr char kHelp[] =
 
 struct Options {
   std::string text, output;
-  int64_t image_size = 224, patch_size = 16, layers = 2, hidden = 128, heads = 4, intermediate = 512, tokens = 16;
+  int64_t image_size = 224, patch_size = 14, layers = 2, hidden = 128, heads = 4, intermediate = 512, tokens = 16;
   uint64_t seed = 0;
 };
 

@@ -237,7 +237,7 @@ absl::StatusOr<Example> ParseRecord(Format format, absl::string_view record, abs
     tokenizer::Message user;
     user.role = "user";
     user.content_is_list = true;
-    user.parts = {{"image", ""}, {"text", "Describe this image."}};
+    user.parts = {{"image", ""}, {"text", kCaptionPrompt}};
     ex.messages = {user, Text("assistant", std::string(caption))};
     return ex;
   }

@@ -375,16 +375,22 @@ void AppendBytes(void* context, void* data, int size) {
 
 }  // namespace
 
-absl::Status WritePng(const std::string& path, const RgbImage& image) {
+absl::StatusOr<std::string> EncodePng(const RgbImage& image) {
   if (image.width < 1 || image.height < 1 || image.pixels.size() != static_cast<size_t>(image.width * image.height * 3)) {
-    return absl::InvalidArgumentError(absl::StrCat(path, ": an empty or inconsistent image"));
+    return absl::InvalidArgumentError("an empty or inconsistent image");
   }
   std::string bytes;
   if (stbi_write_png_to_func(AppendBytes, &bytes, static_cast<int>(image.width), static_cast<int>(image.height), 3,
                              image.pixels.data(), static_cast<int>(image.width * 3)) == 0) {
-    return absl::InternalError(absl::StrCat(path, ": PNG encoding failed"));
+    return absl::InternalError("PNG encoding failed");
   }
-  return WriteFileAtomically(path, bytes);
+  return bytes;
+}
+
+absl::Status WritePng(const std::string& path, const RgbImage& image) {
+  auto bytes = EncodePng(image);
+  if (!bytes.ok()) return Annotate(bytes.status(), path);
+  return WriteFileAtomically(path, *bytes);
 }
 
 absl::Status WriteJpeg(const std::string& path, const RgbImage& image, int quality) {

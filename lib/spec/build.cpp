@@ -147,6 +147,8 @@ train::TrainerOptions ToTrainerOptions(const RunSpec& spec) {
   o.sample_prompts.assign(spec.eval().sample_prompts().begin(), spec.eval().sample_prompts().end());
   o.sample_max_new_tokens = spec.eval().max_new_tokens();
   o.sample_temperature = spec.eval().temperature();
+  for (int i = 0; i < spec.eval().sample_images_size(); ++i) o.sample_images.push_back(SampleImagePath(spec, i));
+  o.sample_image_prompt = spec.eval().sample_image_prompt();
   o.output_dir = spec.output().dir();
   o.checkpoint_every_steps = spec.checkpoint().every_steps();
   o.keep_last = spec.checkpoint().keep_last();
@@ -265,7 +267,9 @@ absl::StatusOr<train::TrainerComponents> BuildTrainerComponents(const RunSpec& s
     if (parts.train_data->size() == 0) return absl::InvalidArgumentError("data.train_files: no valid records");
     if (!spec.data().eval_files().empty()) {
       const std::vector<std::string> eval_files(spec.data().eval_files().begin(), spec.data().eval_files().end());
-      LLMTRAIN_ASSIGN_OR_RETURN(parts.eval_data, data::Dataset::Open(eval_files, dataset_options));
+      data::DatasetOptions eval_options = dataset_options;
+      if (!spec.data().eval_image_list().empty()) eval_options.image_list = spec.data().eval_image_list();
+      LLMTRAIN_ASSIGN_OR_RETURN(parts.eval_data, data::Dataset::Open(eval_files, eval_options));
       LLMTRAIN_RETURN_IF_ERROR(parts.eval_data->CheckBadFraction(spec.data().max_bad_fraction()));
     }
     const std::string tokenizer_path = spec.model().tokenizer().empty() ? spec.model().path() : spec.model().tokenizer();

@@ -20,6 +20,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "llmtrain/core/atomic_file.h"
+#include "llmtrain/data/dataset.h"
 #include "llmtrain/io/gguf.h"
 #include "llmtrain/io/hf_config.h"
 #include "llmtrain/lora/adapter_config.h"
@@ -77,6 +78,7 @@ RunSpec Defaults() {
   a->set_image_dir("");
   a->set_image_list("");
   a->set_image_labels(DataSpec::assistant);
+  a->set_eval_image_list("");
   TrainingSpec* t = d.mutable_training();
   t->set_epochs(1.0);
   t->set_max_steps(0);
@@ -101,6 +103,7 @@ RunSpec Defaults() {
   e->set_max_batches(0);
   e->set_max_new_tokens(32);
   e->set_temperature(0.0);
+  e->set_sample_image_prompt(data::kCaptionPrompt);
   CheckpointSpec* c = d.mutable_checkpoint();
   c->set_every_steps(0);
   c->set_keep_last(2);
@@ -563,11 +566,13 @@ std::vector<SpecError> FindSpecErrors(const RunSpec& s) {
   }
   in_unit("data.max_bad_fraction", d.max_bad_fraction(), true);
   if (!d.image_list().empty()) file("data.image_list", d.image_list());
+  if (!d.eval_image_list().empty()) file("data.eval_image_list", d.eval_image_list());
   if (!d.image_dir().empty() && !IsDirectory(d.image_dir())) {
     err("data.image_dir", absl::StrCat("\"", d.image_dir(), "\" is not a folder"));
   }
-  if (config && !config->vision.has_value() && (!d.image_dir().empty() || !d.image_list().empty())) {
-    err(d.image_dir().empty() ? "data.image_list" : "data.image_dir",
+  if (config && !config->vision.has_value() &&
+      (!d.image_dir().empty() || !d.image_list().empty() || !d.eval_image_list().empty())) {
+    err(!d.image_dir().empty() ? "data.image_dir" : !d.image_list().empty() ? "data.image_list" : "data.eval_image_list",
         absl::StrCat("the model (", config->model_type, ") has no vision tower"));
   }
 
@@ -599,6 +604,15 @@ std::vector<SpecError> FindSpecErrors(const RunSpec& s) {
   if (e.every_steps() < 0) err("eval.every_steps", absl::StrCat("must be ≥ 0, got ", e.every_steps()));
   if (e.max_batches() < 0) err("eval.max_batches", absl::StrCat("must be ≥ 0, got ", e.max_batches()));
   if (e.max_new_tokens() < 0) err("eval.max_new_tokens", absl::StrCat("must be ≥ 0, got ", e.max_new_tokens()));
+  for (int i = 0; i < e.sample_images_size(); ++i) {
+    file(absl::StrCat("eval.sample_images[", i, "]"), SampleImagePath(s, i));
+  }
+  if (e.sample_images_size() > 0) {
+    if (config && !config->vision.has_value()) {
+      err("eval.sample_images", absl::StrCat("the model (", config->model_type, ") has no vision tower"));
+    }
+    if (d.template_() != DataSpec::model) err("eval.sample_images", "needs data.template: model (it places the image)");
+  }
   non_negative("eval.temperature", e.temperature());
   if (s.checkpoint().every_steps() < 0) {
     err("checkpoint.every_steps", absl::StrCat("must be ≥ 0, got ", s.checkpoint().every_steps()));
@@ -722,6 +736,13 @@ std::string DefaultSpecText() {
     absl::StrAppend(&out, "  ", field, ": ", value, "\n");
   }
   return out;
+}
+
+std::string SampleImagePath(const RunSpec& spec, int i) {
+  const std::string& path = spec.eval().sample_images(i);
+  const std::string& dir = spec.data().image_dir();
+  if (dir.empty() || path.empty() || path[0] == '/') return path;
+  return absl::StrCat(absl::StripSuffix(dir, "/"), "/", path);
 }
 
 lora::LoraConfig ToLoraConfig(const RunSpec& spec) {

@@ -53,7 +53,11 @@ class JsonlWriter final : public MetricsWriter {
 
   absl::Status WriteEval(const EvalMetrics& e) override {
     nlohmann::json samples = nlohmann::json::array();
-    for (const auto& [prompt, output] : e.samples) samples.push_back({{"prompt", prompt}, {"output", output}});
+    for (const EvalSample& sample : e.samples) {
+      nlohmann::json one = {{"prompt", sample.prompt}, {"output", sample.output}};
+      if (!sample.image.empty()) one["image"] = sample.image;
+      samples.push_back(std::move(one));
+    }
     return Append({{"type", "eval"},
                    {"step", e.step},
                    {"eval_loss", e.loss},

@@ -3,13 +3,16 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
 #include <optional>
 #include <sstream>
 #include <vector>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "llmtrain/core/atomic_file.h"
+#include "llmtrain/data/image.h"
 #include "nlohmann/json.hpp"
 
 namespace llmtrain::train {
@@ -57,6 +60,27 @@ std::string Plot(const std::string& title, const std::vector<std::pair<double, d
       Escape(title), w, h, Escape(title), w, h, poly, y1, h - pad + 4, y0, pad, h - 6, x0, w - pad, h - 6, x1);
 }
 
+// An image sample's picture as an inline PNG thumbnail (longer side 128 pixels, Pillow's bilinear
+// resize), above its file name; the name alone when the file cannot be read now.
+std::string ImageCell(const std::string& path, std::map<std::string, std::string>* cache) {
+  auto [it, inserted] = cache->try_emplace(path);
+  if (inserted) {
+    std::string cell;
+    if (auto image = data::LoadImage(path); image.ok()) {
+      const int64_t side = std::max(image->width, image->height);
+      const double scale = side > 128 ? 128.0 / static_cast<double>(side) : 1.0;
+      const data::RgbImage thumb = data::ResizeBilinear(
+          *image, std::max<int64_t>(1, std::llround(static_cast<double>(image->width) * scale)),
+          std::max<int64_t>(1, std::llround(static_cast<double>(image->height) * scale)));
+      if (auto png = data::EncodePng(thumb); png.ok()) {
+        cell = absl::StrCat("<img alt=\"\" src=\"data:image/png;base64,", absl::Base64Escape(*png), "\"><br>");
+      }
+    }
+    it->second = absl::StrCat(cell, "<code>", Escape(path), "</code><br>");
+  }
+  return it->second;
+}
+
 }  // namespace
 
 absl::StatusOr<std::string> RunReportHtml(absl::string_view dir_view) {
@@ -65,6 +89,7 @@ absl::StatusOr<std::string> RunReportHtml(absl::string_view dir_view) {
   if (!metrics.ok()) return metrics.status();
   std::vector<std::pair<double, double>> loss, eval_loss, lr, tps;
   std::string samples;
+  std::map<std::string, std::string> thumbnails;  // image path → its cell
   std::istringstream lines(*metrics);
   int64_t line_no = 0;
   for (std::string line; std::getline(lines, line);) {
@@ -98,7 +123,9 @@ absl::StatusOr<std::string> RunReportHtml(absl::string_view dir_view) {
       if (j.contains("samples") && j["samples"].is_array()) {
         for (const auto& sample : j["samples"]) {
           if (!sample.is_object()) continue;
-          absl::StrAppend(&samples, "<tr><td>", static_cast<int64_t>(*step), "</td><td>", Escape(text(sample, "prompt")),
+          const std::string image = text(sample, "image");
+          absl::StrAppend(&samples, "<tr><td>", static_cast<int64_t>(*step), "</td><td>",
+                          image.empty() ? std::string() : ImageCell(image, &thumbnails), Escape(text(sample, "prompt")),
                           "</td><td><pre>", Escape(text(sample, "output")), "</pre></td></tr>");
         }
       }

@@ -144,6 +144,8 @@ struct Trainer::State {
   // the flattened adapter, and the whole state gathered for the checkpoint being written.
   int64_t shard_size = 0;
   std::vector<at::Tensor> gathered_state;
+  // options.sample_images, decoded and preprocessed: (1, 3, S, S) float32 each.
+  std::vector<at::Tensor> sample_pixels;
 };
 
 namespace {
@@ -227,6 +229,25 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(TrainerComponents parts
   }
   if (!parts.engine) parts.engine = std::make_shared<SingleProcessEngine>();
   auto s = std::make_unique<State>();
+  if (!options.sample_images.empty()) {
+    const data::ImageOptions& im = parts.collator->options().images;
+    if (!parts.model->has_vision() || im.tokens_per_image <= 0) {
+      return absl::InvalidArgumentError(
+          "TrainerOptions.sample_images: needs an image+text model and the collator's ImageOptions");
+    }
+    if (!parts.tokenizer || !parts.chat) {
+      return absl::InvalidArgumentError(
+          "TrainerOptions.sample_images: needs TrainerComponents.tokenizer and .chat (the template places the image)");
+    }
+    for (size_t i = 0; i < options.sample_images.size(); ++i) {
+      const std::string field = absl::StrCat("TrainerOptions.sample_images[", i, "]");
+      auto image = data::LoadImage(options.sample_images[i], im.limits);
+      if (!image.ok()) return Annotate(image.status(), field);
+      const std::vector<float> pixels = data::PreprocessImage(*image, im.processor);
+      s->sample_pixels.push_back(at::tensor(at::ArrayRef<float>(pixels), at::kFloat)
+                                     .view({1, 3, im.processor.height, im.processor.width}));
+    }
+  }
   s->trainable = lora::TrainableParameters(*parts.model, parts.adapter);
   for (const auto& [key, t] : s->trainable) s->params.push_back(t);
   if (s->params.empty()) return absl::InvalidArgumentError("TrainerComponents.model: no adapter to train (inject one)");
@@ -479,6 +500,28 @@ absl::Status Trainer::EvaluateAndWrite() {
   const bool main = s.parts.engine->is_main();
   if (!main && !s.parts.engine->collective_forwards()) return absl::OkStatus();
   model::Decoder& model = *s.parts.model;
+  // Generates from a prompt's ids (and its image, if any) with the adapter, dropout off.
+  const auto sample = [&](std::vector<int64_t> ids, const at::Tensor& pixels, const std::string& prompt,
+                          const std::string& image) -> absl::Status {
+    EvalSample one;
+    one.prompt = prompt;
+    one.image = image;
+    model::GenerationOptions go;
+    go.max_new_tokens = s.options.sample_max_new_tokens;
+    go.temperature = s.options.sample_temperature;
+    if (pixels.defined()) go.pixel_values = pixels.to(model.device());
+    lora::SetTraining(&model, false);
+    auto out = model::Generate(model, ids, go);
+    lora::SetTraining(&model, true);
+    const std::string what = one.image.empty() ? absl::StrCat("sample prompt \"", one.prompt, "\"")
+                                               : absl::StrCat("sample image ", one.image);
+    if (!out.ok()) return Annotate(out.status(), what);
+    const std::vector<int32_t> out32(out->begin(), out->end());
+    one.output = s.parts.tokenizer->Decode(out32, /*skip_special_tokens=*/true);
+    if (main) LogInfo(absl::StrFormat("sample at step %d: %s → %s", s.step, what, one.output));
+    e.samples.push_back(std::move(one));
+    return absl::OkStatus();
+  };
   for (const std::string& prompt : s.options.sample_prompts) {
     std::vector<int64_t> ids;
     if (s.parts.chat) {
@@ -491,17 +534,20 @@ absl::Status Trainer::EvaluateAndWrite() {
       const std::vector<int32_t> encoded = s.parts.tokenizer->Encode(prompt);
       ids.assign(encoded.begin(), encoded.end());
     }
-    model::GenerationOptions go;
-    go.max_new_tokens = s.options.sample_max_new_tokens;
-    go.temperature = s.options.sample_temperature;
-    lora::SetTraining(&model, false);
-    auto out = model::Generate(model, ids, go);
-    lora::SetTraining(&model, true);
-    if (!out.ok()) return Annotate(out.status(), absl::StrCat("sample prompt \"", prompt, "\""));
-    const std::vector<int32_t> out32(out->begin(), out->end());
-    const std::string text = s.parts.tokenizer->Decode(out32, /*skip_special_tokens=*/true);
-    e.samples.emplace_back(prompt, text);
-    if (main) LogInfo(absl::StrFormat("sample at step %d: %s → %s", s.step, prompt, text));
+    LLMTRAIN_RETURN_IF_ERROR(sample(std::move(ids), at::Tensor(), prompt, ""));
+  }
+  // Image samples: a user turn of the image and the prompt, as the captions format writes it,
+  // with the placeholder grown into the image's tokens (Gemma3Processor).
+  for (size_t i = 0; i < s.options.sample_images.size(); ++i) {
+    tokenizer::Message user;
+    user.role = "user";
+    user.content_is_list = true;
+    user.parts = {{"image", ""}, {"text", s.options.sample_image_prompt}};
+    LLMTRAIN_ASSIGN_OR_RETURN(tokenizer::RenderedChat rendered, s.parts.chat->Render({user}, true));
+    data::ExpandImagePlaceholders(s.parts.collator->options().images, &rendered);
+    const std::vector<int32_t> encoded = tokenizer::EncodeRendered(*s.parts.tokenizer, rendered).ids;
+    LLMTRAIN_RETURN_IF_ERROR(sample(std::vector<int64_t>(encoded.begin(), encoded.end()), s.sample_pixels[i],
+                                    s.options.sample_image_prompt, s.options.sample_images[i]));
   }
   if (!main) return absl::OkStatus();
   for (const auto& writer : s.parts.metrics) LLMTRAIN_RETURN_IF_ERROR(writer->WriteEval(e));

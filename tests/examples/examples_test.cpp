@@ -46,18 +46,20 @@ std::string MakeTinyRun(const std::string& dir, const std::string& family, const
   return path;
 }
 
-// The "train" lines of a metrics.jsonl.
-std::vector<nlohmann::json> TrainLines(const std::string& path) {
+// The lines of one type ("train", "eval") of a metrics.jsonl.
+std::vector<nlohmann::json> MetricsLines(const std::string& path, const std::string& type) {
   auto text = ReadFileToString(path);
   REQUIRE(text.ok());
   std::vector<nlohmann::json> lines;
   std::istringstream in(*text);
   for (std::string line; std::getline(in, line);) {
     const nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
-    if (j.is_object() && j.value("type", "") == "train") lines.push_back(j);
+    if (j.is_object() && j.value("type", "") == type) lines.push_back(j);
   }
   return lines;
 }
+
+std::vector<nlohmann::json> TrainLines(const std::string& path) { return MetricsLines(path, "train"); }
 
 TEST_CASE("examples: gemma_finetune and qwen_finetune assemble the parts and train", "[examples][reference]") {
   if (!testing::ReferenceStackAvailable()) return;
@@ -172,6 +174,13 @@ TEST_CASE("examples: gemma3_vlm_finetune trains the 270M decoder with a new towe
                                         " --tower-heads 2 --tower-intermediate 128 --tokens-per-image 4 2>&1");
   INFO(made.out);
   REQUIRE(made.exit_code == 0);
+  // The defaults (the command docs/vlm.md and the example spec's header give) make a valid tower:
+  // 224 px in 14 px patches, a 16 × 16 grid pooled to 16 tokens.
+  const auto defaults = testing::RunCommand(cli + " make-vlm --text " + testing::ShellQuote(gguf) + " --output " +
+                                            testing::ShellQuote(dir + "/default_model") + " 2>&1");
+  INFO(defaults.out);
+  CHECK(defaults.exit_code == 0);
+  CHECK(absl::StrContains(defaults.out, "(2 layers, 128 wide, 224x224 pixels, 16 tokens per image)"));
 
   // transformers reads the folder make-vlm wrote to the logits we compute (one image, OOV token).
   auto image = data::LoadImage(dir + "/data/Images/shapes_0000.png");
@@ -203,8 +212,11 @@ TEST_CASE("examples: gemma3_vlm_finetune trains the 270M decoder with a new towe
       testing::ShellQuote(dir + "/model") + " model.tokenizer=" + testing::ShellQuote(gguf) + " data.train_files=" +
       testing::ShellQuote(dir + "/data/Flickr8k.token.txt") + " data.image_dir=" + testing::ShellQuote(dir + "/data/Images") +
       " data.image_list=" + testing::ShellQuote(dir + "/data/Flickr_8k.trainImages.txt") +
+      " data.eval_files=" + testing::ShellQuote(dir + "/data/Flickr8k.token.txt") +
+      " data.eval_image_list=" + testing::ShellQuote(dir + "/data/Flickr_8k.devImages.txt") +
       " output.dir=" + testing::ShellQuote(dir + "/run") +
-      " training.max_steps=8 training.micro_batch_size=2 training.log_every_steps=1 checkpoint.every_steps=0 2>&1");
+      " training.max_steps=8 training.micro_batch_size=2 training.log_every_steps=1 checkpoint.every_steps=0"
+      " eval.every_steps=0 eval.max_batches=2 eval.max_new_tokens=8 2>&1");
   INFO(run.out);
   REQUIRE(run.exit_code == 0);
   CHECK(absl::StrContains(run.out, "[4] images: 4 tokens each, 64×64 pixels"));
@@ -216,6 +228,29 @@ TEST_CASE("examples: gemma3_vlm_finetune trains the 270M decoder with a new towe
   std::printf("examples: gemma3_vlm_finetune, 8 steps: caption loss %.4f → %.4f\n", first, last);
   CHECK(last < first);
   CHECK(IsRegularFile(dir + "/run/adapter/adapter_model.safetensors"));
+  // Eval on the dev split (3 of the 30 images, 5 captions each) at the start and the end, each
+  // with a caption generated for the spec's two sample images; the report shows them inline.
+  const std::vector<nlohmann::json> evals = MetricsLines(dir + "/run/metrics.jsonl", "eval");
+  REQUIRE(evals.size() == 2);
+  const nlohmann::json& samples = evals.back()["samples"];
+  REQUIRE(samples.size() == 2);
+  CHECK(samples[0]["image"] == dir + "/data/Images/shapes_0009.png");
+  CHECK(samples[1]["image"] == dir + "/data/Images/shapes_0029.jpg");
+  CHECK(samples[0]["prompt"] == "Describe this image.");
+  // The sample is what `llmtrain generate` answers for that image with the saved adapter.
+  const auto generated = testing::RunCommand(
+      cli + " generate --model " + testing::ShellQuote(dir + "/model") + " --tokenizer " + testing::ShellQuote(gguf) +
+      " --load-in-4bit --adapter " + testing::ShellQuote(dir + "/run/adapter") + " --chat --image " +
+      testing::ShellQuote(dir + "/data/Images/shapes_0009.png") + " --prompt 'Describe this image.'" +
+      " --max-new-tokens 8 --json");
+  INFO(generated.out);
+  REQUIRE(generated.exit_code == 0);
+  CHECK(nlohmann::json::parse(generated.out)["text"] == samples[0]["output"]);
+  std::printf("examples: gemma3_vlm_finetune sample for shapes_0009.png: \"%s\"\n",
+              samples[0]["output"].get<std::string>().c_str());
+  const auto report = ReadFileToString(dir + "/run/report.html");
+  REQUIRE(report.ok());
+  CHECK(absl::StrContains(*report, "<img alt=\"\" src=\"data:image/png;base64,"));
   // A text model is refused, before it loads: the spec names images it cannot see.
   const auto text = testing::RunCommand(
       testing::ShellQuote(Bin("gemma3_vlm_finetune")) + " " + testing::ShellQuote(spec) + " model.path=" +

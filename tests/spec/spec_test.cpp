@@ -118,6 +118,9 @@ TEST_CASE("spec: every invalid spec is refused before any work, naming the field
       {"checkpoint.keep_last=0", "checkpoint.keep_last", "must be ≥ 1"},
       {"checkpoint.every_steps=-1", "checkpoint.every_steps", "must be ≥ 0"},
       {"eval.every_steps=-2", "eval.every_steps", "must be ≥ 0"},
+      {"data.eval_image_list=/no/dev.txt", "data.eval_image_list", "no such file"},
+      {"eval.sample_images=/no/x.png", "eval.sample_images[0]", "/no/x.png: no such file"},
+      {"eval.sample_images=/no/x.png", "eval.sample_images", "the model (gemma3_text) has no vision tower"},
       {"output.dir=", "output.dir", "is required"},
       {"output.report_to=wandb", "output.report_to", "is not one of"},
       {"distributed.world_size=2", "distributed.world_size", "must be 0 or 1 for the single-process engine"},
@@ -240,7 +243,8 @@ TEST_CASE("spec: the example specs are valid but for the files each machine prov
       // and the generated sets, relative to the repo root, where the README's commands run).
       CHECK((e.field == "model.path" || e.field == "model.tokenizer" || absl::StartsWith(e.field, "data.train_files") ||
              absl::StartsWith(e.field, "data.eval_files") || e.field == "data.image_dir" ||
-             e.field == "data.image_list"));
+             e.field == "data.image_list" || e.field == "data.eval_image_list" ||
+             absl::StartsWith(e.field, "eval.sample_images")));
     }
     ++n;
   }

@@ -41,6 +41,8 @@ enum class Format {
   kText,      ///< {"text": ...}
   kCaptions,  ///< Flickr8K: "<image>#<n>\t<caption>" lines
 };
+/// The user turn's text of a kCaptions record, after its image: the assistant replies with the caption.
+inline constexpr char kCaptionPrompt[] = "Describe this image.";
 /// "auto", "dolly", "alpaca", "messages", "sharegpt", "text", "captions" (also "flickr8k").
 absl::StatusOr<Format> ParseFormat(absl::string_view name);
 absl::string_view FormatName(Format format);

@@ -52,6 +52,8 @@ absl::StatusOr<RgbImage> LoadImage(const std::string& path, const ImageLimits& l
 /// Writes `image` as a PNG (stb_image_write) or a baseline JPEG (libjpeg, 4:2:0, `quality`),
 /// atomically. InvalidArgument for an empty image.
 absl::Status WritePng(const std::string& path, const RgbImage& image);
+/// The bytes of `image` as a PNG file (what WritePng writes). InvalidArgument for an empty image.
+absl::StatusOr<std::string> EncodePng(const RgbImage& image);
 absl::Status WriteJpeg(const std::string& path, const RgbImage& image, int quality = 90);
 
 /// The EXIF orientation (1 … 8) in a JPEG's APP1 or a PNG's eXIf chunk; 1 when there is none or

@@ -55,4 +55,8 @@ std::string SpecToText(const RunSpec& spec);
 /// The lora section (PEFT's LoraConfig), seeded by training.seed, based on model.path.
 lora::LoraConfig ToLoraConfig(const RunSpec& spec);
 
+/// eval.sample_images[i] as a path to open: under data.image_dir when that is set and the entry
+/// is relative; as given otherwise.
+std::string SampleImagePath(const RunSpec& spec, int i);
+
 }  // namespace llmtrain::spec

@@ -38,12 +38,19 @@ struct StepMetrics {
   std::string nonfinite_where;
 };
 
+/// One generated sample of an evaluation.
+struct EvalSample {
+  std::string prompt;
+  std::string output;  ///< the generated text, special tokens skipped
+  std::string image;   ///< the image file generated from with the prompt (image+text models); empty: text only
+};
+
 /// One evaluation: the mean token loss over the eval data and the generated samples.
 struct EvalMetrics {
   int64_t step = 0;
   double loss = 0;
   double perplexity = 0;  ///< exp(loss)
-  std::vector<std::pair<std::string, std::string>> samples;  ///< (prompt, generated text)
+  std::vector<EvalSample> samples;
 };
 
 class MetricsWriter {
@@ -61,8 +68,8 @@ class MetricsWriter {
 
 /// metrics.jsonl: {"type": "train", "step", "loss", "lr", "grad_norm", "target_tokens",
 /// "tokens_per_second", "peak_rss_mib", "skipped"[, "nonfinite_where"]} per step and
-/// {"type": "eval", "step", "eval_loss", "eval_perplexity", "samples": [{"prompt", "output"}]} per
-/// evaluation, one object per line, flushed line by line. Write errors name the file.
+/// {"type": "eval", "step", "eval_loss", "eval_perplexity", "samples": [{"prompt", "output"[, "image"]}]}
+/// per evaluation, one object per line, flushed line by line. Write errors name the file.
 std::unique_ptr<MetricsWriter> MakeJsonlMetricsWriter(absl::string_view path);
 
 /// TensorBoard scalars (train/loss, train/lr, train/grad_norm, train/tokens_per_second,

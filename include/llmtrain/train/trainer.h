@@ -34,6 +34,7 @@
 #include <ATen/core/Tensor.h>
 
 #include "absl/status/statusor.h"
+#include "llmtrain/data/dataset.h"
 #include "llmtrain/dist/engine.h"
 #include "llmtrain/lora/adapter_config.h"
 #include "llmtrain/train/metrics.h"
@@ -87,6 +88,11 @@ struct TrainerOptions {
   std::vector<std::string> sample_prompts;  ///< generated from at each evaluation (needs a tokenizer)
   int64_t sample_max_new_tokens = 32;
   double sample_temperature = 0.0;          ///< 0 = greedy
+  /// Image files generated from at each evaluation, each as a user turn of the image and
+  /// sample_image_prompt (image+text models: needs the collator's ImageOptions, a tokenizer and a
+  /// chat template). Decoded once, in Create, where a bad file is refused.
+  std::vector<std::string> sample_images;
+  std::string sample_image_prompt = data::kCaptionPrompt;  ///< the captions format's prompt
   std::string output_dir;                   ///< the run folder (required)
   int64_t checkpoint_every_steps = 0;       ///< 0 = only at the end, on stop, and on the non-finite limit
   int64_t keep_last = 2;                    ///< complete checkpoints kept
