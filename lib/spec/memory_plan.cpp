@@ -369,7 +369,8 @@ absl::StatusOr<MemoryPlan> PlanMemory(const RunSpec& spec_in, const MemoryPlanOp
   plan.world_size = world;
   plan.local_world_size = local_world;
   plan.trainable_parameters = lora_params + saved_params;
-  plan.model = absl::StrCat(c.model_type, ", ", L, " layers, hidden ", C, ", intermediate ", I, ", heads ", H, "/", K,
+  const std::string kind = config.vision.has_value() ? config.model_type + " (image+text): decoder" : c.model_type;
+  plan.model = absl::StrCat(kind, ", ", L, " layers, hidden ", C, ", intermediate ", I, ", heads ", H, "/", K,
                             " × ", D, ", vocab ", V, ", ", Count(base_params), " parameters",
                             options.config ? " (config given)" : absl::StrCat(" (", ms.path(), ")"));
   if (config.vision.has_value()) {

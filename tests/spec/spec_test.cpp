@@ -353,6 +353,9 @@ TEST_CASE("spec: the example specs' plans for 3 × 24 GB and one 24 GB GPU", "[s
   const std::string root = LLMTRAIN_SOURCE_DIR;
   const std::vector<std::pair<std::string, std::string>> examples = {
       {"gemma3_27b_3x24gb.textproto", "gemma-3-27b-it.json"},
+      // The same run on the image+text checkpoint: its SigLIP tower (896 px, 27 layers, LoRA from
+      // all-linear) whole on every GPU, its activations and its own forward and backward.
+      {"gemma3_27b_3x24gb.textproto", "gemma-3-27b-it-vision.json"},
       {"gemma2_2b_3x24gb.textproto", "gemma-2-2b-it.json"},
       {"qwen2_5_14b_qlora.textproto", "qwen2.5-14b.json"}};
   for (const auto& [spec_file, config_file] : examples) {
@@ -371,6 +374,12 @@ TEST_CASE("spec: the example specs' plans for 3 × 24 GB and one 24 GB GPU", "[s
     CHECK(plan->world_size == (run->distributed().engine() == spec::DistributedSpec::single ? 1 : 3));
     // What each spec's comment promises: it fits its GPUs.
     CHECK(plan->peak_bytes() < (int64_t{24} << 30));
+    if (config->vision.has_value()) {
+      const std::string text = plan->ToString();
+      CHECK(absl::StrContains(text, "SigLIP tower: 27 layers, hidden 1152, intermediate 4304, heads 16, 4096 patches"));
+      CHECK(absl::StrContains(text, "vision tower forward"));
+      CHECK(absl::StrContains(text, "vision tower backward"));
+    }
   }
 }
 
