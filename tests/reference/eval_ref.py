@@ -1,0 +1,160 @@
+"""Reference side of the generation-metric tests (tests/eval): rouge_score, sacrebleu and NLTK's
+Porter stemmer on predictions and references generated here. Usage:
+  eval_ref.py metrics OUT.json
+      Writes {"pairs": [{"prediction", "references"}], "rouge": [per pair: r1/r2/rL P, R, F of
+      RougeScorer(use_stemmer=True).score_multi], "bleu": [per pair corpus_bleu], "chrf": [...],
+      "chunks": [{"begin", "end", "bleu", "bleu_counts", "bleu_totals", "bleu_bp", "chrf"}],
+      "corpus": {...}, "tokens13a": [[text, tokenized]], "rouge_tokens": [[text, tokens]],
+      "stems": [[word, stem]]} and prints {"pairs": n, "stems": m}.
+The texts: English from the machine's Debian package descriptions (/var/lib/dpkg/status), edited
+into predictions (words dropped, swapped, replaced, repeated), with Unicode (accents, CJK, emoji,
+combining marks, İ, the Kelvin sign, no-break and ideographic spaces), numbers and punctuation
+13a treats specially, HTML entities, empty strings and long texts; 1 to 5 references each.
+"""
+import json
+import random
+import re
+import sys
+
+from nltk.stem.porter import PorterStemmer
+from rouge_score import rouge_scorer, tokenizers
+import sacrebleu
+from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
+
+from common import emit
+
+
+def description_sentences():
+    sentences = []
+    with open("/var/lib/dpkg/status", encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if line.startswith(" ") and len(line.strip()) > 20 and line.strip() != ".":
+                sentences.append(line.strip())
+    return sentences
+
+
+UNICODE_BITS = ["café", "naïve", "Ünïcödé", "東京タワー", "日本語のテキスト", "emoji 😀🎉", "e\u0301t\u0301e",
+                "İstanbul", "\u212aelvin", "5\u212a", "non\u00a0breaking", "ideographic\u3000space",
+                "line\u2028sep", "ſtraße", "ΣΊΣΥΦΟΣ", "x\u0085y", "tab\tand\nnewline", "zero\u200bwidth"]
+PUNCT_BITS = ["3.14", "1,000", "a,b", "end.", "x-1", "2-3", "(hi)", "\"quoted\"", "it's", "&amp;lt;", "&quot;x&quot;",
+              "<skipped>", "hy-\nphen", "e.g.", "U.S.A.", "...", "$5.00", "50%", "a/b", "{x}", "[y]", "~z", "@home",
+              "#tag", "x^2", "back`tick", "pipe|bar", "semi;colon", "q?", "wow!", "3.", ".5", ",", "-"]
+
+
+def edit(words, rng):
+    out = list(words)
+    for _ in range(rng.randint(0, 4)):
+        if not out:
+            break
+        op = rng.random()
+        i = rng.randrange(len(out))
+        if op < 0.3:
+            del out[i]
+        elif op < 0.5 and len(out) > 1:
+            j = rng.randrange(len(out))
+            out[i], out[j] = out[j], out[i]
+        elif op < 0.7:
+            out[i] = rng.choice(words) if words else out[i]
+        elif op < 0.85:
+            out.insert(i, out[i])
+        else:
+            out.insert(i, rng.choice(UNICODE_BITS + PUNCT_BITS))
+    return out
+
+
+def make_pairs(n, rng):
+    sents = description_sentences()
+    pairs = []
+    for k in range(n):
+        kind = k % 10
+        ref_words = rng.choice(sents).split()
+        if kind == 0:  # long texts
+            ref_words = " ".join(rng.choice(sents) for _ in range(rng.randint(20, 60))).split()
+        if kind in (1, 2):  # Unicode and 13a's special cases mixed in
+            for _ in range(rng.randint(1, 4)):
+                ref_words.insert(rng.randrange(len(ref_words) + 1), rng.choice(UNICODE_BITS + PUNCT_BITS))
+        pred_words = edit(ref_words, rng)
+        if kind == 3:  # unrelated prediction
+            pred_words = rng.choice(sents).split()
+        prediction = " ".join(pred_words)
+        references = [" ".join(ref_words)]
+        for _ in range(rng.randint(0, 4)):
+            references.append(" ".join(edit(ref_words, rng)))
+        if kind == 4 and k % 20 == 4:
+            prediction = ""
+        if kind == 5 and k % 20 == 5:
+            references[0] = ""
+        if kind == 6 and k % 30 == 6:
+            prediction, references = "", [""]
+        if kind == 7:  # the prediction is one of the references, with whitespace around it
+            prediction = "  " + rng.choice(references) + "\n"
+        if kind == 8:
+            prediction = prediction.upper() if rng.random() < 0.5 else prediction + " ."
+        pairs.append({"prediction": prediction, "references": references})
+    return pairs
+
+
+def streams(pairs):
+    width = max(len(p["references"]) for p in pairs)
+    return [[p["references"][i] if i < len(p["references"]) else None for p in pairs] for i in range(width)]
+
+
+def bleu(pairs):
+    b = sacrebleu.corpus_bleu([p["prediction"] for p in pairs], streams(pairs))
+    return b
+
+
+def chrf(pairs):
+    return sacrebleu.corpus_chrf([p["prediction"] for p in pairs], streams(pairs)).score
+
+
+def metrics(out):
+    rng = random.Random(16)
+    pairs = make_pairs(600, rng)
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    rouge = []
+    for p in pairs:
+        s = scorer.score_multi(p["references"], p["prediction"])
+        rouge.append({k: [s[k].precision, s[k].recall, s[k].fmeasure] for k in ("rouge1", "rouge2", "rougeL")})
+    per_bleu = [bleu([p]).score for p in pairs]
+    per_chrf = [chrf([p]) for p in pairs]
+    chunks = []
+    for begin in range(0, len(pairs), 10):
+        part = pairs[begin:begin + 10]
+        b = bleu(part)
+        chunks.append({"begin": begin, "end": begin + len(part), "bleu": b.score, "bleu_counts": b.counts,
+                       "bleu_totals": b.totals, "bleu_bp": b.bp, "bleu_sys_len": b.sys_len,
+                       "bleu_ref_len": b.ref_len, "chrf": chrf(part)})
+    whole = bleu(pairs)
+    corpus = {"bleu": whole.score, "bleu_counts": whole.counts, "bleu_totals": whole.totals,
+              "bleu_sys_len": whole.sys_len, "bleu_ref_len": whole.ref_len, "chrf": chrf(pairs)}
+    texts = [p["prediction"] for p in pairs] + [r for p in pairs for r in p["references"]]
+    texts += UNICODE_BITS + PUNCT_BITS
+    tok13a = Tokenizer13a()
+    tokens13a = [[t.rstrip(), tok13a(t.rstrip())] for t in texts]
+    rouge_tok = tokenizers.DefaultTokenizer(use_stemmer=True)
+    rouge_tokens = [[t, rouge_tok.tokenize(t)] for t in texts]
+    # The stemmer on every distinct word of the descriptions, as rouge_score's tokenizer cuts them.
+    stemmer = PorterStemmer()
+    words = set()
+    for s in description_sentences():
+        words.update(w for w in re.split(r"[^a-z0-9]+", s.lower()) if w)
+    words.update(["sky", "skies", "dying", "lying", "tying", "news", "innings", "outings", "cannings", "howe",
+                  "proceed", "exceed", "succeed", "ties", "died", "cried", "agreed", "feed", "hopping", "hoping",
+                  "filing", "falling", "fizzed", "rationally", "formally", "hopefully", "analogi", "apologi",
+                  "yelling", "sayying", "toy", "fly", "by", "happy", "generalization", "electricity",
+                  "controll", "roll", "triplicate", "conformabli", "radicalli", "differentli", "vileli"])
+    stems = [[w, stemmer.stem(w)] for w in sorted(words)]
+    with open(out, "w", encoding="utf-8") as f:
+        json.dump({"pairs": pairs, "rouge": rouge, "bleu": per_bleu, "chrf": per_chrf, "chunks": chunks,
+                   "corpus": corpus, "tokens13a": tokens13a, "rouge_tokens": rouge_tokens, "stems": stems,
+                   "exact": [p["prediction"].strip() in [r.strip() for r in p["references"]] for p in pairs]},
+                  f, ensure_ascii=False)
+    emit({"pairs": len(pairs), "stems": len(stems)})
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "metrics":
+        metrics(sys.argv[2])
+    else:
+        raise SystemExit(f"unknown command {sys.argv[1]}")
