@@ -36,6 +36,7 @@
 #include "llmtrain/data/collator.h"
 #include "llmtrain/data/dataset.h"
 #include "llmtrain/data/image.h"
+#include "llmtrain/eval/evaluate.h"
 #include "llmtrain/eval/text_metrics.h"
 #include "llmtrain/dist/engine.h"
 #include "llmtrain/dist/env.h"

@@ -20,6 +20,7 @@
 #include "llmtrain/core/status.h"
 #include "llmtrain/data/collator.h"
 #include "llmtrain/data/dataset.h"
+#include "llmtrain/eval/evaluate.h"
 #include "llmtrain/io/safetensors.h"
 #include "llmtrain/io/tensors.h"
 #include "llmtrain/kernels/cross_entropy.h"
@@ -43,24 +44,6 @@ int64_t PeakRssMib() {
   return usage.ru_maxrss / 1024;
 }
 
-// A batch field as an int64 (b, t) tensor on the model's device.
-at::Tensor ToTensor(const std::vector<int64_t>& v, int64_t b, int64_t t, c10::Device device) {
-  const at::Tensor cpu = at::tensor(at::ArrayRef<int64_t>(v), at::kLong).view({b, t});
-  return device.is_cpu() ? cpu : cpu.to(device);
-}
-
-// An image+text batch's pixel_values and token_type_ids on the model's device (empty otherwise).
-model::ImageInputs BatchImages(const data::Batch& b, c10::Device device) {
-  model::ImageInputs images;
-  if (!b.token_type_ids.empty()) images.token_type_ids = ToTensor(b.token_type_ids, b.batch_size, b.seq_len, device);
-  if (b.num_images > 0) {
-    images.pixel_values = at::tensor(at::ArrayRef<float>(b.pixel_values), at::kFloat)
-                              .view({b.num_images, 3, b.image_height, b.image_width})
-                              .to(device);
-  }
-  return images;
-}
-
 // Forwards and losses run inside the guard this turns on; backward runs outside it, as with
 // torch.autocast.
 void EnterAutocast(std::optional<AutocastGuard>* guard, Autocast autocast, const model::Decoder& model) {
@@ -71,20 +54,13 @@ void EnterAutocast(std::optional<AutocastGuard>* guard, Autocast autocast, const
 kernels::CrossEntropyResult BatchLoss(const model::Decoder& model, const data::Batch& b, Autocast autocast) {
   std::optional<AutocastGuard> guard;
   EnterAutocast(&guard, autocast, model);
-  const c10::Device device = model.device();
-  const at::Tensor ids = ToTensor(b.input_ids, b.batch_size, b.seq_len, device);
-  const at::Tensor mask =
-      ToTensor(b.segment_ids.empty() ? b.attention_mask : b.segment_ids, b.batch_size, b.seq_len, device);
-  const at::Tensor positions = ToTensor(b.position_ids, b.batch_size, b.seq_len, device);
-  const at::Tensor labels = ToTensor(b.labels, b.batch_size, b.seq_len, device);
-  const model::ImageInputs images = BatchImages(b, device);
-  const at::Tensor hidden = images.empty() ? model.Hidden(ids, mask, positions)
-                                           : model.Hidden(ids, mask, positions, images);  // (B, T, C)
+  const eval::BatchInputs in = eval::ToInputs(b, model.device());
+  const at::Tensor hidden = eval::BatchHidden(model, in);  // (B, T, C)
   const int64_t c = hidden.size(-1);
   kernels::CrossEntropyOptions options;
   options.final_softcap = model.spec().final_softcap;
   return kernels::ChunkedCrossEntropy(hidden.narrow(1, 0, b.seq_len - 1).reshape({-1, c}), model.lm_head(),
-                                      labels.narrow(1, 1, b.seq_len - 1).reshape({-1}), options);
+                                      in.labels.narrow(1, 1, b.seq_len - 1).reshape({-1}), options);
 }
 
 }  // namespace
@@ -370,13 +346,11 @@ absl::StatusOr<StepMetrics> Trainer::TrainStep() {
         EnterAutocast(&guard, o.autocast, model);
         // With sharded layers every process runs the same forwards: all of its micro-batches.
         const bool in_step = s.parts.engine->collective_forwards();
-        const c10::Device device = model.device();
         for (const data::Batch& b : batches) {
           if (b.target_tokens == 0 && !in_step) continue;
-          const std::optional<std::string> module = model.FirstNonFiniteModule(
-              ToTensor(b.input_ids, b.batch_size, b.seq_len, device),
-              ToTensor(b.segment_ids.empty() ? b.attention_mask : b.segment_ids, b.batch_size, b.seq_len, device),
-              ToTensor(b.position_ids, b.batch_size, b.seq_len, device));
+          const eval::BatchInputs in = eval::ToInputs(b, model.device());
+          const std::optional<std::string> module =
+              model.FirstNonFiniteModule(in.input_ids, in.attention_mask, in.position_ids);
           if (module && m.nonfinite_where == "the loss") m.nonfinite_where = "activations of " + *module;
           if (module && !in_step) break;
         }

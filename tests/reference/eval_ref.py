@@ -6,6 +6,15 @@ Porter stemmer on predictions and references generated here. Usage:
       "chunks": [{"begin", "end", "bleu", "bleu_counts", "bleu_totals", "bleu_bp", "chrf"}],
       "corpus": {...}, "tokens13a": [[text, tokenized]], "rouge_tokens": [[text, tokens]],
       "stems": [[word, stem]]} and prints {"pairs": n, "stems": m}.
+  eval_ref.py loss_data DIR
+      DIR/text.jsonl ({"text"}: 12 real descriptions, short to long) and DIR/dolly.jsonl (8 records).
+  eval_ref.py loss GGUF DIR
+      transformers (float32, eager) on the GGUF, without and with a random PEFT LoRA adapter it
+      writes to DIR/adapter (r 8 on q/k/v/o and the MLP, B random so that it changes the model):
+      per record of text.jsonl the summed NLL of every token after the first of
+      tokenizer(text) (BOS added as the tokenizer does), and per row of DIR/dolly_ids.json
+      ({"ids": [[...]], "labels": [[...]]}: our collator's) the summed NLL of the labels after the
+      shift. Prints {"text": {"base": [[nll, n]...], "adapter": [...]}, "dolly": {...}}.
 The texts: English from the machine's Debian package descriptions (/var/lib/dpkg/status), edited
 into predictions (words dropped, swapped, replaced, repeated), with Unicode (accents, CJK, emoji,
 combining marks, İ, the Kelvin sign, no-break and ideographic spaces), numbers and punctuation
@@ -153,8 +162,75 @@ def metrics(out):
     emit({"pairs": len(pairs), "stems": len(stems)})
 
 
+def loss_data(out):
+    import os
+    os.makedirs(out, exist_ok=True)
+    sents = description_sentences()
+    rng = random.Random(7)
+    with open(os.path.join(out, "text.jsonl"), "w", encoding="utf-8") as f:
+        for k in range(12):
+            n = [1, 2, 5, 12][k % 4]
+            f.write(json.dumps({"text": " ".join(rng.choice(sents) for _ in range(n))}) + "\n")
+    with open(os.path.join(out, "dolly.jsonl"), "w", encoding="utf-8") as f:
+        for k in range(8):
+            f.write(json.dumps({"instruction": "Summarize: " + rng.choice(sents),
+                                "context": rng.choice(sents) if k % 2 else "",
+                                "response": " ".join(rng.choice(sents) for _ in range(1 + k % 3)),
+                                "category": "summarization"}) + "\n")
+    emit({"ok": True})
+
+
+def loss(gguf, out):
+    import os
+    os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    torch.manual_seed(0)
+    folder, name = os.path.dirname(os.path.abspath(gguf)), os.path.basename(gguf)
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32,
+                                                 attn_implementation="eager")
+    model.eval()
+    texts = [json.loads(l)["text"] for l in open(os.path.join(out, "text.jsonl"), encoding="utf-8")]
+    rows = json.load(open(os.path.join(out, "dolly_ids.json")))
+
+    def nll(m, ids, labels):
+        with torch.no_grad():
+            logits = m(input_ids=torch.tensor([ids])).logits[0, :-1].float()
+        target = torch.tensor(labels[1:])
+        ce = torch.nn.functional.cross_entropy(logits, target, ignore_index=-100, reduction="sum")
+        return [ce.item(), int((target != -100).sum())]
+
+    def run(m):
+        text = []
+        for t in texts:
+            ids = tok(t).input_ids
+            text.append(nll(m, ids, ids))
+        dolly = [nll(m, ids, labels) for ids, labels in zip(rows["ids"], rows["labels"])]
+        return text, dolly
+
+    base_text, base_dolly = run(model)
+    config = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, init_lora_weights=False,
+                        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    peft_model = get_peft_model(model, config)
+    with torch.no_grad():
+        for n, p in peft_model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.02)
+    peft_model.eval()
+    peft_model.save_pretrained(os.path.join(out, "adapter"))
+    adapter_text, adapter_dolly = run(peft_model)
+    emit({"text": {"base": base_text, "adapter": adapter_text}, "dolly": {"base": base_dolly, "adapter": adapter_dolly},
+          "bos_first": all(tok(t).input_ids[0] == tok.bos_token_id for t in texts)})
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "metrics":
         metrics(sys.argv[2])
+    elif sys.argv[1] == "loss_data":
+        loss_data(sys.argv[2])
+    elif sys.argv[1] == "loss":
+        loss(sys.argv[2], sys.argv[3])
     else:
         raise SystemExit(f"unknown command {sys.argv[1]}")

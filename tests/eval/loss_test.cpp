@@ -1,0 +1,165 @@
+// eval/: loss and perplexity against transformers (+ PEFT) on the real Gemma 3 270M GGUF, for plain
+// text (every token after the first of tokenizer(text)) and Dolly records (the trainer's labels).
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <cstdio>
+
+#include "llmtrain/core/atomic_file.h"
+#include "llmtrain/data/collator.h"
+#include "llmtrain/data/dataset.h"
+#include "llmtrain/eval/evaluate.h"
+#include "llmtrain/lora/lora.h"
+#include "llmtrain/model/decoder.h"
+#include "llmtrain/tokenizer/chat_template.h"
+#include "llmtrain/tokenizer/tokenizer.h"
+#include "nlohmann/json.hpp"
+#include "testing/json_util.h"
+#include "testing/reference.h"
+
+namespace llmtrain {
+namespace {
+
+using nlohmann::json;
+
+// Per record: our summed NLL against the reference's, relative; token counts must be equal.
+double WorstRecordError(const eval::LossResult& ours, const json& theirs, int64_t* count_mismatches) {
+  REQUIRE(ours.records.size() == theirs.size());
+  double worst = 0;
+  for (size_t i = 0; i < ours.records.size(); ++i) {
+    const double want = theirs[i][0].get<double>();
+    worst = std::max(worst, std::abs(ours.records[i].nll_sum - want) / std::abs(want));
+    *count_mismatches += ours.records[i].n_tokens != theirs[i][1].get<int64_t>();
+  }
+  return worst;
+}
+
+double ReferenceLoss(const json& theirs) {
+  double nll = 0;
+  int64_t n = 0;
+  for (const json& r : theirs) {
+    nll += r[0].get<double>();
+    n += r[1].get<int64_t>();
+  }
+  return nll / static_cast<double>(n);
+}
+
+TEST_CASE("eval: loss and perplexity equal transformers and PEFT on the real 270M (text and Dolly records)",
+          "[eval][reference][real]") {
+  if (!testing::ReferenceStackAvailable()) return;
+  const std::string dir = testing::TempDir("eval_loss");
+  REQUIRE(testing::RunReference("eval_ref.py", {"loss_data", dir}).exit_code == 0);
+  const std::string gguf = std::string(LLMTRAIN_SOURCE_DIR) + "/.venv/models/gemma-3-270m-q4_k_m.gguf";
+  auto model = model::Decoder::Load(gguf, {});
+  REQUIRE(model.ok());
+  auto tok = tokenizer::Tokenizer::Load(gguf);
+  REQUIRE(tok.ok());
+  auto chat = tokenizer::ChatTemplate::ForTokenizer(**tok);
+  REQUIRE(chat.ok());
+
+  // Plain text, format detected: every token after the first, no EOS appended (as transformers'
+  // loss on tokenizer(text) counts them).
+  auto text_data = data::Dataset::Open({dir + "/text.jsonl"});
+  REQUIRE(text_data.ok());
+  REQUIRE((*text_data)->format() == data::Format::kText);
+  data::CollatorOptions text_options;
+  text_options.add_eos_to_text = false;
+  const data::Collator text_collator(**tok, chat->get(), text_options);
+  // Dolly with the model's chat template: the response and the end of turn count, the prompt not.
+  auto dolly_data = data::Dataset::Open({dir + "/dolly.jsonl"});
+  REQUIRE(dolly_data.ok());
+  const data::Collator dolly_collator(**tok, chat->get(), data::CollatorOptions());
+  json rows = {{"ids", json::array()}, {"labels", json::array()}};
+  for (int64_t i = 0; i < (*dolly_data)->size(); ++i) {
+    auto example = (*dolly_data)->Get(i);
+    REQUIRE(example.ok());
+    auto t = dolly_collator.Tokenize(*example);
+    REQUIRE(t.ok());
+    rows["ids"].push_back(t->ids);
+    rows["labels"].push_back(t->labels);
+  }
+  REQUIRE(WriteFileAtomically(dir + "/dolly_ids.json", rows.dump()).ok());
+
+  eval::LossOptions options;
+  options.batch_size = 3;  // batches of several lengths, right-padded
+  int64_t progress_calls = 0;
+  options.on_progress = [&](int64_t done, int64_t total) {
+    ++progress_calls;
+    CHECK(done <= total);
+  };
+  auto base_text = eval::EvaluateLoss(**model, **text_data, text_collator, options);
+  REQUIRE(base_text.ok());
+  auto base_dolly = eval::EvaluateLoss(**model, **dolly_data, dolly_collator, options);
+  REQUIRE(base_dolly.ok());
+  CHECK(progress_calls >= 4);
+
+  const auto run = testing::RunReference("eval_ref.py", {"loss", gguf, dir});
+  INFO(run.out);
+  REQUIRE(run.exit_code == 0);
+  const json ref = testing::LastJsonLine(run.out);
+  CHECK(ref["bos_first"].get<bool>());
+
+  REQUIRE(lora::LoadAdapter(model->get(), dir + "/adapter").ok());
+  lora::SetTraining(model->get(), false);
+  auto adapter_text = eval::EvaluateLoss(**model, **text_data, text_collator, options);
+  REQUIRE(adapter_text.ok());
+  auto adapter_dolly = eval::EvaluateLoss(**model, **dolly_data, dolly_collator, options);
+  REQUIRE(adapter_dolly.ok());
+
+  int64_t count_mismatches = 0;
+  const double worst = std::max({WorstRecordError(*base_text, ref["text"]["base"], &count_mismatches),
+                                 WorstRecordError(*base_dolly, ref["dolly"]["base"], &count_mismatches),
+                                 WorstRecordError(*adapter_text, ref["text"]["adapter"], &count_mismatches),
+                                 WorstRecordError(*adapter_dolly, ref["dolly"]["adapter"], &count_mismatches)});
+  double worst_loss = 0;
+  const std::pair<const eval::LossResult*, const json*> totals[] = {
+      {&*base_text, &ref["text"]["base"]}, {&*base_dolly, &ref["dolly"]["base"]},
+      {&*adapter_text, &ref["text"]["adapter"]}, {&*adapter_dolly, &ref["dolly"]["adapter"]}};
+  for (const auto& [ours, theirs] : totals) {
+    const double want = ReferenceLoss(*theirs);
+    worst_loss = std::max(worst_loss, std::abs(ours->loss - want) / want);
+    CHECK(ours->perplexity == Approx(std::exp(ours->loss)));
+  }
+  std::printf("eval: 270M GGUF, 12 texts (%lld tokens) and 8 Dolly records (%lld target tokens), base and a random "
+              "PEFT adapter: loss %.4f / %.4f (text), %.4f / %.4f (Dolly); worst record NLL rel diff %.2e, worst loss "
+              "rel diff %.2e vs transformers + PEFT\n",
+              static_cast<long long>(base_text->n_tokens), static_cast<long long>(base_dolly->n_tokens),
+              base_text->loss, adapter_text->loss, base_dolly->loss, adapter_dolly->loss, worst, worst_loss);
+  CHECK(count_mismatches == 0);
+  CHECK(worst <= 1e-5);
+  CHECK(worst_loss <= 1e-5);
+  CHECK(std::abs(adapter_text->loss - base_text->loss) > 1e-3);  // the adapter changes the model
+}
+
+TEST_CASE("eval: EvaluateLoss refuses bad options and lists the records the collator refuses", "[eval][real]") {
+  const std::string dir = testing::TempDir("eval_loss_bad");
+  REQUIRE(WriteFileAtomically(dir + "/d.jsonl", "{\"text\": \"a short text\"}\n{\"text\": \"" + std::string(300, 'x') +
+                                                     " " + std::string(300, 'y') + "\"}\n")
+              .ok());
+  const std::string gguf = std::string(LLMTRAIN_SOURCE_DIR) + "/.venv/models/gemma-3-270m-q4_k_m.gguf";
+  auto model = model::Decoder::Load(gguf, {});
+  REQUIRE(model.ok());
+  auto tok = tokenizer::Tokenizer::Load(gguf);
+  REQUIRE(tok.ok());
+  auto data = data::Dataset::Open({dir + "/d.jsonl"});
+  REQUIRE(data.ok());
+  data::CollatorOptions co;
+  co.max_length = 8;
+  co.truncation = data::CollatorOptions::Truncation::kDrop;
+  const data::Collator collator(**tok, nullptr, co);
+  eval::LossOptions bad;
+  bad.batch_size = 0;
+  CHECK_THAT(std::string(eval::EvaluateLoss(**model, **data, collator, bad).status().message()),
+             Catch::Contains("LossOptions.batch_size"));
+  auto r = eval::EvaluateLoss(**model, **data, collator);
+  REQUIRE(r.ok());
+  CHECK(r->records.size() == 1);
+  REQUIRE(r->skipped.size() == 1);
+  CHECK(r->skipped[0].first == dir + "/d.jsonl:2");
+  CHECK(r->n_tokens == r->records[0].n_tokens);
+}
+
+}  // namespace
+}  // namespace llmtrain
