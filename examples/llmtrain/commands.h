@@ -29,6 +29,7 @@ int RunReport(const std::vector<std::string>& args);
 int RunLaunch(const std::vector<std::string>& args);
 int RunPreprocessImages(const std::vector<std::string>& args);
 int RunMakeVlm(const std::vector<std::string>& args);
+int RunEval(const std::vector<std::string>& args);
 
 /// Model options shared by `forward` and `generate`:
 ///   --load-in-4bit          quantize the projections to NF4 (blocks of 64, double quantization)

@@ -5,8 +5,12 @@
 
 #include <cmath>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "llmtrain/core/status.h"
+#include "llmtrain/data/image.h"
+#include "llmtrain/eval/text_metrics.h"
 #include "llmtrain/kernels/cross_entropy.h"
 
 namespace llmtrain::eval {
@@ -98,6 +102,137 @@ absl::StatusOr<LossResult> EvaluateLoss(const model::Decoder& model, const data:
   result.loss = result.n_tokens > 0 ? nll / static_cast<double>(result.n_tokens) : 0.0;
   result.perplexity = std::exp(result.loss);
   return result;
+}
+
+namespace {
+
+// A message's text: its content, or the text parts of a list.
+std::string MessageText(const tokenizer::Message& m) {
+  if (!m.content_is_list) return m.content;
+  std::string out;
+  for (const tokenizer::ContentPart& part : m.parts) {
+    if (part.type == "text") absl::StrAppend(&out, part.text);
+  }
+  return out;
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<GenerationItem>> MakeGenerationItems(
+    const data::Dataset& data, const data::Collator& collator, const tokenizer::Tokenizer& tokenizer,
+    const tokenizer::ChatTemplate& chat, int64_t max_records,
+    std::vector<std::pair<std::string, std::string>>* skipped) {
+  const int64_t total = max_records > 0 ? std::min(max_records, data.size()) : data.size();
+  const data::ImageOptions& im = collator.options().images;
+  std::vector<GenerationItem> items;
+  absl::flat_hash_map<std::string, size_t> by_prompt;  // prompt ids and image paths → item
+  const auto skip = [&](const std::string& where, std::string why) {
+    if (skipped != nullptr) skipped->emplace_back(where, std::move(why));
+  };
+  for (int64_t i = 0; i < total; ++i) {
+    LLMTRAIN_ASSIGN_OR_RETURN(const data::Example example, data.Get(i));
+    size_t last = example.messages.size();
+    for (size_t k = 0; k < example.messages.size(); ++k) {
+      if (example.messages[k].role == "assistant") last = k;
+    }
+    if (last == example.messages.size() || last == 0) {
+      skip(example.where, "no assistant reply after a prompt to compare a generation with");
+      continue;
+    }
+    const std::vector<tokenizer::Message> prompt(example.messages.begin(),
+                                                 example.messages.begin() + static_cast<std::ptrdiff_t>(last));
+    absl::StatusOr<tokenizer::RenderedChat> rendered = chat.Render(prompt, /*add_generation_prompt=*/true);
+    if (!rendered.ok()) {
+      skip(example.where, std::string(rendered.status().message()));
+      continue;
+    }
+    GenerationItem item;
+    if (im.tokens_per_image > 0) {
+      const int placeholders = data::ExpandImagePlaceholders(im, &*rendered);
+      if (placeholders != static_cast<int>(example.images.size())) {
+        skip(example.where, absl::StrCat("the prompt has ", placeholders, " image placeholder(s) but the record ",
+                                         example.images.size(), " image(s)"));
+        continue;
+      }
+      bool bad = false;
+      for (const std::string& path : example.images) {
+        absl::StatusOr<data::RgbImage> image = data::LoadImage(path, im.limits);
+        if (!image.ok()) {
+          skip(example.where, std::string(image.status().message()));
+          bad = true;
+          break;
+        }
+        const std::vector<float> pixels = data::PreprocessImage(*image, im.processor);
+        item.pixel_values.insert(item.pixel_values.end(), pixels.begin(), pixels.end());
+        ++item.num_images;
+      }
+      if (bad) continue;
+      item.image_height = im.processor.height;
+      item.image_width = im.processor.width;
+    } else if (!example.images.empty()) {
+      skip(example.where, "the record has images, the model none");
+      continue;
+    }
+    const std::vector<int32_t> ids = tokenizer::EncodeRendered(tokenizer, *rendered).ids;
+    item.prompt_ids.assign(ids.begin(), ids.end());
+    const std::string key = absl::StrCat(absl::StrJoin(item.prompt_ids, ","), "|", absl::StrJoin(example.images, "|"));
+    const std::string reference = MessageText(example.messages[last]);
+    if (const auto it = by_prompt.find(key); it != by_prompt.end()) {
+      items[it->second].where.push_back(example.where);
+      items[it->second].references.push_back(reference);
+      continue;
+    }
+    item.where.push_back(example.where);
+    item.references.push_back(reference);
+    by_prompt[key] = items.size();
+    items.push_back(std::move(item));
+  }
+  return items;
+}
+
+absl::Status GeneratePredictions(const model::Decoder& model, const tokenizer::Tokenizer& tokenizer,
+                                 const model::GenerationOptions& options, std::vector<GenerationItem>* items,
+                                 const std::function<void(int64_t done, int64_t total)>& on_progress) {
+  const int64_t total = static_cast<int64_t>(items->size());
+  for (int64_t i = 0; i < total; ++i) {
+    GenerationItem& item = (*items)[static_cast<size_t>(i)];
+    model::GenerationOptions go = options;
+    if (item.num_images > 0) {
+      go.pixel_values = at::tensor(at::ArrayRef<float>(item.pixel_values), at::kFloat)
+                            .view({item.num_images, 3, item.image_height, item.image_width});
+    }
+    absl::StatusOr<std::vector<int64_t>> out = model::Generate(model, item.prompt_ids, go);
+    if (!out.ok()) return Annotate(out.status(), item.where.front());
+    const std::vector<int32_t> ids(out->begin(), out->end());
+    item.prediction = tokenizer.Decode(ids, /*skip_special_tokens=*/true);
+    if (on_progress) on_progress(i + 1, total);
+  }
+  return absl::OkStatus();
+}
+
+GenerationScores ScoreGenerations(const std::vector<GenerationItem>& items) {
+  GenerationScores s;
+  s.items = static_cast<int64_t>(items.size());
+  if (items.empty()) return s;
+  std::vector<std::string> predictions;
+  std::vector<std::vector<std::string>> references;
+  for (const GenerationItem& item : items) {
+    s.exact_match += ExactMatch(item.prediction, item.references) ? 1.0 : 0.0;
+    const RougeScores r = RougeMulti(item.references, item.prediction);
+    s.rouge1 += r.rouge1.fmeasure;
+    s.rouge2 += r.rouge2.fmeasure;
+    s.rougeL += r.rougeL.fmeasure;
+    predictions.push_back(item.prediction);
+    references.push_back(item.references);
+  }
+  const double n = static_cast<double>(items.size());
+  s.exact_match /= n;
+  s.rouge1 /= n;
+  s.rouge2 /= n;
+  s.rougeL /= n;
+  s.bleu = CorpusBleu(predictions, references).score;
+  s.chrf = CorpusChrf(predictions, references);
+  return s;
 }
 
 }  // namespace llmtrain::eval

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdio>
 
+#include "absl/strings/match.h"
 #include "llmtrain/core/atomic_file.h"
 #include "llmtrain/data/collator.h"
 #include "llmtrain/data/dataset.h"
@@ -159,6 +160,77 @@ TEST_CASE("eval: EvaluateLoss refuses bad options and lists the records the coll
   REQUIRE(r->skipped.size() == 1);
   CHECK(r->skipped[0].first == dir + "/d.jsonl:2");
   CHECK(r->n_tokens == r->records[0].n_tokens);
+}
+
+// The command line over the same library calls: its JSON keys, its loss equal to EvaluateLoss's,
+// its predictions file scored again equal to its metrics, and its refusals.
+TEST_CASE("eval: llmtrain eval reports loss, perplexity and generation metrics", "[eval][real][cli]") {
+  const std::string dir = testing::TempDir("eval_cli");
+  std::string dolly;
+  for (int i = 0; i < 6; ++i) {
+    const char* answers[] = {"Paris", "4", "blue", "Paris", "a cat", "4"};
+    const char* questions[] = {"What is the capital of France?", "What is 2 + 2?", "What colour is the sky?",
+                               "What is the capital of France?", "Which animal says meow?", "What is 2 + 2?"};
+    dolly += nlohmann::json({{"instruction", questions[i]}, {"context", ""}, {"response", answers[i]},
+                             {"category", "open_qa"}}).dump() + "\n";
+  }
+  REQUIRE(WriteFileAtomically(dir + "/qa.jsonl", dolly).ok());
+  REQUIRE(WriteFileAtomically(dir + "/text.jsonl", "{\"text\": \"Some plain text.\"}\n").ok());
+  const std::string gguf = std::string(LLMTRAIN_SOURCE_DIR) + "/.venv/models/gemma-3-270m-q4_k_m.gguf";
+  const std::string cli = testing::ShellQuote(testing::CliPath()) + " eval --model " + testing::ShellQuote(gguf);
+  const auto run = testing::RunCommand(cli + " --data " + testing::ShellQuote(dir + "/qa.jsonl") +
+                                       " --metrics loss,perplexity,exact_match,rouge,bleu,chrf --max-new-tokens 6"
+                                       " --json --predictions " + testing::ShellQuote(dir + "/p.jsonl") + " 2>/dev/null");
+  INFO(run.out);
+  REQUIRE(run.exit_code == 0);
+  const json out = testing::LastJsonLine(run.out);
+  for (const char* key : {"loss", "perplexity", "n_tokens", "exact_match", "rouge1", "rouge2", "rougeL", "bleu", "chrf"}) {
+    CHECK(out.contains(key));
+  }
+  // Records with the same prompt are one item with both replies as references.
+  CHECK(out["items"].get<int64_t>() == 4);
+  auto model = model::Decoder::Load(gguf, {});
+  REQUIRE(model.ok());
+  auto tok = tokenizer::Tokenizer::Load(gguf);
+  REQUIRE(tok.ok());
+  auto chat = tokenizer::ChatTemplate::ForTokenizer(**tok);
+  REQUIRE(chat.ok());
+  auto data = data::Dataset::Open({dir + "/qa.jsonl"});
+  REQUIRE(data.ok());
+  data::CollatorOptions co;
+  co.add_eos_to_text = false;
+  const data::Collator collator(**tok, chat->get(), co);
+  auto loss = eval::EvaluateLoss(**model, **data, collator);
+  REQUIRE(loss.ok());
+  CHECK(out["loss"].get<double>() == Approx(loss->loss).epsilon(1e-12));
+  CHECK(out["n_tokens"].get<int64_t>() == loss->n_tokens);
+  std::vector<eval::GenerationItem> items;
+  auto lines = ReadFileToString(dir + "/p.jsonl");
+  REQUIRE(lines.ok());
+  for (const json& line : testing::JsonLines(*lines)) {
+    eval::GenerationItem item;
+    item.prediction = line["prediction"];
+    item.references = line["references"].get<std::vector<std::string>>();
+    CHECK(line["reference"] == item.references.front());
+    items.push_back(item);
+  }
+  REQUIRE(items.size() == 4);
+  CHECK(items[0].references == std::vector<std::string>{"Paris", "Paris"});
+  const eval::GenerationScores s = eval::ScoreGenerations(items);
+  CHECK(out["rougeL"].get<double>() == Approx(s.rougeL).epsilon(1e-12));
+  CHECK(out["bleu"].get<double>() == Approx(s.bleu).epsilon(1e-12));
+  CHECK(out["chrf"].get<double>() == Approx(s.chrf).epsilon(1e-12));
+  CHECK(out["exact_match"].get<double>() == Approx(s.exact_match).epsilon(1e-12));
+
+  const auto unknown = testing::RunCommand(cli + " --data " + testing::ShellQuote(dir + "/qa.jsonl") + " --metrics bleurt 2>&1");
+  CHECK(unknown.exit_code == 2);
+  CHECK(absl::StrContains(unknown.out, "--metrics: unknown metric \"bleurt\""));
+  const auto text = testing::RunCommand(cli + " --data " + testing::ShellQuote(dir + "/text.jsonl") + " --metrics rouge 2>&1");
+  CHECK(text.exit_code == 2);
+  CHECK(absl::StrContains(text.out, "plain text has none"));
+  const auto missing = testing::RunCommand(cli + " --data " + testing::ShellQuote(dir + "/none.jsonl") + " 2>&1");
+  CHECK(missing.exit_code == 1);
+  CHECK(absl::StrContains(missing.out, dir + "/none.jsonl"));
 }
 
 }  // namespace

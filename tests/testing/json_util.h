@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "absl/types/span.h"
 #include "nlohmann/json.hpp"
@@ -26,6 +27,19 @@ inline nlohmann::json LastJsonLine(const std::string& out) {
   size_t start = out.rfind('\n', end);
   start = start == std::string::npos ? 0 : start + 1;
   return nlohmann::json::parse(out.substr(start, end - start + 1), nullptr, false);
+}
+
+/// Every non-empty line of a JSONL text, parsed (a line that does not parse is a null).
+inline std::vector<nlohmann::json> JsonLines(const std::string& text) {
+  std::vector<nlohmann::json> out;
+  size_t start = 0;
+  while (start < text.size()) {
+    size_t end = text.find('\n', start);
+    if (end == std::string::npos) end = text.size();
+    if (end > start) out.push_back(nlohmann::json::parse(text.substr(start, end - start), nullptr, false));
+    start = end + 1;
+  }
+  return out;
 }
 
 }  // namespace llmtrain::testing

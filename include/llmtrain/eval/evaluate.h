@@ -19,6 +19,9 @@
 #include "llmtrain/data/collator.h"
 #include "llmtrain/data/dataset.h"
 #include "llmtrain/model/decoder.h"
+#include "llmtrain/model/generate.h"
+#include "llmtrain/tokenizer/chat_template.h"
+#include "llmtrain/tokenizer/tokenizer.h"
 
 namespace llmtrain::eval {
 
@@ -64,5 +67,41 @@ struct LossResult {
 /// in `skipped`, not errors.
 absl::StatusOr<LossResult> EvaluateLoss(const model::Decoder& model, const data::Dataset& data,
                                         const data::Collator& collator, const LossOptions& options = {});
+
+/// One prompt to generate from and the texts its output is compared with. Records that share a
+/// prompt (the conversation before the last assistant turn, and its images) make one item whose
+/// references are all their replies: Flickr8K's five captions of an image are one item.
+struct GenerationItem {
+  std::vector<std::string> where;   ///< file:line of each record
+  std::vector<int64_t> prompt_ids;  ///< the rendered prompt with the generation prompt, images expanded
+  std::vector<float> pixel_values;  ///< (N, 3, H, W) of the prompt's images, in token order
+  int64_t num_images = 0, image_height = 0, image_width = 0;
+  std::vector<std::string> references;  ///< the last assistant turn of each record
+  std::string prediction;               ///< the generated text (special tokens skipped)
+};
+
+/// The generation items of the first `max_records` records (0 = all), in data order of each
+/// item's first record, with the collator's image options (tokens per image, processor). Records
+/// without an assistant turn (plain text) or whose prompt cannot be rendered are listed in
+/// `skipped` with the reason.
+absl::StatusOr<std::vector<GenerationItem>> MakeGenerationItems(
+    const data::Dataset& data, const data::Collator& collator, const tokenizer::Tokenizer& tokenizer,
+    const tokenizer::ChatTemplate& chat, int64_t max_records,
+    std::vector<std::pair<std::string, std::string>>* skipped);
+
+/// Fills each item's prediction: generation from its prompt (and images) with `options`, decoded
+/// with special tokens skipped. `on_progress(done, total)` after each item.
+absl::Status GeneratePredictions(const model::Decoder& model, const tokenizer::Tokenizer& tokenizer,
+                                 const model::GenerationOptions& options, std::vector<GenerationItem>* items,
+                                 const std::function<void(int64_t done, int64_t total)>& on_progress = {});
+
+/// The generation metrics of predictions against their references (eval/text_metrics.h), on the
+/// libraries' scales: exact_match (share of items, 0–1), rouge1/2/L (per-item F of the best
+/// reference, averaged over items, 0–1), bleu and chrf (corpus scores over the items, 0–100).
+struct GenerationScores {
+  int64_t items = 0;
+  double exact_match = 0, rouge1 = 0, rouge2 = 0, rougeL = 0, bleu = 0, chrf = 0;
+};
+GenerationScores ScoreGenerations(const std::vector<GenerationItem>& items);
 
 }  // namespace llmtrain::eval
