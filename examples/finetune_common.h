@@ -82,7 +82,9 @@ inline int RunQloraRecipe(int argc, char** argv, const std::vector<std::string>&
     std::printf("[2] train data: %s\n", parts.train_data->Summary().c_str());
     if (!run->data().eval_files().empty()) {
       const std::vector<std::string> eval_files(run->data().eval_files().begin(), run->data().eval_files().end());
-      auto eval_data = data::Dataset::Open(eval_files, *dataset_options);
+      auto eval_options = spec::ToEvalDatasetOptions(*run);  // Flickr8K: the dev split's images
+      if (!eval_options.ok()) return Failed(eval_options.status());
+      auto eval_data = data::Dataset::Open(eval_files, *eval_options);
       if (!eval_data.ok()) return Failed(eval_data.status());
       parts.eval_data = *std::move(eval_data);
       std::printf("[2] eval data: %lld records\n", static_cast<long long>(parts.eval_data->size()));

@@ -45,6 +45,12 @@ model::DecoderOptions ToDecoderOptions(const RunSpec& spec) {
   return o;
 }
 
+absl::StatusOr<data::DatasetOptions> ToEvalDatasetOptions(const RunSpec& spec) {
+  LLMTRAIN_ASSIGN_OR_RETURN(data::DatasetOptions o, ToDatasetOptions(spec));
+  if (!spec.data().eval_image_list().empty()) o.image_list = spec.data().eval_image_list();
+  return o;
+}
+
 absl::StatusOr<data::DatasetOptions> ToDatasetOptions(const RunSpec& spec) {
   data::DatasetOptions o;
   LLMTRAIN_ASSIGN_OR_RETURN(o.format, data::ParseFormat(DataSpec::Format_Name(spec.data().format())));
@@ -267,8 +273,7 @@ absl::StatusOr<train::TrainerComponents> BuildTrainerComponents(const RunSpec& s
     if (parts.train_data->size() == 0) return absl::InvalidArgumentError("data.train_files: no valid records");
     if (!spec.data().eval_files().empty()) {
       const std::vector<std::string> eval_files(spec.data().eval_files().begin(), spec.data().eval_files().end());
-      data::DatasetOptions eval_options = dataset_options;
-      if (!spec.data().eval_image_list().empty()) eval_options.image_list = spec.data().eval_image_list();
+      LLMTRAIN_ASSIGN_OR_RETURN(const data::DatasetOptions eval_options, ToEvalDatasetOptions(spec));
       LLMTRAIN_ASSIGN_OR_RETURN(parts.eval_data, data::Dataset::Open(eval_files, eval_options));
       LLMTRAIN_RETURN_IF_ERROR(parts.eval_data->CheckBadFraction(spec.data().max_bad_fraction()));
     }

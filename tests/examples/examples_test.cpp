@@ -221,6 +221,7 @@ TEST_CASE("examples: gemma3_vlm_finetune trains the 270M decoder with a new towe
   REQUIRE(run.exit_code == 0);
   CHECK(absl::StrContains(run.out, "[4] images: 4 tokens each, 64×64 pixels"));
   CHECK(absl::StrContains(run.out, "[5] vision: SigLIP tower of 1 layers"));
+  CHECK(absl::StrContains(run.out, "[2] eval data: 15 records"));  // the dev split: 3 of the 30 images
   const std::vector<nlohmann::json> lines = TrainLines(dir + "/run/metrics.jsonl");
   REQUIRE(lines.size() == 8);
   for (const auto& line : lines) CHECK(std::isfinite(line["loss"].get<double>()));

@@ -35,6 +35,8 @@ std::optional<quant::Quant4Options> ToQuant4Options(const RunSpec& spec);
 model::DecoderOptions ToDecoderOptions(const RunSpec& spec);
 /// data.format, image_dir, image_list.
 absl::StatusOr<data::DatasetOptions> ToDatasetOptions(const RunSpec& spec);
+/// The same for data.eval_files: data.eval_image_list, when given, picks their images.
+absl::StatusOr<data::DatasetOptions> ToEvalDatasetOptions(const RunSpec& spec);
 /// data.max_length, truncation, mask_prompt, packing and training.micro_batch_size.
 data::CollatorOptions ToCollatorOptions(const RunSpec& spec);
 /// For a model with a vision tower (its config.json has a vision_config), the collator's images:
