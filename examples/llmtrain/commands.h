@@ -8,6 +8,7 @@
 
 #include "absl/status/statusor.h"
 #include "llmtrain/core/dtype.h"
+#include "llmtrain/data/collator.h"
 #include "llmtrain/model/decoder.h"
 #include "llmtrain/quant/quant4.h"
 
@@ -43,6 +44,13 @@ struct ModelFlags {
   bool Parse(const std::string& option, const std::vector<std::string>& args, size_t* i, std::string* error);
   absl::StatusOr<std::unique_ptr<model::Decoder>> Load(const std::string& path, Dtype dtype) const;
 };
+/// The image options of an image+text model loaded from `model_path`: its tokens per image and
+/// tower size, the three image tokens' ids (data::MakeImageOptions adds the soft token to
+/// `tokenizer` when missing), and the folder's preprocessor_config.json when it has one (refused
+/// when it does not resize).
+absl::StatusOr<data::ImageOptions> ModelImageOptions(const std::string& model_path, tokenizer::Tokenizer* tokenizer,
+                                                     const model::Decoder& model);
+
 /// The lines of help for ModelFlags.
 inline constexpr char kModelFlagsHelp[] =
     "  --load-in-4bit: quantize the projections to 4 bits as they load (QLoRA's frozen base);\n"

@@ -161,13 +161,8 @@ int RunEval(const std::vector<std::string>& args) {
   collator_options.max_length = o.max_length;
   collator_options.add_eos_to_text = false;  // plain text: the tokens as the tokenizer gives them
   if ((*model)->has_vision()) {
-    auto images = data::MakeImageOptions(tok->get(), (*model)->tokens_per_image(), (*model)->image_size());
+    auto images = ModelImageOptions(o.model, tok->get(), **model);
     if (!images.ok()) return Fail("eval", std::string(images.status().message()));
-    if (IsRegularFile(o.model + "/preprocessor_config.json")) {
-      auto processor = data::LoadImageProcessorConfig(o.model);
-      if (!processor.ok()) return Fail("eval", std::string(processor.status().message()));
-      images->processor = *processor;
-    }
     collator_options.images = *images;
   }
   const data::Collator collator(**tok, chat.get(), collator_options);

@@ -135,17 +135,8 @@ int RunGenerate(const std::vector<std::string>& args) {
         user.content_is_list = true;
         for (size_t k = 0; k < images.size(); ++k) user.parts.push_back({"image", ""});
         user.parts.push_back({"text", prompt_text});
-        auto image_options =
-            data::MakeImageOptions(tok->get(), (*model)->tokens_per_image(), (*model)->image_size());
+        auto image_options = ModelImageOptions(model_path, tok->get(), **model);
         if (!image_options.ok()) return Fail("generate", std::string(image_options.status().message()));
-        if (IsRegularFile(model_path + "/preprocessor_config.json")) {
-          auto processor = data::LoadImageProcessorConfig(model_path);
-          if (!processor.ok()) return Fail("generate", std::string(processor.status().message()));
-          image_options->processor = *processor;
-        }
-        if (!image_options->processor.do_resize) {
-          return Fail("generate", absl::StrCat(model_path, "/preprocessor_config.json: do_resize false is not supported"));
-        }
         auto rendered = (*chat_template)->Render({user}, /*add_generation_prompt=*/true);
         if (!rendered.ok()) return Fail("generate", std::string(rendered.status().message()));
         data::ExpandImagePlaceholders(*image_options, &*rendered);

@@ -1,6 +1,9 @@
 // The model options `forward` and `generate` share: --dtype, --load-in-4bit, --adapter.
 #include "absl/strings/str_cat.h"
 #include "llmtrain/commands.h"
+#include "llmtrain/core/atomic_file.h"
+#include "llmtrain/core/status.h"
+#include "llmtrain/data/image.h"
 #include "llmtrain/lora/lora.h"
 #include "llmtrain/quant/quantized_linear.h"
 
@@ -48,6 +51,20 @@ absl::StatusOr<std::unique_ptr<model::Decoder>> ModelFlags::Load(const std::stri
     if (!config.ok()) return config.status();
   }
   return model;
+}
+
+absl::StatusOr<data::ImageOptions> ModelImageOptions(const std::string& model_path, tokenizer::Tokenizer* tokenizer,
+                                                     const model::Decoder& model) {
+  LLMTRAIN_ASSIGN_OR_RETURN(data::ImageOptions options,
+                            data::MakeImageOptions(tokenizer, model.tokens_per_image(), model.image_size()));
+  if (IsRegularFile(model_path + "/preprocessor_config.json")) {
+    LLMTRAIN_ASSIGN_OR_RETURN(options.processor, data::LoadImageProcessorConfig(model_path));
+  }
+  if (!options.processor.do_resize) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(model_path, "/preprocessor_config.json: do_resize false is not supported"));
+  }
+  return options;
 }
 
 }  // namespace llmtrain::cli

@@ -234,14 +234,24 @@ double FMeasure(double precision, double recall) {
   return precision + recall > 0 ? 2 * precision * recall / (precision + recall) : 0.0;
 }
 
-RougeScore ScoreNgrams(const Counts& target, const Counts& prediction) {
-  int64_t overlap = 0, target_count = 0, prediction_count = 0;
-  for (const auto& [ngram, count] : target) {
-    target_count += count;
-    const auto it = prediction.find(ngram);
-    if (it != prediction.end()) overlap += std::min(count, it->second);
+// The n-grams of `a` and of `b`, and those they share (each counted at most as often as in both).
+struct Overlap {
+  int64_t a_total = 0, b_total = 0, shared = 0;
+};
+Overlap CountOverlap(const Counts& a, const Counts& b) {
+  Overlap o;
+  for (const auto& [ngram, count] : a) {
+    o.a_total += count;
+    const auto it = b.find(ngram);
+    if (it != b.end()) o.shared += std::min(count, it->second);
   }
-  for (const auto& [ngram, count] : prediction) prediction_count += count;
+  for (const auto& [ngram, count] : b) o.b_total += count;
+  return o;
+}
+
+RougeScore ScoreNgrams(const Counts& target, const Counts& prediction) {
+  const Overlap o = CountOverlap(target, prediction);
+  const int64_t overlap = o.shared, target_count = o.a_total, prediction_count = o.b_total;
   RougeScore s;
   s.precision = static_cast<double>(overlap) / static_cast<double>(std::max<int64_t>(prediction_count, 1));
   s.recall = static_cast<double>(overlap) / static_cast<double>(std::max<int64_t>(target_count, 1));
@@ -535,15 +545,9 @@ double CorpusChrf(const std::vector<std::string>& predictions, const std::vector
       for (int n = 0; n < kChrfOrder; ++n) {
         const Counts& h = hyp[static_cast<size_t>(n)];
         const Counts& r = ref[static_cast<size_t>(n)];
-        int64_t hyp_count = 0, ref_count = 0, match = 0;
-        for (const auto& [ngram, count] : h) {
-          hyp_count += count;
-          const auto it = r.find(ngram);
-          if (it != r.end()) match += std::min(count, it->second);
-        }
-        for (const auto& [ngram, count] : r) ref_count += count;
+        const Overlap o = CountOverlap(h, r);
         // An order the reference has no n-grams of counts none of the prediction's either.
-        stats.insert(stats.end(), {r.empty() ? 0 : hyp_count, ref_count, match});
+        stats.insert(stats.end(), {r.empty() ? 0 : o.a_total, o.b_total, o.shared});
       }
       const double f = ChrfFromStats(stats);
       if (f > best_f) {
