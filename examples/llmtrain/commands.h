@@ -31,6 +31,7 @@ int RunLaunch(const std::vector<std::string>& args);
 int RunPreprocessImages(const std::vector<std::string>& args);
 int RunMakeVlm(const std::vector<std::string>& args);
 int RunEval(const std::vector<std::string>& args);
+int RunMakeTask(const std::vector<std::string>& args);
 
 /// Model options shared by `forward` and `generate`:
 ///   --load-in-4bit          quantize the projections to NF4 (blocks of 64, double quantization)

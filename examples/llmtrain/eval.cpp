@@ -1,10 +1,12 @@
-// llmtrain eval --model PATH --data FILE... [--tokenizer PATH] [--adapter DIR] [--load-in-4bit]
-//               [--format auto] [--image-dir DIR] [--image-list FILE] [--metrics loss,perplexity]
-//               [--max-new-tokens 64] [--max-records 0] [--batch-size 8] [--max-length 2048]
-//               [--predictions OUT.jsonl] [--json]
+// llmtrain eval --model PATH [--data FILE...] [--task NAME|FILE ...] [--tokenizer PATH] [--adapter DIR]
+//               [--load-in-4bit] [--format auto] [--image-dir DIR] [--image-list FILE]
+//               [--metrics loss,perplexity] [--max-new-tokens 64] [--max-records 0] [--batch-size 8]
+//               [--max-length 2048] [--task-docs 200] [--task-seed 0] [--predictions OUT.jsonl] [--json]
+// llmtrain make-task NAME --output FILE [--docs 200] [--choices 4] [--seed 0]
 // Evaluates a model (and an adapter) on data in any format the trainer reads (eval/evaluate.h):
 // the loss and perplexity with the trainer's masking, and generation metrics of greedy replies
-// against the data's (eval/text_metrics.h).
+// against the data's (eval/text_metrics.h); and on multiple-choice tasks, accuracy by
+// log-likelihood as lm-evaluation-harness computes it (eval/multiple_choice.h).
 #include <algorithm>
 #include <cstdio>
 #include <string>
@@ -12,6 +14,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "llmtrain/commands.h"
 #include "llmtrain/core/atomic_file.h"
@@ -20,6 +23,7 @@
 #include "llmtrain/data/dataset.h"
 #include "llmtrain/data/image.h"
 #include "llmtrain/eval/evaluate.h"
+#include "llmtrain/eval/multiple_choice.h"
 #include "llmtrain/lora/lora.h"
 #include "llmtrain/model/decoder.h"
 #include "llmtrain/tokenizer/chat_template.h"
@@ -30,29 +34,46 @@ namespace llmtrain::cli {
 namespace {
 
 constexpr char kHelp[] =
-    "usage: llmtrain eval --model PATH --data FILE... [--tokenizer PATH] [--adapter DIR] [--load-in-4bit]\n"
-    "                     [--format auto] [--image-dir DIR] [--image-list FILE]\n"
-    "                     [--metrics loss,perplexity] [--max-new-tokens 64] [--max-records 0]\n"
-    "                     [--batch-size 8] [--max-length 2048] [--predictions OUT.jsonl] [--json]\n"
+    "usage: llmtrain eval --model PATH [--data FILE...] [--task NAME|FILE ...] [--tokenizer PATH]\n"
+    "                     [--adapter DIR] [--load-in-4bit] [--format auto] [--image-dir DIR]\n"
+    "                     [--image-list FILE] [--metrics loss,perplexity] [--max-new-tokens 64]\n"
+    "                     [--max-records 0] [--batch-size 8] [--max-length 2048] [--task-docs 200]\n"
+    "                     [--task-seed 0] [--predictions OUT.jsonl] [--json]\n"
     "  --data: one or more files in a format the trainer reads (auto-detected, or --format).\n"
+    "  --task: a multiple-choice task, built in (debian-packages, iso-countries: --task-docs\n"
+    "    questions drawn with --task-seed from the machine's dpkg database and iso-codes) or a\n"
+    "    JSONL file of {\"context\", \"choices\", \"gold\"}; repeatable. Metrics accuracy and\n"
+    "    accuracy_norm (per character of the choice), as lm-evaluation-harness's hf backend\n"
+    "    scores \" \" + choice after the context. Default metrics: loss, perplexity with --data,\n"
+    "    accuracy, accuracy_norm with --task.\n"
     "  --metrics: any of loss, perplexity (per-token NLL over the tokens the trainer trains on:\n"
     "    the replies of conversations; every token after the first of plain text), exact_match,\n"
     "    rouge (rouge1, rouge2, rougeL), bleu, chrf: greedy replies to each prompt (the\n"
     "    conversation before its last assistant turn, records with the same prompt sharing their\n"
     "    replies as references), scored as rouge_score (use_stemmer) and sacrebleu do, on their\n"
     "    scales (ROUGE and exact_match 0-1, BLEU and chrF 0-100).\n"
-    "  --max-records N: the first N records (0: all). --batch-size: sequences per loss forward.\n"
+    "  --max-records N: the first N records, and questions of each task (0: all).\n"
+    "  --batch-size: sequences per forward. --max-length: the longest sequence (tasks: cut from\n"
+    "    the left, as lm-eval does; default there the model's max_position_embeddings).\n"
     "  --predictions OUT.jsonl: one line per prompt: {\"where\", \"prediction\", \"reference\",\n"
-    "    \"references\"}. --json: one object of the metrics (and n_tokens, items, skipped).\n"
+    "    \"references\"}, and per task question {\"task\", \"where\", \"loglikelihood\",\n"
+    "    \"is_greedy\", \"pred\", \"pred_norm\", \"gold\"}.\n"
+    "  --json: one object of the metrics (and n_tokens, items, skipped; with tasks, \"tasks\":\n"
+    "    {name: {accuracy, accuracy_norm, n_docs}}, accuracy and accuracy_norm being over all\n"
+    "    their questions).\n"
     "  --tokenizer PATH: when the model folder has none (a GGUF or a folder with tokenizer.json).\n";
 
 struct Options {
   std::string model, tokenizer, format = "auto", image_dir, image_list, predictions;
-  std::vector<std::string> data;
-  std::vector<std::string> metrics = {"loss", "perplexity"};
-  int64_t max_new_tokens = 64, max_records = 0, batch_size = 8, max_length = 2048;
+  std::vector<std::string> data, tasks;
+  std::vector<std::string> metrics;  // empty: the defaults of --data and --task
+  int64_t max_new_tokens = 64, max_records = 0, batch_size = 8, max_length = 0;
+  eval::BuiltinTaskOptions task_options;
   bool json = false;
 };
+
+constexpr const char* kMetrics[] = {"loss", "perplexity", "exact_match", "rouge", "bleu", "chrf", "accuracy",
+                                    "accuracy_norm"};
 
 bool Wants(const Options& o, const char* metric) {
   for (const std::string& m : o.metrics) {
@@ -92,6 +113,12 @@ int RunEval(const std::vector<std::string>& args) {
     } else if (a == "--data") {
       o.data.push_back(v);
       while (i + 1 < args.size() && args[i + 1].rfind("--", 0) != 0) o.data.push_back(args[++i]);
+    } else if (a == "--task") {
+      o.tasks.push_back(v);
+    } else if (a == "--task-docs") {
+      ok = absl::SimpleAtoi(v, &o.task_options.docs) && o.task_options.docs >= 1;
+    } else if (a == "--task-seed") {
+      ok = absl::SimpleAtoi(v, &o.task_options.seed);
     } else if (a == "--format") {
       o.format = v;
     } else if (a == "--image-dir") {
@@ -116,34 +143,57 @@ int RunEval(const std::vector<std::string>& args) {
     if (!ok) return Fail("eval", absl::StrCat(a, ": expected a number in range, found \"", v, "\""), 2);
   }
   if (o.model.empty()) return Fail("eval", absl::StrCat("--model is required\n", kHelp), 2);
-  if (o.data.empty()) return Fail("eval", absl::StrCat("--data is required\n", kHelp), 2);
+  if (o.data.empty() && o.tasks.empty()) return Fail("eval", absl::StrCat("--data or --task is required\n", kHelp), 2);
+  if (o.metrics.empty()) {
+    if (!o.data.empty()) o.metrics = {"loss", "perplexity"};
+    if (!o.tasks.empty()) o.metrics.insert(o.metrics.end(), {"accuracy", "accuracy_norm"});
+  }
   for (const std::string& m : o.metrics) {
-    static const char* const kKnown[] = {"loss", "perplexity", "exact_match", "rouge", "bleu", "chrf"};
-    if (std::none_of(std::begin(kKnown), std::end(kKnown), [&](const char* k) { return m == k; })) {
-      return Fail("eval", absl::StrCat("--metrics: unknown metric \"", m,
-                                       "\" (loss, perplexity, exact_match, rouge, bleu, chrf)"), 2);
+    if (std::none_of(std::begin(kMetrics), std::end(kMetrics), [&](const char* k) { return m == k; })) {
+      return Fail("eval", absl::StrCat("--metrics: unknown metric \"", m, "\" (", absl::StrJoin(kMetrics, ", "), ")"),
+                  2);
     }
   }
   const bool want_loss = Wants(o, "loss") || Wants(o, "perplexity");
   const bool want_generation = Wants(o, "exact_match") || Wants(o, "rouge") || Wants(o, "bleu") || Wants(o, "chrf");
-  if (!o.predictions.empty() && !want_generation) {
-    return Fail("eval", "--predictions needs a generation metric in --metrics (exact_match, rouge, bleu, chrf)", 2);
+  const bool want_choice = Wants(o, "accuracy") || Wants(o, "accuracy_norm");
+  if ((want_loss || want_generation) && o.data.empty()) {
+    return Fail("eval", "--metrics: loss, perplexity and generation metrics need --data", 2);
+  }
+  if (want_choice != !o.tasks.empty()) {
+    return Fail("eval", want_choice ? "--metrics: accuracy and accuracy_norm need --task"
+                                    : "--task needs accuracy or accuracy_norm in --metrics",
+                2);
+  }
+  if (!o.predictions.empty() && !want_generation && !want_choice) {
+    return Fail("eval", "--predictions needs a generation metric (exact_match, rouge, bleu, chrf) or a --task", 2);
+  }
+  // Tasks next: an unknown task or a bad task file is refused before the model loads.
+  std::vector<eval::ChoiceTask> tasks;
+  for (const std::string& t : o.tasks) {
+    auto task = eval::ResolveTask(t, o.task_options);
+    if (!task.ok()) return Fail("eval", absl::StrCat("--task: ", task.status().message()), 2);
+    tasks.push_back(*std::move(task));
   }
 
   // Data first: a bad file is refused before the model loads.
-  data::DatasetOptions dataset_options;
-  auto format = data::ParseFormat(o.format);
-  if (!format.ok()) return Fail("eval", absl::StrCat("--format: ", format.status().message()), 2);
-  dataset_options.format = *format;
-  dataset_options.image_dir = o.image_dir;
-  dataset_options.image_list = o.image_list;
-  auto dataset = data::Dataset::Open(o.data, dataset_options);
-  if (!dataset.ok()) return Fail("eval", std::string(dataset.status().message()));
-  for (const data::BadRecord& bad : (*dataset)->bad_records()) std::fprintf(stderr, "skipped %s\n", bad.ToString().c_str());
-  if ((*dataset)->size() == 0) return Fail("eval", "--data: no valid records");
-  if (want_generation && (*dataset)->format() == data::Format::kText) {
-    return Fail("eval", "generation metrics need replies to compare with; plain text has none (use loss, perplexity)",
-                2);
+  std::unique_ptr<data::Dataset> dataset;
+  if (!o.data.empty()) {
+    data::DatasetOptions dataset_options;
+    auto format = data::ParseFormat(o.format);
+    if (!format.ok()) return Fail("eval", absl::StrCat("--format: ", format.status().message()), 2);
+    dataset_options.format = *format;
+    dataset_options.image_dir = o.image_dir;
+    dataset_options.image_list = o.image_list;
+    auto opened = data::Dataset::Open(o.data, dataset_options);
+    if (!opened.ok()) return Fail("eval", std::string(opened.status().message()));
+    dataset = *std::move(opened);
+    for (const data::BadRecord& bad : dataset->bad_records()) std::fprintf(stderr, "skipped %s\n", bad.ToString().c_str());
+    if (dataset->size() == 0) return Fail("eval", "--data: no valid records");
+    if (want_generation && dataset->format() == data::Format::kText) {
+      return Fail("eval",
+                  "generation metrics need replies to compare with; plain text has none (use loss, perplexity)", 2);
+    }
   }
 
   auto tok = tokenizer::Tokenizer::Load(o.tokenizer.empty() ? o.model : o.tokenizer);
@@ -152,13 +202,13 @@ int RunEval(const std::vector<std::string>& args) {
   if (!model.ok()) return Fail("eval", std::string(model.status().message()));
   lora::SetTraining(model->get(), false);
   std::unique_ptr<tokenizer::ChatTemplate> chat;
-  if ((*dataset)->format() != data::Format::kText) {
+  if (dataset != nullptr && dataset->format() != data::Format::kText) {
     auto t = tokenizer::ChatTemplate::ForTokenizer(**tok);
     if (!t.ok()) return Fail("eval", std::string(t.status().message()));
     chat = *std::move(t);
   }
   data::CollatorOptions collator_options;
-  collator_options.max_length = o.max_length;
+  collator_options.max_length = o.max_length > 0 ? o.max_length : 2048;
   collator_options.add_eos_to_text = false;  // plain text: the tokens as the tokenizer gives them
   if ((*model)->has_vision()) {
     auto images = ModelImageOptions(o.model, tok->get(), **model);
@@ -169,8 +219,9 @@ int RunEval(const std::vector<std::string>& args) {
 
   nlohmann::json result = nlohmann::json::object();
   nlohmann::json skipped = nlohmann::json::array();
+  std::string prediction_lines;
   if (want_loss) {
-    const int64_t total = o.max_records > 0 ? std::min(o.max_records, (*dataset)->size()) : (*dataset)->size();
+    const int64_t total = o.max_records > 0 ? std::min(o.max_records, dataset->size()) : dataset->size();
     ProgressReporter progress({.label = "eval loss", .total = total, .unit = "records"});
     eval::LossOptions lo;
     lo.batch_size = o.batch_size;
@@ -180,7 +231,7 @@ int RunEval(const std::vector<std::string>& args) {
       progress.Advance(done - last);
       last = done;
     };
-    auto loss = eval::EvaluateLoss(**model, **dataset, collator, lo);
+    auto loss = eval::EvaluateLoss(**model, *dataset, collator, lo);
     progress.Finish();
     if (!loss.ok()) return Fail("eval", std::string(loss.status().message()));
     for (const auto& [where, why] : loss->skipped) skipped.push_back({{"where", where}, {"reason", why}});
@@ -190,7 +241,7 @@ int RunEval(const std::vector<std::string>& args) {
   }
   if (want_generation) {
     std::vector<std::pair<std::string, std::string>> skipped_items;
-    auto items = eval::MakeGenerationItems(**dataset, collator, **tok, *chat, o.max_records, &skipped_items);
+    auto items = eval::MakeGenerationItems(*dataset, collator, **tok, *chat, o.max_records, &skipped_items);
     if (!items.ok()) return Fail("eval", std::string(items.status().message()));
     for (const auto& [where, why] : skipped_items) skipped.push_back({{"where", where}, {"reason", why}});
     model::GenerationOptions go;
@@ -210,20 +261,65 @@ int RunEval(const std::vector<std::string>& args) {
     }
     if (Wants(o, "bleu")) result["bleu"] = s.bleu;
     if (Wants(o, "chrf")) result["chrf"] = s.chrf;
-    if (!o.predictions.empty()) {
-      std::string lines;
-      for (const eval::GenerationItem& item : *items) {
-        absl::StrAppend(&lines,
-                        nlohmann::json({{"where", item.where},
-                                        {"prediction", item.prediction},
-                                        {"reference", item.references.front()},
-                                        {"references", item.references}})
+    for (const eval::GenerationItem& item : *items) {
+      absl::StrAppend(&prediction_lines,
+                      nlohmann::json({{"where", item.where},
+                                      {"prediction", item.prediction},
+                                      {"reference", item.references.front()},
+                                      {"references", item.references}})
+                          .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace),
+                      "\n");
+    }
+  }
+  if (want_choice) {
+    nlohmann::json per_task = nlohmann::json::object();
+    int64_t docs = 0;
+    double right = 0, right_norm = 0;
+    for (const eval::ChoiceTask& task : tasks) {
+      const int64_t total = o.max_records > 0 ? std::min<int64_t>(o.max_records, task.docs.size()) : task.docs.size();
+      ProgressReporter progress({.label = absl::StrCat("eval ", task.name), .total = total, .unit = "questions"});
+      eval::ChoiceOptions co;
+      co.batch_size = o.batch_size;
+      co.max_length = o.max_length;
+      co.max_docs = o.max_records;
+      int64_t last = 0;
+      co.on_progress = [&](int64_t done, int64_t) {
+        progress.Advance(done - last);
+        last = done;
+      };
+      auto r = eval::EvaluateMultipleChoice(**model, **tok, task, co);
+      progress.Finish();
+      if (!r.ok()) return Fail("eval", std::string(r.status().message()));
+      nlohmann::json t = {{"n_docs", r->n_docs}};
+      if (Wants(o, "accuracy")) t["accuracy"] = r->accuracy;
+      if (Wants(o, "accuracy_norm")) t["accuracy_norm"] = r->accuracy_norm;
+      per_task[task.name] = t;
+      docs += r->n_docs;
+      right += r->accuracy * static_cast<double>(r->n_docs);
+      right_norm += r->accuracy_norm * static_cast<double>(r->n_docs);
+      for (int64_t d = 0; d < r->n_docs; ++d) {
+        const eval::ChoiceScores& c = r->docs[static_cast<size_t>(d)];
+        nlohmann::json greedy = nlohmann::json::array();
+        for (const bool g : c.is_greedy) greedy.push_back(g);
+        absl::StrAppend(&prediction_lines,
+                        nlohmann::json({{"task", task.name},
+                                        {"where", task.docs[static_cast<size_t>(d)].where},
+                                        {"loglikelihood", c.loglikelihood},
+                                        {"is_greedy", greedy},
+                                        {"pred", c.pred},
+                                        {"pred_norm", c.pred_norm},
+                                        {"gold", c.gold}})
                             .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace),
                         "\n");
       }
-      if (const absl::Status w = WriteFileAtomically(o.predictions, lines); !w.ok()) {
-        return Fail("eval", std::string(w.message()));
-      }
+    }
+    if (Wants(o, "accuracy")) result["accuracy"] = docs > 0 ? right / static_cast<double>(docs) : 0.0;
+    if (Wants(o, "accuracy_norm")) result["accuracy_norm"] = docs > 0 ? right_norm / static_cast<double>(docs) : 0.0;
+    result["tasks"] = per_task;
+  }
+  if (!o.predictions.empty()) {
+    if (const absl::Status w = WriteFileAtomically(o.predictions, prediction_lines); !w.ok()) {
+      return Fail("eval", std::string(w.message()));
     }
   }
   result["skipped"] = skipped;
@@ -231,12 +327,25 @@ int RunEval(const std::vector<std::string>& args) {
     std::printf("%s\n", result.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
     return 0;
   }
-  std::printf("eval: %s%s on %lld records of %s\n", o.model.c_str(),
-              flags.adapter.empty() ? "" : absl::StrCat(" + ", flags.adapter).c_str(),
-              static_cast<long long>(o.max_records > 0 ? std::min(o.max_records, (*dataset)->size()) : (*dataset)->size()),
-              std::string(data::FormatName((*dataset)->format())).c_str());
+  const std::string model_name = absl::StrCat(o.model, flags.adapter.empty() ? "" : absl::StrCat(" + ", flags.adapter));
+  if (dataset != nullptr) {
+    std::printf("eval: %s on %lld records of %s\n", model_name.c_str(),
+                static_cast<long long>(o.max_records > 0 ? std::min(o.max_records, dataset->size()) : dataset->size()),
+                std::string(data::FormatName(dataset->format())).c_str());
+  } else {
+    std::printf("eval: %s\n", model_name.c_str());
+  }
+  if (result.contains("tasks")) {
+    for (const auto& [name, t] : result["tasks"].items()) {
+      std::printf("  task %s (%lld questions):", name.c_str(), static_cast<long long>(t["n_docs"].get<int64_t>()));
+      for (const char* key : {"accuracy", "accuracy_norm"}) {
+        if (t.contains(key)) std::printf(" %s %.4f", key, t[key].get<double>());
+      }
+      std::printf("\n");
+    }
+  }
   for (const char* key : {"loss", "perplexity", "n_tokens", "items", "exact_match", "rouge1", "rouge2", "rougeL",
-                          "bleu", "chrf"}) {
+                          "bleu", "chrf", "accuracy", "accuracy_norm"}) {
     if (!result.contains(key)) continue;
     if (result[key].is_number_integer()) {
       std::printf("  %-12s %lld\n", key, static_cast<long long>(result[key].get<int64_t>()));
@@ -247,6 +356,54 @@ int RunEval(const std::vector<std::string>& args) {
   for (const auto& s : skipped) {
     std::printf("  skipped %s: %s\n", s["where"].get<std::string>().c_str(), s["reason"].get<std::string>().c_str());
   }
+  return 0;
+}
+
+}  // namespace llmtrain::cli
+
+namespace llmtrain::cli {
+
+int RunMakeTask(const std::vector<std::string>& args) {
+  static constexpr char kMakeTaskHelp[] =
+      "usage: llmtrain make-task NAME --output FILE [--docs 200] [--choices 4] [--seed 0]\n"
+      "  NAME: debian-packages (what a package does, from /var/lib/dpkg/status) or iso-countries\n"
+      "  (the country of an ISO 3166-1 code, from Debian's iso-codes). Writes the task file that\n"
+      "  `llmtrain eval --task NAME` scores, one {\"context\", \"choices\", \"gold\"} per line.\n";
+  std::string name, output;
+  eval::BuiltinTaskOptions options;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    if (a == "--help" || a == "-h") {
+      std::fputs(kMakeTaskHelp, stdout);
+      return 0;
+    }
+    if (a.rfind("--", 0) != 0) {
+      if (!name.empty()) return Fail("make-task", absl::StrCat("one task name expected, found \"", a, "\" too"), 2);
+      name = a;
+      continue;
+    }
+    if (i + 1 >= args.size()) return Fail("make-task", absl::StrCat(a, " needs a value\n", kMakeTaskHelp), 2);
+    const std::string& v = args[++i];
+    bool ok = true;
+    if (a == "--output") {
+      output = v;
+    } else if (a == "--docs") {
+      ok = absl::SimpleAtoi(v, &options.docs) && options.docs >= 1;
+    } else if (a == "--choices") {
+      ok = absl::SimpleAtoi(v, &options.choices) && options.choices >= 2;
+    } else if (a == "--seed") {
+      ok = absl::SimpleAtoi(v, &options.seed);
+    } else {
+      return Fail("make-task", absl::StrCat("unknown option ", a, "\n", kMakeTaskHelp), 2);
+    }
+    if (!ok) return Fail("make-task", absl::StrCat(a, ": expected a number in range, found \"", v, "\""), 2);
+  }
+  if (name.empty() || output.empty()) return Fail("make-task", absl::StrCat("NAME and --output are required\n", kMakeTaskHelp), 2);
+  auto task = eval::BuildBuiltinTask(name, options);
+  if (!task.ok()) return Fail("make-task", std::string(task.status().message()));
+  if (const absl::Status w = eval::WriteChoiceTask(*task, output); !w.ok()) return Fail("make-task", std::string(w.message()));
+  std::printf("%s: %zu questions of %s, %lld choices each\n", output.c_str(), task->docs.size(), name.c_str(),
+              static_cast<long long>(options.choices));
   return 0;
 }
 

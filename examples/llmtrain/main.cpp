@@ -49,8 +49,12 @@ constexpr char kUsage[] =
     "  launch --nproc-per-node N [--nnodes M --node-rank R --master-addr A --master-port P]\n"
     "         -- COMMAND [ARGS]   N ranks of COMMAND with torchrun's variables (a distributed run)\n"
     "  report RUN_DIR             RUN_DIR/report.html: plots, samples, data summary, spec\n"
-    "  eval --model PATH --data FILE... [--adapter DIR] [--metrics loss,perplexity,rouge,...]\n"
-    "                             loss, perplexity and generation metrics (ROUGE, BLEU, chrF)\n"
+    "  eval --model PATH [--data FILE...] [--task NAME|FILE ...] [--adapter DIR] [--metrics ...]\n"
+    "                             loss, perplexity, generation metrics (ROUGE, BLEU, chrF) and\n"
+    "                             multiple-choice accuracy (lm-evaluation-harness's way)\n"
+    "  make-task NAME --output FILE [--docs 200] [--choices 4] [--seed 0]\n"
+    "                             a built-in multiple-choice task (debian-packages, iso-countries)\n"
+    "                             as a task file\n"
     "  spec --print-defaults | --check FILE [--set path=value ...]\n"
     "                             the run spec: every field with its default, or validation\n"
     "  make-default-dataset --output FILE [--status /var/lib/dpkg/status]\n"
@@ -94,6 +98,7 @@ int main(int argc, char** argv) {
   if (command == "train") return llmtrain::cli::RunTrain(args);
   if (command == "report") return llmtrain::cli::RunReport(args);
   if (command == "eval") return llmtrain::cli::RunEval(args);
+  if (command == "make-task") return llmtrain::cli::RunMakeTask(args);
   if (command == "launch") return llmtrain::cli::RunLaunch(args);
   if (command == "make-default-dataset") return llmtrain::cli::RunMakeDefaultDataset(args);
   if (command == "preprocess-images") return llmtrain::cli::RunPreprocessImages(args);

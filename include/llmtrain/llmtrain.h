@@ -37,6 +37,7 @@
 #include "llmtrain/data/dataset.h"
 #include "llmtrain/data/image.h"
 #include "llmtrain/eval/evaluate.h"
+#include "llmtrain/eval/multiple_choice.h"
 #include "llmtrain/eval/text_metrics.h"
 #include "llmtrain/dist/engine.h"
 #include "llmtrain/dist/env.h"

@@ -19,11 +19,6 @@
 namespace llmtrain::data {
 namespace {
 
-struct Package {
-  std::string name, section, synopsis;
-  std::vector<std::string> long_lines;  // continuation lines of Description, leading space removed
-};
-
 // A deterministic choice of phrasing per package, so the questions are not all the same.
 const char* Question(absl::string_view name) {
   static const char* kTemplates[] = {"What is the Debian package %s for?", "What does the %s package do?",
@@ -33,7 +28,7 @@ const char* Question(absl::string_view name) {
   return kTemplates[h % 4];
 }
 
-std::string Response(const Package& p) {
+std::string Response(const DebianPackage& p) {
   std::string synopsis = p.synopsis;
   if (!synopsis.empty()) synopsis[0] = absl::ascii_toupper(static_cast<unsigned char>(synopsis[0]));
   if (!synopsis.empty() && synopsis.back() != '.') synopsis += '.';
@@ -58,14 +53,14 @@ std::string Response(const Package& p) {
 
 }  // namespace
 
-absl::StatusOr<int64_t> BuildDebianPackageDataset(absl::string_view status_path, absl::string_view output) {
+absl::StatusOr<std::vector<DebianPackage>> ReadDpkgStatus(absl::string_view status_path) {
   LLMTRAIN_ASSIGN_OR_RETURN(const std::string text, ReadFileToString(status_path));
-  std::map<std::string, Package> packages;
-  Package current;
+  std::map<std::string, DebianPackage> packages;
+  DebianPackage current;
   bool in_description = false;
   auto finish = [&] {
     if (!current.name.empty() && !current.synopsis.empty()) packages[current.name] = current;
-    current = Package();
+    current = DebianPackage();
     in_description = false;
   };
   for (absl::string_view line : absl::StrSplit(text, '\n')) {
@@ -94,10 +89,18 @@ absl::StatusOr<int64_t> BuildDebianPackageDataset(absl::string_view status_path,
   if (packages.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(status_path, ": no package with a description found"));
   }
+  std::vector<DebianPackage> out;
+  out.reserve(packages.size());
+  for (auto& [name, p] : packages) out.push_back(std::move(p));
+  return out;
+}
+
+absl::StatusOr<int64_t> BuildDebianPackageDataset(absl::string_view status_path, absl::string_view output) {
+  LLMTRAIN_ASSIGN_OR_RETURN(const std::vector<DebianPackage> packages, ReadDpkgStatus(status_path));
   std::string jsonl;
-  for (const auto& [name, p] : packages) {
+  for (const DebianPackage& p : packages) {
     char question[512];
-    std::snprintf(question, sizeof(question), Question(name), name.c_str());
+    std::snprintf(question, sizeof(question), Question(p.name), p.name.c_str());
     const nlohmann::json record = {{"instruction", question},
                                    {"context", ""},
                                    {"response", Response(p)},

@@ -12,6 +12,7 @@
 #include "llmtrain/data/collator.h"
 #include "llmtrain/data/dataset.h"
 #include "llmtrain/eval/evaluate.h"
+#include "llmtrain/eval/multiple_choice.h"
 #include "llmtrain/lora/lora.h"
 #include "llmtrain/model/decoder.h"
 #include "llmtrain/tokenizer/chat_template.h"
@@ -164,7 +165,7 @@ TEST_CASE("eval: EvaluateLoss refuses bad options and lists the records the coll
 
 // The command line over the same library calls: its JSON keys, its loss equal to EvaluateLoss's,
 // its predictions file scored again equal to its metrics, and its refusals.
-TEST_CASE("eval: llmtrain eval reports loss, perplexity and generation metrics", "[eval][real][cli]") {
+TEST_CASE("eval: llmtrain eval reports loss, perplexity, generation metrics and task accuracy", "[eval][real][cli]") {
   const std::string dir = testing::TempDir("eval_cli");
   std::string dolly;
   for (int i = 0; i < 6; ++i) {
@@ -231,6 +232,57 @@ TEST_CASE("eval: llmtrain eval reports loss, perplexity and generation metrics",
   const auto missing = testing::RunCommand(cli + " --data " + testing::ShellQuote(dir + "/none.jsonl") + " 2>&1");
   CHECK(missing.exit_code == 1);
   CHECK(absl::StrContains(missing.out, dir + "/none.jsonl"));
+
+  // Multiple choice: a task file and a built-in task, their accuracies over all their questions,
+  // the per-question lines equal to EvaluateMultipleChoice's.
+  const std::string mc =
+      "{\"context\": \"Question: What is the capital of France?\\nAnswer:\", \"choices\": [\"Paris\", \"Rome\"], \"gold\": 0}\n"
+      "{\"context\": \"2 + 2 =\", \"choices\": [\"3\", \"4\", \"5\"], \"gold\": 1}\n"
+      "{\"context\": \"The sky is\", \"choices\": [\"green\", \"blue\"], \"gold\": 1, \"id\": 7}\n";
+  REQUIRE(WriteFileAtomically(dir + "/mc.jsonl", mc).ok());
+  const auto choice = testing::RunCommand(cli + " --task " + testing::ShellQuote(dir + "/mc.jsonl") +
+                                          " --task iso-countries --task-docs 4 --json --predictions " +
+                                          testing::ShellQuote(dir + "/mc_p.jsonl") + " 2>/dev/null");
+  INFO(choice.out);
+  REQUIRE(choice.exit_code == 0);
+  const json mc_out = testing::LastJsonLine(choice.out);
+  CHECK_FALSE(mc_out.contains("loss"));
+  CHECK(mc_out["tasks"]["mc"]["n_docs"].get<int64_t>() == 3);
+  CHECK(mc_out["tasks"]["iso-countries"]["n_docs"].get<int64_t>() == 4);
+  const double pooled = (mc_out["tasks"]["mc"]["accuracy"].get<double>() * 3 +
+                         mc_out["tasks"]["iso-countries"]["accuracy"].get<double>() * 4) / 7;
+  CHECK(mc_out["accuracy"].get<double>() == Approx(pooled).epsilon(1e-12));
+  CHECK(mc_out.contains("accuracy_norm"));
+  auto task = eval::LoadChoiceTask(dir + "/mc.jsonl");
+  REQUIRE(task.ok());
+  auto scored = eval::EvaluateMultipleChoice(**model, **tok, *task);
+  REQUIRE(scored.ok());
+  CHECK(mc_out["tasks"]["mc"]["accuracy"].get<double>() == scored->accuracy);
+  auto mc_lines = ReadFileToString(dir + "/mc_p.jsonl");
+  REQUIRE(mc_lines.ok());
+  const std::vector<json> per_question = testing::JsonLines(*mc_lines);
+  REQUIRE(per_question.size() == 7);
+  CHECK(per_question[1]["where"] == dir + "/mc.jsonl:2");
+  CHECK(per_question[1]["loglikelihood"].get<std::vector<double>>() == scored->docs[1].loglikelihood);
+  CHECK(per_question[1]["pred"].get<int64_t>() == scored->docs[1].pred);
+  CHECK(per_question[6]["task"] == "iso-countries");
+
+  // Refused before the model loads (the model path does not exist, the task error comes first).
+  const std::string no_model = testing::ShellQuote(testing::CliPath()) + " eval --model " + testing::ShellQuote(dir + "/no-model");
+  REQUIRE(WriteFileAtomically(dir + "/gold.jsonl", "{\"context\": \"Q\", \"choices\": [\"a\", \"b\"], \"gold\": 5}\n").ok());
+  const auto gold = testing::RunCommand(no_model + " --task " + testing::ShellQuote(dir + "/gold.jsonl") + " 2>&1");
+  CHECK(gold.exit_code == 2);
+  CHECK(absl::StrContains(gold.out, dir + "/gold.jsonl:1: field \"gold\": 5 is outside \"choices\""));
+  const auto unknown_task = testing::RunCommand(no_model + " --task mmlu 2>&1");
+  CHECK(unknown_task.exit_code == 2);
+  CHECK(absl::StrContains(unknown_task.out, "unknown task \"mmlu\""));
+  const auto no_task = testing::RunCommand(no_model + " --data " + testing::ShellQuote(dir + "/qa.jsonl") +
+                                           " --metrics accuracy 2>&1");
+  CHECK(no_task.exit_code == 2);
+  CHECK(absl::StrContains(no_task.out, "accuracy and accuracy_norm need --task"));
+  const auto bad_metric = testing::RunCommand(no_model + " --task iso-countries --metrics accuracy,f1 2>&1");
+  CHECK(bad_metric.exit_code == 2);
+  CHECK(absl::StrContains(bad_metric.out, "unknown metric \"f1\""));
 }
 
 }  // namespace

@@ -15,6 +15,17 @@ Porter stemmer on predictions and references generated here. Usage:
       tokenizer(text) (BOS added as the tokenizer does), and per row of DIR/dolly_ids.json
       ({"ids": [[...]], "labels": [[...]]}: our collator's) the summed NLL of the labels after the
       shift. Prints {"text": {"base": [[nll, n]...], "adapter": [...]}, "dolly": {...}}.
+  eval_ref.py choice GGUF DIR
+      lm-evaluation-harness (the `hf` backend, float32, batch size 1) on every task file
+      DIR/tasks/*.jsonl, after writing DIR/tasks/edge.jsonl (contexts with trailing spaces and
+      newlines, an empty context, one that starts with "<bos>", Unicode, long contexts cut
+      from the left by a small max_length): for three models, "gemma" (the GGUF saved as an HF
+      folder), "gemma_adapter" (with a random PEFT LoRA it writes to DIR/gemma_adapter) and "qwen"
+      (a random tiny Qwen2 at DIR/qwen with the real Qwen2.5 tokenizer: no BOS; its
+      max_position_embeddings 48 is lm-eval's max_length). Writes DIR/lm_eval.json: per model
+      {"tasks": {name: {"acc", "acc_norm", "docs": [[[ll, is_greedy] per choice] per doc]}},
+      "requests": [[context, continuation, context_ids, continuation_ids]]} (the pairs lm-eval
+      encoded, recorded where it scores them). Prints {"models": [...], "tasks": [...]}.
 The texts: English from the machine's Debian package descriptions (/var/lib/dpkg/status), edited
 into predictions (words dropped, swapped, replaced, repeated), with Unicode (accents, CJK, emoji,
 combining marks, İ, the Kelvin sign, no-break and ideographic spaces), numbers and punctuation
@@ -225,6 +236,122 @@ def loss(gguf, out):
           "bos_first": all(tok(t).input_ids[0] == tok.bos_token_id for t in texts)})
 
 
+def edge_docs():
+    sents = description_sentences()
+    rng = random.Random(23)
+    long_context = " ".join(rng.choice(sents) for _ in range(30)) + "\nQuestion: which word came first?\nAnswer:"
+    return [
+        {"context": "Question: What is the capital of France?\nAnswer: ", "choices": ["Paris", "Lyon", "Marseille"],
+         "gold": 0},
+        {"context": "Question: Is water wet?\n", "choices": ["yes", "no"], "gold": 0},
+        {"context": "", "choices": ["The cat sat on the mat.", "Mat the on sat cat the."], "gold": 0},
+        {"context": "  \n Say hello:\n\n", "choices": ["hello world", "world hello", "hi"], "gold": 1},
+        {"context": "<bos>Question: 2 + 2 =", "choices": ["4", "5", "22", "four"], "gold": 0},
+        {"context": "Quelle est la capitale de l'Allemagne ?\nRéponse :", "choices": ["Berlin", "Zürich", "東京", "😀"],
+         "gold": 0},
+        {"context": "Pick a number:\t", "choices": ["3.14", "-1", "(a)", "1,000"], "gold": 2},
+        {"context": long_context, "choices": [long_context.split()[0], "zebra", "quantum chromodynamics"], "gold": 0},
+        {"context": "Translate to German: good morning ->", "choices": ["Guten Morgen", "Gute Nacht", "Hallo",
+                                                                     "Auf Wiedersehen, bis morgen früh"], "gold": 0},
+        {"context": "The opposite of hot is", "choices": ["cold", "warm", "very very hot indeed"], "gold": 0},
+    ]
+
+
+def choice(gguf, out):
+    import glob
+    import os
+    os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
+    os.environ["HF_DATASETS_CACHE"] = os.path.join(out, "datasets_cache")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    os.environ["TQDM_DISABLE"] = "1"
+    import logging
+    logging.disable(logging.WARNING)  # lm-eval's notes on every task's default aggregation
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+    from tokenizer_ref import qwen_tokenizer
+
+    tasks_dir = os.path.join(out, "tasks")
+    with open(os.path.join(tasks_dir, "edge.jsonl"), "w", encoding="utf-8") as f:
+        for d in edge_docs():
+            f.write(json.dumps(d, ensure_ascii=False) + "\n")
+    names = []
+    for path in sorted(glob.glob(os.path.join(tasks_dir, "*.jsonl"))):
+        name = "llmtrain_" + os.path.basename(path)[:-len(".jsonl")].replace("-", "_")
+        names.append(name)
+        with open(os.path.join(tasks_dir, name + ".yaml"), "w") as f:
+            f.write(f"task: {name}\ndataset_path: json\ndataset_kwargs:\n  data_files: {os.path.abspath(path)}\n"
+                    "test_split: train\noutput_type: multiple_choice\ndoc_to_text: context\n"
+                    "doc_to_choice: choices\ndoc_to_target: gold\nmetric_list:\n  - metric: acc\n"
+                    "  - metric: acc_norm\n")
+
+    torch.manual_seed(0)
+    folder, name = os.path.dirname(os.path.abspath(gguf)), os.path.basename(gguf)
+    gemma_dir = os.path.join(out, "gemma")
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    # The GGUF was dequantized to float32 on load; save it as a plain float32 folder.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(gemma_dir)
+    tok.save_pretrained(gemma_dir)
+    config = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, init_lora_weights=False,
+                        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    peft_model = get_peft_model(model, config)
+    with torch.no_grad():
+        for n, p in peft_model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.02)
+    peft_model.save_pretrained(os.path.join(out, "gemma_adapter"))
+    del peft_model, model
+
+    qwen_dir = os.path.join(out, "qwen")
+    qtok = qwen_tokenizer()
+    qwen = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(qtok), hidden_size=64, intermediate_size=128,
+                                        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                        max_position_embeddings=48, tie_word_embeddings=True,
+                                        bos_token_id=None, eos_token_id=qtok.eos_token_id))
+    with torch.no_grad():
+        for p in qwen.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    qwen.save_pretrained(qwen_dir)
+    qtok.save_pretrained(qwen_dir)
+
+    recorded = []
+    original = HFLM._loglikelihood_tokens
+
+    def record(self, requests, *args, **kwargs):
+        for (context, continuation), context_enc, continuation_enc in requests:
+            recorded.append([context, continuation, list(context_enc), list(continuation_enc)])
+        return original(self, requests, *args, **kwargs)
+
+    HFLM._loglikelihood_tokens = record
+    manager = TaskManager(include_path=tasks_dir, include_defaults=False)
+    runs = {"gemma": f"pretrained={gemma_dir},dtype=float32",
+            "gemma_adapter": f"pretrained={gemma_dir},peft={os.path.join(out, 'gemma_adapter')},dtype=float32",
+            "qwen": f"pretrained={qwen_dir},dtype=float32"}
+    result = {}
+    for key, model_args in runs.items():
+        recorded.clear()
+        r = lm_eval.simple_evaluate(model="hf", model_args=model_args, device="cpu", batch_size=1, tasks=names,
+                                    task_manager=manager, log_samples=True)
+        entry = {"tasks": {}, "requests": list(recorded)}
+        for task in names:
+            samples = sorted(r["samples"][task], key=lambda s: s["doc_id"])
+            entry["tasks"][task[len("llmtrain_"):]] = {
+                "acc": r["results"][task]["acc,none"], "acc_norm": r["results"][task]["acc_norm,none"],
+                "docs": [[[float(c[0]), bool(c[1])] for c in s["filtered_resps"]] for s in samples]}
+        result[key] = entry
+    with open(os.path.join(out, "lm_eval.json"), "w", encoding="utf-8") as f:
+        json.dump(result, f, ensure_ascii=False)
+    emit({"models": list(runs), "tasks": names})
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "metrics":
         metrics(sys.argv[2])
@@ -232,5 +359,7 @@ if __name__ == "__main__":
         loss_data(sys.argv[2])
     elif sys.argv[1] == "loss":
         loss(sys.argv[2], sys.argv[3])
+    elif sys.argv[1] == "choice":
+        choice(sys.argv[2], sys.argv[3])
     else:
         raise SystemExit(f"unknown command {sys.argv[1]}")

@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -17,6 +18,17 @@
 namespace llmtrain::data {
 
 constexpr char kDpkgStatusPath[] = "/var/lib/dpkg/status";
+
+/// One package of the dpkg status file: its name, section, synopsis (the Description line) and the
+/// continuation lines of its long description (leading space removed; "." marks a paragraph).
+struct DebianPackage {
+  std::string name, section, synopsis;
+  std::vector<std::string> long_lines;
+};
+
+/// The packages of a dpkg status file that have a description, sorted by name (a name listed twice
+/// keeps its last entry). Errors when the file is missing or describes no package.
+absl::StatusOr<std::vector<DebianPackage>> ReadDpkgStatus(absl::string_view status_path);
 
 /// Writes Dolly-format JSONL ({"instruction", "context", "response", "category"}) to `output`
 /// (atomically), one record per package of the dpkg status file, sorted by package name. Returns
