@@ -53,7 +53,8 @@ constexpr char kHelp[] =
     "    replies as references), scored as rouge_score (use_stemmer) and sacrebleu do, on their\n"
     "    scales (ROUGE and exact_match 0-1, BLEU and chrF 0-100).\n"
     "  --max-records N: the first N records, and questions of each task (0: all).\n"
-    "  --batch-size: sequences per forward. --max-length: the longest sequence (tasks: cut from\n"
+    "  --batch-size: sequences per forward (loss, tasks) and prompts generated together\n"
+    "    (left-padded; each reply as if alone). --max-length: the longest sequence (tasks: cut from\n"
     "    the left, as lm-eval does; default there the model's max_position_embeddings).\n"
     "  --predictions OUT.jsonl: one line per prompt: {\"where\", \"prediction\", \"reference\",\n"
     "    \"references\"}, and per task question {\"task\", \"where\", \"loglikelihood\",\n"
@@ -246,9 +247,13 @@ int RunEval(const std::vector<std::string>& args) {
     for (const auto& [where, why] : skipped_items) skipped.push_back({{"where", where}, {"reason", why}});
     model::GenerationOptions go;
     go.max_new_tokens = o.max_new_tokens;
+    int64_t generated_so_far = 0;
     ProgressReporter progress({.label = "eval generate", .total = static_cast<int64_t>(items->size()), .unit = "prompts"});
     const absl::Status generated =
-        eval::GeneratePredictions(**model, **tok, go, &*items, [&](int64_t, int64_t) { progress.Advance(1); });
+        eval::GeneratePredictions(**model, **tok, go, &*items, [&](int64_t done, int64_t) {
+          progress.Advance(done - generated_so_far);
+          generated_so_far = done;
+        }, o.batch_size);
     progress.Finish();
     if (!generated.ok()) return Fail("eval", std::string(generated.message()));
     const eval::GenerationScores s = eval::ScoreGenerations(*items);

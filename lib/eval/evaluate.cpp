@@ -192,20 +192,47 @@ absl::StatusOr<std::vector<GenerationItem>> MakeGenerationItems(
 
 absl::Status GeneratePredictions(const model::Decoder& model, const tokenizer::Tokenizer& tokenizer,
                                  const model::GenerationOptions& options, std::vector<GenerationItem>* items,
-                                 const std::function<void(int64_t done, int64_t total)>& on_progress) {
+                                 const std::function<void(int64_t done, int64_t total)>& on_progress,
+                                 int64_t batch_size) {
+  if (batch_size < 1) return absl::InvalidArgumentError(absl::StrCat("batch_size: expected ≥ 1, found ", batch_size));
   const int64_t total = static_cast<int64_t>(items->size());
-  for (int64_t i = 0; i < total; ++i) {
-    GenerationItem& item = (*items)[static_cast<size_t>(i)];
-    model::GenerationOptions go = options;
-    if (item.num_images > 0) {
-      go.pixel_values = at::tensor(at::ArrayRef<float>(item.pixel_values), at::kFloat)
-                            .view({item.num_images, 3, item.image_height, item.image_width});
+  // Longest prompts first, so that a batch's rows have similar lengths (little padding).
+  std::vector<size_t> order(items->size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+    return (*items)[a].prompt_ids.size() > (*items)[b].prompt_ids.size();
+  });
+  int64_t done = 0;
+  for (size_t begin = 0; begin < order.size(); begin += static_cast<size_t>(batch_size)) {
+    const size_t end = std::min(order.size(), begin + static_cast<size_t>(batch_size));
+    std::vector<std::vector<int64_t>> prompts;
+    std::vector<at::Tensor> pixels;
+    bool any_images = false;
+    for (size_t k = begin; k < end; ++k) {
+      const GenerationItem& item = (*items)[order[k]];
+      prompts.push_back(item.prompt_ids);
+      at::Tensor p;
+      if (item.num_images > 0) {
+        p = at::tensor(at::ArrayRef<float>(item.pixel_values), at::kFloat)
+                .view({item.num_images, 3, item.image_height, item.image_width});
+        any_images = true;
+      }
+      pixels.push_back(p);
     }
-    absl::StatusOr<std::vector<int64_t>> out = model::Generate(model, item.prompt_ids, go);
-    if (!out.ok()) return Annotate(out.status(), item.where.front());
-    const std::vector<int32_t> ids(out->begin(), out->end());
-    item.prediction = tokenizer.Decode(ids, /*skip_special_tokens=*/true);
-    if (on_progress) on_progress(i + 1, total);
+    absl::StatusOr<std::vector<std::vector<int64_t>>> out =
+        model::GenerateBatch(model, prompts, options, any_images ? pixels : std::vector<at::Tensor>());
+    if (!out.ok()) {
+      std::vector<std::string> where;
+      for (size_t k = begin; k < end; ++k) where.push_back((*items)[order[k]].where.front());
+      return Annotate(out.status(), absl::StrJoin(where, ", "));
+    }
+    for (size_t k = begin; k < end; ++k) {
+      const std::vector<int64_t>& ids64 = (*out)[k - begin];
+      const std::vector<int32_t> ids(ids64.begin(), ids64.end());
+      (*items)[order[k]].prediction = tokenizer.Decode(ids, /*skip_special_tokens=*/true);
+    }
+    done += static_cast<int64_t>(end - begin);
+    if (on_progress) on_progress(done, total);
   }
   return absl::OkStatus();
 }

@@ -524,6 +524,16 @@ at::Tensor Decoder::Forward(const at::Tensor& input_ids, const at::Tensor& atten
   return logits;
 }
 
+at::Tensor Decoder::LastLogits(const at::Tensor& input_ids, const at::Tensor& attention_mask, KvCache* cache,
+                               const ImageInputs& images) const {
+  TORCH_CHECK(cache != nullptr, "LastLogits: cache is null");
+  const at::Tensor hidden = state_->Hidden(input_ids, attention_mask, {}, cache, nullptr, &images);
+  at::Tensor logits = at::linear(hidden.select(1, hidden.size(1) - 1), state_->lm_head);  // (B, V)
+  const FamilySpec& spec = state_->spec;
+  if (spec.final_softcap) logits = at::tanh(logits / *spec.final_softcap) * *spec.final_softcap;
+  return logits;
+}
+
 at::Tensor Decoder::Hidden(const at::Tensor& input_ids, const at::Tensor& attention_mask,
                            const at::Tensor& position_ids, const ImageInputs& images) const {
   return state_->Hidden(input_ids, attention_mask, position_ids, nullptr, nullptr, &images);

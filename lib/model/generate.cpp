@@ -88,10 +88,10 @@ absl::StatusOr<std::vector<int64_t>> Generate(const Decoder& model, const std::v
   std::vector<int64_t> history = prompt, output;
   try {
     // Prefill with the whole prompt, then one token per step.
-    at::Tensor logits = model.Forward(prompt_ids, at::ones_like(prompt_ids), &cache, images);
+    at::Tensor logits = model.LastLogits(prompt_ids, at::ones_like(prompt_ids), &cache, images);  // (1, V)
     while (static_cast<int64_t>(output.size()) < options.max_new_tokens) {
       // The choice runs on the CPU (V floats), wherever the model computes.
-      const at::Tensor last = logits.select(1, logits.size(1) - 1).squeeze(0).to(at::kCPU, at::kFloat);
+      const at::Tensor last = logits.squeeze(0).to(at::kCPU, at::kFloat);
       const int64_t token = ChooseToken(last.clone(), history, options, rng);
       output.push_back(token);
       history.push_back(token);
@@ -99,12 +99,103 @@ absl::StatusOr<std::vector<int64_t>> Generate(const Decoder& model, const std::v
       if (std::find(eos.begin(), eos.end(), token) != eos.end()) break;
       if (static_cast<int64_t>(output.size()) == options.max_new_tokens) break;
       const at::Tensor next = at::full({1, 1}, token, prompt_ids.options());
-      logits = model.Forward(next, at::ones_like(next), &cache);
+      logits = model.LastLogits(next, at::ones_like(next), &cache);
     }
   } catch (...) {
     return StatusFromCurrentException("generate");
   }
   return output;
+}
+
+namespace {
+
+// Keeps only the rows `keep` (int64 indices) of a cache: finished sequences leave the batch.
+void KeepRows(KvCache* cache, const at::Tensor& keep) {
+  for (at::Tensor& t : cache->k) {
+    if (t.defined()) t = t.index_select(0, keep);
+  }
+  for (at::Tensor& t : cache->v) {
+    if (t.defined()) t = t.index_select(0, keep);
+  }
+  cache->mask = cache->mask.index_select(0, keep);
+  cache->next_position = cache->next_position.index_select(0, keep);
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<std::vector<int64_t>>> GenerateBatch(const Decoder& model,
+                                                               const std::vector<std::vector<int64_t>>& prompts,
+                                                               const GenerationOptions& options,
+                                                               const std::vector<at::Tensor>& pixel_values) {
+  LLMTRAIN_RETURN_IF_ERROR(Validate(options));
+  if (prompts.empty()) return std::vector<std::vector<int64_t>>();
+  if (!pixel_values.empty() && pixel_values.size() != prompts.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("pixel_values: expected one entry per prompt (", prompts.size(),
+                                                   "), found ", pixel_values.size()));
+  }
+  const int64_t B = static_cast<int64_t>(prompts.size());
+  int64_t T = 0;
+  for (size_t r = 0; r < prompts.size(); ++r) {
+    if (prompts[r].empty()) return absl::InvalidArgumentError(absl::StrCat("prompt ", r, ": expected at least one token id"));
+    T = std::max<int64_t>(T, static_cast<int64_t>(prompts[r].size()));
+  }
+  // Left padding: every row's last prompt token is in the last column, so the next token of every
+  // row is read from the same place. Padding is id 0 under mask 0.
+  std::vector<int64_t> ids(static_cast<size_t>(B * T), 0), mask(static_cast<size_t>(B * T), 0);
+  for (int64_t r = 0; r < B; ++r) {
+    const std::vector<int64_t>& p = prompts[static_cast<size_t>(r)];
+    const int64_t offset = r * T + (T - static_cast<int64_t>(p.size()));
+    std::copy(p.begin(), p.end(), ids.begin() + offset);
+    std::fill_n(mask.begin() + offset, p.size(), 1);
+  }
+  const at::Tensor prompt_ids = at::tensor(ids, at::kLong).view({B, T}).to(model.device());
+  const at::Tensor prompt_mask = at::tensor(mask, at::kLong).view({B, T}).to(model.device());
+  ImageInputs images;
+  std::vector<at::Tensor> defined;
+  for (const at::Tensor& p : pixel_values) {
+    if (p.defined() && p.size(0) > 0) defined.push_back(p);
+  }
+  if (!defined.empty()) {
+    images.pixel_values = at::cat(defined, 0).to(model.device());  // row by row: the image tokens' order
+    images.token_type_ids = prompt_ids.eq(model.image_token_id()).to(at::kLong);
+  }
+  LLMTRAIN_RETURN_IF_ERROR(model.CheckInputs(prompt_ids, prompt_mask, images));
+  const std::vector<int64_t>& eos = options.eos_token_ids.empty() ? model.eos_token_ids() : options.eos_token_ids;
+  at::NoGradGuard no_grad;
+  // Each row draws from its own generator seeded as Generate's: a prompt samples the same tokens
+  // in a batch as alone.
+  std::vector<std::mt19937_64> rngs(static_cast<size_t>(B), std::mt19937_64(options.seed));
+  std::vector<std::vector<int64_t>> outputs(static_cast<size_t>(B)), histories(prompts);
+  std::vector<int64_t> live(static_cast<size_t>(B));  // the prompt index of each row still in the batch
+  for (int64_t r = 0; r < B; ++r) live[static_cast<size_t>(r)] = r;
+  KvCache cache;
+  try {
+    at::Tensor logits = model.LastLogits(prompt_ids, prompt_mask, &cache, images);
+    while (!live.empty()) {
+      const at::Tensor last = logits.to(at::kCPU, at::kFloat);  // (rows, V)
+      std::vector<int64_t> next, kept_rows, still_live;
+      for (size_t row = 0; row < live.size(); ++row) {
+        const size_t p = static_cast<size_t>(live[row]);
+        const int64_t token = ChooseToken(last[static_cast<int64_t>(row)].clone(), histories[p], options, rngs[p]);
+        outputs[p].push_back(token);
+        histories[p].push_back(token);
+        const bool done = std::find(eos.begin(), eos.end(), token) != eos.end() ||
+                          static_cast<int64_t>(outputs[p].size()) == options.max_new_tokens;
+        if (done) continue;
+        next.push_back(token);
+        kept_rows.push_back(static_cast<int64_t>(row));
+        still_live.push_back(live[row]);
+      }
+      if (still_live.empty()) break;
+      if (still_live.size() != live.size()) KeepRows(&cache, at::tensor(kept_rows, at::kLong).to(model.device()));
+      live = std::move(still_live);
+      const at::Tensor step = at::tensor(next, at::kLong).view({-1, 1}).to(model.device());
+      logits = model.LastLogits(step, at::ones_like(step), &cache);
+    }
+  } catch (...) {
+    return StatusFromCurrentException("generate (batch)");
+  }
+  return outputs;
 }
 
 }  // namespace llmtrain::model

@@ -90,10 +90,13 @@ absl::StatusOr<std::vector<GenerationItem>> MakeGenerationItems(
     std::vector<std::pair<std::string, std::string>>* skipped);
 
 /// Fills each item's prediction: generation from its prompt (and images) with `options`, decoded
-/// with special tokens skipped. `on_progress(done, total)` after each item.
+/// with special tokens skipped. Prompts go `batch_size` at a time through model::GenerateBatch
+/// (longest first, left-padded; each item's ids as if alone); `on_progress(done, total)` after
+/// each batch.
 absl::Status GeneratePredictions(const model::Decoder& model, const tokenizer::Tokenizer& tokenizer,
                                  const model::GenerationOptions& options, std::vector<GenerationItem>* items,
-                                 const std::function<void(int64_t done, int64_t total)>& on_progress = {});
+                                 const std::function<void(int64_t done, int64_t total)>& on_progress = {},
+                                 int64_t batch_size = 8);
 
 /// The generation metrics of predictions against their references (eval/text_metrics.h), on the
 /// libraries' scales: exact_match (share of items, 0–1), rouge1/2/L (per-item F of the best

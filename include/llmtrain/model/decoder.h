@@ -137,6 +137,11 @@ class Decoder {
                      const ImageInputs& images) const;
   at::Tensor Hidden(const at::Tensor& input_ids, const at::Tensor& attention_mask, const at::Tensor& position_ids,
                     const ImageInputs& images) const;
+  /// The cached forward of generation, keeping only the last position's logits (B, V) in the
+  /// model dtype: the LM head runs on one position per row, not T (transformers' logits_to_keep=1).
+  /// The last column must hold each row's last token (left padding). Images as Forward's.
+  at::Tensor LastLogits(const at::Tensor& input_ids, const at::Tensor& attention_mask, KvCache* cache,
+                        const ImageInputs& images = {}) const;
   /// The projected image features (N, tokens_per_image(), C) of pixel_values (N, 3, S, S): the
   /// SigLIP tower, its post-LayerNorm, the average pool to tokens_per_image() and the projector
   /// (transformers' get_image_features(...).pooler_output). FailedPrecondition-style c10::Error

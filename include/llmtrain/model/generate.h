@@ -43,4 +43,17 @@ absl::Status Validate(const GenerationOptions& options);
 absl::StatusOr<std::vector<int64_t>> Generate(const Decoder& model, const std::vector<int64_t>& prompt,
                                               const GenerationOptions& options);
 
+/// Several prompts at once: left-padded into one batch and prefilled together, then one token per
+/// unfinished row per forward, each row stopping at its own end token or max_new_tokens (finished
+/// rows leave the batch and its KV cache). Row r's output is what Generate gives for prompts[r]
+/// alone with the same options (each row samples from its own generator seeded with
+/// options.seed), up to the float rounding of batched matrix products: the test checks that greedy
+/// ids are equal on the real 270M. on_token and options.pixel_values are not used; image+text
+/// models take `pixel_values`, one entry per prompt ((N_r, 3, S, S) or undefined for none).
+/// InvalidArgument as Generate, naming the prompt.
+absl::StatusOr<std::vector<std::vector<int64_t>>> GenerateBatch(const Decoder& model,
+                                                               const std::vector<std::vector<int64_t>>& prompts,
+                                                               const GenerationOptions& options,
+                                                               const std::vector<at::Tensor>& pixel_values = {});
+
 }  // namespace llmtrain::model
