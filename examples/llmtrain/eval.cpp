@@ -1,7 +1,8 @@
 // llmtrain eval --model PATH [--data FILE...] [--task NAME|FILE ...] [--tokenizer PATH] [--adapter DIR]
 //               [--load-in-4bit] [--format auto] [--image-dir DIR] [--image-list FILE]
 //               [--metrics loss,perplexity] [--max-new-tokens 64] [--max-records 0] [--batch-size 8]
-//               [--max-length 2048] [--task-docs 200] [--task-seed 0] [--predictions OUT.jsonl] [--json]
+//               [--max-length 2048] [--task-docs 200] [--task-seed 0] [--compare-base] [--bootstrap 1000]
+//               [--predictions OUT.jsonl] [--json]
 // llmtrain make-task NAME --output FILE [--docs 200] [--choices 4] [--seed 0]
 // Evaluates a model (and an adapter) on data in any format the trainer reads (eval/evaluate.h):
 // the loss and perplexity with the trainer's masking, and generation metrics of greedy replies
@@ -22,6 +23,7 @@
 #include "llmtrain/data/collator.h"
 #include "llmtrain/data/dataset.h"
 #include "llmtrain/data/image.h"
+#include "llmtrain/eval/compare.h"
 #include "llmtrain/eval/evaluate.h"
 #include "llmtrain/eval/multiple_choice.h"
 #include "llmtrain/lora/lora.h"
@@ -38,7 +40,8 @@ constexpr char kHelp[] =
     "                     [--adapter DIR] [--load-in-4bit] [--format auto] [--image-dir DIR]\n"
     "                     [--image-list FILE] [--metrics loss,perplexity] [--max-new-tokens 64]\n"
     "                     [--max-records 0] [--batch-size 8] [--max-length 2048] [--task-docs 200]\n"
-    "                     [--task-seed 0] [--predictions OUT.jsonl] [--json]\n"
+    "                     [--task-seed 0] [--compare-base] [--bootstrap 1000] [--predictions OUT.jsonl]\n"
+    "                     [--json]\n"
     "  --data: one or more files in a format the trainer reads (auto-detected, or --format).\n"
     "  --task: a multiple-choice task, built in (debian-packages, iso-countries: --task-docs\n"
     "    questions drawn with --task-seed from the machine's dpkg database and iso-codes) or a\n"
@@ -59,6 +62,11 @@ constexpr char kHelp[] =
     "  --predictions OUT.jsonl: one line per prompt: {\"where\", \"prediction\", \"reference\",\n"
     "    \"references\"}, and per task question {\"task\", \"where\", \"loglikelihood\",\n"
     "    \"is_greedy\", \"pred\", \"pred_norm\", \"gold\"}.\n"
+    "  --compare-base: with --adapter, the same evaluation of the model without it and then with it,\n"
+    "    and per metric the difference (adapter - base) with a paired bootstrap 95% interval\n"
+    "    (--bootstrap resamples of the records, prompts or questions, seeded with --task-seed); the\n"
+    "    JSON adds \"base\" (the base's metrics) and \"compare\" ({metric: {base, adapter,\n"
+    "    difference, ci95_low, ci95_high, units}}), the predictions base_prediction / base_pred.\n"
     "  --json: one object of the metrics (and n_tokens, items, skipped; with tasks, \"tasks\":\n"
     "    {name: {accuracy, accuracy_norm, n_docs}}, accuracy and accuracy_norm being over all\n"
     "    their questions).\n"
@@ -70,7 +78,8 @@ struct Options {
   std::vector<std::string> metrics;  // empty: the defaults of --data and --task
   int64_t max_new_tokens = 64, max_records = 0, batch_size = 8, max_length = 0;
   eval::BuiltinTaskOptions task_options;
-  bool json = false;
+  int64_t bootstrap = 1000;
+  bool json = false, compare_base = false;
 };
 
 constexpr const char* kMetrics[] = {"loss", "perplexity", "exact_match", "rouge", "bleu", "chrf", "accuracy",
@@ -104,6 +113,10 @@ int RunEval(const std::vector<std::string>& args) {
       o.json = true;
       continue;
     }
+    if (a == "--compare-base") {
+      o.compare_base = true;
+      continue;
+    }
     if (i + 1 >= args.size()) return Fail("eval", absl::StrCat(a, " needs a value\n", kHelp), 2);
     const std::string& v = args[++i];
     bool ok = true;
@@ -118,6 +131,8 @@ int RunEval(const std::vector<std::string>& args) {
       o.tasks.push_back(v);
     } else if (a == "--task-docs") {
       ok = absl::SimpleAtoi(v, &o.task_options.docs) && o.task_options.docs >= 1;
+    } else if (a == "--bootstrap") {
+      ok = absl::SimpleAtoi(v, &o.bootstrap) && o.bootstrap >= 1;
     } else if (a == "--task-seed") {
       ok = absl::SimpleAtoi(v, &o.task_options.seed);
     } else if (a == "--format") {
@@ -169,6 +184,9 @@ int RunEval(const std::vector<std::string>& args) {
   if (!o.predictions.empty() && !want_generation && !want_choice) {
     return Fail("eval", "--predictions needs a generation metric (exact_match, rouge, bleu, chrf) or a --task", 2);
   }
+  if (o.compare_base && flags.adapter.empty()) {
+    return Fail("eval", "--compare-base needs --adapter (the base is the model without it)", 2);
+  }
   // Tasks next: an unknown task or a bad task file is refused before the model loads.
   std::vector<eval::ChoiceTask> tasks;
   for (const std::string& t : o.tasks) {
@@ -199,7 +217,9 @@ int RunEval(const std::vector<std::string>& args) {
 
   auto tok = tokenizer::Tokenizer::Load(o.tokenizer.empty() ? o.model : o.tokenizer);
   if (!tok.ok()) return Fail("eval", std::string(tok.status().message()));
-  auto model = flags.Load(o.model, Dtype::kF32);
+  ModelFlags load_flags = flags;
+  if (o.compare_base) load_flags.adapter.clear();  // the base first; the adapter is added after
+  auto model = load_flags.Load(o.model, Dtype::kF32);
   if (!model.ok()) return Fail("eval", std::string(model.status().message()));
   lora::SetTraining(model->get(), false);
   std::unique_ptr<tokenizer::ChatTemplate> chat;
@@ -218,112 +238,171 @@ int RunEval(const std::vector<std::string>& args) {
   }
   const data::Collator collator(**tok, chat.get(), collator_options);
 
-  nlohmann::json result = nlohmann::json::object();
+  // One evaluation of the model as it is now: the metrics into *out, the per-unit results into
+  // *units (for --compare-base), one JSON object per prompt or question into *lines. Returns an
+  // error message, empty when it ran. `label` names the pass in progress lines.
   nlohmann::json skipped = nlohmann::json::array();
-  std::string prediction_lines;
-  if (want_loss) {
-    const int64_t total = o.max_records > 0 ? std::min(o.max_records, dataset->size()) : dataset->size();
-    ProgressReporter progress({.label = "eval loss", .total = total, .unit = "records"});
-    eval::LossOptions lo;
-    lo.batch_size = o.batch_size;
-    lo.max_records = o.max_records;
-    int64_t last = 0;
-    lo.on_progress = [&](int64_t done, int64_t) {
-      progress.Advance(done - last);
-      last = done;
-    };
-    auto loss = eval::EvaluateLoss(**model, *dataset, collator, lo);
-    progress.Finish();
-    if (!loss.ok()) return Fail("eval", std::string(loss.status().message()));
-    for (const auto& [where, why] : loss->skipped) skipped.push_back({{"where", where}, {"reason", why}});
-    if (Wants(o, "loss")) result["loss"] = loss->loss;
-    if (Wants(o, "perplexity")) result["perplexity"] = loss->perplexity;
-    result["n_tokens"] = loss->n_tokens;
-  }
-  if (want_generation) {
-    std::vector<std::pair<std::string, std::string>> skipped_items;
-    auto items = eval::MakeGenerationItems(*dataset, collator, **tok, *chat, o.max_records, &skipped_items);
-    if (!items.ok()) return Fail("eval", std::string(items.status().message()));
-    for (const auto& [where, why] : skipped_items) skipped.push_back({{"where", where}, {"reason", why}});
-    model::GenerationOptions go;
-    go.max_new_tokens = o.max_new_tokens;
-    int64_t generated_so_far = 0;
-    ProgressReporter progress({.label = "eval generate", .total = static_cast<int64_t>(items->size()), .unit = "prompts"});
-    const absl::Status generated =
-        eval::GeneratePredictions(**model, **tok, go, &*items, [&](int64_t done, int64_t) {
-          progress.Advance(done - generated_so_far);
-          generated_so_far = done;
-        }, o.batch_size);
-    progress.Finish();
-    if (!generated.ok()) return Fail("eval", std::string(generated.message()));
-    const eval::GenerationScores s = eval::ScoreGenerations(*items);
-    result["items"] = s.items;
-    if (Wants(o, "exact_match")) result["exact_match"] = s.exact_match;
-    if (Wants(o, "rouge")) {
-      result["rouge1"] = s.rouge1;
-      result["rouge2"] = s.rouge2;
-      result["rougeL"] = s.rougeL;
-    }
-    if (Wants(o, "bleu")) result["bleu"] = s.bleu;
-    if (Wants(o, "chrf")) result["chrf"] = s.chrf;
-    for (const eval::GenerationItem& item : *items) {
-      absl::StrAppend(&prediction_lines,
-                      nlohmann::json({{"where", item.where},
-                                      {"prediction", item.prediction},
-                                      {"reference", item.references.front()},
-                                      {"references", item.references}})
-                          .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace),
-                      "\n");
-    }
-  }
-  if (want_choice) {
-    nlohmann::json per_task = nlohmann::json::object();
-    int64_t docs = 0;
-    double right = 0, right_norm = 0;
-    for (const eval::ChoiceTask& task : tasks) {
-      const int64_t total = o.max_records > 0 ? std::min<int64_t>(o.max_records, task.docs.size()) : task.docs.size();
-      ProgressReporter progress({.label = absl::StrCat("eval ", task.name), .total = total, .unit = "questions"});
-      eval::ChoiceOptions co;
-      co.batch_size = o.batch_size;
-      co.max_length = o.max_length;
-      co.max_docs = o.max_records;
+  const auto evaluate = [&](const std::string& label, nlohmann::json* out, eval::EvalUnits* units,
+                            std::vector<nlohmann::json>* lines, bool record_skipped) -> std::string {
+    if (want_loss) {
+      const int64_t total = o.max_records > 0 ? std::min(o.max_records, dataset->size()) : dataset->size();
+      ProgressReporter progress({.label = absl::StrCat("eval loss", label), .total = total, .unit = "records"});
+      eval::LossOptions lo;
+      lo.batch_size = o.batch_size;
+      lo.max_records = o.max_records;
       int64_t last = 0;
-      co.on_progress = [&](int64_t done, int64_t) {
+      lo.on_progress = [&](int64_t done, int64_t) {
         progress.Advance(done - last);
         last = done;
       };
-      auto r = eval::EvaluateMultipleChoice(**model, **tok, task, co);
+      auto loss = eval::EvaluateLoss(**model, *dataset, collator, lo);
       progress.Finish();
-      if (!r.ok()) return Fail("eval", std::string(r.status().message()));
-      nlohmann::json t = {{"n_docs", r->n_docs}};
-      if (Wants(o, "accuracy")) t["accuracy"] = r->accuracy;
-      if (Wants(o, "accuracy_norm")) t["accuracy_norm"] = r->accuracy_norm;
-      per_task[task.name] = t;
-      docs += r->n_docs;
-      right += r->accuracy * static_cast<double>(r->n_docs);
-      right_norm += r->accuracy_norm * static_cast<double>(r->n_docs);
-      for (int64_t d = 0; d < r->n_docs; ++d) {
-        const eval::ChoiceScores& c = r->docs[static_cast<size_t>(d)];
-        nlohmann::json greedy = nlohmann::json::array();
-        for (const bool g : c.is_greedy) greedy.push_back(g);
-        absl::StrAppend(&prediction_lines,
-                        nlohmann::json({{"task", task.name},
-                                        {"where", task.docs[static_cast<size_t>(d)].where},
-                                        {"loglikelihood", c.loglikelihood},
-                                        {"is_greedy", greedy},
-                                        {"pred", c.pred},
-                                        {"pred_norm", c.pred_norm},
-                                        {"gold", c.gold}})
-                            .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace),
-                        "\n");
+      if (!loss.ok()) return std::string(loss.status().message());
+      if (record_skipped) {
+        for (const auto& [where, why] : loss->skipped) skipped.push_back({{"where", where}, {"reason", why}});
+      }
+      if (Wants(o, "loss")) (*out)["loss"] = loss->loss;
+      if (Wants(o, "perplexity")) (*out)["perplexity"] = loss->perplexity;
+      (*out)["n_tokens"] = loss->n_tokens;
+      units->records = loss->records;
+    }
+    if (want_generation) {
+      std::vector<std::pair<std::string, std::string>> skipped_items;
+      auto items = eval::MakeGenerationItems(*dataset, collator, **tok, *chat, o.max_records, &skipped_items);
+      if (!items.ok()) return std::string(items.status().message());
+      if (record_skipped) {
+        for (const auto& [where, why] : skipped_items) skipped.push_back({{"where", where}, {"reason", why}});
+      }
+      model::GenerationOptions go;
+      go.max_new_tokens = o.max_new_tokens;
+      int64_t generated_so_far = 0;
+      ProgressReporter progress(
+          {.label = absl::StrCat("eval generate", label), .total = static_cast<int64_t>(items->size()), .unit = "prompts"});
+      const absl::Status generated = eval::GeneratePredictions(
+          **model, **tok, go, &*items,
+          [&](int64_t done, int64_t) {
+            progress.Advance(done - generated_so_far);
+            generated_so_far = done;
+          },
+          o.batch_size);
+      progress.Finish();
+      if (!generated.ok()) return std::string(generated.message());
+      const eval::GenerationScores s = eval::ScoreGenerations(*items);
+      (*out)["items"] = s.items;
+      if (Wants(o, "exact_match")) (*out)["exact_match"] = s.exact_match;
+      if (Wants(o, "rouge")) {
+        (*out)["rouge1"] = s.rouge1;
+        (*out)["rouge2"] = s.rouge2;
+        (*out)["rougeL"] = s.rougeL;
+      }
+      if (Wants(o, "bleu")) (*out)["bleu"] = s.bleu;
+      if (Wants(o, "chrf")) (*out)["chrf"] = s.chrf;
+      for (const eval::GenerationItem& item : *items) {
+        lines->push_back({{"where", item.where},
+                          {"prediction", item.prediction},
+                          {"reference", item.references.front()},
+                          {"references", item.references}});
+      }
+      for (eval::GenerationItem& item : *items) item.pixel_values.clear();  // not needed to score again
+      units->items = *std::move(items);
+    }
+    if (want_choice) {
+      nlohmann::json per_task = nlohmann::json::object();
+      int64_t docs = 0;
+      double right = 0, right_norm = 0;
+      for (const eval::ChoiceTask& task : tasks) {
+        const int64_t total = o.max_records > 0 ? std::min<int64_t>(o.max_records, task.docs.size()) : task.docs.size();
+        ProgressReporter progress({.label = absl::StrCat("eval ", task.name, label), .total = total, .unit = "questions"});
+        eval::ChoiceOptions co;
+        co.batch_size = o.batch_size;
+        co.max_length = o.max_length;
+        co.max_docs = o.max_records;
+        int64_t last = 0;
+        co.on_progress = [&](int64_t done, int64_t) {
+          progress.Advance(done - last);
+          last = done;
+        };
+        auto r = eval::EvaluateMultipleChoice(**model, **tok, task, co);
+        progress.Finish();
+        if (!r.ok()) return std::string(r.status().message());
+        nlohmann::json t = {{"n_docs", r->n_docs}};
+        if (Wants(o, "accuracy")) t["accuracy"] = r->accuracy;
+        if (Wants(o, "accuracy_norm")) t["accuracy_norm"] = r->accuracy_norm;
+        per_task[task.name] = t;
+        docs += r->n_docs;
+        right += r->accuracy * static_cast<double>(r->n_docs);
+        right_norm += r->accuracy_norm * static_cast<double>(r->n_docs);
+        for (int64_t d = 0; d < r->n_docs; ++d) {
+          const eval::ChoiceScores& c = r->docs[static_cast<size_t>(d)];
+          nlohmann::json greedy = nlohmann::json::array();
+          for (const bool g : c.is_greedy) greedy.push_back(g);
+          lines->push_back({{"task", task.name},
+                            {"where", task.docs[static_cast<size_t>(d)].where},
+                            {"loglikelihood", c.loglikelihood},
+                            {"is_greedy", greedy},
+                            {"pred", c.pred},
+                            {"pred_norm", c.pred_norm},
+                            {"gold", c.gold}});
+        }
+        units->choices.insert(units->choices.end(), r->docs.begin(), r->docs.end());
+      }
+      if (Wants(o, "accuracy")) (*out)["accuracy"] = docs > 0 ? right / static_cast<double>(docs) : 0.0;
+      if (Wants(o, "accuracy_norm")) (*out)["accuracy_norm"] = docs > 0 ? right_norm / static_cast<double>(docs) : 0.0;
+      (*out)["tasks"] = per_task;
+    }
+    return "";
+  };
+
+  nlohmann::json result = nlohmann::json::object(), base_result = nlohmann::json::object();
+  eval::EvalUnits units, base_units;
+  std::vector<nlohmann::json> lines, base_lines;
+  if (o.compare_base) {
+    // The base first (the model was loaded without the adapter), then the adapter on it.
+    if (std::string e = evaluate(" (base)", &base_result, &base_units, &base_lines, false); !e.empty()) {
+      return Fail("eval", e);
+    }
+    if (auto loaded = lora::LoadAdapter(model->get(), flags.adapter); !loaded.ok()) {
+      return Fail("eval", std::string(loaded.status().message()));
+    }
+    lora::SetTraining(model->get(), false);
+  }
+  if (std::string e = evaluate(o.compare_base ? " (adapter)" : "", &result, &units, &lines, true); !e.empty()) {
+    return Fail("eval", e);
+  }
+  std::vector<eval::MetricComparison> comparison;
+  if (o.compare_base) {
+    std::vector<std::string> compared;
+    for (const std::string& m : o.metrics) compared.push_back(m);
+    eval::BootstrapOptions bo;
+    bo.resamples = o.bootstrap;
+    bo.seed = o.task_options.seed;
+    auto c = eval::CompareEvaluations(base_units, units, compared, bo);
+    if (!c.ok()) return Fail("eval", std::string(c.status().message()));
+    comparison = *std::move(c);
+    nlohmann::json table = nlohmann::json::object();
+    for (const eval::MetricComparison& row : comparison) {
+      table[row.metric] = {{"base", row.base},           {"adapter", row.adapter},     {"difference", row.difference},
+                           {"ci95_low", row.low},        {"ci95_high", row.high},      {"units", row.units}};
+    }
+    result["base"] = base_result;
+    result["compare"] = table;
+    result["bootstrap_resamples"] = o.bootstrap;
+    // Each line also carries the base's answer.
+    for (size_t i = 0; i < lines.size() && i < base_lines.size(); ++i) {
+      if (base_lines[i].contains("prediction")) lines[i]["base_prediction"] = base_lines[i]["prediction"];
+      if (base_lines[i].contains("loglikelihood")) {
+        lines[i]["base_loglikelihood"] = base_lines[i]["loglikelihood"];
+        lines[i]["base_pred"] = base_lines[i]["pred"];
+        lines[i]["base_pred_norm"] = base_lines[i]["pred_norm"];
       }
     }
-    if (Wants(o, "accuracy")) result["accuracy"] = docs > 0 ? right / static_cast<double>(docs) : 0.0;
-    if (Wants(o, "accuracy_norm")) result["accuracy_norm"] = docs > 0 ? right_norm / static_cast<double>(docs) : 0.0;
-    result["tasks"] = per_task;
   }
   if (!o.predictions.empty()) {
-    if (const absl::Status w = WriteFileAtomically(o.predictions, prediction_lines); !w.ok()) {
+    std::string text;
+    for (const nlohmann::json& line : lines) {
+      absl::StrAppend(&text, line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace), "\n");
+    }
+    if (const absl::Status w = WriteFileAtomically(o.predictions, text); !w.ok()) {
       return Fail("eval", std::string(w.message()));
     }
   }
@@ -357,6 +436,16 @@ int RunEval(const std::vector<std::string>& args) {
     } else {
       std::printf("  %-12s %.4f\n", key, result[key].get<double>());
     }
+  }
+  if (!comparison.empty()) {
+    std::printf("  base vs adapter (%lld bootstrap resamples, paired; 95%% interval of the difference):\n",
+                static_cast<long long>(o.bootstrap));
+    std::printf("  %-14s %12s %12s %12s   %s\n", "metric", "base", "adapter", "difference", "95% interval");
+    for (const eval::MetricComparison& row : comparison) {
+      std::printf("  %-14s %12.4f %12.4f %+12.4f   [%+.4f, %+.4f]%s\n", row.metric.c_str(), row.base, row.adapter,
+                  row.difference, row.low, row.high, row.low > 0 || row.high < 0 ? " *" : "");
+    }
+    std::printf("  (* the interval excludes 0)\n");
   }
   for (const auto& s : skipped) {
     std::printf("  skipped %s: %s\n", s["where"].get<std::string>().c_str(), s["reason"].get<std::string>().c_str());

@@ -458,8 +458,7 @@ std::string Tokenize13a(absl::string_view line_view) {
   return absl::StrJoin(PythonSplit(d), " ");
 }
 
-BleuScore CorpusBleu(const std::vector<std::string>& predictions,
-                     const std::vector<std::vector<std::string>>& references) {
+BleuStats SentenceBleuStats(absl::string_view prediction, const std::vector<std::string>& references) {
   constexpr int kOrder = 4;
   const auto tokens_of = [](absl::string_view text) {
     const std::string tokenized = Tokenize13a(PythonRstrip(unicode::ToValidUtf8(text)));
@@ -467,48 +466,64 @@ BleuScore CorpusBleu(const std::vector<std::string>& predictions,
     for (absl::string_view t : PythonSplit(tokenized)) tokens.emplace_back(t);
     return tokens;
   };
-  BleuScore s;
-  std::array<int64_t, kOrder> correct{}, total{};
-  for (size_t i = 0; i < predictions.size(); ++i) {
-    const std::vector<std::string> refs = OrEmpty(i < references.size() ? references[i] : std::vector<std::string>{});
-    std::vector<Counts> merged(kOrder);
-    std::vector<int64_t> ref_lens;
-    for (const std::string& ref : refs) {
-      const std::vector<std::string> tokens = tokens_of(ref);
-      ref_lens.push_back(static_cast<int64_t>(tokens.size()));
-      const std::vector<Counts> ngrams = TokenNgrams(tokens, kOrder);
-      for (int n = 0; n < kOrder; ++n) {
-        for (const auto& [ngram, count] : ngrams[static_cast<size_t>(n)]) {
-          int64_t& m = merged[static_cast<size_t>(n)][ngram];
-          m = std::max(m, count);
-        }
-      }
-    }
-    const std::vector<std::string> hyp = tokens_of(predictions[i]);
-    const int64_t hyp_len = static_cast<int64_t>(hyp.size());
-    int64_t closest_diff = -1, closest_len = -1;
-    for (const int64_t len : ref_lens) {
-      const int64_t diff = std::abs(hyp_len - len);
-      if (closest_diff == -1 || diff < closest_diff) {
-        closest_diff = diff;
-        closest_len = len;
-      } else if (diff == closest_diff && len < closest_len) {
-        closest_len = len;
-      }
-    }
-    s.sys_len += hyp_len;
-    s.ref_len += closest_len;
-    const std::vector<Counts> ngrams = TokenNgrams(hyp, kOrder);
+  BleuStats s;
+  std::vector<Counts> merged(kOrder);
+  std::vector<int64_t> ref_lens;
+  for (const std::string& ref : OrEmpty(references)) {
+    const std::vector<std::string> tokens = tokens_of(ref);
+    ref_lens.push_back(static_cast<int64_t>(tokens.size()));
+    const std::vector<Counts> ngrams = TokenNgrams(tokens, kOrder);
     for (int n = 0; n < kOrder; ++n) {
       for (const auto& [ngram, count] : ngrams[static_cast<size_t>(n)]) {
-        total[static_cast<size_t>(n)] += count;
-        const auto it = merged[static_cast<size_t>(n)].find(ngram);
-        if (it != merged[static_cast<size_t>(n)].end()) correct[static_cast<size_t>(n)] += std::min(count, it->second);
+        int64_t& m = merged[static_cast<size_t>(n)][ngram];
+        m = std::max(m, count);
       }
     }
   }
-  s.counts = correct;
-  s.totals = total;
+  const std::vector<std::string> hyp = tokens_of(prediction);
+  const int64_t hyp_len = static_cast<int64_t>(hyp.size());
+  int64_t closest_diff = -1, closest_len = -1;
+  for (const int64_t len : ref_lens) {
+    const int64_t diff = std::abs(hyp_len - len);
+    if (closest_diff == -1 || diff < closest_diff) {
+      closest_diff = diff;
+      closest_len = len;
+    } else if (diff == closest_diff && len < closest_len) {
+      closest_len = len;
+    }
+  }
+  s.sys_len = hyp_len;
+  s.ref_len = closest_len;
+  const std::vector<Counts> ngrams = TokenNgrams(hyp, kOrder);
+  for (int n = 0; n < kOrder; ++n) {
+    for (const auto& [ngram, count] : ngrams[static_cast<size_t>(n)]) {
+      s.totals[static_cast<size_t>(n)] += count;
+      const auto it = merged[static_cast<size_t>(n)].find(ngram);
+      if (it != merged[static_cast<size_t>(n)].end()) s.counts[static_cast<size_t>(n)] += std::min(count, it->second);
+    }
+  }
+  return s;
+}
+
+BleuStats& BleuStats::operator+=(const BleuStats& o) {
+  for (size_t n = 0; n < counts.size(); ++n) {
+    counts[n] += o.counts[n];
+    totals[n] += o.totals[n];
+  }
+  sys_len += o.sys_len;
+  ref_len += o.ref_len;
+  return *this;
+}
+
+BleuScore BleuFromStats(const BleuStats& stats) {
+  constexpr int kOrder = 4;
+  BleuScore s;
+  s.counts = stats.counts;
+  s.totals = stats.totals;
+  s.sys_len = stats.sys_len;
+  s.ref_len = stats.ref_len;
+  const std::array<int64_t, kOrder>& correct = stats.counts;
+  const std::array<int64_t, kOrder>& total = stats.totals;
   if (s.sys_len < s.ref_len) {
     s.bp = s.sys_len > 0 ? std::exp(1 - static_cast<double>(s.ref_len) / static_cast<double>(s.sys_len)) : 0.0;
   }
@@ -533,29 +548,54 @@ BleuScore CorpusBleu(const std::vector<std::string>& predictions,
   return s;
 }
 
-double CorpusChrf(const std::vector<std::string>& predictions, const std::vector<std::vector<std::string>>& references) {
-  std::vector<int64_t> corpus(3 * kChrfOrder, 0);
+BleuScore CorpusBleu(const std::vector<std::string>& predictions,
+                     const std::vector<std::vector<std::string>>& references) {
+  BleuStats total;
   for (size_t i = 0; i < predictions.size(); ++i) {
-    const std::vector<Counts> hyp = CharNgrams(unicode::ToValidUtf8(predictions[i]));
-    std::vector<int64_t> best;
-    double best_f = -1.0;
-    for (const std::string& reference : OrEmpty(i < references.size() ? references[i] : std::vector<std::string>{})) {
-      const std::vector<Counts> ref = CharNgrams(unicode::ToValidUtf8(reference));
-      std::vector<int64_t> stats;
-      for (int n = 0; n < kChrfOrder; ++n) {
-        const Counts& h = hyp[static_cast<size_t>(n)];
-        const Counts& r = ref[static_cast<size_t>(n)];
-        const Overlap o = CountOverlap(h, r);
-        // An order the reference has no n-grams of counts none of the prediction's either.
-        stats.insert(stats.end(), {r.empty() ? 0 : o.a_total, o.b_total, o.shared});
-      }
-      const double f = ChrfFromStats(stats);
-      if (f > best_f) {
-        best_f = f;
-        best = stats;
-      }
+    total += SentenceBleuStats(predictions[i], i < references.size() ? references[i] : std::vector<std::string>{});
+  }
+  return BleuFromStats(total);
+}
+
+ChrfStats SentenceChrfStats(absl::string_view prediction, const std::vector<std::string>& references) {
+  const std::vector<Counts> hyp = CharNgrams(unicode::ToValidUtf8(prediction));
+  ChrfStats best;
+  double best_f = -1.0;
+  for (const std::string& reference : OrEmpty(references)) {
+    const std::vector<Counts> ref = CharNgrams(unicode::ToValidUtf8(reference));
+    ChrfStats stats;
+    for (int n = 0; n < kChrfOrder; ++n) {
+      const Counts& h = hyp[static_cast<size_t>(n)];
+      const Counts& r = ref[static_cast<size_t>(n)];
+      const Overlap o = CountOverlap(h, r);
+      // An order the reference has no n-grams of counts none of the prediction's either.
+      stats.values.insert(stats.values.end(), {r.empty() ? 0 : o.a_total, o.b_total, o.shared});
     }
-    for (size_t k = 0; k < corpus.size(); ++k) corpus[k] += best[k];
+    const double f = ChrfFromStats(stats.values);
+    if (f > best_f) {
+      best_f = f;
+      best = stats;
+    }
+  }
+  return best;
+}
+
+ChrfStats& ChrfStats::operator+=(const ChrfStats& o) {
+  if (values.empty()) values.assign(o.values.size(), 0);
+  for (size_t k = 0; k < values.size() && k < o.values.size(); ++k) values[k] += o.values[k];
+  return *this;
+}
+
+double ChrfFromStats(const ChrfStats& stats) {
+  if (stats.values.empty()) return 0.0;
+  return ChrfFromStats(stats.values);
+}
+
+double CorpusChrf(const std::vector<std::string>& predictions, const std::vector<std::vector<std::string>>& references) {
+  ChrfStats corpus;
+  corpus.values.assign(3 * kChrfOrder, 0);
+  for (size_t i = 0; i < predictions.size(); ++i) {
+    corpus += SentenceChrfStats(predictions[i], i < references.size() ? references[i] : std::vector<std::string>{});
   }
   return ChrfFromStats(corpus);
 }

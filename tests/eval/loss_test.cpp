@@ -1,6 +1,7 @@
 // eval/: loss and perplexity against transformers (+ PEFT) on the real Gemma 3 270M GGUF, for plain
 // text (every token after the first of tokenizer(text)) and Dolly records (the trainer's labels).
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 
 #include <algorithm>
 #include <catch2/catch.hpp>
@@ -14,6 +15,7 @@
 #include "llmtrain/eval/evaluate.h"
 #include "llmtrain/eval/multiple_choice.h"
 #include "llmtrain/lora/lora.h"
+#include "llmtrain/lora/adapter_config.h"
 #include "llmtrain/model/decoder.h"
 #include "llmtrain/tokenizer/chat_template.h"
 #include "llmtrain/tokenizer/tokenizer.h"
@@ -266,6 +268,47 @@ TEST_CASE("eval: llmtrain eval reports loss, perplexity, generation metrics and 
   CHECK(per_question[1]["loglikelihood"].get<std::vector<double>>() == scored->docs[1].loglikelihood);
   CHECK(per_question[1]["pred"].get<int64_t>() == scored->docs[1].pred);
   CHECK(per_question[6]["task"] == "iso-countries");
+
+  // --compare-base: a random adapter against the base, on the records and the task at once.
+  {
+    auto adapted = model::Decoder::Load(gguf, {});
+    REQUIRE(adapted.ok());
+    lora::LoraConfig config;
+    config.r = 4;
+    config.alpha = 8;
+    config.target_modules = {"q_proj", "v_proj"};
+    REQUIRE(lora::InjectLora(adapted->get(), config).ok());
+    at::manual_seed(3);
+    for (auto& [name, adapter] : lora::Adapters(**adapted)) {
+      at::NoGradGuard no_grad;
+      adapter->lora_B().normal_(0, 0.05);
+    }
+    REQUIRE(lora::SaveAdapter(**adapted, config, dir + "/adapter").ok());
+  }
+  const auto compared = testing::RunCommand(cli + " --adapter " + testing::ShellQuote(dir + "/adapter") +
+                                            " --compare-base --data " + testing::ShellQuote(dir + "/qa.jsonl") +
+                                            " --task " + testing::ShellQuote(dir + "/mc.jsonl") +
+                                            " --metrics loss,accuracy --bootstrap 200 --json 2>/dev/null");
+  INFO(compared.out);
+  REQUIRE(compared.exit_code == 0);
+  const json cmp = testing::LastJsonLine(compared.out);
+  REQUIRE(cmp.contains("base"));
+  REQUIRE(cmp.contains("compare"));
+  // The base is the model without the adapter: the same loss as EvaluateLoss on it.
+  CHECK(cmp["base"]["loss"].get<double>() == Approx(loss->loss).epsilon(1e-12));
+  CHECK(cmp["base"]["accuracy"].get<double>() == scored->accuracy);
+  CHECK(cmp["compare"]["loss"]["base"] == cmp["base"]["loss"]);
+  CHECK(cmp["compare"]["loss"]["adapter"] == cmp["loss"]);
+  CHECK(cmp["compare"]["loss"]["difference"].get<double>() ==
+        Approx(cmp["loss"].get<double>() - cmp["base"]["loss"].get<double>()).epsilon(1e-12));
+  CHECK(cmp["compare"]["loss"]["difference"].get<double>() != 0);
+  CHECK(cmp["compare"]["loss"]["ci95_low"].get<double>() <= cmp["compare"]["loss"]["ci95_high"].get<double>());
+  CHECK(cmp["compare"]["loss"]["units"].get<int64_t>() == 6);
+  CHECK(cmp["compare"]["accuracy"]["units"].get<int64_t>() == 3);
+  CHECK(cmp["bootstrap_resamples"].get<int64_t>() == 200);
+  const auto no_adapter = testing::RunCommand(cli + " --compare-base --task " + testing::ShellQuote(dir + "/mc.jsonl") + " 2>&1");
+  CHECK(no_adapter.exit_code == 2);
+  CHECK(absl::StrContains(no_adapter.out, "--compare-base needs --adapter"));
 
   // Refused before the model loads (the model path does not exist, the task error comes first).
   const std::string no_model = testing::ShellQuote(testing::CliPath()) + " eval --model " + testing::ShellQuote(dir + "/no-model");

@@ -69,6 +69,26 @@ struct BleuScore {
 BleuScore CorpusBleu(const std::vector<std::string>& predictions,
                      const std::vector<std::vector<std::string>>& references);
 
+/// One prediction's share of corpus BLEU: its n-gram matches and totals and its length and the
+/// closest reference's. Corpus BLEU is BleuFromStats of the sum over predictions, so a resample of
+/// the predictions (the bootstrap of eval/compare.h) is scored from sums without tokenizing again.
+struct BleuStats {
+  std::array<int64_t, 4> counts{}, totals{};
+  int64_t sys_len = 0, ref_len = 0;
+  BleuStats& operator+=(const BleuStats& other);
+};
+BleuStats SentenceBleuStats(absl::string_view prediction, const std::vector<std::string>& references);
+BleuScore BleuFromStats(const BleuStats& summed);
+
+/// One prediction's share of corpus chrF (the statistics of its best reference); empty values
+/// score 0.
+struct ChrfStats {
+  std::vector<int64_t> values;
+  ChrfStats& operator+=(const ChrfStats& other);
+};
+ChrfStats SentenceChrfStats(absl::string_view prediction, const std::vector<std::string>& references);
+double ChrfFromStats(const ChrfStats& summed);
+
 /// sacrebleu.corpus_chrf with its defaults (chrF2: character n-grams of orders 1…6 with
 /// whitespace removed, no word n-grams, beta 2): per prediction the statistics of its best
 /// reference by sentence chrF, summed over the corpus; then the precision and recall averaged
