@@ -16,6 +16,7 @@
 #include "llmtrain/core/log.h"
 #include "llmtrain/core/status.h"
 #include "llmtrain/dist/env.h"
+#include "llmtrain/eval/tasks.h"
 #include "llmtrain/dist/process_group.h"
 #include "llmtrain/dist/sharded_engine.h"
 #include "llmtrain/io/hf_config.h"
@@ -155,6 +156,8 @@ train::TrainerOptions ToTrainerOptions(const RunSpec& spec) {
   o.sample_temperature = spec.eval().temperature();
   for (int i = 0; i < spec.eval().sample_images_size(); ++i) o.sample_images.push_back(SampleImagePath(spec, i));
   o.sample_image_prompt = spec.eval().sample_image_prompt();
+  o.eval_metrics.assign(spec.eval().metrics().begin(), spec.eval().metrics().end());
+  o.eval_generation_records = spec.eval().max_generation_records();
   o.output_dir = spec.output().dir();
   o.checkpoint_every_steps = spec.checkpoint().every_steps();
   o.keep_last = spec.checkpoint().keep_last();
@@ -276,6 +279,13 @@ absl::StatusOr<train::TrainerComponents> BuildTrainerComponents(const RunSpec& s
       LLMTRAIN_ASSIGN_OR_RETURN(const data::DatasetOptions eval_options, ToEvalDatasetOptions(spec));
       LLMTRAIN_ASSIGN_OR_RETURN(parts.eval_data, data::Dataset::Open(eval_files, eval_options));
       LLMTRAIN_RETURN_IF_ERROR(parts.eval_data->CheckBadFraction(spec.data().max_bad_fraction()));
+    }
+    eval::BuiltinTaskOptions task_options;
+    task_options.docs = spec.eval().task_docs();
+    for (int i = 0; i < spec.eval().tasks_size(); ++i) {
+      auto task = eval::ResolveTask(spec.eval().tasks(i), task_options);
+      if (!task.ok()) return Annotate(task.status(), absl::StrCat("eval.tasks[", i, "]"));
+      parts.eval_tasks.push_back(*std::move(task));
     }
     const std::string tokenizer_path = spec.model().tokenizer().empty() ? spec.model().path() : spec.model().tokenizer();
     LLMTRAIN_ASSIGN_OR_RETURN(parts.tokenizer, tokenizer::Tokenizer::Load(tokenizer_path));

@@ -21,6 +21,7 @@
 #include "absl/strings/strip.h"
 #include "llmtrain/core/atomic_file.h"
 #include "llmtrain/data/dataset.h"
+#include "llmtrain/eval/tasks.h"
 #include "llmtrain/io/gguf.h"
 #include "llmtrain/io/hf_config.h"
 #include "llmtrain/lora/adapter_config.h"
@@ -104,6 +105,8 @@ RunSpec Defaults() {
   e->set_max_new_tokens(32);
   e->set_temperature(0.0);
   e->set_sample_image_prompt(data::kCaptionPrompt);
+  e->set_max_generation_records(32);
+  e->set_task_docs(100);
   CheckpointSpec* c = d.mutable_checkpoint();
   c->set_every_steps(0);
   c->set_keep_last(2);
@@ -614,6 +617,43 @@ std::vector<SpecError> FindSpecErrors(const RunSpec& s) {
     if (d.template_() != DataSpec::model) err("eval.sample_images", "needs data.template: model (it places the image)");
   }
   non_negative("eval.temperature", e.temperature());
+  {
+    bool generation = false, choice = false;
+    for (int i = 0; i < e.metrics_size(); ++i) {
+      const std::string& m = e.metrics(i);
+      if (m == "exact_match" || m == "rouge" || m == "bleu" || m == "chrf") {
+        generation = true;
+      } else if (m == "accuracy" || m == "accuracy_norm") {
+        choice = true;
+      } else if (m != "loss" && m != "perplexity") {
+        err(absl::StrCat("eval.metrics[", i, "]"),
+            absl::StrCat("unknown metric \"", m,
+                         "\" (loss, perplexity, exact_match, rouge, bleu, chrf, accuracy, accuracy_norm)"));
+      }
+    }
+    if (choice && e.tasks_size() == 0) err("eval.metrics", "accuracy and accuracy_norm need eval.tasks");
+    if (!choice && e.tasks_size() > 0) err("eval.tasks", "needs accuracy or accuracy_norm in eval.metrics");
+    if (e.metrics_size() > 0 && d.eval_files_size() == 0) {
+      err("eval.metrics", "needs eval data (data.eval_files): the metrics are of the evaluations");
+    }
+    if (generation && d.format() == DataSpec::text) {
+      err("eval.metrics", "generation metrics need replies to compare with; data.format text has none");
+    }
+    if (generation && d.template_() != DataSpec::model) {
+      err("eval.metrics", "generation metrics need data.template: model (the prompt is rendered with it)");
+    }
+    if (e.max_generation_records() < 0) {
+      err("eval.max_generation_records", absl::StrCat("must be ≥ 0, got ", e.max_generation_records()));
+    }
+    if (e.task_docs() < 1) err("eval.task_docs", absl::StrCat("must be ≥ 1, got ", e.task_docs()));
+    eval::BuiltinTaskOptions task_options;
+    task_options.docs = std::max<int64_t>(1, e.task_docs());
+    for (int i = 0; i < e.tasks_size(); ++i) {
+      if (auto task = eval::ResolveTask(e.tasks(i), task_options); !task.ok()) {
+        err(absl::StrCat("eval.tasks[", i, "]"), std::string(task.status().message()));
+      }
+    }
+  }
   if (s.checkpoint().every_steps() < 0) {
     err("checkpoint.every_steps", absl::StrCat("must be ≥ 0, got ", s.checkpoint().every_steps()));
   }

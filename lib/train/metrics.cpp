@@ -58,11 +58,30 @@ class JsonlWriter final : public MetricsWriter {
       if (!sample.image.empty()) one["image"] = sample.image;
       samples.push_back(std::move(one));
     }
-    return Append({{"type", "eval"},
-                   {"step", e.step},
-                   {"eval_loss", e.loss},
-                   {"eval_perplexity", e.perplexity},
-                   {"samples", samples}});
+    nlohmann::json line = {{"type", "eval"},
+                           {"step", e.step},
+                           {"eval_loss", e.loss},
+                           {"eval_perplexity", e.perplexity},
+                           {"samples", samples}};
+    if (!e.scores.empty()) {
+      nlohmann::json scores = nlohmann::json::object();
+      for (const auto& [name, value] : e.scores) scores[name] = value;
+      line["metrics"] = scores;
+    }
+    if (!e.compare_base.empty()) {
+      nlohmann::json rows = nlohmann::json::array();
+      for (const BaseComparison& c : e.compare_base) {
+        rows.push_back({{"metric", c.metric},
+                        {"base", c.base},
+                        {"adapter", c.adapter},
+                        {"difference", c.difference},
+                        {"ci95_low", c.low},
+                        {"ci95_high", c.high},
+                        {"units", c.units}});
+      }
+      line["compare_base"] = rows;
+    }
+    return Append(line);
   }
 
  private:
@@ -88,7 +107,11 @@ class TensorBoardMetrics final : public MetricsWriter {
                     {"train/tokens_per_second", m.tokens_per_second}}, m.step);
   }
   absl::Status WriteEval(const EvalMetrics& e) override {
-    return Scalars({{"eval/loss", e.loss}, {"eval/perplexity", e.perplexity}}, e.step);
+    LLMTRAIN_RETURN_IF_ERROR(Scalars({{"eval/loss", e.loss}, {"eval/perplexity", e.perplexity}}, e.step));
+    for (const auto& [name, value] : e.scores) {
+      LLMTRAIN_RETURN_IF_ERROR(writer_->AddScalar(absl::StrCat("eval/", name), value, e.step));
+    }
+    return absl::OkStatus();
   }
 
  private:

@@ -90,6 +90,10 @@ absl::StatusOr<std::string> RunReportHtml(absl::string_view dir_view) {
   std::vector<std::pair<double, double>> loss, eval_loss, lr, tps;
   std::string samples;
   std::map<std::string, std::string> thumbnails;  // image path → its cell
+  // The eval metrics over steps (in the order they first appear) and the last comparison with
+  // the base model.
+  std::vector<std::pair<std::string, std::vector<std::pair<double, double>>>> scores;
+  std::string comparison;
   std::istringstream lines(*metrics);
   int64_t line_no = 0;
   for (std::string line; std::getline(lines, line);) {
@@ -120,6 +124,30 @@ absl::StatusOr<std::string> RunReportHtml(absl::string_view dir_view) {
       add(&tps, "tokens_per_second");
     } else if (text(j, "type") == "eval") {
       add(&eval_loss, "eval_loss");
+      if (j.contains("metrics") && j["metrics"].is_object()) {
+        for (const auto& [name, value] : j["metrics"].items()) {
+          if (!value.is_number() || !std::isfinite(value.get<double>())) continue;
+          auto series = std::find_if(scores.begin(), scores.end(), [&](const auto& s) { return s.first == name; });
+          if (series == scores.end()) series = scores.insert(scores.end(), {name, {}});
+          series->second.emplace_back(*step, value.get<double>());
+        }
+      }
+      if (j.contains("compare_base") && j["compare_base"].is_array()) {
+        comparison.clear();
+        for (const auto& row : j["compare_base"]) {
+          if (!row.is_object()) continue;
+          const auto num = [&row](const char* key) {
+            const auto it = row.find(key);
+            return it != row.end() && it->is_number() ? it->get<double>() : std::nan("");
+          };
+          const double low = num("ci95_low"), high = num("ci95_high");
+          absl::StrAppendFormat(&comparison,
+                                "<tr><td>%s</td><td>%.4f</td><td>%.4f</td><td>%+.4f</td><td>[%+.4f, %+.4f]%s</td>"
+                                "<td>%g</td></tr>",
+                                Escape(text(row, "metric")), num("base"), num("adapter"), num("difference"), low, high,
+                                low > 0 || high < 0 ? " *" : "", num("units"));
+        }
+      }
       if (j.contains("samples") && j["samples"].is_array()) {
         for (const auto& sample : j["samples"]) {
           if (!sample.is_object()) continue;
@@ -149,7 +177,17 @@ absl::StatusOr<std::string> RunReportHtml(absl::string_view dir_view) {
   }
   absl::StrAppend(&html, "<div class=\"grid\"><div>", Plot("train loss", loss), "</div><div>",
                   Plot("eval loss", eval_loss), "</div><div>", Plot("learning rate", lr), "</div><div>",
-                  Plot("tokens/s", tps), "</div></div>");
+                  Plot("tokens/s", tps), "</div>");
+  for (const auto& [name, series] : scores) absl::StrAppend(&html, "<div>", Plot(absl::StrCat("eval ", name), series), "</div>");
+  html += "</div>";
+  if (!comparison.empty()) {
+    absl::StrAppend(&html,
+                    "<h2>Base model vs adapter</h2><p>The last evaluation against the first (step 0: the base "
+                    "model, as a new adapter changes nothing), on the same records; the interval is a paired "
+                    "bootstrap 95% interval of the difference (* it excludes 0).</p><table><tr><th>metric</th>"
+                    "<th>base</th><th>adapter</th><th>difference</th><th>95% interval</th><th>units</th></tr>",
+                    comparison, "</table>");
+  }
   absl::StrAppend(&html, "<h2>Samples</h2>",
                   samples.empty() ? "<p>(none)</p>"
                                   : absl::StrCat("<table><tr><th>step</th><th>prompt</th><th>output</th></tr>", samples,

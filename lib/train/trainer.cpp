@@ -14,13 +14,16 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "nlohmann/json.hpp"
 #include "llmtrain/core/atomic_file.h"
 #include "llmtrain/core/log.h"
 #include "llmtrain/core/progress.h"
 #include "llmtrain/core/status.h"
 #include "llmtrain/data/collator.h"
 #include "llmtrain/data/dataset.h"
+#include "llmtrain/eval/compare.h"
 #include "llmtrain/eval/evaluate.h"
+#include "llmtrain/eval/multiple_choice.h"
 #include "llmtrain/io/safetensors.h"
 #include "llmtrain/io/tensors.h"
 #include "llmtrain/kernels/cross_entropy.h"
@@ -83,6 +86,15 @@ absl::Status Validate(const TrainerOptions& o) {
   check(o.sample_max_new_tokens >= 0, "sample_max_new_tokens", "≥ 0", absl::StrCat(o.sample_max_new_tokens));
   check(std::isfinite(o.sample_temperature) && o.sample_temperature >= 0, "sample_temperature", "≥ 0",
         absl::StrCat(o.sample_temperature));
+  for (size_t i = 0; i < o.eval_metrics.size(); ++i) {
+    static const char* const kKnown[] = {"loss", "perplexity", "exact_match", "rouge", "bleu", "chrf", "accuracy",
+                                         "accuracy_norm"};
+    check(std::any_of(std::begin(kKnown), std::end(kKnown), [&](const char* k) { return o.eval_metrics[i] == k; }),
+          absl::StrCat("eval_metrics[", i, "]").c_str(),
+          "loss, perplexity, exact_match, rouge, bleu, chrf, accuracy or accuracy_norm",
+          absl::StrCat("\"", o.eval_metrics[i], "\""));
+  }
+  check(o.eval_generation_records >= 0, "eval_generation_records", "≥ 0", absl::StrCat(o.eval_generation_records));
   check(!o.output_dir.empty(), "output_dir", "a folder", "\"\"");
   check(o.checkpoint_every_steps >= 0, "checkpoint_every_steps", "≥ 0", absl::StrCat(o.checkpoint_every_steps));
   check(o.keep_last >= 1, "keep_last", "≥ 1", absl::StrCat(o.keep_last));
@@ -122,6 +134,8 @@ struct Trainer::State {
   std::vector<at::Tensor> gathered_state;
   // options.sample_images, decoded and preprocessed: (1, 3, S, S) float32 each.
   std::vector<at::Tensor> sample_pixels;
+  // The step-0 evaluation's per-unit results (options.eval_metrics): the base model's.
+  std::optional<eval::EvalUnits> base_units;
 };
 
 namespace {
@@ -202,6 +216,24 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(TrainerComponents parts
   if (options.autocast != Autocast::kOff && parts.model->dtype() != Dtype::kF32) {
     return absl::InvalidArgumentError(absl::StrCat("TrainerOptions.autocast: needs a float32 model, this one is ",
                                                    SafetensorsName(parts.model->dtype())));
+  }
+  {
+    const auto wants = [&](const char* m) {
+      return std::find(options.eval_metrics.begin(), options.eval_metrics.end(), m) != options.eval_metrics.end();
+    };
+    const bool generation = wants("exact_match") || wants("rouge") || wants("bleu") || wants("chrf");
+    const bool choice = wants("accuracy") || wants("accuracy_norm");
+    if (!options.eval_metrics.empty() && !parts.eval_data) {
+      return absl::InvalidArgumentError("TrainerOptions.eval_metrics: needs TrainerComponents.eval_data");
+    }
+    if (generation && (!parts.tokenizer || !parts.chat)) {
+      return absl::InvalidArgumentError(
+          "TrainerOptions.eval_metrics: generation metrics need TrainerComponents.tokenizer and .chat");
+    }
+    if (choice && (parts.eval_tasks.empty() || !parts.tokenizer)) {
+      return absl::InvalidArgumentError(
+          "TrainerOptions.eval_metrics: accuracy needs TrainerComponents.eval_tasks and .tokenizer");
+    }
   }
   if (!parts.engine) parts.engine = std::make_shared<SingleProcessEngine>();
   auto s = std::make_unique<State>();
@@ -461,7 +493,47 @@ absl::StatusOr<double> Trainer::Evaluate() {
   }
 }
 
-absl::Status Trainer::EvaluateAndWrite() {
+namespace {
+
+constexpr char kBaseUnitsFile[] = "eval_base.json";
+
+nlohmann::json UnitsToJson(const eval::EvalUnits& u) {
+  nlohmann::json records = nlohmann::json::array(), items = nlohmann::json::array(), choices = nlohmann::json::array();
+  for (const eval::RecordLoss& r : u.records) records.push_back({r.where, r.nll_sum, r.n_tokens});
+  for (const eval::GenerationItem& i : u.items) items.push_back({i.where, i.prediction, i.references});
+  for (const eval::ChoiceScores& c : u.choices) choices.push_back({c.pred, c.pred_norm, c.gold});
+  return {{"records", records}, {"items", items}, {"choices", choices}};
+}
+
+std::optional<eval::EvalUnits> UnitsFromJson(const nlohmann::json& j) {
+  try {
+    eval::EvalUnits u;
+    for (const nlohmann::json& r : j.at("records")) {
+      u.records.push_back({r.at(0).get<std::string>(), r.at(1).get<double>(), r.at(2).get<int64_t>()});
+    }
+    for (const nlohmann::json& i : j.at("items")) {
+      eval::GenerationItem item;
+      item.where = i.at(0).get<std::vector<std::string>>();
+      item.prediction = i.at(1).get<std::string>();
+      item.references = i.at(2).get<std::vector<std::string>>();
+      u.items.push_back(std::move(item));
+    }
+    for (const nlohmann::json& c : j.at("choices")) {
+      eval::ChoiceScores scores;
+      scores.pred = c.at(0).get<int64_t>();
+      scores.pred_norm = c.at(1).get<int64_t>();
+      scores.gold = c.at(2).get<int64_t>();
+      u.choices.push_back(scores);
+    }
+    return u;
+  } catch (const nlohmann::json::exception&) {
+    return std::nullopt;
+  }
+}
+
+}  // namespace
+
+absl::Status Trainer::EvaluateAndWrite(bool last) {
   State& s = *s_;
   if (!s.parts.eval_data) return absl::OkStatus();
   LLMTRAIN_ASSIGN_OR_RETURN(double eval_loss, Evaluate());
@@ -474,6 +546,29 @@ absl::Status Trainer::EvaluateAndWrite() {
   const bool main = s.parts.engine->is_main();
   if (!main && !s.parts.engine->collective_forwards()) return absl::OkStatus();
   model::Decoder& model = *s.parts.model;
+  if (!s.options.eval_metrics.empty()) {
+    eval::EvalUnits units;
+    LLMTRAIN_RETURN_IF_ERROR(ScoreEvalMetrics(&e, &units));
+    const std::string base_path = absl::StrCat(s.options.output_dir, "/", kBaseUnitsFile);
+    if (s.step == 0) {
+      s.base_units = units;
+      if (main) LLMTRAIN_RETURN_IF_ERROR(WriteFileAtomically(base_path, UnitsToJson(units).dump()));
+    } else if (!s.base_units) {  // a resumed run: step 0's results from the run folder
+      if (auto text = ReadFileToString(base_path); text.ok()) {
+        s.base_units = UnitsFromJson(nlohmann::json::parse(*text, nullptr, false));
+      }
+    }
+    if (last && s.base_units) {
+      auto rows = eval::CompareEvaluations(*s.base_units, units, s.options.eval_metrics);
+      if (rows.ok()) {
+        for (const eval::MetricComparison& r : *rows) {
+          e.compare_base.push_back({r.metric, r.base, r.adapter, r.difference, r.low, r.high, r.units});
+        }
+      } else if (main) {  // e.g. a resumed run whose metrics changed: no table, not a failed run
+        LogWarning(absl::StrCat("no comparison with the base model: ", rows.status().message()));
+      }
+    }
+  }
   // Generates from a prompt's ids (and its image, if any) with the adapter, dropout off.
   const auto sample = [&](std::vector<int64_t> ids, const at::Tensor& pixels, const std::string& prompt,
                           const std::string& image) -> absl::Status {
@@ -525,7 +620,70 @@ absl::Status Trainer::EvaluateAndWrite() {
   }
   if (!main) return absl::OkStatus();
   for (const auto& writer : s.parts.metrics) LLMTRAIN_RETURN_IF_ERROR(writer->WriteEval(e));
-  LogInfo(absl::StrFormat("eval at step %d: loss %.4f, perplexity %.2f", s.step, e.loss, e.perplexity));
+  std::string scores;
+  for (const auto& [name, value] : e.scores) absl::StrAppendFormat(&scores, ", %s %.4f", name, value);
+  LogInfo(absl::StrFormat("eval at step %d: loss %.4f, perplexity %.2f%s", s.step, e.loss, e.perplexity, scores));
+  for (const BaseComparison& c : e.compare_base) {
+    LogInfo(absl::StrFormat("  %s: base %.4f, adapter %.4f, difference %+.4f (95%% interval %+.4f to %+.4f)", c.metric,
+                            c.base, c.adapter, c.difference, c.low, c.high));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Trainer::ScoreEvalMetrics(EvalMetrics* e, eval::EvalUnits* units) {
+  State& s = *s_;
+  const auto wants = [&](const char* m) {
+    return std::find(s.options.eval_metrics.begin(), s.options.eval_metrics.end(), m) != s.options.eval_metrics.end();
+  };
+  model::Decoder& model = *s.parts.model;
+  const int64_t batch = std::max<int64_t>(1, s.parts.collator->options().batch_size);
+  lora::SetTraining(&model, false);
+  struct Restore {
+    model::Decoder* m;
+    ~Restore() { lora::SetTraining(m, true); }
+  } restore{&model};
+  if (wants("loss") || wants("perplexity")) {
+    // Per record, unpacked, over the records the eval loss reads: the units of the comparison.
+    eval::LossOptions lo;
+    lo.batch_size = batch;
+    lo.max_records = s.options.eval_max_batches > 0 ? s.options.eval_max_batches * batch : 0;
+    LLMTRAIN_ASSIGN_OR_RETURN(eval::LossResult r, eval::EvaluateLoss(model, *s.parts.eval_data, *s.parts.collator, lo));
+    units->records = std::move(r.records);
+  }
+  if (wants("exact_match") || wants("rouge") || wants("bleu") || wants("chrf")) {
+    LLMTRAIN_ASSIGN_OR_RETURN(
+        std::vector<eval::GenerationItem> items,
+        eval::MakeGenerationItems(*s.parts.eval_data, *s.parts.collator, *s.parts.tokenizer, *s.parts.chat,
+                                  s.options.eval_generation_records, nullptr));
+    model::GenerationOptions go;
+    go.max_new_tokens = std::max<int64_t>(1, s.options.sample_max_new_tokens);
+    LLMTRAIN_RETURN_IF_ERROR(eval::GeneratePredictions(model, *s.parts.tokenizer, go, &items, {}, batch));
+    const eval::GenerationScores g = eval::ScoreGenerations(items);
+    if (wants("exact_match")) e->scores.emplace_back("exact_match", g.exact_match);
+    if (wants("rouge")) {
+      e->scores.emplace_back("rouge1", g.rouge1);
+      e->scores.emplace_back("rouge2", g.rouge2);
+      e->scores.emplace_back("rougeL", g.rougeL);
+    }
+    if (wants("bleu")) e->scores.emplace_back("bleu", g.bleu);
+    if (wants("chrf")) e->scores.emplace_back("chrf", g.chrf);
+    for (eval::GenerationItem& item : items) item.pixel_values.clear();
+    units->items = std::move(items);
+  }
+  if (wants("accuracy") || wants("accuracy_norm")) {
+    double right = 0, right_norm = 0;
+    for (const eval::ChoiceTask& task : s.parts.eval_tasks) {
+      eval::ChoiceOptions co;
+      co.batch_size = batch;
+      LLMTRAIN_ASSIGN_OR_RETURN(eval::ChoiceResult r, eval::EvaluateMultipleChoice(model, *s.parts.tokenizer, task, co));
+      right += r.accuracy * static_cast<double>(r.n_docs);
+      right_norm += r.accuracy_norm * static_cast<double>(r.n_docs);
+      units->choices.insert(units->choices.end(), r.docs.begin(), r.docs.end());
+    }
+    const double n = std::max<double>(1.0, static_cast<double>(units->choices.size()));
+    if (wants("accuracy")) e->scores.emplace_back("accuracy", right / n);
+    if (wants("accuracy_norm")) e->scores.emplace_back("accuracy_norm", right_norm / n);
+  }
   return absl::OkStatus();
 }
 
@@ -782,7 +940,7 @@ absl::Status Trainer::RunLoop(const RunOptions& options) {
   if (progress) progress->Finish();
 
   // 3. The end: a last evaluation, the final checkpoint and adapter, the writers' artifacts.
-  LLMTRAIN_RETURN_IF_ERROR(EvaluateAndWrite());
+  LLMTRAIN_RETURN_IF_ERROR(EvaluateAndWrite(/*last=*/true));
   LLMTRAIN_RETURN_IF_ERROR(SaveCheckpoint());
   absl::Status saved = main ? lora::SaveAdapter(*s.parts.model, s.parts.adapter, o.output_dir + "/adapter")
                             : absl::OkStatus();

@@ -1091,5 +1091,122 @@ TEST_CASE("train: on CUDA, activation checkpointing replays the forward's dropou
   CHECK(worst <= 1e-3);
 }
 
+
+// eval.metrics: every evaluation scores the generation metrics and task accuracy, the last one is
+// compared with step 0 (the base model) with intervals, and a run stopped and resumed gives the
+// same comparison (step 0's results come back from the run folder).
+TEST_CASE("train: eval.metrics score each evaluation and compare the last with the base, across a resume",
+          "[train][real]") {
+  const std::string dir = testing::TempDir("train_eval_metrics");
+  std::string eval_data, task;
+  for (int i = 0; i < 6; ++i) {
+    eval_data += absl::StrCat("{\"instruction\": \"What is ", 30 + i, " plus ", 31 + i,
+                              "?\", \"context\": \"\", \"response\": \"", 61 + 2 * i, ".\", \"category\": \"open_qa\"}\n");
+    task += absl::StrCat("{\"context\": \"", i, " plus ", i + 1, " is\", \"choices\": [\"", 2 * i + 1, "\", \"", 2 * i + 5,
+                         "\", \"", 3 * i + 7, "\"], \"gold\": 0}\n");
+  }
+  REQUIRE(MakeDirectories(dir).ok());
+  REQUIRE(WriteFileAtomically(dir + "/eval.jsonl", eval_data).ok());
+  REQUIRE(WriteFileAtomically(dir + "/task.jsonl", task).ok());
+  const auto run_spec = [&](const std::string& sub) {
+    spec::RunSpec run = SmallRun(dir + "/" + sub, 2, 1, 4);
+    run.mutable_data()->add_eval_files(dir + "/eval.jsonl");
+    spec::EvalSpec* e = run.mutable_eval();
+    e->set_every_steps(2);
+    e->set_max_new_tokens(6);
+    e->set_max_generation_records(4);
+    for (const char* m : {"loss", "exact_match", "rouge", "bleu", "accuracy", "accuracy_norm"}) e->add_metrics(m);
+    e->add_tasks(dir + "/task.jsonl");
+    return run;
+  };
+  {
+    auto whole = spec::BuildTrainer(run_spec("whole"));
+    REQUIRE(whole.ok());
+    train::RunOptions options;
+    options.progress = false;
+    REQUIRE((*whole)->Run(options).ok());
+  }
+  std::atomic<bool> stop{false};
+  {
+    auto first = spec::BuildTrainer(run_spec("split"));
+    REQUIRE(first.ok());
+    train::RunOptions options;
+    options.progress = false;
+    options.stop = &stop;
+    options.on_step = [&](const train::StepMetrics& m) {
+      if (m.step == 3) stop.store(true);
+    };
+    REQUIRE((*first)->Run(options).ok());
+  }
+  CHECK(IsRegularFile(dir + "/split/run/eval_base.json"));
+  {
+    auto again = spec::BuildTrainer(run_spec("split"));
+    REQUIRE(again.ok());
+    train::RunOptions options;
+    options.progress = false;
+    options.resume = true;
+    REQUIRE((*again)->Run(options).ok());
+  }
+  const auto evals = [&](const std::string& sub) {
+    std::vector<nlohmann::json> out;
+    for (const auto& line : absl::StrSplit(Bytes(dir + "/" + sub + "/run/metrics.jsonl"), '\n')) {
+      const nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
+      if (j.is_object() && j.value("type", "") == "eval") out.push_back(j);
+    }
+    return out;
+  };
+  const std::vector<nlohmann::json> whole = evals("whole"), split = evals("split");
+  REQUIRE(whole.size() == 3);  // steps 0, 2 and 4
+  for (const nlohmann::json& e : whole) {
+    INFO(e.dump());
+    REQUIRE(e.contains("metrics"));
+    for (const char* key : {"exact_match", "rouge1", "rouge2", "rougeL", "bleu", "accuracy", "accuracy_norm"}) {
+      CHECK(e["metrics"].contains(key));
+    }
+  }
+  CHECK_FALSE(whole[0].contains("compare_base"));
+  REQUIRE(whole[2].contains("compare_base"));
+  const nlohmann::json& rows = whole[2]["compare_base"];
+  std::map<std::string, nlohmann::json> by_metric;
+  for (const nlohmann::json& row : rows) by_metric[row["metric"].get<std::string>()] = row;
+  for (const char* key : {"loss", "exact_match", "rouge1", "rouge2", "rougeL", "bleu", "accuracy", "accuracy_norm"}) {
+    INFO(key);
+    REQUIRE(by_metric.count(key) == 1);
+    const nlohmann::json& row = by_metric[key];
+    CHECK(row["ci95_low"].get<double>() <= row["difference"].get<double>() + 1e-12);
+    CHECK(row["ci95_high"].get<double>() >= row["difference"].get<double>() - 1e-12);
+    if (std::string(key) != "loss") {
+      // The base is step 0's evaluation, the adapter the last one's.
+      CHECK(row["base"].get<double>() == whole[0]["metrics"][key].get<double>());
+      CHECK(row["adapter"].get<double>() == whole[2]["metrics"][key].get<double>());
+    }
+  }
+  CHECK(by_metric["accuracy"]["units"].get<int64_t>() == 6);
+  CHECK(by_metric["rouge1"]["units"].get<int64_t>() == 4);
+  CHECK(by_metric["loss"]["units"].get<int64_t>() == 6);
+  // Four steps at 1e-3 move the per-record loss on held-out sums.
+  CHECK(by_metric["loss"]["difference"].get<double>() != 0);
+  // The resumed run read step 0's results back: the same comparison.
+  REQUIRE(split.size() == 3);
+  REQUIRE(split[2].contains("compare_base"));
+  CHECK(split[2]["compare_base"] == whole[2]["compare_base"]);
+  const std::string report = Bytes(dir + "/whole/run/report.html");
+  CHECK(absl::StrContains(report, "Base model vs adapter"));
+  CHECK(absl::StrContains(report, "eval rouge1"));
+
+  // A bad spec is refused before anything loads, naming the field.
+  spec::RunSpec bad = run_spec("bad");
+  bad.mutable_eval()->add_metrics("bleurt");
+  CHECK_THAT(std::string(spec::ValidateRunSpec(bad).message()), Catch::Contains("eval.metrics[6]: unknown metric \"bleurt\""));
+  REQUIRE(WriteFileAtomically(dir + "/gold.jsonl", "{\"context\": \"Q\", \"choices\": [\"a\", \"b\"], \"gold\": 2}\n").ok());
+  bad = run_spec("bad");
+  bad.mutable_eval()->set_tasks(0, dir + "/gold.jsonl");
+  CHECK_THAT(std::string(spec::ValidateRunSpec(bad).message()),
+             Catch::Contains("eval.tasks[0]") && Catch::Contains("gold.jsonl:1: field \"gold\": 2 is outside"));
+  bad = run_spec("bad");
+  bad.mutable_eval()->clear_tasks();
+  CHECK_THAT(std::string(spec::ValidateRunSpec(bad).message()), Catch::Contains("accuracy and accuracy_norm need eval.tasks"));
+}
+
 }  // namespace
 }  // namespace llmtrain

@@ -45,12 +45,27 @@ struct EvalSample {
   std::string image;   ///< the image file generated from with the prompt (image+text models); empty: text only
 };
 
-/// One evaluation: the mean token loss over the eval data and the generated samples.
+/// One metric of the final evaluation against the same evaluation at step 0 (the base model: a
+/// new adapter changes nothing until it trains), with a paired bootstrap interval of the
+/// difference (eval/compare.h).
+struct BaseComparison {
+  std::string metric;
+  double base = 0, adapter = 0, difference = 0;  ///< difference = adapter − base
+  double low = 0, high = 0;                      ///< 95% interval of the difference
+  int64_t units = 0;                             ///< records, prompts or questions resampled
+};
+
+/// One evaluation: the mean token loss over the eval data, the generated samples, the metrics
+/// TrainerOptions::eval_metrics asks for, and at the end of a run the comparison with step 0.
 struct EvalMetrics {
   int64_t step = 0;
   double loss = 0;
   double perplexity = 0;  ///< exp(loss)
   std::vector<EvalSample> samples;
+  /// By name, in the order of eval/evaluate.h's keys: exact_match, rouge1, rouge2, rougeL, bleu,
+  /// chrf, accuracy, accuracy_norm (the metrics asked for).
+  std::vector<std::pair<std::string, double>> scores;
+  std::vector<BaseComparison> compare_base;  ///< the last evaluation only (empty otherwise)
 };
 
 class MetricsWriter {
@@ -68,12 +83,14 @@ class MetricsWriter {
 
 /// metrics.jsonl: {"type": "train", "step", "loss", "lr", "grad_norm", "target_tokens",
 /// "tokens_per_second", "peak_rss_mib", "skipped"[, "nonfinite_where"]} per step and
-/// {"type": "eval", "step", "eval_loss", "eval_perplexity", "samples": [{"prompt", "output"[, "image"]}]}
-/// per evaluation, one object per line, flushed line by line. Write errors name the file.
+/// {"type": "eval", "step", "eval_loss", "eval_perplexity", "samples": [{"prompt", "output"[, "image"]}]
+/// [, "metrics": {name: value}][, "compare_base": [{"metric", "base", "adapter", "difference",
+/// "ci95_low", "ci95_high", "units"}]]} per evaluation, one object per line, flushed line by line.
+/// Write errors name the file.
 std::unique_ptr<MetricsWriter> MakeJsonlMetricsWriter(absl::string_view path);
 
 /// TensorBoard scalars (train/loss, train/lr, train/grad_norm, train/tokens_per_second,
-/// eval/loss, eval/perplexity) in a new event file under `dir` (train/tensorboard.h).
+/// eval/loss, eval/perplexity, eval/<metric> for each score) in a new event file under `dir` (train/tensorboard.h).
 absl::StatusOr<std::unique_ptr<MetricsWriter>> MakeTensorBoardMetricsWriter(absl::string_view dir);
 
 /// At End(), run_dir/report.html from the run folder's metrics.jsonl, spec.textproto and

@@ -36,6 +36,7 @@
 #include "absl/status/statusor.h"
 #include "llmtrain/data/dataset.h"
 #include "llmtrain/dist/engine.h"
+#include "llmtrain/eval/tasks.h"
 #include "llmtrain/lora/adapter_config.h"
 #include "llmtrain/train/metrics.h"
 
@@ -46,6 +47,9 @@ namespace llmtrain::tokenizer {
 class Tokenizer;
 class ChatTemplate;
 }  // namespace llmtrain::tokenizer
+namespace llmtrain::eval {
+struct EvalUnits;
+}  // namespace llmtrain::eval
 namespace llmtrain::data {
 class Dataset;
 class Collator;
@@ -93,6 +97,14 @@ struct TrainerOptions {
   /// chat template). Decoded once, in Create, where a bad file is refused.
   std::vector<std::string> sample_images;
   std::string sample_image_prompt = data::kCaptionPrompt;  ///< the captions format's prompt
+  /// Metrics of each evaluation besides the eval loss, by llmtrain eval's names: loss and
+  /// perplexity (per record, for the comparison), exact_match, rouge, bleu, chrf (greedy replies of
+  /// sample_max_new_tokens to the eval data's prompts; needs a tokenizer and a chat template),
+  /// accuracy, accuracy_norm (TrainerComponents::eval_tasks). When any is set, the step-0
+  /// evaluation's per-unit results are kept (output_dir/eval_base.json, so a resumed run has
+  /// them) and the last evaluation is compared with them (EvalMetrics::compare_base).
+  std::vector<std::string> eval_metrics;
+  int64_t eval_generation_records = 32;     ///< prompts generated from per evaluation; 0 = all
   std::string output_dir;                   ///< the run folder (required)
   int64_t checkpoint_every_steps = 0;       ///< 0 = only at the end, on stop, and on the non-finite limit
   int64_t keep_last = 2;                    ///< complete checkpoints kept
@@ -114,6 +126,7 @@ struct TrainerComponents {
   std::unique_ptr<tokenizer::ChatTemplate> chat;    ///< samples are wrapped as a user turn; may be null
   std::unique_ptr<data::Dataset> train_data;
   std::unique_ptr<data::Dataset> eval_data;         ///< may be null: no evaluation
+  std::vector<eval::ChoiceTask> eval_tasks;         ///< scored when eval_metrics has accuracy
   std::unique_ptr<data::Collator> collator;
   std::unique_ptr<data::DataLoader> train_loader;   ///< over train_data, through collator
   /// Over lora::TrainableParameters(*model, adapter), in that order (checkpoints rely on it).
@@ -178,7 +191,9 @@ class Trainer {
   absl::StatusOr<bool> Resume();  // false: no checkpoint to resume from
   absl::Status SaveCheckpoint();   // every process: the main one writes, all learn the outcome
   absl::Status WriteCheckpoint();  // the main process's part
-  absl::Status EvaluateAndWrite();
+  absl::Status EvaluateAndWrite(bool last = false);
+  // options.eval_metrics of the model as it is now: scores into *e, per-unit results into *units.
+  absl::Status ScoreEvalMetrics(EvalMetrics* e, eval::EvalUnits* units);
   std::unique_ptr<State> s_;
 };
 
