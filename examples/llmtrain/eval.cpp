@@ -192,7 +192,16 @@ int RunEval(const std::vector<std::string>& args) {
   for (const std::string& t : o.tasks) {
     auto task = eval::ResolveTask(t, o.task_options);
     if (!task.ok()) return Fail("eval", absl::StrCat("--task: ", task.status().message()), 2);
+    // Two files of the same name (a/test.jsonl, b/test.jsonl) keep apart in the results.
+    const std::string base_name = task->name;
+    for (int k = 2; std::any_of(tasks.begin(), tasks.end(), [&](const auto& other) { return other.name == task->name; });
+         ++k) {
+      task->name = absl::StrCat(base_name, "-", k);
+    }
     tasks.push_back(*std::move(task));
+  }
+  if (o.compare_base && !IsRegularFile(flags.adapter + "/adapter_config.json")) {
+    return Fail("eval", absl::StrCat("--adapter: ", flags.adapter, "/adapter_config.json: not found"), 2);
   }
 
   // Data first: a bad file is refused before the model loads.
@@ -308,8 +317,6 @@ int RunEval(const std::vector<std::string>& args) {
     }
     if (want_choice) {
       nlohmann::json per_task = nlohmann::json::object();
-      int64_t docs = 0;
-      double right = 0, right_norm = 0;
       for (const eval::ChoiceTask& task : tasks) {
         const int64_t total = o.max_records > 0 ? std::min<int64_t>(o.max_records, task.docs.size()) : task.docs.size();
         ProgressReporter progress({.label = absl::StrCat("eval ", task.name, label), .total = total, .unit = "questions"});
@@ -329,9 +336,6 @@ int RunEval(const std::vector<std::string>& args) {
         if (Wants(o, "accuracy")) t["accuracy"] = r->accuracy;
         if (Wants(o, "accuracy_norm")) t["accuracy_norm"] = r->accuracy_norm;
         per_task[task.name] = t;
-        docs += r->n_docs;
-        right += r->accuracy * static_cast<double>(r->n_docs);
-        right_norm += r->accuracy_norm * static_cast<double>(r->n_docs);
         for (int64_t d = 0; d < r->n_docs; ++d) {
           const eval::ChoiceScores& c = r->docs[static_cast<size_t>(d)];
           nlohmann::json greedy = nlohmann::json::array();
@@ -346,8 +350,15 @@ int RunEval(const std::vector<std::string>& args) {
         }
         units->choices.insert(units->choices.end(), r->docs.begin(), r->docs.end());
       }
-      if (Wants(o, "accuracy")) (*out)["accuracy"] = docs > 0 ? right / static_cast<double>(docs) : 0.0;
-      if (Wants(o, "accuracy_norm")) (*out)["accuracy_norm"] = docs > 0 ? right_norm / static_cast<double>(docs) : 0.0;
+      // Over every question of every task, counted (what --compare-base's mean recomputes).
+      int64_t right = 0, right_norm = 0;
+      for (const eval::ChoiceScores& c : units->choices) {
+        right += c.pred == c.gold;
+        right_norm += c.pred_norm == c.gold;
+      }
+      const double docs = std::max<double>(1.0, static_cast<double>(units->choices.size()));
+      if (Wants(o, "accuracy")) (*out)["accuracy"] = static_cast<double>(right) / docs;
+      if (Wants(o, "accuracy_norm")) (*out)["accuracy_norm"] = static_cast<double>(right_norm) / docs;
       (*out)["tasks"] = per_task;
     }
     return "";

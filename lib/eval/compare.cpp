@@ -6,6 +6,7 @@
 #include <random>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "llmtrain/eval/text_metrics.h"
 
 namespace llmtrain::eval {
@@ -155,13 +156,16 @@ absl::StatusOr<std::vector<MetricComparison>> CompareEvaluations(const EvalUnits
   }
   for (size_t i = 0; i < base.items.size(); ++i) {
     if (base.items[i].where != adapter.items[i].where) {
-      return absl::InvalidArgumentError(absl::StrCat("compare: generation item ", i, " differs between the sides (",
-                                                     base.items[i].where.front(), ")"));
+      return absl::InvalidArgumentError(absl::StrCat("compare: generation item ", i, " is ",
+                                                     absl::StrJoin(base.items[i].where, ","), " on one side and ",
+                                                     absl::StrJoin(adapter.items[i].where, ","), " on the other"));
     }
   }
   for (size_t i = 0; i < base.choices.size(); ++i) {
-    if (base.choices[i].gold != adapter.choices[i].gold) {
-      return absl::InvalidArgumentError(absl::StrCat("compare: question ", i, " has another answer on the other side"));
+    const ChoiceScores &b = base.choices[i], &a = adapter.choices[i];
+    if (b.where != a.where || b.digest != a.digest || b.gold != a.gold) {
+      return absl::InvalidArgumentError(absl::StrCat("compare: question ", i, " (", b.where, ") is not the same question "
+                                                     "on the other side (", a.where, "): a task built from data that changed?"));
     }
   }
   const Side b = Prepare(base, need_generation), a = Prepare(adapter, need_generation);
@@ -175,6 +179,13 @@ absl::StatusOr<std::vector<MetricComparison>> CompareEvaluations(const EvalUnits
   };
   std::vector<MetricComparison> out;
   std::vector<std::vector<double>> differences(defs.size());
+  // A metric with nothing to resample (every record skipped, no task) has no row.
+  for (size_t m = defs.size(); m-- > 0;) {
+    if (count(defs[m].units) == 0) {
+      defs.erase(defs.begin() + static_cast<std::ptrdiff_t>(m));
+      metrics.erase(metrics.begin() + static_cast<std::ptrdiff_t>(m));
+    }
+  }
   for (size_t m = 0; m < defs.size(); ++m) {
     const std::vector<size_t> every = all(count(defs[m].units));
     MetricComparison c;

@@ -196,6 +196,16 @@ absl::Status GeneratePredictions(const model::Decoder& model, const tokenizer::T
                                  int64_t batch_size) {
   if (batch_size < 1) return absl::InvalidArgumentError(absl::StrCat("batch_size: expected ≥ 1, found ", batch_size));
   const int64_t total = static_cast<int64_t>(items->size());
+  const auto name = [](const GenerationItem& item) {
+    return item.where.empty() ? std::string("a generation item") : item.where.front();
+  };
+  for (const GenerationItem& item : *items) {  // named here: a batch's error would name the batch
+    const std::string where = name(item);
+    if (item.prompt_ids.empty()) return absl::InvalidArgumentError(absl::StrCat(where, ": empty prompt"));
+    if (static_cast<int64_t>(item.pixel_values.size()) != item.num_images * 3 * item.image_height * item.image_width) {
+      return absl::InvalidArgumentError(absl::StrCat(where, ": pixel_values do not hold num_images images"));
+    }
+  }
   // Longest prompts first, so that a batch's rows have similar lengths (little padding).
   std::vector<size_t> order(items->size());
   for (size_t i = 0; i < order.size(); ++i) order[i] = i;
@@ -213,8 +223,12 @@ absl::Status GeneratePredictions(const model::Decoder& model, const tokenizer::T
       prompts.push_back(item.prompt_ids);
       at::Tensor p;
       if (item.num_images > 0) {
-        p = at::tensor(at::ArrayRef<float>(item.pixel_values), at::kFloat)
-                .view({item.num_images, 3, item.image_height, item.image_width});
+        try {
+          p = at::tensor(at::ArrayRef<float>(item.pixel_values), at::kFloat)
+                  .view({item.num_images, 3, item.image_height, item.image_width});
+        } catch (...) {
+          return StatusFromCurrentException(name(item));
+        }
         any_images = true;
       }
       pixels.push_back(p);
@@ -223,7 +237,7 @@ absl::Status GeneratePredictions(const model::Decoder& model, const tokenizer::T
         model::GenerateBatch(model, prompts, options, any_images ? pixels : std::vector<at::Tensor>());
     if (!out.ok()) {
       std::vector<std::string> where;
-      for (size_t k = begin; k < end; ++k) where.push_back((*items)[order[k]].where.front());
+      for (size_t k = begin; k < end; ++k) where.push_back(name((*items)[order[k]]));
       return Annotate(out.status(), absl::StrJoin(where, ", "));
     }
     for (size_t k = begin; k < end; ++k) {

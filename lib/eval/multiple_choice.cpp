@@ -44,6 +44,11 @@ absl::StatusOr<ChoiceResult> EvaluateMultipleChoice(const model::Decoder& model,
   std::vector<Request> requests;
   for (int64_t d = 0; d < total; ++d) {
     const ChoiceDoc& doc = task.docs[static_cast<size_t>(d)];
+    if (doc.choices.size() < 2 || doc.gold < 0 || doc.gold >= static_cast<int64_t>(doc.choices.size()) ||
+        std::any_of(doc.choices.begin(), doc.choices.end(), [](const std::string& c) { return c.empty(); })) {
+      return absl::InvalidArgumentError(absl::StrCat(doc.where, ": expected ≥ 2 non-empty choices and gold among them, "
+                                                     "found ", doc.choices.size(), " choices and gold ", doc.gold));
+    }
     for (size_t c = 0; c < doc.choices.size(); ++c) {
       const EncodedRequest e = EncodeChoiceRequest(tok, doc.context, absl::StrCat(" ", doc.choices[c]));
       if (e.continuation.empty()) {
@@ -70,6 +75,8 @@ absl::StatusOr<ChoiceResult> EvaluateMultipleChoice(const model::Decoder& model,
     s.loglikelihood.assign(doc.choices.size(), 0.0);
     s.is_greedy.assign(doc.choices.size(), false);
     s.gold = doc.gold;
+    s.where = doc.where;
+    s.digest = ChoiceDocDigest(doc);
   }
   // 0: none (image+text models apply none; see Decoder::Forward).
   const double softcap = model.has_vision() ? 0.0 : model.spec().final_softcap.value_or(0.0);

@@ -138,6 +138,30 @@ absl::StatusOr<ChoiceTask> LoadChoiceTask(absl::string_view path) {
   return task;
 }
 
+namespace {
+
+void Fnv(uint64_t* h, absl::string_view bytes) {
+  for (const char c : bytes) *h = (*h ^ static_cast<unsigned char>(c)) * 0x100000001B3ull;
+  *h = (*h ^ 0xFF) * 0x100000001B3ull;  // a separator, so that "ab","c" differs from "a","bc"
+}
+
+}  // namespace
+
+uint64_t ChoiceDocDigest(const ChoiceDoc& doc) {
+  uint64_t h = 0xCBF29CE484222325ull;
+  Fnv(&h, doc.context);
+  for (const std::string& c : doc.choices) Fnv(&h, c);
+  Fnv(&h, absl::StrCat(doc.gold));
+  return h;
+}
+
+uint64_t ChoiceTaskDigest(const ChoiceTask& task) {
+  uint64_t h = 0xCBF29CE484222325ull;
+  Fnv(&h, task.name);
+  for (const ChoiceDoc& d : task.docs) Fnv(&h, absl::StrCat(ChoiceDocDigest(d)));
+  return h;
+}
+
 absl::Status WriteChoiceTask(const ChoiceTask& task, absl::string_view path) {
   std::string out;
   for (const ChoiceDoc& d : task.docs) {

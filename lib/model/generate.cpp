@@ -148,20 +148,7 @@ absl::StatusOr<std::vector<std::vector<int64_t>>> GenerateBatch(const Decoder& m
     std::copy(p.begin(), p.end(), ids.begin() + offset);
     std::fill_n(mask.begin() + offset, p.size(), 1);
   }
-  const at::Tensor prompt_ids = at::tensor(ids, at::kLong).view({B, T}).to(model.device());
-  const at::Tensor prompt_mask = at::tensor(mask, at::kLong).view({B, T}).to(model.device());
-  ImageInputs images;
-  std::vector<at::Tensor> defined;
-  for (const at::Tensor& p : pixel_values) {
-    if (p.defined() && p.size(0) > 0) defined.push_back(p);
-  }
-  if (!defined.empty()) {
-    images.pixel_values = at::cat(defined, 0).to(model.device());  // row by row: the image tokens' order
-    images.token_type_ids = prompt_ids.eq(model.image_token_id()).to(at::kLong);
-  }
-  LLMTRAIN_RETURN_IF_ERROR(model.CheckInputs(prompt_ids, prompt_mask, images));
   const std::vector<int64_t>& eos = options.eos_token_ids.empty() ? model.eos_token_ids() : options.eos_token_ids;
-  at::NoGradGuard no_grad;
   // Each row draws from its own generator seeded as Generate's: a prompt samples the same tokens
   // in a batch as alone.
   std::vector<std::mt19937_64> rngs(static_cast<size_t>(B), std::mt19937_64(options.seed));
@@ -170,6 +157,19 @@ absl::StatusOr<std::vector<std::vector<int64_t>>> GenerateBatch(const Decoder& m
   for (int64_t r = 0; r < B; ++r) live[static_cast<size_t>(r)] = r;
   KvCache cache;
   try {
+    at::NoGradGuard no_grad;
+    const at::Tensor prompt_ids = at::tensor(ids, at::kLong).view({B, T}).to(model.device());
+    const at::Tensor prompt_mask = at::tensor(mask, at::kLong).view({B, T}).to(model.device());
+    ImageInputs images;
+    std::vector<at::Tensor> defined;
+    for (const at::Tensor& p : pixel_values) {
+      if (p.defined() && p.size(0) > 0) defined.push_back(p);
+    }
+    if (!defined.empty()) {
+      images.pixel_values = at::cat(defined, 0).to(model.device());  // row by row: the image tokens' order
+      images.token_type_ids = prompt_ids.eq(model.image_token_id()).to(at::kLong);
+    }
+    LLMTRAIN_RETURN_IF_ERROR(model.CheckInputs(prompt_ids, prompt_mask, images));
     at::Tensor logits = model.LastLogits(prompt_ids, prompt_mask, &cache, images);
     while (!live.empty()) {
       const at::Tensor last = logits.to(at::kCPU, at::kFloat);  // (rows, V)

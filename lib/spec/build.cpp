@@ -287,6 +287,19 @@ absl::StatusOr<train::TrainerComponents> BuildTrainerComponents(const RunSpec& s
       if (!task.ok()) return Annotate(task.status(), absl::StrCat("eval.tasks[", i, "]"));
       parts.eval_tasks.push_back(*std::move(task));
     }
+    if (!parts.eval_tasks.empty() && parts.engine->world_size() > 1) {
+      // Every process scores the tasks (with sharded layers, the same forwards everywhere): a
+      // built-in task read from another machine's data would differ and hang the run.
+      uint64_t digest = 0xCBF29CE484222325ull;
+      for (const eval::ChoiceTask& t : parts.eval_tasks) digest = digest * 31 + eval::ChoiceTaskDigest(t);
+      LLMTRAIN_ASSIGN_OR_RETURN(const std::vector<int64_t> all,
+                                parts.engine->GatherCounts({static_cast<int64_t>(digest)}));
+      if (std::adjacent_find(all.begin(), all.end(), std::not_equal_to<>()) != all.end()) {
+        return absl::InvalidArgumentError(
+            "eval.tasks: the processes built different tasks (a built-in task reads each machine's own data); "
+            "give a task file every machine has (llmtrain make-task writes one)");
+      }
+    }
     const std::string tokenizer_path = spec.model().tokenizer().empty() ? spec.model().path() : spec.model().tokenizer();
     LLMTRAIN_ASSIGN_OR_RETURN(parts.tokenizer, tokenizer::Tokenizer::Load(tokenizer_path));
     if (spec.data().template_() == DataSpec::model) {

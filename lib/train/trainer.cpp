@@ -501,7 +501,7 @@ nlohmann::json UnitsToJson(const eval::EvalUnits& u) {
   nlohmann::json records = nlohmann::json::array(), items = nlohmann::json::array(), choices = nlohmann::json::array();
   for (const eval::RecordLoss& r : u.records) records.push_back({r.where, r.nll_sum, r.n_tokens});
   for (const eval::GenerationItem& i : u.items) items.push_back({i.where, i.prediction, i.references});
-  for (const eval::ChoiceScores& c : u.choices) choices.push_back({c.pred, c.pred_norm, c.gold});
+  for (const eval::ChoiceScores& c : u.choices) choices.push_back({c.pred, c.pred_norm, c.gold, c.where, c.digest});
   return {{"records", records}, {"items", items}, {"choices", choices}};
 }
 
@@ -523,6 +523,8 @@ std::optional<eval::EvalUnits> UnitsFromJson(const nlohmann::json& j) {
       scores.pred = c.at(0).get<int64_t>();
       scores.pred_norm = c.at(1).get<int64_t>();
       scores.gold = c.at(2).get<int64_t>();
+      scores.where = c.at(3).get<std::string>();
+      scores.digest = c.at(4).get<uint64_t>();
       u.choices.push_back(scores);
     }
     return u;
@@ -552,13 +554,21 @@ absl::Status Trainer::EvaluateAndWrite(bool last) {
     const std::string base_path = absl::StrCat(s.options.output_dir, "/", kBaseUnitsFile);
     if (s.step == 0) {
       s.base_units = units;
-      if (main) LLMTRAIN_RETURN_IF_ERROR(WriteFileAtomically(base_path, UnitsToJson(units).dump()));
-    } else if (!s.base_units) {  // a resumed run: step 0's results from the run folder
-      if (auto text = ReadFileToString(base_path); text.ok()) {
-        s.base_units = UnitsFromJson(nlohmann::json::parse(*text, nullptr, false));
+      if (main) {
+        LLMTRAIN_RETURN_IF_ERROR(WriteFileAtomically(
+            base_path, UnitsToJson(units).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)));
       }
+    } else if (!s.base_units) {  // a resumed run: step 0's results from the run folder
+      auto text = ReadFileToString(base_path);
+      if (text.ok()) s.base_units = UnitsFromJson(nlohmann::json::parse(*text, nullptr, false));
+      if (!s.base_units && main) {
+        LogWarning(absl::StrCat(base_path, ": ", text.ok() ? "not the step-0 results this version writes" : "missing",
+                                "; the run will end without the comparison with the base model"));
+      }
+      if (!s.base_units) s.base_units = eval::EvalUnits{};  // warned once; compared with nothing
     }
-    if (last && s.base_units) {
+    if (last && s.base_units && !(s.base_units->records.empty() && s.base_units->items.empty() &&
+                                  s.base_units->choices.empty())) {
       auto rows = eval::CompareEvaluations(*s.base_units, units, s.options.eval_metrics);
       if (rows.ok()) {
         for (const eval::MetricComparison& r : *rows) {
@@ -671,18 +681,21 @@ absl::Status Trainer::ScoreEvalMetrics(EvalMetrics* e, eval::EvalUnits* units) {
     units->items = std::move(items);
   }
   if (wants("accuracy") || wants("accuracy_norm")) {
-    double right = 0, right_norm = 0;
     for (const eval::ChoiceTask& task : s.parts.eval_tasks) {
       eval::ChoiceOptions co;
       co.batch_size = batch;
       LLMTRAIN_ASSIGN_OR_RETURN(eval::ChoiceResult r, eval::EvaluateMultipleChoice(model, *s.parts.tokenizer, task, co));
-      right += r.accuracy * static_cast<double>(r.n_docs);
-      right_norm += r.accuracy_norm * static_cast<double>(r.n_docs);
       units->choices.insert(units->choices.end(), r.docs.begin(), r.docs.end());
     }
+    // Over every question of every task, counted (what the comparison's mean recomputes).
+    int64_t right = 0, right_norm = 0;
+    for (const eval::ChoiceScores& c : units->choices) {
+      right += c.pred == c.gold;
+      right_norm += c.pred_norm == c.gold;
+    }
     const double n = std::max<double>(1.0, static_cast<double>(units->choices.size()));
-    if (wants("accuracy")) e->scores.emplace_back("accuracy", right / n);
-    if (wants("accuracy_norm")) e->scores.emplace_back("accuracy_norm", right_norm / n);
+    if (wants("accuracy")) e->scores.emplace_back("accuracy", static_cast<double>(right) / n);
+    if (wants("accuracy_norm")) e->scores.emplace_back("accuracy_norm", static_cast<double>(right_norm) / n);
   }
   return absl::OkStatus();
 }

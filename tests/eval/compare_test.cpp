@@ -139,6 +139,16 @@ TEST_CASE("compare: point estimates, degenerate and simulated intervals, refusal
   CHECK(coverage >= 0.88);
   CHECK(coverage <= 0.995);
 
+  // A metric with nothing to resample has no row; a question that changed is refused.
+  auto no_items = eval::CompareEvaluations(same, same, {"loss", "bleu"});
+  REQUIRE(no_items.ok());
+  REQUIRE(no_items->size() == 1);
+  CHECK((*no_items)[0].metric == "loss");
+  eval::EvalUnits changed = right;
+  changed.choices[4].digest = 7;
+  CHECK_THAT(std::string(eval::CompareEvaluations(right, changed, {"accuracy"}).status().message()),
+             Catch::Contains("question 4") && Catch::Contains("not the same question"));
+
   // Refusals.
   CHECK_THAT(std::string(eval::CompareEvaluations(same, same, {"bleurt"}).status().message()),
              Catch::Contains("unknown metric \"bleurt\""));

@@ -1206,6 +1206,21 @@ TEST_CASE("train: eval.metrics score each evaluation and compare the last with t
   bad = run_spec("bad");
   bad.mutable_eval()->clear_tasks();
   CHECK_THAT(std::string(spec::ValidateRunSpec(bad).message()), Catch::Contains("accuracy and accuracy_norm need eval.tasks"));
+  bad = run_spec("bad");
+  bad.mutable_eval()->clear_metrics();
+  bad.mutable_eval()->add_metrics("rouge");
+  CHECK_THAT(std::string(spec::ValidateRunSpec(bad).message()), Catch::Contains("eval.tasks: needs accuracy"));
+  bad.mutable_eval()->clear_tasks();
+  bad.mutable_data()->clear_eval_files();
+  CHECK_THAT(std::string(spec::ValidateRunSpec(bad).message()), Catch::Contains("eval.metrics: needs eval data"));
+  bad = run_spec("bad");
+  bad.mutable_eval()->clear_tasks();
+  bad.mutable_eval()->clear_metrics();
+  bad.mutable_eval()->add_metrics("bleu");
+  bad.mutable_data()->set_template_(spec::DataSpec::none);
+  CHECK_THAT(std::string(spec::ValidateRunSpec(bad).message()), Catch::Contains("need data.template: model"));
+  bad.mutable_data()->set_format(spec::DataSpec::text);
+  CHECK_THAT(std::string(spec::ValidateRunSpec(bad).message()), Catch::Contains("data.format text has none"));
 }
 
 }  // namespace

@@ -45,8 +45,9 @@ struct MetricComparison {
 
 /// The metric names a comparison can name: loss, perplexity, exact_match, rouge1, rouge2, rougeL,
 /// bleu, chrf, accuracy, accuracy_norm; "rouge" stands for the three ROUGE scores.
-/// InvalidArgument for an unknown metric, options out of range, or units that differ between the
-/// two sides (counts, or a record's file:line), naming the first difference.
+/// A metric with no units (every record skipped, no questions) has no row. InvalidArgument for an
+/// unknown metric, options out of range, or units that differ between the two sides (counts, a
+/// record's or item's file:line, a question's place or content), naming the first difference.
 absl::StatusOr<std::vector<MetricComparison>> CompareEvaluations(const EvalUnits& base, const EvalUnits& adapter,
                                                                  const std::vector<std::string>& metrics,
                                                                  const BootstrapOptions& options = {});

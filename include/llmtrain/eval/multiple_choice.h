@@ -36,6 +36,8 @@ struct ChoiceOptions {
 /// One doc's scores: per choice, the summed float32 log-softmax of its continuation ids and
 /// whether greedy decoding would have produced them all (lm-eval's is_greedy).
 struct ChoiceScores {
+  std::string where;     ///< the doc's file:line or task:index
+  uint64_t digest = 0;   ///< ChoiceDocDigest of the doc: what a comparison pairs questions by
   std::vector<double> loglikelihood;
   std::vector<bool> is_greedy;
   int64_t pred = 0;       ///< argmax of loglikelihood (the first on ties)
@@ -51,8 +53,11 @@ struct ChoiceResult {
 };
 
 /// Scores every choice of the first max_docs docs of `task` with `model` (no gradients; dropout
-/// off is the caller's: lora::SetTraining(model, false)). InvalidArgument for options out of
-/// range or a continuation longer than max_length.
+/// off is the caller's: lora::SetTraining(model, false)). The log-softmax is float32 whatever the
+/// model's dtype (lm-eval computes it in the model's dtype: equal for a float32 model, which the
+/// test uses). InvalidArgument for options out of range, a doc LoadChoiceTask would refuse (fewer
+/// than 2 choices, an empty one, gold out of range), or a continuation longer than max_length,
+/// naming the doc.
 absl::StatusOr<ChoiceResult> EvaluateMultipleChoice(const model::Decoder& model, const tokenizer::Tokenizer& tokenizer,
                                                     const ChoiceTask& task, const ChoiceOptions& options = {});
 

@@ -37,6 +37,12 @@ struct ChoiceTask {
 /// (the first 10 of them), and the file is refused before any model loads.
 absl::StatusOr<ChoiceTask> LoadChoiceTask(absl::string_view path);
 
+/// FNV-1a 64 of a doc's context, choices and gold: the identity of a question across runs (a
+/// built-in task rebuilt from changed data gets other digests), and of a whole task
+/// (ChoiceTaskDigest) that the processes of a distributed run compare.
+uint64_t ChoiceDocDigest(const ChoiceDoc& doc);
+uint64_t ChoiceTaskDigest(const ChoiceTask& task);
+
 /// Writes `task` as a task file (atomically), one line per doc in LoadChoiceTask's shape.
 absl::Status WriteChoiceTask(const ChoiceTask& task, absl::string_view path);
 
