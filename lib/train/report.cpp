@@ -125,7 +125,9 @@ absl::StatusOr<std::string> RunReportHtml(absl::string_view dir_view) {
     } else if (text(j, "type") == "eval") {
       add(&eval_loss, "eval_loss");
       if (j.contains("metrics") && j["metrics"].is_object()) {
-        for (const auto& [name, value] : j["metrics"].items()) {
+        for (const auto& item : j["metrics"].items()) {
+          const std::string name = item.key();
+          const nlohmann::json& value = item.value();
           if (!value.is_number() || !std::isfinite(value.get<double>())) continue;
           auto series = std::find_if(scores.begin(), scores.end(), [&](const auto& s) { return s.first == name; });
           if (series == scores.end()) series = scores.insert(scores.end(), {name, {}});
