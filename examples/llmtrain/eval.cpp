@@ -259,11 +259,7 @@ int RunEval(const std::vector<std::string>& args) {
       eval::LossOptions lo;
       lo.batch_size = o.batch_size;
       lo.max_records = o.max_records;
-      int64_t last = 0;
-      lo.on_progress = [&](int64_t done, int64_t) {
-        progress.Advance(done - last);
-        last = done;
-      };
+      lo.on_progress = [&](int64_t done, int64_t) { progress.Set(done); };
       auto loss = eval::EvaluateLoss(**model, *dataset, collator, lo);
       progress.Finish();
       if (!loss.ok()) return std::string(loss.status().message());
@@ -284,15 +280,11 @@ int RunEval(const std::vector<std::string>& args) {
       }
       model::GenerationOptions go;
       go.max_new_tokens = o.max_new_tokens;
-      int64_t generated_so_far = 0;
       ProgressReporter progress(
           {.label = absl::StrCat("eval generate", label), .total = static_cast<int64_t>(items->size()), .unit = "prompts"});
       const absl::Status generated = eval::GeneratePredictions(
           **model, **tok, go, &*items,
-          [&](int64_t done, int64_t) {
-            progress.Advance(done - generated_so_far);
-            generated_so_far = done;
-          },
+          [&](int64_t done, int64_t) { progress.Set(done); },
           o.batch_size);
       progress.Finish();
       if (!generated.ok()) return std::string(generated.message());
@@ -324,11 +316,7 @@ int RunEval(const std::vector<std::string>& args) {
         co.batch_size = o.batch_size;
         co.max_length = o.max_length;
         co.max_docs = o.max_records;
-        int64_t last = 0;
-        co.on_progress = [&](int64_t done, int64_t) {
-          progress.Advance(done - last);
-          last = done;
-        };
+        co.on_progress = [&](int64_t done, int64_t) { progress.Set(done); };
         auto r = eval::EvaluateMultipleChoice(**model, **tok, task, co);
         progress.Finish();
         if (!r.ok()) return std::string(r.status().message());
