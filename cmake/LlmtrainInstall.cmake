@@ -9,9 +9,10 @@ install(TARGETS llmtrain EXPORT llmtrainTargets
         RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR}
         INCLUDES DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
 install(DIRECTORY include/llmtrain DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
-install(FILES "${LLMTRAIN_PROTO_OUT}/llmtrain/run_spec.pb.h" "${LLMTRAIN_PROTO_OUT}/llmtrain/tb_event.pb.h"
+install(FILES "${LLMTRAIN_PROTO_OUT}/llmtrain/run_spec.pb.h" "${LLMTRAIN_PROTO_OUT}/llmtrain/sweep.pb.h"
+        "${LLMTRAIN_PROTO_OUT}/llmtrain/tb_event.pb.h"
         DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/llmtrain)
-install(FILES proto/llmtrain/run_spec.proto DESTINATION ${CMAKE_INSTALL_DATADIR}/llmtrain/proto/llmtrain)
+install(FILES proto/llmtrain/run_spec.proto proto/llmtrain/sweep.proto DESTINATION ${CMAKE_INSTALL_DATADIR}/llmtrain/proto/llmtrain)
 install(TARGETS llmtrain_cli RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
 install(EXPORT llmtrainTargets NAMESPACE llmtrain::
         DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/llmtrain)

@@ -25,6 +25,7 @@ int RunQuantize(const std::vector<std::string>& args);
 int RunMerge(const std::vector<std::string>& args);
 int RunSpecCommand(const std::vector<std::string>& args);
 int RunTrain(const std::vector<std::string>& args);
+int RunSweep(const std::vector<std::string>& args);
 int RunPlan(const std::vector<std::string>& args);
 int RunReport(const std::vector<std::string>& args);
 int RunLaunch(const std::vector<std::string>& args);

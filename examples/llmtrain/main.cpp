@@ -41,8 +41,12 @@ constexpr char kUsage[] =
     "  merge --model PATH --adapter DIR --output DIR [--dtype f32|bf16|f16]\n"
     "        [--requantize nf4|fp4] [--load-in-4bit]\n"
     "                             a PEFT LoRA adapter merged into its base\n"
-    "  train --spec FILE [--set path=value ...] [--resume]\n"
+    "  train --spec FILE [--set path=value ...] [--resume] [--stop-at-step N]\n"
     "                             the fine-tune a run spec describes (checkpoints, metrics)\n"
+    "  sweep --spec FILE --space SPACE --output DIR [--set path=value ...] [--trials N]\n"
+    "        [--parallel P] [--method grid|random|asha] [--seed S] [--dry-run]\n"
+    "                             a hyperparameter search: trials as processes, successive\n"
+    "                             halving, resumable, a leaderboard\n"
     "  plan --spec FILE [--set path=value ...] [--world-size N] [--gpu-memory 24GiB]\n"
     "       [--model-config config.json] [--json]\n"
     "                             the memory per process the run will need, and whether it fits\n"
@@ -96,6 +100,7 @@ int main(int argc, char** argv) {
   if (command == "plan") return llmtrain::cli::RunPlan(args);
   if (command == "spec") return llmtrain::cli::RunSpecCommand(args);
   if (command == "train") return llmtrain::cli::RunTrain(args);
+  if (command == "sweep") return llmtrain::cli::RunSweep(args);
   if (command == "report") return llmtrain::cli::RunReport(args);
   if (command == "eval") return llmtrain::cli::RunEval(args);
   if (command == "make-task") return llmtrain::cli::RunMakeTask(args);

@@ -58,3 +58,4 @@
 #include "llmtrain/spec/build.h"
 #include "llmtrain/spec/memory_plan.h"
 #include "llmtrain/spec/run_spec.h"
+#include "llmtrain/spec/sweep.h"

@@ -1,11 +1,20 @@
 #include "llmtrain/core/threads.h"
 
+#include <sched.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstdlib>
 #include <thread>
 #include <vector>
 
 namespace llmtrain {
+
+int CpuCount() {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
+  return static_cast<int>(std::max(1L, sysconf(_SC_NPROCESSORS_ONLN)));
+}
 
 int NumThreads() {
   if (const char* env = std::getenv("LLMTRAIN_NUM_THREADS")) {

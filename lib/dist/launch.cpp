@@ -21,6 +21,7 @@
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
 #include "absl/status/status.h"
+#include "llmtrain/core/threads.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
@@ -33,12 +34,6 @@ namespace {
 
 std::atomic<int> g_signal{0};
 void OnSignal(int signo) { g_signal.store(signo); }
-
-int CpuCount() {
-  cpu_set_t set;
-  if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
-  return static_cast<int>(std::max(1L, sysconf(_SC_NPROCESSORS_ONLN)));
-}
 
 // The program as execvp would find it, or NotFound.
 absl::Status CheckRunnable(const std::string& program) {

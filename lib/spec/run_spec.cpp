@@ -28,6 +28,7 @@
 #include "llmtrain/spec/memory_plan.h"
 #include "llmtrain/model/family.h"
 #include "llmtrain/core/status.h"
+#include "spec/text_proto_errors.h"
 #include "nlohmann/json.hpp"
 #include "spec/run_spec_proto_text.h"  // kRunSpecProto: the .proto's text, for the commented defaults
 
@@ -36,14 +37,7 @@ namespace {
 
 namespace pb = google::protobuf;
 
-// Text-proto parse errors with line and column.
-class Collector : public pb::io::ErrorCollector {
- public:
-  void AddError(int line, pb::io::ColumnNumber column, const std::string& message) override {
-    if (first.empty()) first = absl::StrCat("line ", line + 1, ", column ", column + 1, ": ", message);
-  }
-  std::string first;
-};
+using Collector = detail::TextProtoErrors;
 
 // The defaults: every scalar of every section set.
 RunSpec Defaults() {

@@ -18,19 +18,7 @@
 namespace llmtrain::train {
 namespace {
 
-std::string Escape(absl::string_view text) {
-  std::string out;
-  for (char c : text) {
-    switch (c) {
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '&': out += "&amp;"; break;
-      case '"': out += "&quot;"; break;
-      default: out += c;
-    }
-  }
-  return out;
-}
+std::string Escape(absl::string_view text) { return HtmlEscape(text); }
 
 // A line plot of (x, y) points as inline SVG, with its range labelled.
 std::string Plot(const std::string& title, const std::vector<std::pair<double, double>>& points) {
@@ -197,6 +185,20 @@ absl::StatusOr<std::string> RunReportHtml(absl::string_view dir_view) {
   absl::StrAppend(&html, "<h2>Data</h2><pre>", Escape(data), "</pre><h2>Spec</h2><pre>", Escape(spec),
                   "</pre></body></html>\n");
   return html;
+}
+
+std::string HtmlEscape(absl::string_view text) {
+  std::string out;
+  for (char c : text) {
+    switch (c) {
+      case '<': out += "&lt;"; break;
+      case '>': out += "&gt;"; break;
+      case '&': out += "&amp;"; break;
+      case '"': out += "&quot;"; break;
+      default: out += c;
+    }
+  }
+  return out;
 }
 
 absl::StatusOr<std::string> WriteRunReport(absl::string_view dir) {

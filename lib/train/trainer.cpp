@@ -918,6 +918,14 @@ absl::Status Trainer::RunLoop(const RunOptions& options) {
   if (main) progress.emplace(po);
   if (progress) progress->Set(s.step);
   const auto run_start = Clock::now();
+  // A stop step the run is already at (a rung reached before the sweep learnt of it): nothing to do.
+  const bool stops_early = options.stop_at_step > 0 && options.stop_at_step < s.total_steps;
+  if (stops_early && s.step >= options.stop_at_step) {
+    if (progress) progress->Finish();
+    if (main) LogInfo(absl::StrFormat("already at step %d (--stop-at-step %d): nothing to do", s.step, options.stop_at_step));
+    for (MetricsWriter* writer : writers) LLMTRAIN_RETURN_IF_ERROR(writer->End());
+    return absl::OkStatus();
+  }
   if (s.step == 0) LLMTRAIN_RETURN_IF_ERROR(EvaluateAndWrite());
   while (s.step < s.total_steps) {
     LLMTRAIN_ASSIGN_OR_RETURN(StepMetrics m, TrainStep());
@@ -937,18 +945,24 @@ absl::Status Trainer::RunLoop(const RunOptions& options) {
     // A signal may reach the processes at different steps: they stop together.
     LLMTRAIN_ASSIGN_OR_RETURN(const bool stop,
                               engine.AnyProcess(options.stop != nullptr && options.stop->load()));
-    if ((o.checkpoint_every_steps > 0 && s.step % o.checkpoint_every_steps == 0) || stop) {
+    // The stop step: its evaluation (even when a signal came too: the step is done only with it)
+    // before its checkpoint, so that a run killed between the two evaluates again on resuming.
+    const bool at_stop_step = stops_early && s.step >= options.stop_at_step;
+    const bool eval_now = o.eval_every_steps > 0 && s.step % o.eval_every_steps == 0 && s.step < s.total_steps;
+    if (at_stop_step) LLMTRAIN_RETURN_IF_ERROR(EvaluateAndWrite());
+    if ((o.checkpoint_every_steps > 0 && s.step % o.checkpoint_every_steps == 0) || stop || at_stop_step) {
       LLMTRAIN_RETURN_IF_ERROR(SaveCheckpoint());
     }
-    if (stop) {
+    if (stop || at_stop_step) {
       if (progress) progress->Finish();
-      if (main) LogInfo(absl::StrFormat("stopped at step %d with a checkpoint; continue with --resume", s.step));
+      if (main) {
+        LogInfo(absl::StrFormat("stopped at step %d%s with a checkpoint; continue with --resume", s.step,
+                                at_stop_step && !stop ? " (--stop-at-step)" : ""));
+      }
       for (MetricsWriter* writer : writers) LLMTRAIN_RETURN_IF_ERROR(writer->End());
       return absl::OkStatus();
     }
-    if (o.eval_every_steps > 0 && s.step % o.eval_every_steps == 0 && s.step < s.total_steps) {
-      LLMTRAIN_RETURN_IF_ERROR(EvaluateAndWrite());
-    }
+    if (eval_now) LLMTRAIN_RETURN_IF_ERROR(EvaluateAndWrite());
   }
   if (progress) progress->Finish();
 

@@ -115,5 +115,6 @@ for name, kwargs in {
                 open(f"{root}/adapter_config_fuzz/{name}.json", "w") as dst:
             dst.write(src.read())
 
+# sweep_fuzz: two spaces written by hand and the sweep.json of an 8-trial asha sweep of a tiny model.
 # run_spec_fuzz: its seeds (defaults.textproto from `llmtrain spec --print-defaults`, a small JSON
 # spec and an invalid one) are written by hand, not by this script.

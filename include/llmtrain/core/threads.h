@@ -10,6 +10,9 @@
 
 namespace llmtrain {
 
+/// The cores this process may run on (its CPU affinity mask; the online CPUs if that is unknown).
+int CpuCount();
+
 /// Threads used by ParallelFor: LLMTRAIN_NUM_THREADS if set, else the hardware concurrency.
 int NumThreads();
 

@@ -15,6 +15,9 @@ namespace llmtrain::train {
 /// The page's HTML from a run folder's metrics.jsonl, spec.textproto and data_summary.txt.
 absl::StatusOr<std::string> RunReportHtml(absl::string_view run_dir);
 
+/// `text` with <, >, & and " as HTML entities, for text and attribute values of a page.
+std::string HtmlEscape(absl::string_view text);
+
 /// Writes RunReportHtml to run_dir/report.html (atomically) and returns that path.
 absl::StatusOr<std::string> WriteRunReport(absl::string_view run_dir);
 

@@ -147,6 +147,11 @@ struct RunOptions {
   /// Set from another thread or a signal handler to stop after the current step with a checkpoint
   /// (the CLI sets it on SIGINT / SIGTERM).
   std::atomic<bool>* stop = nullptr;
+  /// Stop once the run has reached this step (0 = never): evaluate there (unless an evaluation of
+  /// eval_every_steps just did), write a checkpoint and return, as a rung of a sweep does
+  /// (spec/sweep.h); the schedule stays the whole run's, so a --resume continues it exactly. A run
+  /// already at or past the step returns at once. At or beyond the last step it changes nothing.
+  int64_t stop_at_step = 0;
   /// Called after every optimizer step (tests, progress).
   std::function<void(const StepMetrics&)> on_step;
   /// Called with each micro-batch before it is trained on: its (B, T) input_ids, attention mask
