@@ -396,8 +396,19 @@ TEST_CASE("sweep: a stop request stops the running trials; the same sweep then c
   setenv("FAKE_TRAINER_SLEEP", "0.4", 1);
   std::atomic<bool> stop{false};
   o.stop = &stop;
+  // The stop comes once a trial has reached its rung (the others sleep 0.4 s: some still run).
   std::thread stopper([&] {
-    std::this_thread::sleep_for(std::chrono::milliseconds(600));
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(2);
+    while (std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      auto text = ReadFileToString(dir + "/sweep/sweep.json");
+      if (!text.ok()) continue;
+      const nlohmann::json j = nlohmann::json::parse(*text, nullptr, false);
+      if (j.is_discarded()) continue;
+      bool reached = false;
+      for (const auto& t : j["trials"]) reached |= !t["values"].empty();
+      if (reached) break;
+    }
     stop.store(true);
   });
   auto r = spec::RunSweep(o);
