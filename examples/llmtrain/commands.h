@@ -23,6 +23,7 @@ int RunDataCheck(const std::vector<std::string>& args);
 int RunMakeDefaultDataset(const std::vector<std::string>& args);
 int RunQuantize(const std::vector<std::string>& args);
 int RunMerge(const std::vector<std::string>& args);
+int RunExport(const std::vector<std::string>& args);
 int RunSpecCommand(const std::vector<std::string>& args);
 int RunTrain(const std::vector<std::string>& args);
 int RunSweep(const std::vector<std::string>& args);

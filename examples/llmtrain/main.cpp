@@ -47,6 +47,10 @@ constexpr char kUsage[] =
     "        [--parallel P] [--method grid|random|asha] [--seed S] [--dry-run]\n"
     "                             a hyperparameter search: trials as processes, successive\n"
     "                             halving, resumable, a leaderboard\n"
+    "  export --model PATH --output OUT.gguf [--type f32|f16|bf16|q8_0|q4_0] [--adapter DIR]\n"
+    "         [--load-in-4bit] [--vocab FILE.gguf] [--name NAME]\n"
+    "                             the model with its adapter merged as a GGUF (llama.cpp,\n"
+    "                             Ollama)\n"
     "  plan --spec FILE [--set path=value ...] [--world-size N] [--gpu-memory 24GiB]\n"
     "       [--model-config config.json] [--json]\n"
     "                             the memory per process the run will need, and whether it fits\n"
@@ -97,6 +101,7 @@ int main(int argc, char** argv) {
   if (command == "data-check") return llmtrain::cli::RunDataCheck(args);
   if (command == "quantize") return llmtrain::cli::RunQuantize(args);
   if (command == "merge") return llmtrain::cli::RunMerge(args);
+  if (command == "export") return llmtrain::cli::RunExport(args);
   if (command == "plan") return llmtrain::cli::RunPlan(args);
   if (command == "spec") return llmtrain::cli::RunSpecCommand(args);
   if (command == "train") return llmtrain::cli::RunTrain(args);

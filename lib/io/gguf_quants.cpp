@@ -372,4 +372,33 @@ absl::StatusOr<std::vector<uint8_t>> QuantizeQ8_0(absl::Span<const float> values
   return out;
 }
 
+absl::StatusOr<std::vector<uint8_t>> QuantizeQ4_0(absl::Span<const float> values) {
+  if (values.size() % 32 != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("Q4_0 needs a multiple of 32 values, found ", values.size()));
+  }
+  std::vector<uint8_t> out(values.size() / 32 * 18);
+  for (size_t b = 0; b < values.size() / 32; ++b) {
+    const float* x = values.data() + 32 * b;
+    uint8_t* o = out.data() + 18 * b;
+    // gguf-py: the signed value of largest magnitude (numpy argmax: the first of ties), d = it /
+    // -8 and id = 1 / d in float32; q = trunc(x · id + 8.5) as uint8, clipped to 15.
+    int imax = 0;
+    for (int j = 1; j < 32; ++j) {
+      if (std::fabs(x[j]) > std::fabs(x[imax])) imax = j;
+    }
+    const float d = x[imax] / -8.0f;
+    const float id = d == 0.0f ? 0.0f : 1.0f / d;
+    const uint16_t d16 = ::llmtrain::detail::FloatToF16(d);
+    std::memcpy(o, &d16, 2);
+    uint8_t q[32];
+    for (int j = 0; j < 32; ++j) {
+      const float t = std::trunc(x[j] * id + 8.5f);
+      q[j] = static_cast<uint8_t>(std::min(15.0f, std::max(0.0f, t)));
+    }
+    for (int j = 0; j < 16; ++j) o[2 + j] = static_cast<uint8_t>(q[j] | (q[j + 16] << 4));
+  }
+  return out;
+}
+
 }  // namespace llmtrain::io

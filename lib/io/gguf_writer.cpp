@@ -94,13 +94,12 @@ void GgufWriter::AddBool(std::string key, bool value) {
   Add(std::move(key), std::move(v));
 }
 
-absl::Status GgufWriter::AddTensor(std::string name, GgmlType type, std::vector<int64_t> shape,
-                                   absl::Span<const float> values) {
+absl::StatusOr<std::vector<uint8_t>> EncodeGgufTensor(GgmlType type, const std::vector<int64_t>& shape,
+                                                      absl::Span<const float> values) {
   int64_t n = 1;
   for (int64_t d : shape) n *= d;
   if (n != static_cast<int64_t>(values.size())) {
-    return absl::InvalidArgumentError(absl::StrCat("tensor \"", name, "\": ", values.size(),
-                                                   " values for a shape of ", n, " elements"));
+    return absl::InvalidArgumentError(absl::StrCat(values.size(), " values for a shape of ", n, " elements"));
   }
   std::vector<uint8_t> bytes;
   switch (type) {
@@ -118,28 +117,56 @@ absl::Status GgufWriter::AddTensor(std::string name, GgmlType type, std::vector<
       }
       break;
     }
-    case GgmlType::kQ8_0: {
+    case GgmlType::kQ8_0:
+    case GgmlType::kQ4_0: {
       if (!shape.empty() && shape.back() % 32 != 0) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "tensor \"", name, "\": Q8_0 needs a row length that is a multiple of 32, found ",
-            shape.back()));
+        return absl::InvalidArgumentError(absl::StrCat(GgmlTypeName(type),
+                                                       " needs a row length that is a multiple of 32, found ",
+                                                       shape.back()));
       }
-      auto q = QuantizeQ8_0(values);
-      if (!q.ok()) return Annotate(q.status(), absl::StrCat("tensor \"", name, "\""));
+      auto q = type == GgmlType::kQ8_0 ? QuantizeQ8_0(values) : QuantizeQ4_0(values);
+      if (!q.ok()) return q.status();
       bytes = *std::move(q);
       break;
     }
     default:
-      return absl::UnimplementedError(absl::StrCat("tensor \"", name, "\": writing ",
-                                                   GgmlTypeName(type),
-                                                   " from floats (F32, F16, BF16 and Q8_0 are "
+      return absl::UnimplementedError(absl::StrCat("writing ", GgmlTypeName(type),
+                                                   " from floats (F32, F16, BF16, Q8_0 and Q4_0 are "
                                                    "supported; use AddRawTensor for others)"));
   }
-  return AddRawTensor(std::move(name), type, std::move(shape), std::move(bytes));
+  return bytes;
+}
+
+absl::Status GgufWriter::AddTensor(std::string name, GgmlType type, std::vector<int64_t> shape,
+                                   absl::Span<const float> values) {
+  auto bytes = EncodeGgufTensor(type, shape, values);
+  if (!bytes.ok()) return Annotate(bytes.status(), absl::StrCat("tensor \"", name, "\""));
+  return AddRawTensor(std::move(name), type, std::move(shape), *std::move(bytes));
+}
+
+absl::Status GgufWriter::AddTensorFrom(std::string name, GgmlType type, std::vector<int64_t> shape,
+                                       std::function<absl::StatusOr<std::vector<uint8_t>>()> produce) {
+  LLMTRAIN_RETURN_IF_ERROR(CheckTensor(name, type, shape, std::nullopt));
+  tensors_.push_back({std::move(name), type, std::move(shape), {}, std::move(produce)});
+  return absl::OkStatus();
 }
 
 absl::Status GgufWriter::AddRawTensor(std::string name, GgmlType type, std::vector<int64_t> shape,
                                       std::vector<uint8_t> bytes) {
+  LLMTRAIN_RETURN_IF_ERROR(CheckTensor(name, type, shape, bytes.size()));
+  tensors_.push_back({std::move(name), type, std::move(shape), std::move(bytes), nullptr});
+  return absl::OkStatus();
+}
+
+uint64_t GgufWriter::TensorBytes(GgmlType type, const std::vector<int64_t>& shape) {
+  const auto traits = GetGgmlTypeTraits(static_cast<uint32_t>(type));
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return traits ? static_cast<uint64_t>(n / traits->block_elems * traits->block_bytes) : 0;
+}
+
+absl::Status GgufWriter::CheckTensor(const std::string& name, GgmlType type, const std::vector<int64_t>& shape,
+                                     std::optional<size_t> n_bytes) const {
   const auto traits = GetGgmlTypeTraits(static_cast<uint32_t>(type));
   if (!traits) return absl::InvalidArgumentError(absl::StrCat("tensor \"", name, "\": unknown type"));
   if (shape.size() > 4) {
@@ -152,20 +179,22 @@ absl::Status GgufWriter::AddRawTensor(std::string name, GgmlType type, std::vect
   int64_t n = 1;
   for (int64_t d : shape) n *= d;
   const int64_t inner = shape.empty() ? 1 : shape.back();
-  if (inner % traits->block_elems != 0 ||
-      static_cast<int64_t>(bytes.size()) != n / traits->block_elems * traits->block_bytes) {
-    return absl::InvalidArgumentError(absl::StrCat("tensor \"", name, "\": ", bytes.size(),
+  if (inner % traits->block_elems != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("tensor \"", name, "\": a row of ", inner, " elements is not whole ",
+                                                   traits->name, " blocks of ", traits->block_elems));
+  }
+  if (n_bytes && static_cast<int64_t>(*n_bytes) != n / traits->block_elems * traits->block_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat("tensor \"", name, "\": ", *n_bytes,
                                                    " bytes do not form whole ", traits->name,
                                                    " blocks of this shape"));
   }
   for (const PendingTensor& t : tensors_) {
     if (t.name == name) return absl::InvalidArgumentError(absl::StrCat("tensor \"", name, "\" added twice"));
   }
-  tensors_.push_back({std::move(name), type, std::move(shape), std::move(bytes)});
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::string> GgufWriter::Serialize() const {
+absl::StatusOr<std::string> GgufWriter::SerializeHeader() const {
   absl::flat_hash_set<std::string> keys;
   std::string out;
   Put<uint32_t>(&out, 0x46554747);
@@ -189,7 +218,6 @@ absl::StatusOr<std::string> GgufWriter::Serialize() const {
       PutScalar(&out, value.type, value, 0, false);
     }
   }
-  const auto pad = [this](uint64_t n) { return (alignment_ - n % alignment_) % alignment_; };
   uint64_t offset = 0;
   for (const PendingTensor& t : tensors_) {
     PutString(&out, t.name);
@@ -197,20 +225,53 @@ absl::StatusOr<std::string> GgufWriter::Serialize() const {
     for (auto d = t.shape.rbegin(); d != t.shape.rend(); ++d) Put<uint64_t>(&out, *d);
     Put<uint32_t>(&out, static_cast<uint32_t>(t.type));
     Put<uint64_t>(&out, offset);
-    offset += t.bytes.size() + pad(t.bytes.size());
+    const uint64_t n = TensorBytes(t.type, t.shape);
+    offset += n + Pad(n);
   }
-  out.append(pad(out.size()), '\0');
+  out.append(Pad(out.size()), '\0');
+  return out;
+}
+
+// Each tensor's bytes in turn (a producer's made now), checked against its info, then padding.
+absl::Status GgufWriter::ForEachTensorData(const std::function<absl::Status(absl::string_view)>& sink) const {
   for (const PendingTensor& t : tensors_) {
-    out.append(reinterpret_cast<const char*>(t.bytes.data()), t.bytes.size());
-    out.append(pad(t.bytes.size()), '\0');
+    std::vector<uint8_t> made;
+    const std::vector<uint8_t>* bytes = &t.bytes;
+    if (t.produce) {
+      auto produced = t.produce();
+      if (!produced.ok()) return Annotate(produced.status(), absl::StrCat("tensor \"", t.name, "\""));
+      made = *std::move(produced);
+      bytes = &made;
+    }
+    const uint64_t n = TensorBytes(t.type, t.shape);
+    if (bytes->size() != n) {
+      return absl::InternalError(absl::StrCat("tensor \"", t.name, "\": ", bytes->size(), " bytes made, ", n, " expected"));
+    }
+    LLMTRAIN_RETURN_IF_ERROR(sink(absl::string_view(reinterpret_cast<const char*>(bytes->data()), bytes->size())));
+    LLMTRAIN_RETURN_IF_ERROR(sink(std::string(Pad(n), '\0')));
   }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> GgufWriter::Serialize() const {
+  LLMTRAIN_ASSIGN_OR_RETURN(std::string out, SerializeHeader());
+  LLMTRAIN_RETURN_IF_ERROR(ForEachTensorData([&](absl::string_view bytes) {
+    out.append(bytes.data(), bytes.size());
+    return absl::OkStatus();
+  }));
   return out;
 }
 
 absl::Status GgufWriter::Write(absl::string_view path) const {
-  auto bytes = Serialize();
-  if (!bytes.ok()) return Annotate(bytes.status(), path);
-  return WriteFileAtomically(path, *bytes);
+  auto header = SerializeHeader();
+  if (!header.ok()) return Annotate(header.status(), path);
+  AtomicFile file;
+  LLMTRAIN_RETURN_IF_ERROR(file.Open(path));
+  LLMTRAIN_RETURN_IF_ERROR(file.Write(*header));
+  if (absl::Status s = ForEachTensorData([&](absl::string_view bytes) { return file.Write(bytes); }); !s.ok()) {
+    return Annotate(s, path);
+  }
+  return file.Commit();
 }
 
 }  // namespace llmtrain::io

@@ -43,6 +43,11 @@ absl::StatusOr<FamilySpec> BuildFamilySpec(const io::TextConfig& config) {
   return it->second(config);
 }
 
+bool IsNormRole(Role role) {
+  return role == Role::kInputNorm || role == Role::kPostAttnNorm || role == Role::kPreFfwNorm ||
+         role == Role::kPostFfwNorm || role == Role::kFinalNorm || role == Role::kQNorm || role == Role::kKNorm;
+}
+
 namespace detail {
 
 std::vector<WeightName> LlamaStyleWeights() {

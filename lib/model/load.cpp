@@ -62,11 +62,6 @@ std::optional<Role> BiasRoleOf(Role role) {
 
 bool IsBiasRole(Role role) { return role == Role::kQBias || role == Role::kKBias || role == Role::kVBias; }
 
-bool IsNormRole(Role role) {
-  return role == Role::kInputNorm || role == Role::kPostAttnNorm || role == Role::kPreFfwNorm ||
-         role == Role::kPostFfwNorm || role == Role::kFinalNorm || role == Role::kQNorm || role == Role::kKNorm;
-}
-
 std::string ShapeString(const std::vector<int64_t>& shape) {
   std::string s = "[";
   for (size_t i = 0; i < shape.size(); ++i) absl::StrAppend(&s, i ? ", " : "", shape[i]);

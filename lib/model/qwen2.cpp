@@ -64,6 +64,7 @@ io::FamilyInfo Qwen2Info() {
   info.model_type = info.text_model_type = "qwen2";
   info.display_name = "Qwen2 / Qwen2.5";
   info.gguf_architecture = "qwen2";
+  info.gguf_pre_tokenizer = "qwen2";  // llama.cpp names Qwen2.5's and Qwen3's pre-tokenizer "qwen2"
   info.peft_default_targets = {"q_proj", "v_proj"};
   return info;
 }

@@ -18,6 +18,7 @@ io::FamilyInfo Qwen3Info() {
   info.model_type = info.text_model_type = "qwen3";
   info.display_name = "Qwen3";
   info.gguf_architecture = "qwen3";
+  info.gguf_pre_tokenizer = "qwen2";  // llama.cpp names Qwen2.5's and Qwen3's pre-tokenizer "qwen2"
   info.peft_default_targets = {"q_proj", "v_proj"};
   return info;
 }

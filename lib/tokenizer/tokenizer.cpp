@@ -803,6 +803,20 @@ std::string Tokenizer::IdToToken(int32_t id) const {
   return {};
 }
 
+std::vector<std::string> Tokenizer::Merges() const {
+  std::vector<std::pair<int32_t, uint64_t>> by_rank;
+  by_rank.reserve(impl_->p.model.merges.size());
+  for (const auto& [key, value] : impl_->p.model.merges) by_rank.emplace_back(value.first, key);
+  std::sort(by_rank.begin(), by_rank.end());
+  std::vector<std::string> merges;
+  merges.reserve(by_rank.size());
+  for (const auto& [rank, key] : by_rank) {
+    merges.push_back(absl::StrCat(IdToToken(static_cast<int32_t>(key >> 32)), " ",
+                                  IdToToken(static_cast<int32_t>(key & 0xffffffffu))));
+  }
+  return merges;
+}
+
 bool Tokenizer::IsSpecial(int32_t id) const {
   const auto added = impl_->added_by_id.find(id);
   return added != impl_->added_by_id.end() && impl_->p.added[added->second].special;

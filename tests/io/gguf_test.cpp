@@ -118,6 +118,10 @@ TEST_CASE("gguf: files we write load in gguf-py unchanged", "[io][gguf][referenc
   for (int j = 32; j < 64; ++j) x[j] = 0.0f;  // an all-zero Q8_0 block
   x[64] = 0.5f;                               // Q8_0 ties: x · (127 / 0.5) hits .5 exactly
   x[65] = 0.5f * 3.5f / 127.0f;
+  x[96] = -3.0f;                              // Q4_0: the first of two equal magnitudes sets d's sign
+  x[97] = 3.0f;
+  x[160] = 2.0f / 16.0f * 7.0f;               // Q4_0: x / d + 8.5 lands on a whole number
+  x[161] = -2.0f;
 
   io::GgufWriter w;
   w.AddString("general.architecture", "llmtrain_test");
@@ -135,7 +139,8 @@ TEST_CASE("gguf: files we write load in gguf-py unchanged", "[io][gguf][referenc
   w.Add("test.i64", i64);
   std::vector<io::TensorToWrite> values;
   for (auto [name, type] : {std::pair{"f32", io::GgmlType::kF32}, std::pair{"f16", io::GgmlType::kF16},
-                            std::pair{"bf16", io::GgmlType::kBF16}, std::pair{"q8_0", io::GgmlType::kQ8_0}}) {
+                            std::pair{"bf16", io::GgmlType::kBF16}, std::pair{"q8_0", io::GgmlType::kQ8_0},
+                            std::pair{"q4_0", io::GgmlType::kQ4_0}}) {
     REQUIRE(w.AddTensor(name, type, {4, 64}, x).ok());
     values.push_back({name, Dtype::kF32, {4, 64},
                       absl::Span<const uint8_t>(reinterpret_cast<const uint8_t*>(x.data()), x.size() * 4)});
@@ -157,7 +162,7 @@ TEST_CASE("gguf: files we write load in gguf-py unchanged", "[io][gguf][referenc
   // And our reader reads our file back the same.
   auto back = io::GgufFile::Open(path);
   REQUIRE(back.ok());
-  CHECK((*back)->tensors().size() == 4);
+  CHECK((*back)->tensors().size() == 5);
   std::vector<float> f32(x.size());
   REQUIRE(io::DequantizeTensor(**back, *(*back)->FindTensor("f32"), absl::MakeSpan(f32)).ok());
   CHECK(std::memcmp(f32.data(), x.data(), x.size() * 4) == 0);

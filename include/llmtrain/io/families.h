@@ -32,6 +32,9 @@ struct FamilyInfo {
   /// tokenizer.json is needed (Qwen's GGUF vocabulary is byte-level BPE with pre-tokenizer rules
   /// that the GGUF names but does not state).
   bool gguf_vocabulary = false;
+  /// tokenizer.ggml.pre that llama.cpp's converter writes for the family's byte-level BPE
+  /// tokenizer ("qwen2"); empty when its GGUF vocabulary is not byte-level BPE.
+  std::string gguf_pre_tokenizer;
   /// PEFT's target_modules when a LoRA config names none
   /// (TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING); empty: PEFT asks for them.
   std::vector<std::string> peft_default_targets;

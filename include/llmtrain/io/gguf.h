@@ -13,6 +13,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -155,10 +156,18 @@ class GgufWriter {
   /// Adds a tensor whose bytes are already in `type`'s layout (any known type).
   absl::Status AddRawTensor(std::string name, GgmlType type, std::vector<int64_t> shape,
                             std::vector<uint8_t> bytes);
+  /// Adds a tensor whose bytes `produce` makes when Write reaches it (in `type`'s layout, exactly
+  /// TensorBytes(type, shape) of them), so that a large model is written holding one tensor at
+  /// a time.
+  absl::Status AddTensorFrom(std::string name, GgmlType type, std::vector<int64_t> shape,
+                             std::function<absl::StatusOr<std::vector<uint8_t>>()> produce);
   /// The whole file as bytes.
   absl::StatusOr<std::string> Serialize() const;
-  /// Writes the file atomically.
+  /// Writes the file atomically, one tensor's bytes at a time.
   absl::Status Write(absl::string_view path) const;
+
+  /// Bytes of a tensor of `type` and row-major `shape` (0 for an unknown type).
+  static uint64_t TensorBytes(GgmlType type, const std::vector<int64_t>& shape);
 
  private:
   struct PendingTensor {
@@ -166,7 +175,13 @@ class GgufWriter {
     GgmlType type;
     std::vector<int64_t> shape;
     std::vector<uint8_t> bytes;
+    std::function<absl::StatusOr<std::vector<uint8_t>>()> produce;  ///< null: `bytes` holds them
   };
+  absl::Status CheckTensor(const std::string& name, GgmlType type, const std::vector<int64_t>& shape,
+                           std::optional<size_t> n_bytes) const;
+  absl::StatusOr<std::string> SerializeHeader() const;
+  absl::Status ForEachTensorData(const std::function<absl::Status(absl::string_view)>& sink) const;
+  uint64_t Pad(uint64_t n) const { return (alignment_ - n % alignment_) % alignment_; }
   uint64_t alignment_;
   std::vector<std::pair<std::string, GgufValue>> metadata_;
   std::vector<PendingTensor> tensors_;
@@ -175,5 +190,15 @@ class GgufWriter {
 /// Quantizes float32 values to Q8_0 blocks exactly as `gguf.quants.quantize` does.
 /// `values.size()` must be a multiple of 32.
 absl::StatusOr<std::vector<uint8_t>> QuantizeQ8_0(absl::Span<const float> values);
+/// Quantizes float32 values to Q4_0 blocks exactly as `gguf.quants.quantize` does: per block of
+/// 32, d = (the value of largest magnitude, the first of ties) / -8 and q = min(15, trunc(x / d
+/// + 8.5)), in float32. `values.size()` must be a multiple of 32.
+absl::StatusOr<std::vector<uint8_t>> QuantizeQ4_0(absl::Span<const float> values);
+
+/// The bytes of float32 `values` (row-major `shape`) in `type`: F32, F16, BF16 (rounded to
+/// nearest even), Q8_0 or Q4_0 (as gguf.quants.quantize). InvalidArgument when the shape's row
+/// is not whole blocks; Unimplemented for other types.
+absl::StatusOr<std::vector<uint8_t>> EncodeGgufTensor(GgmlType type, const std::vector<int64_t>& shape,
+                                                      absl::Span<const float> values);
 
 }  // namespace llmtrain::io

@@ -33,6 +33,9 @@ enum class Role {
   kGate, kUp, kDown,                                           // MLP
 };
 
+/// The norm weights (Gemma's GGUF stores each as 1 + w).
+bool IsNormRole(Role role);
+
 /// One row of a family's weight-name table. Layer rows hold `{i}` where the layer index goes.
 struct WeightName {
   Role role;

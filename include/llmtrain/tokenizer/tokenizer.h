@@ -86,6 +86,9 @@ class Tokenizer {
   /// The stored spelling of `id` (the BPE alphabet: "▁Hello", "Ġworld"); empty when unknown.
   std::string IdToToken(int32_t id) const;
   bool IsSpecial(int32_t id) const;
+  /// The BPE merges in rank order, each "left right" in the BPE alphabet (tokenizer.json's
+  /// model.merges, GGUF's tokenizer.ggml.merges); empty for a vocabulary without merges.
+  std::vector<std::string> Merges() const;
 
   std::optional<int32_t> bos_id() const;
   std::optional<int32_t> eos_id() const;

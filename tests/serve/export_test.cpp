@@ -1,0 +1,180 @@
+// serve/export.h through `llmtrain export`: tiny models of every family with a merged adapter,
+// and the real Gemma 3 270M GGUF, exported and loaded by transformers (gguf_file=) and read by
+// the gguf package; Q8_0 and Q4_0 bytes against gguf.quants.quantize; refusals.
+#include <ATen/ATen.h>
+
+#include <catch2/catch.hpp>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/str_cat.h"
+#include "llmtrain/core/atomic_file.h"
+#include "testing/json_util.h"
+#include "testing/reference.h"
+
+namespace llmtrain {
+namespace {
+
+using nlohmann::json;
+
+const char kIds[] = "[[1, 5, 9, 40, 77, 120, 200, 31, 8, 250, 3, 66], [300, 2, 17, 90, 45, 6, 128, 210, 19, 11, 0, 7]]";
+
+const char kText[] = "The cat of 12 is 5 and it likes the birds. Über naïve café!";
+
+std::string Q(const std::string& s) { return testing::ShellQuote(s); }
+
+json Compare(const std::string& ref_dir, const std::string& ref_gguf, const std::vector<std::string>& ggufs,
+             const char* ids = kIds) {
+  std::vector<std::string> args = {"compare", ids, ref_dir, ref_gguf};
+  args.insert(args.end(), ggufs.begin(), ggufs.end());
+  const auto r = testing::RunReference("export_ref.py", args);
+  INFO(r.out);
+  REQUIRE(r.exit_code == 0);
+  return testing::LastJsonLine(r.out);
+}
+
+// transformers' tokenizer read back from `file` encodes kText as the reference's does.
+void CheckTokens(const std::string& ref_dir, const std::string& ref_gguf, const std::string& file) {
+  const auto t = testing::RunReference("export_ref.py", {"tokens", ref_dir, ref_gguf, file, kText});
+  INFO(t.out);
+  REQUIRE(t.exit_code == 0);
+  const json ids = testing::LastJsonLine(t.out);
+  CHECK(ids["ref"].size() > 5);
+  CHECK(ids["ref"] == ids["gguf"]);
+}
+
+TEST_CASE("export: tiny models of each family with a merged adapter load in transformers as GGUF", "[serve][export]") {
+  if (!testing::ReferenceStackAvailable()) return testing::Skip("no .venv: the reference stack is missing");
+  const std::string cli = testing::CliPath();
+  for (const std::string family : {"qwen2", "qwen3", "gemma2", "gemma3_text"}) {
+    INFO("family " << family);
+    const std::string dir = testing::TempDir("export_" + family);
+    REQUIRE(testing::RunReference("export_ref.py", {"tiny", family, dir + "/model"}).exit_code == 0);
+    REQUIRE(testing::RunReference("export_ref.py", {"adapter", dir + "/model", dir + "/adapter", "3"}).exit_code == 0);
+    // The reference: our merge of the adapter into an f32 folder (lora_test checks it against PEFT).
+    const auto merged = testing::RunCommand(absl::StrCat(cli, " merge --model ", Q(dir + "/model"), " --adapter ",
+                                                         Q(dir + "/adapter"), " --output ", Q(dir + "/merged"),
+                                                         " --dtype f32 2>&1"));
+    INFO(merged.out);
+    REQUIRE(merged.exit_code == 0);
+    std::vector<std::string> files;
+    for (const std::string type : {"f32", "f16", "bf16", "q8_0", "q4_0"}) {
+      const std::string out = absl::StrCat(dir, "/gguf_", type, "/model-", type, ".gguf");
+      const auto r = testing::RunCommand(absl::StrCat("mkdir -p ", Q(dir + "/gguf_" + type), " && ", cli, " export --model ",
+                                                      Q(dir + "/model"), " --adapter ", Q(dir + "/adapter"), " --type ",
+                                                      type, " --output ", Q(out), " 2>&1"));
+      INFO(r.out);
+      REQUIRE(r.exit_code == 0);
+      CHECK_THAT(r.out, Catch::Contains("14 adapted projections merged"));
+      files.push_back(out);
+    }
+    const json result = Compare(dir + "/merged", "-", files);
+    INFO(result.dump());
+    const json& f = result["files"];
+    const std::string arch = family == "gemma3_text" ? "gemma3" : family;
+    for (const auto& [name, file] : f.items()) {
+      INFO(name);
+      CHECK(file["architecture"] == arch);
+      CHECK(file["finite"] == true);
+      CHECK(file["requant_problems"].empty());
+    }
+    // The most likely next token at every position, unchanged by f32 and f16 (the quantized
+    // types move a tiny random model's nearly flat logits enough to swap some).
+    CHECK(f["model-f32.gguf"]["same_argmax"] == true);
+    CHECK(f["model-f16.gguf"]["same_argmax"] == true);
+    // f32: the same weights and the same computation, so the same logits. (Gemma's norms go
+    // through llama.cpp's 1 + w and back, which is exact for these weights; rms_norm_eps goes
+    // through float32 and changed nothing here.)
+    CHECK(f["model-f32.gguf"]["rel"].get<double>() == 0.0);
+    // f16 / bf16: every weight rounded once (2^-11 / 2^-8 relative). Measured when this was
+    // written, worst family: 9.6e-4 / 8.5e-3 of the largest logit; the bounds are 3x and 2.5x.
+    CHECK(f["model-f16.gguf"]["rel"].get<double>() <= 3e-3);
+    CHECK(f["model-bf16.gguf"]["rel"].get<double>() <= 2e-2);
+    // q8_0 / q4_0: the bytes are gguf's own quantizer's on the f32 export's values (above). On
+    // these random weights 8- and 4-bit blocks moved the logits by up to 2.5e-2 and 0.35 of the
+    // largest; the bounds (5e-2, 0.5) only catch a broken layout, the bytes are the real check.
+    CHECK(f["model-q8_0.gguf"]["requantized"].get<int>() > 0);
+    CHECK(f["model-q4_0.gguf"]["requantized"].get<int>() > 0);
+    CHECK(f["model-q8_0.gguf"]["rel"].get<double>() <= 5e-2);
+    CHECK(f["model-q4_0.gguf"]["rel"].get<double>() <= 0.5);
+    // Qwen's byte-level BPE vocabulary (tokens, merges, pre-tokenizer "qwen2") read back by
+    // transformers from the GGUF encodes as the tokenizer.json does.
+    if (family == "qwen2" || family == "qwen3") CheckTokens(dir + "/model", "-", files[0]);
+    std::printf("export: %-11s f32 %.2e, f16 %.2e, bf16 %.2e, q8_0 %.2e, q4_0 %.2e (max |Δlogit| / max |logit| against "
+                "the merged f32 folder, transformers on both); %d + %d tensors re-quantized by gguf equal\n",
+                family.c_str(), f["model-f32.gguf"]["rel"].get<double>(), f["model-f16.gguf"]["rel"].get<double>(),
+                f["model-bf16.gguf"]["rel"].get<double>(), f["model-q8_0.gguf"]["rel"].get<double>(),
+                f["model-q4_0.gguf"]["rel"].get<double>(), f["model-q8_0.gguf"]["requantized"].get<int>(),
+                f["model-q4_0.gguf"]["requantized"].get<int>());
+  }
+}
+
+TEST_CASE("export: what a GGUF cannot state is refused before anything is written", "[serve][export]") {
+  if (!testing::ReferenceStackAvailable()) return testing::Skip("no .venv: the reference stack is missing");
+  const std::string cli = testing::CliPath();
+  const std::string dir = testing::TempDir("export_refused");
+  // Gemma 3 with linear RoPE scaling (as the 4B and larger have): transformers reads no scaling
+  // from a GGUF.
+  REQUIRE(testing::RunReference("export_ref.py", {"tiny", "gemma3_text", dir + "/scaled", "8"}).exit_code == 0);
+  const auto scaled = testing::RunCommand(absl::StrCat(cli, " export --model ", Q(dir + "/scaled"), " --output ",
+                                                       Q(dir + "/scaled.gguf"), " 2>&1"));
+  INFO(scaled.out);
+  CHECK(scaled.exit_code == 1);
+  CHECK_THAT(scaled.out, Catch::Contains("the GGUF would not compute what the model computes"));
+  CHECK_THAT(scaled.out, Catch::Contains("RoPE of layer"));
+  CHECK_FALSE(IsRegularFile(dir + "/scaled.gguf"));
+  const auto type = testing::RunCommand(absl::StrCat(cli, " export --model ", Q(dir + "/scaled"), " --type q5_k --output ",
+                                                     Q(dir + "/x.gguf"), " 2>&1"));
+  CHECK(type.exit_code == 2);
+  CHECK_THAT(type.out, Catch::Contains("--type: \"q5_k\" is not one of f32, f16, bf16, q8_0, q4_0"));
+}
+
+std::string RealModel() { return std::string(LLMTRAIN_SOURCE_DIR) + "/.venv/models/gemma-3-270m-q4_k_m.gguf"; }
+
+TEST_CASE("export: the real Gemma 3 270M from its GGUF, in transformers", "[serve][export][real]") {
+  if (!testing::ReferenceStackAvailable()) return testing::Skip("no .venv: the reference stack is missing");
+  const std::string cli = testing::CliPath();
+  const std::string dir = testing::TempDir("export_270m");
+  std::vector<std::string> files;
+  for (const std::string type : {"f32", "f16", "bf16", "q8_0"}) {
+    const std::string out = absl::StrCat(dir, "/", type, "/gemma-3-270m-", type, ".gguf");
+    const auto r = testing::RunCommand(absl::StrCat("mkdir -p ", Q(dir + "/" + type), " && ", cli, " export --model ",
+                                                    Q(RealModel()), " --type ", type, " --output ", Q(out), " 2>&1"));
+    INFO(r.out);
+    REQUIRE(r.exit_code == 0);
+    files.push_back(out);
+  }
+  // The same ids through transformers on the original Q4_K_M file and on each export.
+  const std::string model_dir = RealModel().substr(0, RealModel().rfind('/'));
+  const std::string model_name = RealModel().substr(RealModel().rfind('/') + 1);
+  const json result = Compare(model_dir, model_name, files,
+                              "[[2, 818, 5279, 529, 7001, 563, 9079, 236761, 669, 2255, 3487, 528]]");
+  INFO(result.dump());
+  const json& f = result["files"];
+  for (const auto& [name, file] : f.items()) {
+    INFO(name);
+    CHECK(file["architecture"] == "gemma3");
+    CHECK(file["finite"] == true);
+    CHECK(file["requant_problems"].empty());
+  }
+  // f32: the original's dequantized weights as they are (the norms' 1 + w back and forth).
+  CHECK(f["gemma-3-270m-f32.gguf"]["rel"].get<double>() <= 1e-6);
+  CHECK(f["gemma-3-270m-f32.gguf"]["same_argmax"] == true);
+  CHECK(f["gemma-3-270m-f16.gguf"]["rel"].get<double>() <= 1e-2);
+  CHECK(f["gemma-3-270m-bf16.gguf"]["rel"].get<double>() <= 5e-2);
+  CHECK(f["gemma-3-270m-q8_0.gguf"]["rel"].get<double>() <= 5e-2);
+  CHECK(f["gemma-3-270m-q8_0.gguf"]["requantized"].get<int>() > 0);
+  // The vocabulary goes along unchanged: transformers' tokenizer from the export encodes as the
+  // original's.
+  CheckTokens(model_dir, model_name, files[0]);
+  std::printf("export: Gemma 3 270M: f32 %.2e, f16 %.2e, bf16 %.2e, q8_0 %.2e (max |Δlogit| / max |logit| against "
+              "transformers on the original Q4_K_M GGUF)\n",
+              f["gemma-3-270m-f32.gguf"]["rel"].get<double>(), f["gemma-3-270m-f16.gguf"]["rel"].get<double>(),
+              f["gemma-3-270m-bf16.gguf"]["rel"].get<double>(), f["gemma-3-270m-q8_0.gguf"]["rel"].get<double>());
+}
+
+}  // namespace
+}  // namespace llmtrain
