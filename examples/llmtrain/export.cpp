@@ -11,6 +11,7 @@
 #include "llmtrain/core/status.h"
 #include "llmtrain/io/families.h"
 #include "llmtrain/io/gguf.h"
+#include "llmtrain/io/hf_config.h"
 #include "llmtrain/lora/lora.h"
 #include "llmtrain/model/decoder.h"
 #include "llmtrain/serve/export.h"
@@ -74,14 +75,24 @@ int RunExport(const std::vector<std::string>& args) {
       if (!gguf.ok()) return Fail("export", std::string(gguf.status().message()));
       vocab = serve::GgufVocabularyFromGguf(**gguf);
     }
+    std::unique_ptr<tokenizer::Tokenizer> tok;
+    if (vocab_source.empty()) {
+      auto loaded = tokenizer::Tokenizer::Load(model_path);
+      if (!loaded.ok()) return Fail("export", std::string(loaded.status().message()));
+      if ((*loaded)->kind() != "byte_level") {
+        return Fail("export", "a SentencePiece-style tokenizer.json (Gemma) cannot be exported as a GGUF vocabulary: "
+                              "give the model's GGUF with --vocab");
+      }
+      tok = *std::move(loaded);
+    }
     auto model = flags.Load(model_path, Dtype::kF32);
     if (!model.ok()) return Fail("export", std::string(model.status().message()));
-    if (vocab_source.empty()) {
-      auto tok = tokenizer::Tokenizer::Load(model_path);
-      if (!tok.ok()) return Fail("export", std::string(tok.status().message()));
-      const io::FamilyInfo* family = io::FindFamily((*model)->config().text.model_type);
-      auto built = serve::GgufVocabularyFromTokenizer(**tok, family ? family->gguf_pre_tokenizer : "",
-                                                      (*model)->config().text.vocab_size);
+    if (tok != nullptr) {
+      const io::TextConfig& text = (*model)->config().text;
+      const io::FamilyInfo* family = io::FindFamily(text.model_type);
+      auto built = serve::GgufVocabularyFromTokenizer(
+          *tok, family ? family->gguf_pre_tokenizer : "", text.vocab_size, text.bos_token_id,
+          text.eos_token_ids.empty() ? std::nullopt : std::optional<int64_t>(text.eos_token_ids[0]));
       if (!built.ok()) return Fail("export", std::string(built.status().message()));
       vocab = *std::move(built);
     }

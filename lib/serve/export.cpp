@@ -182,14 +182,19 @@ GgufVocabulary GgufVocabularyFromGguf(const io::GgufFile& file) {
 }
 
 absl::StatusOr<GgufVocabulary> GgufVocabularyFromTokenizer(const tokenizer::Tokenizer& tok, absl::string_view pre,
-                                                           int64_t vocab_size) {
+                                                           int64_t vocab_size, std::optional<int64_t> config_bos,
+                                                           std::optional<int64_t> config_eos) {
   using T = io::GgufValueType;
   if (tok.kind() != "byte_level") {
     return absl::UnimplementedError(
         "a SentencePiece-style tokenizer.json (Gemma) cannot be exported as a GGUF vocabulary: llama.cpp converts "
         "those from tokenizer.model; export the model from its GGUF, or give a GGUF whose vocabulary to use");
   }
-  const int64_t n = std::max<int64_t>(vocab_size, tok.vocab_size());
+  if (tok.vocab_size() > vocab_size) {
+    return absl::InvalidArgumentError(absl::StrCat("the tokenizer has ", tok.vocab_size(), " ids, the model's embedding ",
+                                                   vocab_size, " rows"));
+  }
+  const int64_t n = vocab_size;
   std::set<int32_t> added, added_special;
   for (const tokenizer::AddedToken& a : tok.added_tokens()) {
     added.insert(a.id);
@@ -218,9 +223,13 @@ absl::StatusOr<GgufVocabulary> GgufVocabularyFromTokenizer(const tokenizer::Toke
   v.metadata.emplace_back("tokenizer.ggml.tokens", StringArray(std::move(tokens)));
   v.metadata.emplace_back("tokenizer.ggml.token_type", std::move(types));
   v.metadata.emplace_back("tokenizer.ggml.merges", StringArray(tok.Merges()));
-  if (auto id = tok.eos_id()) v.metadata.emplace_back("tokenizer.ggml.eos_token_id", Scalar(T::kUint32, static_cast<uint64_t>(*id)));
-  if (auto id = tok.pad_id()) v.metadata.emplace_back("tokenizer.ggml.padding_token_id", Scalar(T::kUint32, static_cast<uint64_t>(*id)));
-  if (auto id = tok.bos_id()) v.metadata.emplace_back("tokenizer.ggml.bos_token_id", Scalar(T::kUint32, static_cast<uint64_t>(*id)));
+  const auto id_key = [&](const char* key, std::optional<int64_t> id) {
+    if (id && *id >= 0 && *id < n) v.metadata.emplace_back(key, Scalar(T::kUint32, static_cast<uint64_t>(*id)));
+  };
+  const auto from_tok = [](std::optional<int32_t> id) { return id ? std::optional<int64_t>(*id) : std::nullopt; };
+  id_key("tokenizer.ggml.eos_token_id", tok.eos_id() ? from_tok(tok.eos_id()) : config_eos);
+  id_key("tokenizer.ggml.padding_token_id", from_tok(tok.pad_id()));
+  id_key("tokenizer.ggml.bos_token_id", tok.bos_id() ? from_tok(tok.bos_id()) : config_bos);
   v.metadata.emplace_back("tokenizer.ggml.add_bos_token", Scalar(T::kBool, tok.adds_bos()));
   if (!tok.chat_template_source().empty()) {
     v.metadata.emplace_back("tokenizer.chat_template", Scalar(T::kString, tok.chat_template_source()));
@@ -252,12 +261,32 @@ absl::StatusOr<ExportReport> ExportGguf(const model::Decoder& model, const GgufV
   if (options.type == ExportType::kQ8_0 || options.type == ExportType::kQ4_0) {
     w.AddUint32("general.quantization_version", 2);
   }
-  bool has_tokens = false;
+  int64_t n_tokens = -1;
   for (const auto& [key, value] : vocabulary.metadata) {
     w.Add(key, value);
-    has_tokens |= key == "tokenizer.ggml.tokens";
+    if (key == "tokenizer.ggml.tokens") n_tokens = static_cast<int64_t>(value.array_size());
   }
-  if (!has_tokens) return absl::InvalidArgumentError("the vocabulary has no tokenizer.ggml.tokens");
+  if (n_tokens < 0) return absl::InvalidArgumentError("the vocabulary has no tokenizer.ggml.tokens");
+  // llama.cpp sizes the vocabulary from the token list: it must be the embedding's rows.
+  if (n_tokens != text.vocab_size) {
+    return absl::InvalidArgumentError(absl::StrCat("the vocabulary has ", n_tokens, " tokens, the model's embedding ",
+                                                   text.vocab_size, " rows"));
+  }
+  // What llama.cpp computes differently from the config (transformers' reading is checked below).
+  if (arch == "gemma2" || arch == "gemma3") {
+    const bool is_27b = text.num_hidden_layers == (arch == "gemma2" ? 46 : 62);
+    const double llama_cpp_scale =
+        1.0 / std::sqrt(static_cast<double>(is_27b ? text.hidden_size / text.num_attention_heads : text.head_dim));
+    if (std::abs(llama_cpp_scale - spec.attn_scale) > 1e-9 * spec.attn_scale) {
+      return absl::UnimplementedError(absl::StrCat(
+          path, ": llama.cpp scales Gemma's attention by 1/sqrt(", is_27b ? "hidden_size / heads" : "head_dim",
+          ") = ", llama_cpp_scale, ", the model by query_pre_attn_scalar^-0.5 = ", spec.attn_scale));
+    }
+    if (arch == "gemma2" && !spec.tied_embeddings) {
+      return absl::UnimplementedError(absl::StrCat(path, ": llama.cpp's gemma2 reads no output.weight (it ties the "
+                                                   "output to token_embd); this model's are untied"));
+    }
+  }
 
   // The metadata must read back as this model's computation (what a loader of the file runs).
   {

@@ -13,7 +13,7 @@ quantizers on the values of an f32 export.
   export_ref.py read FILE.gguf
   export_ref.py requant F32.gguf QUANTIZED.gguf
   export_ref.py adapter MODEL_DIR OUT_DIR SEED      (a random PEFT LoRA adapter, B non-zero)
-  export_ref.py tiny FAMILY OUT_DIR [ROPE_FACTOR]     (a tiny random model and a byte-level BPE
+  export_ref.py tiny FAMILY OUT_DIR [ROPE_FACTOR|"" [QUERY_PRE_ATTN_SCALAR]]     (a tiny random model and a byte-level BPE
                                                       tokenizer; Gemma with head_dim 256 =
                                                       query_pre_attn_scalar, which a GGUF implies)
 """
@@ -142,7 +142,7 @@ def adapter(model_dir, out, seed):
     emit({"adapter": out})
 
 
-def tiny(family, out, rope_factor):
+def tiny(family, out, rope_factor, qpas):
     import transformers
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     lines = [f"The {w} of {n} is {n * 3 % 17} and it {v} the {w}s." for n, (w, v) in
@@ -156,6 +156,8 @@ def tiny(family, out, rope_factor):
     common = dict(vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=256)
     gemma = dict(common, head_dim=256, query_pre_attn_scalar=256, sliding_window=8)
+    if qpas:
+        gemma["query_pre_attn_scalar"] = int(qpas)
     if rope_factor:  # as Gemma 3 4B and larger have it on their global layers (every 6th)
         gemma["rope_scaling"] = {"rope_type": "linear", "factor": float(rope_factor)}
         gemma["num_hidden_layers"] = 6
@@ -188,7 +190,7 @@ if __name__ == "__main__":
     elif cmd == "requant":
         requant(sys.argv[2], sys.argv[3])
     elif cmd == "tiny":
-        tiny(sys.argv[2], sys.argv[3], sys.argv[4] if len(sys.argv) > 4 else "")
+        tiny(sys.argv[2], sys.argv[3], sys.argv[4] if len(sys.argv) > 4 else "", sys.argv[5] if len(sys.argv) > 5 else "")
     elif cmd == "adapter":
         adapter(sys.argv[2], sys.argv[3], int(sys.argv[4]))
     else:

@@ -80,6 +80,12 @@ TEST_CASE("export: tiny models of each family with a merged adapter load in tran
       CHECK(file["architecture"] == arch);
       CHECK(file["finite"] == true);
       CHECK(file["requant_problems"].empty());
+      // Norms and biases stay F32; every 2-D weight has the file's type (rows are whole blocks).
+      const json& types = file["types"];
+      CHECK(types.size() <= 2);
+      if (name == "model-q8_0.gguf" || name == "model-q4_0.gguf") {
+        CHECK(types["F32"].get<int>() + file["requantized"].get<int>() == file["tensors"].get<int>());
+      }
     }
     // The most likely next token at every position, unchanged by f32 and f16 (the quantized
     // types move a tiny random model's nearly flat logits enough to swap some).
@@ -126,6 +132,21 @@ TEST_CASE("export: what a GGUF cannot state is refused before anything is writte
   CHECK_THAT(scaled.out, Catch::Contains("the GGUF would not compute what the model computes"));
   CHECK_THAT(scaled.out, Catch::Contains("RoPE of layer"));
   CHECK_FALSE(IsRegularFile(dir + "/scaled.gguf"));
+  // Gemma with query_pre_attn_scalar ≠ head_dim: llama.cpp scales by 1/sqrt(head_dim).
+  REQUIRE(testing::RunReference("export_ref.py", {"tiny", "gemma3_text", dir + "/qpas", "", "64"}).exit_code == 0);
+  const auto qpas = testing::RunCommand(absl::StrCat(cli, " export --model ", Q(dir + "/qpas"), " --output ",
+                                                     Q(dir + "/qpas.gguf"), " 2>&1"));
+  INFO(qpas.out);
+  CHECK(qpas.exit_code == 1);
+  CHECK_THAT(qpas.out, Catch::Contains("llama.cpp scales Gemma's attention by 1/sqrt(head_dim) = 0.0625"));
+  CHECK_FALSE(IsRegularFile(dir + "/qpas.gguf"));
+  // A vocabulary of another size than the embedding (the 270M's for a tiny model).
+  const auto vocab = testing::RunCommand(absl::StrCat(
+      cli, " export --model ", Q(dir + "/qpas"), " --vocab ",
+      Q(std::string(LLMTRAIN_SOURCE_DIR) + "/.venv/models/gemma-3-270m-q4_k_m.gguf"), " --output ", Q(dir + "/v.gguf"), " 2>&1"));
+  INFO(vocab.out);
+  CHECK(vocab.exit_code == 1);
+  CHECK_THAT(vocab.out, Catch::Contains("the vocabulary has 262144 tokens, the model's embedding 320 rows"));
   const auto type = testing::RunCommand(absl::StrCat(cli, " export --model ", Q(dir + "/scaled"), " --type q5_k --output ",
                                                      Q(dir + "/x.gguf"), " 2>&1"));
   CHECK(type.exit_code == 2);

@@ -20,6 +20,7 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -55,11 +56,14 @@ GgufVocabulary GgufVocabularyFromGguf(const io::GgufFile& file);
 /// tokenizer.ggml.model "gpt2", `pre` (the pre-tokenizer's llama.cpp name, "qwen2" for Qwen),
 /// the tokens by id padded to `vocab_size` with "[PAD<id>]" (UNUSED), token types (CONTROL for
 /// special added tokens, USER_DEFINED for the other added tokens, NORMAL otherwise), the merges
-/// in rank order, the BOS/EOS/padding ids, add_bos_token, and the chat template. A SentencePiece
-/// tokenizer.json (Gemma) is refused: llama.cpp converts those from tokenizer.model, which this
-/// library does not read; export a Gemma model from its GGUF, or pass that GGUF's vocabulary.
+/// in rank order, the BOS/EOS/padding ids (the tokenizer's, else `config_bos` / `config_eos`
+/// from config.json, as the converter falls back), add_bos_token, and the chat template. A
+/// tokenizer with more ids than `vocab_size` is refused. A SentencePiece tokenizer.json (Gemma) is
+/// refused: llama.cpp converts those from tokenizer.model, which this library does not read;
+/// export a Gemma model from its GGUF, or pass that GGUF's vocabulary.
 absl::StatusOr<GgufVocabulary> GgufVocabularyFromTokenizer(const tokenizer::Tokenizer& tokenizer, absl::string_view pre,
-                                                           int64_t vocab_size);
+                                                           int64_t vocab_size, std::optional<int64_t> config_bos = {},
+                                                           std::optional<int64_t> config_eos = {});
 
 struct ExportOptions {
   ExportType type = ExportType::kF16;
@@ -76,7 +80,10 @@ struct ExportReport {
 /// Writes `model` as a GGUF at `path` (atomically, one tensor in memory at a time). Adapters must
 /// be merged first (lora::MergeAdapters); 4-bit projections are written from their dequantized
 /// weights. Errors name what cannot be exported: an unmerged adapter, a family with no GGUF
-/// architecture, settings the metadata cannot state, rows that are not whole blocks.
+/// architecture, settings the metadata cannot state, a vocabulary whose token count is not the
+/// embedding's rows, what llama.cpp computes otherwise (Gemma's attention scale: llama.cpp uses
+/// 1/sqrt(head_dim), or 1/sqrt(hidden/heads) for the 27B models; an untied Gemma 2, whose
+/// output.weight llama.cpp does not read).
 absl::StatusOr<ExportReport> ExportGguf(const model::Decoder& model, const GgufVocabulary& vocabulary,
                                         absl::string_view path, const ExportOptions& options);
 
