@@ -155,15 +155,15 @@ std::string EnumNames(const pb::EnumDescriptor* type) {
   return absl::StrJoin(names, ", ");
 }
 
-// Enum values in spec text. Text protos write them as identifiers (dtype: bf16); specs written
-// before these fields were enums quote them (dtype: "bf16"), which TextFormat refuses, and a bad
-// name gets TextFormat's message without the field's path. This pass walks the text as tokens
-// (strings and comments kept whole), rewrites each quoted enum value as an identifier, and reports
-// an unknown name with the field's full path ("training.autocast: \"fp8\" is not one of …").
-absl::StatusOr<std::string> NormalizeEnumsInText(absl::string_view where, absl::string_view text) {
+}  // namespace
+
+namespace detail {
+
+absl::StatusOr<std::string> NormalizeEnumsInText(absl::string_view where, const pb::Descriptor* root,
+                                                 absl::string_view text) {
   std::string out;
   out.reserve(text.size());
-  std::vector<const pb::Descriptor*> types = {RunSpec::descriptor()};
+  std::vector<const pb::Descriptor*> types = {root};
   std::vector<std::string> path;
   std::string last_identifier;
   const pb::FieldDescriptor* value_field = nullptr;  // the enum field whose value comes next
@@ -245,6 +245,10 @@ absl::StatusOr<std::string> NormalizeEnumsInText(absl::string_view where, absl::
   }
   return out;
 }
+
+}  // namespace detail
+
+namespace {
 
 // The same for JSON specs: enum fields may hold any string, so a bad one is named by its path
 // here (the JSON parser's own message lacks it), and "" becomes "off".
@@ -363,7 +367,7 @@ absl::StatusOr<RunSpec> ParseRunSpec(absl::string_view where, absl::string_view 
     }
     return spec;
   }
-  LLMTRAIN_ASSIGN_OR_RETURN(const std::string normalized, NormalizeEnumsInText(where, text));
+  LLMTRAIN_ASSIGN_OR_RETURN(const std::string normalized, detail::NormalizeEnumsInText(where, RunSpec::descriptor(), text));
   pb::TextFormat::Parser parser;
   Collector collector;
   parser.RecordErrorsTo(&collector);

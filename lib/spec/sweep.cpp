@@ -929,17 +929,9 @@ absl::StatusOr<SweepSpace> ParseSweepSpace(absl::string_view where, absl::string
   pb::TextFormat::Parser parser;
   Collector collector;
   parser.RecordErrorsTo(&collector);
-  // Enum values may be written quoted, as in run specs: method: "asha".
-  std::string normalized(text);
-  for (const char* m : {"grid", "random", "asha"}) {
-    for (const char* sep : {":\"", ": \""}) {
-      const std::string quoted = absl::StrCat(sep, m, "\"");
-      size_t at;
-      while ((at = normalized.find(absl::StrCat("method", quoted))) != std::string::npos) {
-        normalized.replace(at, 6 + quoted.size(), absl::StrCat("method: ", m));
-      }
-    }
-  }
+  // Enum values may be written quoted, as in run specs (method: "asha"); a bad one is named.
+  LLMTRAIN_ASSIGN_OR_RETURN(const std::string normalized,
+                            detail::NormalizeEnumsInText(where, SweepSpace::descriptor(), text));
   if (!parser.ParseFromString(normalized, &space)) {
     return absl::InvalidArgumentError(absl::StrCat(where, ": ", collector.first.empty() ? "not a valid space" : collector.first));
   }

@@ -77,6 +77,15 @@ TEST_CASE("sweep: a space parses with its defaults; unknown fields name their li
   REQUIRE_FALSE(bad.ok());
   CHECK_THAT(std::string(bad.status().message()), Catch::Contains("space.textproto: line 2"));
   CHECK_THAT(std::string(bad.status().message()), Catch::Contains("methd"));
+  // A quoted enum value is read as the identifier; a bad one names its line, field and the choices,
+  // and a quoted string elsewhere (a value that looks like a method) is left alone.
+  CHECK(Space("param { field: \"lora.r\" values: \"4\" }\nmethod:\"random\" trials: 1").method() ==
+        spec::SweepSpace::random);
+  CHECK(Space("param { field: \"training.seed\" values: \"asha\" }").param(0).values(0) == "asha");
+  auto bad_method = spec::ParseSweepSpace("space.textproto", "param { field: \"lora.r\" }\nmethod: \"hyperband\"\n");
+  REQUIRE_FALSE(bad_method.ok());
+  CHECK(std::string(bad_method.status().message()) ==
+        "space.textproto: line 2: method: \"hyperband\" is not one of \"grid\", \"random\", \"asha\"");
 }
 
 TEST_CASE("sweep: every invalid space is refused before any work, naming the param and the rule", "[spec][sweep]") {
