@@ -3,6 +3,8 @@
 //   rms_norm   kernels::RmsNorm          vs the ATen-op composite (transformers' order of ops)
 //   rope       kernels::ApplyRope        vs the ATen-op composite (apply_rotary_pos_emb)
 //   dequant4   kernels::Dequantize4bit   vs ATen ops: code.index_select(nibbles) × scales
+//   q4_k …     kernels::BlockMatmul of one row by a (rows, hidden) GGUF weight in its blocks vs
+//              at::mm by the same weight dequantized to float32 (what the float32 path reads)
 // On the CPU, RmsNorm and RoPE run the composite themselves (it is the oracle, and what
 // transformers computes bit for bit), so their ratio shows the front end's cost only; the fused
 // kernels pay on CUDA, where this bench runs them too when a device exists. Prints both sides'
@@ -17,11 +19,14 @@
 #include <cstring>
 #include <string>
 
+#include "absl/strings/ascii.h"
+#include "llmtrain/kernels/block_matmul.h"
 #include "llmtrain/kernels/dequant4.h"
 #include "llmtrain/kernels/rms_norm.h"
 #include "llmtrain/kernels/rope.h"
 #include "llmtrain/quant/quant4.h"
 #include "reference_process.h"
+#include "testing/gguf_blocks.h"  // tests/testing: random GGUF blocks
 
 namespace {
 
@@ -104,6 +109,25 @@ int main(int argc, char** argv) {
            Sync(out);
          }),
          static_cast<double>(out.nbytes()));
+  }
+  // Decoding's product: one input row by a GGUF weight, from its blocks vs from float32.
+  for (const io::GgmlType type : {io::GgmlType::kQ4_K, io::GgmlType::kQ5_0, io::GgmlType::kQ6_K, io::GgmlType::kQ8_0}) {
+    const auto traits = *io::GetGgmlTypeTraits(static_cast<uint32_t>(type));
+    // Random blocks with small finite scales (random scale bytes would give subnormals, whose
+    // products take the CPU's slow path, and infinities).
+    const std::vector<uint8_t> raw = testing::RandomGgufBlocks(type, rows, hidden, 1);
+    at::Tensor blocks = at::empty({static_cast<int64_t>(raw.size())}, at::kByte);
+    std::memcpy(blocks.data_ptr(), raw.data(), raw.size());
+    const kernels::GgufRowDecoder w(type, blocks.data_ptr<uint8_t>(), rows, hidden);
+    at::Tensor dense = at::empty({rows, hidden});
+    kernels::DecodeRows(w, 0, rows, dense.data_ptr<float>());
+    const at::Tensor x = at::randn({1, hidden});
+    at::Tensor y = at::empty({1, rows});
+    const std::string name(absl::AsciiStrToLower(traits.name));
+    Line(name.c_str(), "cpu",
+         bench::TimePair(rounds, [&] { at::mm_out(y, x, dense.t()); },
+                         [&] { kernels::BlockMatmul(w, x.data_ptr<float>(), 1, y.data_ptr<float>()); }),
+         static_cast<double>(blocks.nbytes()));
   }
   if (!at::hasCUDA()) std::printf("no CUDA device: the fused CUDA kernels were not timed\n");
   return 0;

@@ -311,6 +311,8 @@ void UnpackKScales(const uint8_t* s, uint8_t* sc, uint8_t* mn) {
 
 bool CanDequantize(GgmlType type) { return FindRangeFn(type) != nullptr; }
 
+BlockDecoder FindBlockDecoder(GgmlType type) { return FindRangeFn(type); }
+
 absl::Status Dequantize(GgmlType type, absl::Span<const uint8_t> src, absl::Span<float> dst) {
   return detail::DequantizeWith(type, src, dst, /*allow_intrinsics=*/true);
 }

@@ -76,9 +76,13 @@ LoraLinear::LoraLinear(std::shared_ptr<model::Linear> base, int64_t r, double al
   b = b.to(compute_dtype);
   if (use_dora_) {
     // dora.py update_layer: m = ‖W + s·(B @ A)‖ over each output row, in the base dtype.
-    const at::Tensor w = base_->DenseWeight(base_->stored_weight().defined()
-                                                ? base_->stored_weight().scalar_type()
-                                                : dynamic_cast<const quant::QuantizedLinear&>(*base_).quantized().state.dtype);
+    // The base's dtype: the stored weight's, a 4-bit weight's original one, else (a packed GGUF
+    // base, whose blocks have no float dtype) the model's.
+    const auto* four_bit = dynamic_cast<const quant::QuantizedLinear*>(base_.get());
+    const c10::ScalarType base_dtype = base_->stored_weight().defined() ? base_->stored_weight().scalar_type()
+                                       : four_bit != nullptr        ? four_bit->quantized().state.dtype
+                                                                    : compute_dtype;
+    const at::Tensor w = base_->DenseWeight(base_dtype);
     const at::Tensor lora_weight = at::mm(b.to(w.scalar_type()), a.to(w.scalar_type()));
     const at::Tensor sum = w + scaling_ * lora_weight;
     m_ = at::linalg_vector_norm(sum, 2, {1}).to(sum.scalar_type()).to(dtype).requires_grad_(true);

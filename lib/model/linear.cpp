@@ -3,6 +3,9 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
+#include <vector>
+
 namespace llmtrain::model {
 
 DenseLinear::DenseLinear(at::Tensor weight, at::Tensor bias)
@@ -10,6 +13,22 @@ DenseLinear::DenseLinear(at::Tensor weight, at::Tensor bias)
   TORCH_CHECK(weight_.dim() == 2, "DenseLinear: weight must be 2-D (out, in)");
   TORCH_CHECK(!bias_.defined() || (bias_.dim() == 1 && bias_.size(0) == weight_.size(0)),
               "DenseLinear: bias must have ", weight_.size(0), " elements");
+}
+
+int64_t StoredBytes(const Linear& layer) {
+  std::vector<at::Tensor> tensors;
+  layer.AppendFrozen(&tensors);
+  layer.AppendTrainable(&tensors);
+  std::vector<const void*> seen;
+  int64_t bytes = 0;
+  for (const at::Tensor& t : tensors) {
+    if (!t.defined()) continue;
+    const void* impl = t.unsafeGetTensorImpl();
+    if (std::find(seen.begin(), seen.end(), impl) != seen.end()) continue;
+    seen.push_back(impl);
+    bytes += static_cast<int64_t>(t.nbytes());
+  }
+  return bytes;
 }
 
 at::Tensor DenseLinear::Forward(const at::Tensor& x) const { return at::linear(x, weight_, bias_); }

@@ -1,6 +1,8 @@
 // QuantizedLinear: a 4-bit frozen weight multiplied tile by tile (quant/quantized_linear.h).
 //
-// CPU forward: the output rows of W are cut into tiles of about 1 MiB once dequantized; each
+// CPU forward: a float32 input of fewer than kLargeRows rows (decoding) goes through
+// kernels::BlockMatmul, each weight row decoded a piece at a time beside its dot products. Other
+// inputs: the output rows of W are cut into tiles of about 1 MiB once dequantized; each
 // thread takes whole tiles, dequantizes one into its own reused buffer (so it stays in cache) and
 // runs a single-threaded GEMM of the input by that tile into the output's columns. CPU backward:
 // grad_x = Σ over tiles of grad_y[:, tile] · W[tile]; tiles go one after another, each
@@ -24,6 +26,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "llmtrain/core/status.h"
+#include "llmtrain/kernels/block_matmul.h"
 #include "llmtrain/kernels/dequant4.h"
 #include "llmtrain/quant/bnb_format.h"
 
@@ -53,6 +56,50 @@ T* Scratch(std::vector<T>* buffer, size_t n) {
   if (buffer->size() < n) buffer->resize(n);
   return buffer->data();
 }
+
+// Block scales [first, last] of a double-quantized state from their 8-bit codes, as BlockScales
+// computes them, in `buffer` (grown as needed).
+const float* NestedBlockScales(const Quant4State& s, int64_t first, int64_t last, std::vector<float>* buffer) {
+  float* t = Scratch(buffer, static_cast<size_t>(last - first + 1));
+  const uint8_t* q = s.absmax.data_ptr<uint8_t>();
+  const float* nested_code = s.nested_code.data_ptr<float>();
+  const float* nested = s.nested_absmax.data_ptr<float>();
+  for (int64_t b = first; b <= last; ++b) {
+    const float scale = nested_code[q[b]] * nested[b / s.nested_blocksize];
+    t[b - first] = scale + s.offset;
+  }
+  return t;
+}
+
+// A 4-bit weight's rows decoded a piece at a time (kernels::BlockMatmul): code × block scale in
+// float32, the block scales rebuilt from their 8-bit codes under double quantization.
+class Quant4RowDecoder final : public kernels::RowDecoder {
+ public:
+  Quant4RowDecoder(const Quantized4& w, const float* scales, const float* code, int64_t out, int64_t in)
+      : w_(w), scales_(scales), code_(code), out_(out), in_(in) {}
+  int64_t rows() const override { return out_; }
+  int64_t cols() const override { return in_; }
+  int64_t granularity() const override { return std::min<int64_t>(w_.state.blocksize, 256); }
+  void Decode(int64_t row, int64_t col, int64_t count, float* out) const override {
+    const Quant4State& s = w_.state;
+    const int64_t begin = row * in_ + col;
+    const float* scales = scales_;
+    int64_t base = 0;
+    thread_local std::vector<float> piece_scales;
+    if (s.nested) {
+      base = begin / s.blocksize;
+      scales = NestedBlockScales(s, base, (begin + count - 1) / s.blocksize, &piece_scales);
+    }
+    kernels::detail::Dequantize4bitCpu(w_.packed.data_ptr<uint8_t>(), scales - base, code_, s.blocksize, begin, count,
+                                       c10::kFloat, c10::kFloat, out);
+  }
+
+ private:
+  const Quantized4& w_;
+  const float* scales_;
+  const float* code_;
+  int64_t out_, in_;
+};
 
 }  // namespace
 
@@ -172,18 +219,8 @@ void detail::QuantizedLinearState::DequantizeRows(int64_t row_begin, int64_t row
   static thread_local std::vector<float> tile_scales;
   int64_t scale_base = 0;
   if (s.nested) {
-    // The tile's block scales from their 8-bit codes, as BlockScales computes them.
-    const int64_t first = begin / s.blocksize, last = (begin + count - 1) / s.blocksize;
-    float* t = Scratch(&tile_scales, static_cast<size_t>(last - first + 1));
-    const uint8_t* q = s.absmax.data_ptr<uint8_t>();
-    const float* nested_code = s.nested_code.data_ptr<float>();
-    const float* nested = s.nested_absmax.data_ptr<float>();
-    for (int64_t b = first; b <= last; ++b) {
-      const float scale = nested_code[q[b]] * nested[b / s.nested_blocksize];
-      t[b - first] = scale + s.offset;
-    }
-    scales = t;
-    scale_base = first;
+    scale_base = begin / s.blocksize;
+    scales = NestedBlockScales(s, scale_base, (begin + count - 1) / s.blocksize, &tile_scales);
   } else {
     scales = scales_.data_ptr<float>();
   }
@@ -243,6 +280,15 @@ at::Tensor detail::QuantizedLinearState::Matmul(const at::Tensor& x) const {
         at::mm_out(y_cols, x2, w.t());
       }
     }
+    return y.view(out_shape);
+  }
+  if (dtype == at::kFloat) {
+    // Decoding: each weight row decoded a piece at a time next to its dot products, so the packed
+    // weight is read once and nothing larger than a piece is written.
+    RECORD_FUNCTION("llmtrain::quantized_block_matmul", std::vector<c10::IValue>());
+    const Quant4RowDecoder w(weight_, scales_.defined() ? scales_.data_ptr<float>() : nullptr,
+                             code_.data_ptr<float>(), out_, in_);
+    kernels::BlockMatmul(w, x2.data_ptr<float>(), M, y.data_ptr<float>());
     return y.view(out_shape);
   }
   const int64_t tile = TileRows(in_, out_, dtype);

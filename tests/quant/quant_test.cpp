@@ -14,13 +14,17 @@
 #include <random>
 #include <thread>
 
+#include "absl/strings/ascii.h"
 #include "llmtrain/io/safetensors.h"
 #include "llmtrain/io/tensors.h"
+#include "llmtrain/lora/lora.h"
 #include "llmtrain/model/decoder.h"
+#include "llmtrain/quant/gguf_linear.h"
 #include "llmtrain/quant/int8.h"
 #include "llmtrain/quant/quant4.h"
 #include "llmtrain/quant/quantized_linear.h"
 #include "llmtrain/train/autocast.h"
+#include "testing/gguf_blocks.h"
 #include "testing/json_util.h"
 #include "testing/safetensors_util.h"
 #include "testing/reference.h"
@@ -167,11 +171,13 @@ TEST_CASE("quant: QuantizedLinear forward and input gradient equal a dense linea
         CHECK(at::equal(rows, exact));
         // Forward and backward against at::linear on those weights: 21 rows (per-thread tiles)
         // and 64 rows (large tiles: one, or many with a 64 KiB budget).
-        for (const int64_t budget : {int64_t{0}, int64_t{16} << 20, int64_t{64} << 10}) {
-          INFO("rows " << (budget == 0 ? 21 : 64) << ", large-tile budget " << budget);
-          quant::QuantizedLinear::SetLargeTileBytes(budget == 0 ? int64_t{16} << 20 : budget);
-          const at::Tensor x =
-              at::randn({budget == 0 ? 3 : 8, budget == 0 ? 7 : 8, shape.in}).to(dtype).requires_grad_(true);
+        // 1 row and 21 rows (decoded a piece at a time next to the dot products in float32, per-thread
+        // tiles in bfloat16) and 64 rows (large tiles: one, or many with a 64 KiB budget).
+        for (const int64_t budget : {int64_t{-1}, int64_t{0}, int64_t{16} << 20, int64_t{64} << 10}) {
+          const int64_t r0 = budget == -1 ? 1 : budget == 0 ? 3 : 8, r1 = budget == -1 ? 1 : budget == 0 ? 7 : 8;
+          INFO("rows " << r0 * r1 << ", large-tile budget " << budget);
+          quant::QuantizedLinear::SetLargeTileBytes(budget <= 0 ? int64_t{16} << 20 : budget);
+          const at::Tensor x = at::randn({r0, r1, shape.in}).to(dtype).requires_grad_(true);
           const at::Tensor y = layer.Forward(x);
           const at::Tensor x_ref = x.detach().clone().requires_grad_(true);
           const at::Tensor y_ref = at::linear(x_ref, exact, layer.bias());
@@ -197,6 +203,81 @@ TEST_CASE("quant: QuantizedLinear forward and input gradient equal a dense linea
   }
   std::printf("quant: QuantizedLinear on %zu cases: dequantized tiles bit-identical; float32 forward rel err %.2e, "
               "input gradient rel err %.2e (summation order only)\n", n, worst_fwd, worst_bwd);
+}
+
+TEST_CASE("quant: GgufLinear over GGUF blocks equals a dense linear over gguf's dequantization", "[quant]") {
+  struct Case { io::GgmlType type; int64_t out, in; };
+  // The 270M's types; 1,100 × 4,096 takes two 16 MiB GEMM tiles at 32 rows.
+  const Case cases[] = {{io::GgmlType::kQ4_K, 96, 512}, {io::GgmlType::kQ5_0, 70, 640}, {io::GgmlType::kQ6_K, 33, 768},
+                        {io::GgmlType::kQ8_0, 1100, 4096}, {io::GgmlType::kF16, 40, 96}};
+  double worst_fwd = 0, worst_bwd = 0;
+  for (const Case& c : cases) {
+    const std::vector<uint8_t> raw = testing::RandomGgufBlocks(c.type, c.out, c.in, 3);
+    at::Tensor blocks = at::empty({static_cast<int64_t>(raw.size())}, at::kByte);
+    std::memcpy(blocks.data_ptr(), raw.data(), raw.size());
+    const at::Tensor bias = at::randn({c.out});
+    const quant::GgufLinear layer(c.type, blocks, c.out, c.in, bias);
+    at::Tensor dense = at::empty({c.out, c.in}, at::kFloat);
+    REQUIRE(io::Dequantize(c.type, raw, absl::MakeSpan(dense.data_ptr<float>(), dense.numel())).ok());
+    CHECK(at::equal(layer.DenseWeight(at::kFloat), dense));
+    CHECK(layer.StorageBytes() == static_cast<int64_t>(raw.size()));
+    CHECK(model::StoredBytes(layer) == static_cast<int64_t>(raw.size()) + c.out * 4);
+    CHECK(layer.kind() == absl::AsciiStrToLower(io::GgmlTypeName(c.type)));
+    for (const std::vector<int64_t>& shape : {std::vector<int64_t>{1, c.in}, std::vector<int64_t>{3, 5, c.in},
+                                             std::vector<int64_t>{4, 8, c.in}}) {
+      for (const c10::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
+        INFO(io::GgmlTypeName(c.type) << " rows " << at::IntArrayRef(shape) << " dtype " << c10::toString(dtype));
+        const at::Tensor x = at::randn(shape).to(dtype).requires_grad_(true);
+        const at::Tensor y = layer.Forward(x);
+        CHECK(y.scalar_type() == dtype);
+        const at::Tensor x_ref = x.detach().to(at::kDouble).requires_grad_(true);
+        const at::Tensor y_ref = at::linear(x_ref, dense.to(at::kDouble), bias.to(at::kDouble));
+        const at::Tensor g = at::randn(y.sizes());
+        y.backward(g.to(dtype));
+        y_ref.backward(g.to(dtype).to(at::kDouble));
+        // float32 products against float64; bfloat16 adds its rounding of the output and gradient.
+        const double tol = dtype == at::kFloat ? 1e-5 : 1e-2;
+        const double fwd = (y.detach().to(at::kDouble) - y_ref.detach()).abs().max().item<double>() /
+                           y_ref.abs().max().item<double>();
+        const double bwd = (x.grad().to(at::kDouble) - x_ref.grad()).abs().max().item<double>() /
+                           x_ref.grad().abs().max().item<double>();
+        CHECK(fwd <= tol);
+        CHECK(bwd <= tol);
+        if (dtype == at::kFloat) {
+          worst_fwd = std::max(worst_fwd, fwd);
+          worst_bwd = std::max(worst_bwd, bwd);
+        }
+      }
+    }
+  }
+  // The layer reads the blocks' current storage: a moved model (Decoder::MoveTo replaces the
+  // storage under the same tensor) computes from the new memory.
+  {
+    const std::vector<uint8_t> raw = testing::RandomGgufBlocks(io::GgmlType::kQ4_K, 8, 256, 5);
+    at::Tensor blocks = at::empty({static_cast<int64_t>(raw.size())}, at::kByte);
+    std::memcpy(blocks.data_ptr(), raw.data(), raw.size());
+    const quant::GgufLinear layer(io::GgmlType::kQ4_K, blocks, 8, 256);
+    const at::Tensor x = at::randn({2, 256});
+    const at::Tensor before = layer.Forward(x);
+    std::vector<at::Tensor> frozen;
+    layer.AppendFrozen(&frozen);
+    REQUIRE(frozen.size() == 1);
+    frozen[0].set_data(frozen[0].clone());  // new storage; the old one is freed
+    CHECK(at::equal(layer.Forward(x), before));
+    // A DoRA adapter can wrap it (its norms come from the decoded weight).
+    lora::LoraConfig dora;
+    dora.use_dora = true;
+    at::Generator gen = at::detail::createCPUGenerator(1);
+    const lora::LoraLinear wrapped(std::make_shared<quant::GgufLinear>(layer), 4, 8, dora, at::kFloat, &gen);
+    CHECK(wrapped.Forward(x).sizes() == before.sizes());
+  }
+  std::printf("quant: GgufLinear (Q4_K, Q5_0, Q6_K, Q8_0, F16; 1, 15 and 32 rows): float32 forward rel err %.2e, "
+              "input gradient %.2e against float64 over gguf's dequantization\n", worst_fwd, worst_bwd);
+  // Refusals: blocks that do not hold the shape, columns that are not whole blocks.
+  CHECK_THROWS_WITH(quant::GgufLinear(io::GgmlType::kQ8_0, at::zeros({33}, at::kByte), 1, 64),
+                    Catch::Contains("33 bytes do not hold (1, 64) Q8_0 values"));
+  CHECK_THROWS_WITH(quant::GgufLinear(io::GgmlType::kQ4_K, at::zeros({144}, at::kByte), 1, 250),
+                    Catch::Contains("250 columns are not whole Q4_K blocks of 256"));
 }
 
 // Under autocast (train/autocast.h) a float32 input is multiplied in bfloat16, as if given in

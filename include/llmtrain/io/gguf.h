@@ -130,6 +130,14 @@ class GgufFile {
 /// InvalidArgument if the sizes do not agree; Unimplemented for a type CanDequantize rejects.
 absl::Status Dequantize(GgmlType type, absl::Span<const uint8_t> src, absl::Span<float> dst);
 
+/// Decodes `n_blocks` whole blocks of one type from `src` into `n_blocks × block_elems` floats at
+/// `dst`, as Dequantize does (bit-identical to gguf.quants.dequantize), on the calling thread and
+/// without size checks: for hot loops that decode a weight a few blocks at a time
+/// (kernels/block_matmul.h).
+using BlockDecoder = void (*)(const uint8_t* src, float* dst, int64_t n_blocks);
+/// The decoder of `type`, or null for a type CanDequantize rejects.
+BlockDecoder FindBlockDecoder(GgmlType type);
+
 /// Dequantizes one tensor of `file` into `dst` (n_elems floats, row-major).
 absl::Status DequantizeTensor(const GgufFile& file, const GgufTensorInfo& tensor,
                               absl::Span<float> dst);

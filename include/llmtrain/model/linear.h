@@ -18,6 +18,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "llmtrain/io/gguf.h"
 
 namespace llmtrain::model {
 
@@ -46,6 +47,10 @@ class Linear {
   virtual absl::string_view kind() const = 0;
 };
 
+/// Bytes of the tensors `layer` reads in forward (AppendFrozen and AppendTrainable, each tensor
+/// once): what one decoding step reads of it. Packed bytes for packed layers.
+int64_t StoredBytes(const Linear& layer);
+
 /// A plain dense layer over stored tensors (the weight may require grad for full fine-tuning).
 class DenseLinear final : public Linear {
  public:
@@ -73,6 +78,13 @@ struct TensorShare {
   int64_t owned_begin = 0, owned_end = 0;
 };
 
+/// A GGUF weight as the file stores it: its ggml type and the bytes of its blocks (rows × the
+/// row's blocks, row-major, owned).
+struct StoredBlocks {
+  io::GgmlType type = io::GgmlType::kF32;
+  at::Tensor bytes;  ///< uint8 (n_bytes)
+};
+
 /// What a loading decoder offers a LinearFactory for one projection. Tensor names are the
 /// checkpoint's own (HF names for folders, GGUF names for .gguf files).
 struct ProjectionSource {
@@ -91,6 +103,9 @@ struct ProjectionSource {
   /// The dense weight (out, in) in the model dtype, its shape checked against `shape`: what a
   /// DenseLinear holds. Marks the weight as used.
   std::function<absl::StatusOr<at::Tensor>()> dense_weight;
+  /// GGUF files only (null otherwise): the weight's blocks as stored, its shape checked against
+  /// `shape`, for layers that compute from them (quant::GgufLinear). Marks the weight as used.
+  std::function<absl::StatusOr<StoredBlocks>()> stored_blocks;
 
   // Sharded loading (DecoderOptions::plan_layer_shares) calls the factory twice per projection.
   /// First call: make the layer with its frozen tensors in their final shapes and dtypes, reading

@@ -1,9 +1,11 @@
 // A frozen linear layer whose weight is stored 4-bit (NF4/FP4, quant/quant4.h): QLoRA's base.
 //
-// Forward never materializes more than a bounded tile of the weight in 16/32 bits. For a few input
-// rows (generation) each thread dequantizes its own tile of output rows (about 1 MiB) into a
-// reused buffer with a vectorized kernel and multiplies the input by it straight into the output's
-// columns. For many rows (training: at least kLargeRows) a bigger tile (at most LargeTileBytes(),
+// Forward never materializes more than a bounded tile of the weight in 16/32 bits. For a few
+// float32 input rows (generation) each weight row is decoded a piece (1,024 values) at a time into
+// an L1 buffer and dotted with every input row there (kernels::BlockMatmul), so the packed weight is
+// read once. For a few bfloat16/float16 rows each thread dequantizes its own tile of output rows
+// (about 1 MiB) into a reused buffer with a vectorized kernel and multiplies the input by it
+// straight into the output's columns. For many rows (training: at least kLargeRows) a bigger tile (at most LargeTileBytes(),
 // 16 MiB by default) is dequantized on all cores and multiplied by one GEMM on all cores, which
 // runs several times faster than per-thread GEMMs on small tiles. The
 // weight values are code × block scale in float32, rounded straight to the input's dtype, as
