@@ -43,6 +43,7 @@ struct ModelFlags {
   bool load_in_4bit = false;
   quant::QuantType quant_type = quant::QuantType::kNf4;
   std::string adapter;
+  bool packed = false;  ///< --packed: decode from the packed weights (quant::PackedLinearFactory)
   /// Consumes args[*i] (and its value) if it is one of these options; sets *error on a bad value.
   bool Parse(const std::string& option, const std::vector<std::string>& args, size_t* i, std::string* error);
   absl::StatusOr<std::unique_ptr<model::Decoder>> Load(const std::string& path, Dtype dtype) const;
@@ -58,7 +59,9 @@ absl::StatusOr<data::ImageOptions> ModelImageOptions(const std::string& model_pa
 inline constexpr char kModelFlagsHelp[] =
     "  --load-in-4bit: quantize the projections to 4 bits as they load (QLoRA's frozen base);\n"
     "    --quant-type nf4|fp4 (default nf4), blocks of 64 with double quantization.\n"
-    "  --adapter DIR: apply a PEFT LoRA adapter (adapter_config.json + adapter_model.safetensors).\n";
+    "  --adapter DIR: apply a PEFT LoRA adapter (adapter_config.json + adapter_model.safetensors).\n"
+    "  --packed: compute from the packed weights: a GGUF's blocks as stored (its head too), the\n"
+    "    4-bit base with --load-in-4bit. CPU only (docs/decoding.md).\n";
 
 /// Prints "llmtrain <command>: <message>" to stderr and returns `code`.
 int Fail(const std::string& command, const std::string& message, int code = 1);

@@ -1,6 +1,6 @@
 // llmtrain generate --model PATH (--prompt TEXT | --input-ids JSON) [--chat] [--max-new-tokens N]
 //                   [--temperature T] [--top-k K] [--top-p P] [--repetition-penalty R]
-//                   [--seed S] [--json] [--tokenizer PATH] [--image FILE]
+//                   [--seed S] [--json] [--tokenizer PATH] [--image FILE] [--packed] [--kv-cache DTYPE]
 // Streams the new tokens as they are produced; --json prints {"ids": [...], "text": "..."}.
 #include <ATen/ATen.h>
 
@@ -29,12 +29,15 @@ constexpr char kHelp[] =
     "usage: llmtrain generate --model PATH (--prompt TEXT | --input-ids JSON) [--chat]\n"
     "                         [--max-new-tokens 32] [--temperature 0] [--top-k 0] [--top-p 1]\n"
     "                         [--repetition-penalty 1] [--seed 0] [--dtype f32] [--json]\n"
-    "                         [--load-in-4bit] [--adapter DIR] [--tokenizer PATH] [--image FILE]\n"
+    "                         [--load-in-4bit] [--packed] [--kv-cache f32|bf16|f16] [--adapter DIR]\n"
+    "                         [--tokenizer PATH] [--image FILE]\n"
     "  --prompt: text, tokenized by the model's tokenizer (BOS added where the model wants it);\n"
     "  --chat wraps it as one user turn of the family's chat template, with the generation prompt.\n"
     "  --input-ids: a JSON array of prompt token ids, e.g. [2, 818, 5279].\n"
     "  --temperature 0 is greedy. Stops at the model's end tokens or after --max-new-tokens.\n"
     "  --json prints {\"ids\": [new ids], \"text\": \"...\"} instead of streaming.\n"
+    "  --kv-cache: the dtype keys and values are kept in (default: the model's); bf16 halves the\n"
+    "  cache and rounds them (docs/decoding.md gives the effect on the 270M's logits).\n"
     "  --tokenizer PATH: a GGUF or a folder with tokenizer.json, when the model's own has none (as\n"
     "  a run spec's model.tokenizer; e.g. a `llmtrain make-vlm` folder with the 270M GGUF's).\n"
     "  --image FILE (repeatable, with --chat): an image+text model sees the images before the text\n"
@@ -96,6 +99,12 @@ int RunGenerate(const std::vector<std::string>& args) {
       ok = absl::SimpleAtod(v, &options.repetition_penalty);
     } else if (a == "--seed") {
       ok = absl::SimpleAtoi(v, &options.seed);
+    } else if (a == "--kv-cache") {
+      if (v == "f32" || v == "bf16" || v == "f16") {
+        options.kv_cache_dtype = v == "f32" ? at::kFloat : v == "bf16" ? at::kBFloat16 : at::kHalf;
+      } else {
+        return Fail("generate", absl::StrCat("--kv-cache: \"", v, "\" is not f32, bf16 or f16"), 2);
+      }
     } else if (a == "--dtype") {
       auto parsed = DtypeFromUserName(v);
       if (!parsed.ok()) return Fail("generate", std::string(parsed.status().message()), 2);

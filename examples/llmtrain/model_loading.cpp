@@ -5,6 +5,7 @@
 #include "llmtrain/core/status.h"
 #include "llmtrain/data/image.h"
 #include "llmtrain/lora/lora.h"
+#include "llmtrain/quant/gguf_linear.h"
 #include "llmtrain/quant/quantized_linear.h"
 
 namespace llmtrain::cli {
@@ -13,6 +14,10 @@ bool ModelFlags::Parse(const std::string& option, const std::vector<std::string>
                        std::string* error) {
   if (option == "--load-in-4bit") {
     load_in_4bit = true;
+    return true;
+  }
+  if (option == "--packed") {
+    packed = true;
     return true;
   }
   if (option != "--adapter" && option != "--quant-type") return false;
@@ -43,7 +48,9 @@ absl::StatusOr<std::unique_ptr<model::Decoder>> ModelFlags::Load(const std::stri
     quantize->blocksize = 64;
     quantize->double_quant = true;
   }
-  options.linear_factory = quant::QuantizedLinearFactory(quantize);
+  options.linear_factory = packed ? quant::PackedLinearFactory(quantize) : quant::QuantizedLinearFactory(quantize);
+  // A GGUF head in blocks is read from them; a 4-bit base keeps QLoRA's dense head.
+  options.head_through_factory = packed && !load_in_4bit;
   auto model = model::Decoder::Load(path, options);
   if (!model.ok()) return model.status();
   if (!adapter.empty()) {

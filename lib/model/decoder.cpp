@@ -84,6 +84,10 @@ absl::Status Validate(const DecoderOptions& options) {
     return absl::InvalidArgumentError(absl::StrCat("DecoderOptions.dtype: expected f32, bf16 or f16, found ",
                                                    SafetensorsName(options.dtype)));
   }
+  if (options.head_through_factory && options.plan_layer_shares) {
+    return absl::InvalidArgumentError("DecoderOptions.head_through_factory: not with plan_layer_shares (a sharded "
+                                      "load keeps the head dense)");
+  }
   return absl::OkStatus();
 }
 
@@ -353,16 +357,21 @@ at::Tensor DecoderState::Attention(const LayerWeights& l, int64_t index, const a
   q = kernels::ApplyRope(q, cos, sin);
   k = kernels::ApplyRope(k, cos, sin);
   if (cache != nullptr) {  // keys and values of the tokens so far: (B, K, kept + T, D)
+    // Stored in the cache's dtype (bfloat16 halves it); attention reads them back widened.
+    const c10::ScalarType stored = cache->dtype.value_or(q.scalar_type());
+    at::Tensor k_all = k.to(stored), v_all = v.to(stored);
     if (cache->k[index].defined()) {
-      k = at::cat({cache->k[index], k}, 2);
-      v = at::cat({cache->v[index], v}, 2);
+      k_all = at::cat({cache->k[index], k_all}, 2);
+      v_all = at::cat({cache->v[index], v_all}, 2);
     }
     // A sliding layer keeps only the last W − 1 keys: no later query can see further back (what
     // transformers' sliding-window cache keeps). Full layers keep everything.
-    const int64_t keep = spec.sliding[index] && spec.window > 0 ? spec.window - 1 : k.size(2);
-    const int64_t drop = std::max<int64_t>(0, k.size(2) - keep);
-    cache->k[index] = k.slice(2, drop);
-    cache->v[index] = v.slice(2, drop);
+    const int64_t keep = spec.sliding[index] && spec.window > 0 ? spec.window - 1 : k_all.size(2);
+    const int64_t drop = std::max<int64_t>(0, k_all.size(2) - keep);
+    cache->k[index] = k_all.slice(2, drop);
+    cache->v[index] = v_all.slice(2, drop);
+    k = k_all.to(q.scalar_type());
+    v = v_all.to(q.scalar_type());
   }
   const int64_t S = k.size(2);  // keys
   at::Tensor o;
@@ -421,6 +430,7 @@ absl::StatusOr<std::unique_ptr<Decoder>> Decoder::Load(absl::string_view path, c
 
 const std::vector<int64_t>& Decoder::eos_token_ids() const { return state_->eos_token_ids; }
 const at::Tensor& Decoder::lm_head() const { return state_->lm_head; }
+std::shared_ptr<Linear> Decoder::head_layer() const { return state_->head; }
 c10::Device Decoder::device() const { return state_->embed.device(); }
 
 absl::Status Decoder::MoveTo(c10::Device device) {
@@ -446,6 +456,7 @@ absl::Status Decoder::MoveTo(c10::Device device) {
   }
   detail::DecoderState& s = *state_;
   std::vector<at::Tensor> all = {s.embed, s.final_norm, s.lm_head};
+  if (s.head != nullptr) s.head->AppendFrozen(&all);
   for (const at::Tensor& t : s.VisionTensors()) all.push_back(t);
   all.insert(all.end(), s.inv_freq.begin(), s.inv_freq.end());
   for (const auto& [name, t] : s.params) all.push_back(t);
@@ -480,6 +491,10 @@ std::vector<at::Tensor> Decoder::LayerFrozenTensors(int64_t index) const {
 }
 
 namespace detail {
+at::Tensor DecoderState::Logits(const at::Tensor& hidden) const {
+  return head != nullptr ? head->Forward(hidden) : at::linear(hidden, lm_head);
+}
+
 std::vector<at::Tensor> DecoderState::LayerFrozen(int64_t index) const {
   const LayerWeights& l = layers[static_cast<size_t>(index)];
   std::vector<at::Tensor> out;
@@ -507,8 +522,7 @@ absl::Status Decoder::CheckInputs(const at::Tensor& input_ids, const at::Tensor&
 
 at::Tensor Decoder::Forward(const at::Tensor& input_ids, const at::Tensor& attention_mask,
                             const at::Tensor& position_ids, const ImageInputs& images) const {
-  at::Tensor logits = at::linear(state_->Hidden(input_ids, attention_mask, position_ids, nullptr, nullptr, &images),
-                                 state_->lm_head);
+  at::Tensor logits = state_->Logits(state_->Hidden(input_ids, attention_mask, position_ids, nullptr, nullptr, &images));
   const FamilySpec& spec = state_->spec;
   if (spec.final_softcap) logits = at::tanh(logits / *spec.final_softcap) * *spec.final_softcap;
   return logits;
@@ -517,8 +531,7 @@ at::Tensor Decoder::Forward(const at::Tensor& input_ids, const at::Tensor& atten
 at::Tensor Decoder::Forward(const at::Tensor& input_ids, const at::Tensor& attention_mask, KvCache* cache,
                             const ImageInputs& images) const {
   TORCH_CHECK(cache != nullptr, "Forward: cache is null");
-  at::Tensor logits =
-      at::linear(state_->Hidden(input_ids, attention_mask, {}, cache, nullptr, &images), state_->lm_head);
+  at::Tensor logits = state_->Logits(state_->Hidden(input_ids, attention_mask, {}, cache, nullptr, &images));
   const FamilySpec& spec = state_->spec;
   if (spec.final_softcap) logits = at::tanh(logits / *spec.final_softcap) * *spec.final_softcap;
   return logits;
@@ -528,7 +541,7 @@ at::Tensor Decoder::LastLogits(const at::Tensor& input_ids, const at::Tensor& at
                                const ImageInputs& images) const {
   TORCH_CHECK(cache != nullptr, "LastLogits: cache is null");
   const at::Tensor hidden = state_->Hidden(input_ids, attention_mask, {}, cache, nullptr, &images);
-  at::Tensor logits = at::linear(hidden.select(1, hidden.size(1) - 1), state_->lm_head);  // (B, V)
+  at::Tensor logits = state_->Logits(hidden.select(1, hidden.size(1) - 1));  // (B, V)
   const FamilySpec& spec = state_->spec;
   if (spec.final_softcap) logits = at::tanh(logits / *spec.final_softcap) * *spec.final_softcap;
   return logits;
@@ -547,8 +560,7 @@ int64_t Decoder::image_size() const { return state_->vision ? state_->vision->co
 
 at::Tensor Decoder::Forward(const at::Tensor& input_ids, const at::Tensor& attention_mask,
                             const at::Tensor& position_ids) const {
-  at::Tensor logits = at::linear(state_->Hidden(input_ids, attention_mask, position_ids, nullptr, nullptr),
-                                 state_->lm_head);
+  at::Tensor logits = state_->Logits(state_->Hidden(input_ids, attention_mask, position_ids, nullptr, nullptr));
   const FamilySpec& spec = state_->spec;
   if (spec.final_softcap) logits = at::tanh(logits / *spec.final_softcap) * *spec.final_softcap;
   return logits;  // (B, T, V)
@@ -556,7 +568,7 @@ at::Tensor Decoder::Forward(const at::Tensor& input_ids, const at::Tensor& atten
 
 at::Tensor Decoder::Forward(const at::Tensor& input_ids, const at::Tensor& attention_mask, KvCache* cache) const {
   TORCH_CHECK(cache != nullptr, "Forward: cache is null");
-  at::Tensor logits = at::linear(state_->Hidden(input_ids, attention_mask, {}, cache, nullptr), state_->lm_head);
+  at::Tensor logits = state_->Logits(state_->Hidden(input_ids, attention_mask, {}, cache, nullptr));
   const FamilySpec& spec = state_->spec;
   if (spec.final_softcap) logits = at::tanh(logits / *spec.final_softcap) * *spec.final_softcap;
   return logits;

@@ -80,6 +80,7 @@ struct DecoderState : std::enable_shared_from_this<DecoderState> {
   at::Tensor embed;       // (V, C)
   at::Tensor final_norm;  // (C)
   at::Tensor lm_head;     // (V, C); the embedding when tied
+  std::shared_ptr<Linear> head;  // DecoderOptions::head_through_factory's head, or null (lm_head)
   std::vector<LayerWeights> layers;
   std::unique_ptr<VisionState> vision;  // image+text models only
   // HF module name → where the projection lives, in LinearNames() order.
@@ -92,6 +93,8 @@ struct DecoderState : std::enable_shared_from_this<DecoderState> {
   /// The final-normed hidden states (B, T, C); extends `cache` when given. `images` may be null.
   at::Tensor Hidden(const at::Tensor& input_ids, const at::Tensor& attention_mask, const at::Tensor& position_ids,
                     KvCache* cache, const Probe* probe, const ImageInputs* images = nullptr) const;
+  /// Logits (…, V) of final-normed hidden states (…, C): through `head` when there is one.
+  at::Tensor Logits(const at::Tensor& hidden) const;
   /// The projected image features (N, tokens_per_image, C) (vision.cpp).
   at::Tensor ImageFeatures(const at::Tensor& pixel_values) const;
   /// Vision layer `index`: (N, P, Cv) → (N, P, Cv) (vision.cpp).

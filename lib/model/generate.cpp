@@ -66,6 +66,10 @@ absl::Status Validate(const GenerationOptions& o) {
     return absl::InvalidArgumentError(
         absl::StrCat("repetition_penalty: expected > 0, found ", o.repetition_penalty));
   }
+  if (o.kv_cache_dtype && *o.kv_cache_dtype != at::kFloat && *o.kv_cache_dtype != at::kBFloat16 &&
+      *o.kv_cache_dtype != at::kHalf) {
+    return absl::InvalidArgumentError("kv_cache_dtype: expected float32, bfloat16 or float16");
+  }
   return absl::OkStatus();
 }
 
@@ -85,6 +89,7 @@ absl::StatusOr<std::vector<int64_t>> Generate(const Decoder& model, const std::v
   at::NoGradGuard no_grad;
   std::mt19937_64 rng(options.seed);
   KvCache cache;
+  cache.dtype = options.kv_cache_dtype;
   std::vector<int64_t> history = prompt, output;
   try {
     // Prefill with the whole prompt, then one token per step.
@@ -156,6 +161,7 @@ absl::StatusOr<std::vector<std::vector<int64_t>>> GenerateBatch(const Decoder& m
   std::vector<int64_t> live(static_cast<size_t>(B));  // the prompt index of each row still in the batch
   for (int64_t r = 0; r < B; ++r) live[static_cast<size_t>(r)] = r;
   KvCache cache;
+  cache.dtype = options.kv_cache_dtype;
   try {
     at::NoGradGuard no_grad;
     const at::Tensor prompt_ids = at::tensor(ids, at::kLong).view({B, T}).to(model.device());

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstring>
 #include <map>
 #include <optional>
 #ifdef __GLIBC__
@@ -41,6 +42,8 @@ struct TensorSource {
   std::function<absl::StatusOr<at::Tensor>(const std::string& name, c10::ScalarType dtype, int64_t row_begin,
                                            int64_t row_end)>
       load_rows;
+  /// GGUF: the tensor's blocks as stored (null for other sources).
+  std::function<absl::StatusOr<StoredBlocks>(const std::string& name)> load_blocks;
 };
 
 int LinearSlot(Role role) {
@@ -160,8 +163,8 @@ absl::Status BuildFromTensors(const TensorSource& source, bool from_gguf, const 
       }
     }
   }
-  // A tensor with a role, shape-checked, as an owned tensor in the model dtype (not yet listed).
-  const auto load_value = [&](const std::string& name, Role role) -> absl::StatusOr<at::Tensor> {
+  // That the source holds tensor `name` in the shape its role needs; marks it used.
+  const auto take_checked = [&](const std::string& name, Role role) -> absl::Status {
     const auto it = source.shapes.find(name);
     if (it == source.shapes.end()) return absl::NotFoundError(absl::StrCat(where, ": missing tensor \"", name, "\""));
     const std::vector<int64_t> want = WeightShape(role, c);
@@ -171,6 +174,11 @@ absl::Status BuildFromTensors(const TensorSource& source, bool from_gguf, const 
                                                      ShapeString(want)));
     }
     used[name] = true;
+    return absl::OkStatus();
+  };
+  // A tensor with a role, shape-checked, as an owned tensor in the model dtype (not yet listed).
+  const auto load_value = [&](const std::string& name, Role role) -> absl::StatusOr<at::Tensor> {
+    LLMTRAIN_RETURN_IF_ERROR(take_checked(name, role));
     // Views of a mapped file are copied (they stay read-only); a fresh tensor is kept as it is, so
     // loading never holds two copies of a weight.
     const bool shift = from_gguf && IsNormRole(role) && spec.gguf_norm_offset != 0.0;
@@ -188,6 +196,12 @@ absl::Status BuildFromTensors(const TensorSource& source, bool from_gguf, const 
     value = value.contiguous();
     value.set_requires_grad(state->options.requires_grad);
     return value;
+  };
+  // A GGUF weight's blocks as stored, shape-checked (its values are not adjusted, so a norm's
+  // 1 + w offset would stay: only projections and the head come here).
+  const auto load_blocks = [&](const std::string& name, Role role) -> absl::StatusOr<StoredBlocks> {
+    LLMTRAIN_RETURN_IF_ERROR(take_checked(name, role));
+    return source.load_blocks(name);
   };
   // The same, listed in named_parameters() by HF name whatever the file called it (GGUF
   // "blk.0.attn_q.weight" and HF "model.layers.0.self_attn.q_proj.weight" share a row).
@@ -278,6 +292,9 @@ absl::Status BuildFromTensors(const TensorSource& source, bool from_gguf, const 
       return source.loads_owned ? t : t.clone();
     };
     p.dense_weight = [&, weight_key = p.weight_key, role = row.role]() { return load_value(weight_key, role); };
+    if (source.load_blocks) p.stored_blocks = [&, weight_key = p.weight_key, role = row.role]() {
+      return load_blocks(weight_key, role);
+    };
     p.dense_elements = [&, weight_key = p.weight_key, shape = p.shape](int64_t begin,
                                                                         int64_t end) -> absl::StatusOr<at::Tensor> {
       const auto it = source.shapes.find(weight_key);
@@ -528,6 +545,35 @@ absl::Status BuildFromTensors(const TensorSource& source, bool from_gguf, const 
     if (row.role == Role::kLmHead) state->lm_head = t;
   }
   if (spec.tied_embeddings) state->lm_head = state->embed;
+  if (state->options.head_through_factory) {
+    // The head as one more projection: the factory may keep it packed (GGUF blocks, 4-bit).
+    std::string head_key;
+    for (const WeightName& row : spec.weights) {
+      if (row.role == (spec.tied_embeddings ? Role::kEmbed : Role::kLmHead)) head_key = from_gguf ? row.gguf : row.hf;
+    }
+    ProjectionSource p;
+    p.module = "lm_head";
+    p.weight_key = head_key;
+    p.shape = WeightShape(Role::kLmHead, c);
+    p.dtype = dtype;
+    p.from_gguf = from_gguf;
+    p.has = [&](const std::string& key) { return source.shapes.count(key) != 0; };
+    p.load = [&](const std::string& key, c10::ScalarType as) -> absl::StatusOr<at::Tensor> {
+      if (source.shapes.count(key) == 0) return absl::NotFoundError(absl::StrCat("missing tensor \"", key, "\""));
+      LLMTRAIN_ASSIGN_OR_RETURN(at::Tensor t, source.load(key, as));
+      return source.loads_owned ? t : t.clone();
+    };
+    p.dense_weight = [&]() -> absl::StatusOr<at::Tensor> { return state->lm_head; };
+    if (source.load_blocks) {
+      p.stored_blocks = [&]() { return load_blocks(head_key, Role::kLmHead); };
+    }
+    LLMTRAIN_ASSIGN_OR_RETURN(std::shared_ptr<Linear> head, factory(p));
+    if (head == nullptr || head->in_features() != c.hidden_size || head->out_features() != c.vocab_size) {
+      return absl::InternalError(absl::StrCat(where, ": the linear factory made no (", c.vocab_size, ", ",
+                                              c.hidden_size, ") layer for the head"));
+    }
+    if (head->kind() != "dense") state->head = std::move(head);
+  }
   // linear_names in LinearNames() order: layer by layer, q, k, v, o, gate, up, down.
   std::stable_sort(state->linear_names.begin(), state->linear_names.end(),
                    [](const auto& a, const auto& b) { return a.second < b.second; });
@@ -581,6 +627,15 @@ absl::StatusOr<std::shared_ptr<DecoderState>> LoadDecoderState(absl::string_view
       source.load_rows = [&gguf](const std::string& name, c10::ScalarType dtype, int64_t row_begin,
                                  int64_t row_end) {
         return io::LoadGgufRows(*gguf, *gguf->FindTensor(name), row_begin, row_end, dtype);
+      };
+      source.load_blocks = [&gguf](const std::string& name) -> absl::StatusOr<StoredBlocks> {
+        const io::GgufTensorInfo& t = *gguf->FindTensor(name);
+        const absl::Span<const uint8_t> data = gguf->Data(t);
+        StoredBlocks blocks;
+        blocks.type = t.type;
+        blocks.bytes = at::empty({static_cast<int64_t>(data.size())}, at::kByte);
+        std::memcpy(blocks.bytes.data_ptr(), data.data(), data.size());
+        return blocks;
       };
     } else {
       if (!IsDirectory(path)) {

@@ -47,6 +47,12 @@ struct DecoderOptions {
   /// the dense weights never coexist, and folders saved in bitsandbytes' 4-bit format load as
   /// they are. Embedding, norms and head stay in `dtype`.
   LinearFactory linear_factory;
+  /// The LM head is made by linear_factory too (module "lm_head", weight the embedding's when
+  /// tied), so logits come from the layer it makes: a packed head (quant::PackedLinearFactory)
+  /// reads its blocks instead of the float head, the largest read of a small model's decoding
+  /// step. The embedding lookup keeps the dense table; training's loss (Decoder::lm_head) too.
+  /// Not with plan_layer_shares.
+  bool head_through_factory = false;
   /// Called during Load as soon as each decoder layer is built (layers in order, the embedding
   /// before them), with the layer's frozen tensors (see LayerFrozenTensors). A sharded engine
   /// keeps its share of them and frees the rest before the next layer loads, so no process holds
@@ -87,6 +93,9 @@ struct KvCache {
   /// W − 1 keys and values (no later query can see further back)
   std::vector<at::Tensor> k, v;
   at::Tensor mask;               ///< (B, past) int64: 1 = token, 0 = padding
+  /// The dtype k and v are stored in: float32 (the model's own dtype when undefined), or bfloat16
+  /// to halve the cache's memory and reads; attention widens them back to the query's dtype.
+  std::optional<c10::ScalarType> dtype;
   at::Tensor next_position;      ///< (B) int64: the position the next token gets
   int64_t length() const { return mask.defined() ? mask.size(1) : 0; }
 };
@@ -171,6 +180,9 @@ class Decoder {
                                                   const at::Tensor& position_ids = {}) const;
   /// The LM head (V, C): the embedding when tied.
   const at::Tensor& lm_head() const;
+  /// The head layer DecoderOptions::head_through_factory made, which Forward's logits come from,
+  /// or null when they come from lm_head().
+  std::shared_ptr<Linear> head_layer() const;
   /// The device the model computes on (its embedding's): inputs must be there too.
   c10::Device device() const;
   /// Moves every tensor the model holds (embedding, norms, head, RoPE tables, each projection's

@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -24,6 +25,9 @@ struct GenerationOptions {
   double top_p = 1.0;              ///< keep the smallest set whose probability reaches top_p
   double repetition_penalty = 1.0; ///< CTRL penalty on tokens already in prompt or output
   uint64_t seed = 0;               ///< sampling seed (same seed, same tokens)
+  /// The KV cache's storage dtype (KvCache::dtype): unset = the model's; bfloat16 halves the
+  /// cache's memory and reads, rounding keys and values (docs/decoding.md gives the effect).
+  std::optional<c10::ScalarType> kv_cache_dtype;
   /// End tokens; empty = the model's eos_token_ids(). Generation stops after emitting one (it is
   /// included in the output, as transformers does).
   std::vector<int64_t> eos_token_ids;

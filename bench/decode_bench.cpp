@@ -1,0 +1,187 @@
+// decode_bench: greedy decoding of the real Gemma 3 270M GGUF from its packed weights against our
+// float32 path and transformers, in one run on the same threads: tokens/s and the weight bytes a
+// step reads.
+//   float32   the file dequantized to float32 (the default load): 1.07 GB of weights per token
+//   packed    quant::PackedLinearFactory: the file's Q4_K/Q5_0/Q6_K/Q8_0 blocks, the Q8_0 head,
+//             (llmtrain generate --packed)
+//   nf4       the QLoRA base: projections quantized to NF4 as they load, a float32 head
+//             (llmtrain generate --load-in-4bit --packed)
+//   packed x8 8 prompts decoded together (tokens/s of all rows)
+//   packed bf16  packed with a bfloat16 KV cache (--kv-cache bf16)
+//   reference transformers on the same GGUF, float32 (bench/model_bench_ref.py's decode)
+// Each round times every side once, in turn, so the machine's drift hits all alike; medians are
+// compared. llama.cpp is not compared: llama-cpp-python is not installed here (docs/benchmarks.md).
+//
+//   build/bin/decode_bench [--decode=32] [--rounds=5] [--trace=FILE]
+//
+// --trace writes a Chrome trace (ATen ops, our kernels' RECORD_FUNCTION ranges) of the packed side
+// decoding 8 tokens, to see where a step's time goes.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/grad_mode.h>
+#include <torch/csrc/autograd/profiler_legacy.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "llmtrain/core/threads.h"
+#include "llmtrain/model/decoder.h"
+#include "llmtrain/model/generate.h"
+#include "llmtrain/quant/gguf_linear.h"
+#include "llmtrain/quant/quantized_linear.h"
+#include "nlohmann/json.hpp"
+#include "reference_process.h"
+
+namespace {
+
+using namespace llmtrain;
+using Clock = std::chrono::steady_clock;
+
+double Seconds(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
+
+// Weight bytes one decoding step reads: every projection's stored bytes and the head's (the
+// embedding lookup reads one row per token and is left out).
+double WeightBytesPerToken(const model::Decoder& m) {
+  double bytes = 0;
+  for (const std::string& name : m.LinearNames()) bytes += static_cast<double>(model::StoredBytes(*m.linear(name)));
+  bytes += m.head_layer() != nullptr ? static_cast<double>(model::StoredBytes(*m.head_layer()))
+                                     : static_cast<double>(m.lm_head().nbytes());
+  return bytes;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int64_t decode = 32, rounds = 5;
+  std::string trace;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strncmp(argv[i], "--trace=", 8) == 0) trace = argv[i] + 8;
+    if (std::strncmp(argv[i], "--decode=", 9) == 0) decode = std::max<int64_t>(1, std::atoll(argv[i] + 9));
+    if (std::strncmp(argv[i], "--rounds=", 9) == 0) rounds = std::max<int64_t>(1, std::atoll(argv[i] + 9));
+  }
+  const int threads = NumThreads();
+  at::set_num_threads(threads);
+  const std::string gguf = std::string(LLMTRAIN_SOURCE_DIR) + "/.venv/models/gemma-3-270m-q4_k_m.gguf";
+  bench::ReferenceProcess reference;
+  const bool ref_started = reference.Start({LLMTRAIN_PYTHON, std::string(LLMTRAIN_SOURCE_DIR) + "/bench/model_bench_ref.py",
+                                            gguf, "16", std::to_string(threads)});
+
+  struct Side {
+    std::string name;
+    std::unique_ptr<model::Decoder> model;
+    int64_t batch = 1;
+    std::optional<c10::ScalarType> cache;
+    std::vector<double> tps;
+  };
+  std::vector<Side> sides;
+  const auto load = [&](const std::string& name, model::DecoderOptions options, int64_t batch,
+                        std::optional<c10::ScalarType> cache) {
+    auto m = model::Decoder::Load(gguf, options);
+    if (!m.ok()) {
+      std::fprintf(stderr, "%s: %s\n", name.c_str(), std::string(m.status().message()).c_str());
+      std::exit(1);
+    }
+    sides.push_back({name, *std::move(m), batch, cache, {}});
+  };
+  load("float32", {}, 1, std::nullopt);
+  model::DecoderOptions packed;
+  packed.linear_factory = quant::PackedLinearFactory(std::nullopt);
+  packed.head_through_factory = true;
+  load("packed", packed, 1, std::nullopt);
+  model::DecoderOptions nf4;
+  nf4.linear_factory = quant::PackedLinearFactory(quant::Quant4Options{quant::QuantType::kNf4, 64, true});
+  load("nf4", nf4, 1, std::nullopt);
+  sides.push_back({"packed x8", nullptr, 8, std::nullopt, {}});  // the packed model, 8 rows
+  sides.push_back({"packed bf16", nullptr, 1, at::kBFloat16, {}});  // with a bfloat16 KV cache
+  const model::Decoder& packed_model = *sides[1].model;
+
+  at::manual_seed(0);
+  const int64_t vocab = sides[0].model->config().text.vocab_size;
+  std::vector<std::vector<int64_t>> prompts;
+  for (int r = 0; r < 8; ++r) {
+    const at::Tensor ids = at::randint(0, vocab, {16}, at::kLong);
+    prompts.emplace_back(ids.data_ptr<int64_t>(), ids.data_ptr<int64_t>() + 16);
+  }
+  const auto run = [&](Side& side, int64_t n) {
+    const model::Decoder& m = side.model != nullptr ? *side.model : packed_model;
+    model::GenerationOptions options;
+    options.max_new_tokens = n;
+    options.eos_token_ids = {-1};  // exactly n tokens
+    options.kv_cache_dtype = side.cache;
+    const auto start = Clock::now();
+    int64_t tokens = 0;
+    if (side.batch == 1) {
+      auto out = model::Generate(m, prompts[0], options);
+      tokens = out.ok() ? static_cast<int64_t>(out->size()) : 0;
+    } else {
+      auto out = model::GenerateBatch(m, std::vector<std::vector<int64_t>>(prompts.begin(), prompts.begin() + side.batch),
+                                      options);
+      if (out.ok()) for (const auto& row : *out) tokens += static_cast<int64_t>(row.size());
+    }
+    return tokens / Seconds(start);
+  };
+  for (Side& side : sides) run(side, 4);  // warm-up
+  if (std::getenv("DECODE_BREAKDOWN") != nullptr) {  // one step's products, layer by layer
+    at::NoGradGuard no_grad;
+    for (int side : {0, 1, 2}) {
+      const model::Decoder& m = *sides[side].model;
+      double total = 0;
+      for (const std::string& name : m.LinearNames()) {
+        const auto layer = m.linear(name);
+        const at::Tensor x = at::randn({1, 1, layer->in_features()});
+        layer->Forward(x);
+        const auto start = Clock::now();
+        for (int k = 0; k < 10; ++k) layer->Forward(x);
+        total += Seconds(start) / 10;
+      }
+      const at::Tensor h = at::randn({1, m.config().text.hidden_size});
+      double head = 0;
+      {
+        const auto start = Clock::now();
+        for (int k = 0; k < 10; ++k) {
+          if (m.head_layer() != nullptr) m.head_layer()->Forward(h); else at::linear(h, m.lm_head());
+        }
+        head = Seconds(start) / 10;
+      }
+      std::printf("breakdown %-8s projections %.2f ms  head %.2f ms\n", sides[side].name.c_str(), total * 1e3, head * 1e3);
+    }
+  }
+  if (!trace.empty()) {
+    torch::autograd::profiler::RecordProfile profile(trace);
+    run(sides[std::getenv("TRACE_SIDE") ? std::atoi(std::getenv("TRACE_SIDE")) : 1], 8);
+  }
+
+  const nlohmann::json ready = ref_started ? reference.Ask("") : nlohmann::json();
+  const bool have_ref = ready.is_object() && ready.value("ready", false);
+  if (!have_ref) std::printf("reference (transformers) failed to start: %s\n", ready.dump().c_str());
+  std::vector<double> ref_tps;
+  for (int64_t round = 0; round < rounds; ++round) {
+    for (Side& side : sides) side.tps.push_back(run(side, decode));
+    if (have_ref) {
+      const nlohmann::json r = reference.Ask(absl::StrCat("decode ", decode));
+      ref_tps.push_back(r.value("n", 0) / std::max(1e-9, r.value("s", 1.0)));
+    }
+  }
+
+  std::printf("gemma3 270M GGUF (Q4_K_M), greedy decode of %lld tokens after a 16-token prompt, median of %lld "
+              "alternating rounds\n", static_cast<long long>(decode), static_cast<long long>(rounds));
+  std::printf("threads: ours %d (at::get_num_threads()), reference %d (torch.get_num_threads())\n",
+              at::get_num_threads(), ready.value("torch_threads", 0));
+  const double f32 = bench::Median(sides[0].tps);
+  const double ref = bench::Median(ref_tps);
+  for (const Side& side : sides) {
+    const model::Decoder& m = side.model != nullptr ? *side.model : packed_model;
+    const double tps = bench::Median(side.tps);
+    std::printf("%-10s %7.1f tok/s  weights read per step %7.1f MB  vs float32 %.2fx", side.name.c_str(), tps,
+                WeightBytesPerToken(m) / 1e6, tps / f32);
+    if (have_ref) std::printf("  vs transformers %.2fx", tps / ref);
+    std::printf("\n");
+  }
+  if (have_ref) std::printf("reference  %7.1f tok/s  (transformers float32, eager attention)\n", ref);
+  std::printf("llama.cpp: not run (llama-cpp-python is not installed; docs/benchmarks.md)\n");
+  return 0;
+}
