@@ -1,6 +1,7 @@
 // llmtrain export --model PATH [--adapter DIR] [--load-in-4bit] --output OUT.gguf
-//                 [--type f32|f16|bf16|q8_0|q4_0] [--vocab FILE.gguf] [--name NAME]
-// A model, with its adapter merged, as a GGUF for llama.cpp and Ollama (serve/export.h).
+//                 [--type f32|f16|bf16|q8_0|q4_0] [--vocab FILE.gguf] [--name NAME] [--adapter-only]
+// A model, with its adapter merged, as a GGUF for llama.cpp and Ollama, or the adapter alone as a
+// LoRA GGUF for llama.cpp's --lora (serve/export.h).
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -23,18 +24,22 @@ namespace {
 constexpr char kHelp[] =
     "usage: llmtrain export --model PATH --output OUT.gguf [--type f32|f16|bf16|q8_0|q4_0]\n"
     "                       [--adapter DIR] [--load-in-4bit] [--vocab FILE.gguf] [--name NAME]\n"
+    "                       [--adapter-only]\n"
     "  Writes the model, with the adapter merged, as a GGUF that llama.cpp, Ollama and\n"
     "  transformers (gguf_file=) load: llama.cpp's architecture keys and tensor names, the\n"
     "  vocabulary and chat template. --type (default f16): the 2-D weights' type; q8_0 and q4_0\n"
     "  round as gguf.quants.quantize; norms and biases stay f32.\n"
     "  The vocabulary: --vocab's (a GGUF), else the model's own GGUF's, else the model folder's\n"
     "  tokenizer.json (byte-level BPE: Qwen).\n"
-    "  --load-in-4bit: merge into the NF4 base the adapter was trained on (QLoRA), as merge does.\n";
+    "  --load-in-4bit: merge into the NF4 base the adapter was trained on (QLoRA), as merge does.\n"
+    "  --adapter-only: write the --adapter alone as a LoRA GGUF for llama.cpp's --lora (f32, f16,\n"
+    "  bf16, q8_0), to use with the base model's GGUF; nothing is merged and no vocabulary written.\n";
 
 }  // namespace
 
 int RunExport(const std::vector<std::string>& args) {
   std::string model_path, output, vocab_path, name, type_name = "f16";
+  bool adapter_only = false;
   ModelFlags flags;
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& a = args[i];
@@ -45,6 +50,10 @@ int RunExport(const std::vector<std::string>& args) {
     std::string flag_error;
     if (flags.Parse(a, args, &i, &flag_error)) {
       if (!flag_error.empty()) return Fail("export", flag_error, 2);
+      continue;
+    }
+    if (a == "--adapter-only") {
+      adapter_only = true;
       continue;
     }
     if (i + 1 >= args.size()) return Fail("export", absl::StrCat(a, " needs a value\n", kHelp), 2);
@@ -66,6 +75,27 @@ int RunExport(const std::vector<std::string>& args) {
   if (model_path.empty() || output.empty()) return Fail("export", absl::StrCat("--model and --output are required\n", kHelp), 2);
   auto type = serve::ParseExportType(type_name);
   if (!type.ok()) return Fail("export", std::string(type.status().message()), 2);
+  if (adapter_only) {
+    if (flags.adapter.empty()) return Fail("export", "--adapter-only needs --adapter DIR", 2);
+    if (*type == serve::ExportType::kQ4_0) return Fail("export", "--adapter-only: --type is f32, f16, bf16 or q8_0", 2);
+    try {
+      auto model = flags.Load(model_path, Dtype::kF32);
+      if (!model.ok()) return Fail("export", std::string(model.status().message()));
+      serve::ExportOptions options;
+      options.type = *type;
+      options.name = name;
+      auto report = serve::ExportLoraGguf(**model, output, options);
+      if (!report.ok()) return Fail("export", std::string(report.status().message()));
+      std::string types;
+      for (const auto& [t, n] : report->by_type) absl::StrAppend(&types, types.empty() ? "" : ", ", n, " ", t);
+      std::printf("export: %s: LoRA adapter, %lld tensors (%s) for %zu projections, %.1f MiB\n", output.c_str(),
+                  static_cast<long long>(report->tensors), types.c_str(), lora::Adapters(**model).size(),
+                  report->bytes / 1048576.0);
+    } catch (...) {
+      return Fail("export", std::string(StatusFromCurrentException("export").message()));
+    }
+    return 0;
+  }
   try {
     // The vocabulary first: a missing one is refused before the model loads.
     serve::GgufVocabulary vocab;

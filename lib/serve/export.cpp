@@ -378,4 +378,84 @@ absl::StatusOr<ExportReport> ExportGguf(const model::Decoder& model, const GgufV
   return report;
 }
 
+absl::StatusOr<ExportReport> ExportLoraGguf(const model::Decoder& model, absl::string_view path_view,
+                                            const ExportOptions& options) {
+  const std::string path(path_view);
+  const auto adapters = lora::Adapters(model);
+  if (adapters.empty()) return absl::FailedPreconditionError("the model has no LoRA adapters to export");
+  if (options.type == ExportType::kQ4_0) {
+    return absl::InvalidArgumentError("--type q4_0: an adapter GGUF is f32, f16, bf16 or q8_0 (llama.cpp's converter)");
+  }
+  const io::TextConfig& text = model.config().text;
+  const io::FamilyInfo* family = io::FindFamily(text.model_type);
+  if (family == nullptr || family->gguf_architecture.empty()) {
+    return absl::UnimplementedError(absl::StrCat("model_type \"", text.model_type, "\" has no GGUF architecture"));
+  }
+  const model::FamilySpec& spec = model.spec();
+  // HF weight name → GGUF name, from the family's name table.
+  std::map<std::string, std::string> gguf_names;
+  for (const model::WeightName& row : spec.weights) {
+    if (!absl::StrContains(row.hf, "{i}")) continue;
+    for (int64_t i = 0; i < text.num_hidden_layers; ++i) {
+      const std::string n = absl::StrCat(i);
+      gguf_names[absl::StrReplaceAll(row.hf, {{"{i}", n}})] = absl::StrReplaceAll(row.gguf, {{"{i}", n}});
+    }
+  }
+  // llama.cpp scales every adapter tensor by alpha / r (r from its shape): one alpha must give
+  // each adapter its own scaling.
+  const double alpha = adapters.front().second->scaling() * static_cast<double>(adapters.front().second->r());
+  for (const auto& [name, layer] : adapters) {
+    if (layer->kind() == "dora") {
+      return absl::UnimplementedError(absl::StrCat(name, ": a DoRA adapter (llama.cpp's LoRA has no magnitude vector)"));
+    }
+    if (layer->merged()) return absl::FailedPreconditionError(absl::StrCat(name, ": the adapter is merged"));
+    if (!gguf_names.count(name + ".weight")) {
+      return absl::UnimplementedError(absl::StrCat(name, ": an adapter outside the decoder's projections (llama.cpp "
+                                                   "loads no adapter for the vision tower)"));
+    }
+    const double a = layer->scaling() * static_cast<double>(layer->r());
+    if (std::abs(a - alpha) > 1e-9 * std::abs(alpha)) {
+      return absl::UnimplementedError(absl::StrCat(
+          name, ": its scaling × r is ", a, ", another adapter's ", alpha,
+          ": llama.cpp applies one alpha to every adapter tensor (alpha / r)"));
+    }
+  }
+  io::GgufWriter w;
+  w.AddString("general.architecture", family->gguf_architecture);
+  w.AddString("general.type", "adapter");
+  if (!options.name.empty()) w.AddString("general.name", options.name);
+  w.AddString("adapter.type", "lora");
+  w.Add("adapter.lora.alpha", Scalar(io::GgufValueType::kFloat32, alpha));
+  for (auto& [key, value] : ArchitectureKeys(family->gguf_architecture, text)) w.Add(key, value);
+  w.AddUint32("general.file_type", FileType(options.type));
+  if (options.type == ExportType::kQ8_0) w.AddUint32("general.quantization_version", 2);
+  ExportReport report;
+  const io::GgmlType want = WeightType(options.type);
+  for (const auto& [name, layer] : adapters) {
+    const std::string base = gguf_names.at(name + ".weight");
+    for (const bool is_a : {true, false}) {
+      const at::Tensor t = is_a ? layer->lora_A() : layer->lora_B();
+      const std::vector<int64_t> shape = t.sizes().vec();
+      io::GgmlType type = want;
+      if (type == io::GgmlType::kQ8_0 && shape.back() % 32 != 0) type = io::GgmlType::kF16;
+      report.by_type[std::string(io::GgmlTypeName(type))] += 1;
+      report.tensors += 1;
+      LLMTRAIN_RETURN_IF_ERROR(w.AddTensorFrom(
+          base + (is_a ? ".lora_a" : ".lora_b"), type, shape, [t, type, shape]() -> absl::StatusOr<std::vector<uint8_t>> {
+            try {
+              at::NoGradGuard no_grad;
+              const at::Tensor v = t.detach().to(at::kCPU).to(at::kFloat).contiguous();
+              return io::EncodeGgufTensor(type, shape, absl::MakeConstSpan(v.data_ptr<float>(), v.numel()));
+            } catch (...) {
+              return StatusFromCurrentException("export");
+            }
+          }));
+    }
+  }
+  LLMTRAIN_RETURN_IF_ERROR(w.Write(path));
+  struct stat st;
+  if (stat(path.c_str(), &st) == 0) report.bytes = static_cast<uint64_t>(st.st_size);
+  return report;
+}
+
 }  // namespace llmtrain::serve

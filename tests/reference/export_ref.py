@@ -12,7 +12,11 @@ quantizers on the values of an f32 export.
       AutoTokenizer's ids of TEXT from the reference and from the exported file's vocabulary
   export_ref.py read FILE.gguf
   export_ref.py requant F32.gguf QUANTIZED.gguf
-  export_ref.py adapter MODEL_DIR OUT_DIR SEED      (a random PEFT LoRA adapter, B non-zero)
+  export_ref.py adapter MODEL_DIR OUT_DIR SEED [RSLORA]  (a random PEFT LoRA adapter, B non-zero)
+  export_ref.py lora ADAPTER_DIR FILE.gguf ARCH N_LAYERS
+      an adapter GGUF against the PEFT adapter it came from: its metadata, and each lora_A/lora_B
+      at the GGUF name gguf's own tensor name map gives (the converter's), values compared in the
+      file's type
   export_ref.py tiny FAMILY OUT_DIR [ROPE_FACTOR|"" [QUERY_PRE_ATTN_SCALAR]]     (a tiny random model and a byte-level BPE
                                                       tokenizer; Gemma with head_dim 256 =
                                                       query_pre_attn_scalar, which a GGUF implies)
@@ -128,18 +132,68 @@ def requant(f32_path, quantized_path):
     emit({"compared": compared, "problems": problems})
 
 
-def adapter(model_dir, out, seed):
+def adapter(model_dir, out, seed, rslora=False):
     import transformers
     from peft import LoraConfig, get_peft_model
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"))
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM",
+                                                  use_rslora=rslora))
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
             if "lora_B" in name:
                 p.copy_(torch.randn_like(p) * 0.05)
     peft_model.save_pretrained(out)
     emit({"adapter": out})
+
+
+def lora(adapter_dir, path, arch, n_layers):
+    import gguf
+    from safetensors.torch import load_file
+    with open(os.path.join(adapter_dir, "adapter_config.json")) as f:
+        config = json.load(f)
+    r, alpha = config["r"], config["lora_alpha"]
+    # llama.cpp scales by alpha / r: rsLoRA's alpha / sqrt(r) needs alpha * sqrt(r) there.
+    want_alpha = alpha * (r ** 0.5) if config.get("use_rslora") else alpha
+    reader = GGUFReader(path)
+    meta = {}
+    for field in reader.fields.values():
+        if len(field.types) == 1 and field.types[0].name == "STRING":
+            meta[field.name] = bytes(field.parts[field.data[0]]).decode("utf-8", "replace")
+        elif len(field.data) == 1:
+            meta[field.name] = field.parts[field.data[0]].tolist()[0]
+    problems = []
+    for key, want in (("general.architecture", arch), ("general.type", "adapter"), ("adapter.type", "lora")):
+        if meta.get(key) != want:
+            problems.append(f"{key}: {meta.get(key)!r}, want {want!r}")
+    if abs(float(meta.get("adapter.lora.alpha", -1)) - want_alpha) > 1e-5 * want_alpha:
+        problems.append(f"adapter.lora.alpha: {meta.get('adapter.lora.alpha')}, want {want_alpha}")
+    arch_id = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch)
+    names = gguf.get_tensor_name_map(arch_id, int(n_layers))
+    tensors = {t.name: t for t in reader.tensors}
+    compared = 0
+    for key, value in load_file(os.path.join(adapter_dir, "adapter_model.safetensors")).items():
+        hf = key.replace("base_model.model.", "")
+        part = "lora_a" if ".lora_A.weight" in hf else "lora_b"
+        hf = hf.replace(".lora_A.weight", "").replace(".lora_B.weight", "")
+        base = names.get_name(hf + ".weight", try_suffixes=(".weight",))
+        t = tensors.get(f"{base}.{part}")
+        if t is None:
+            problems.append(f"{key}: no tensor {base}.{part}")
+            continue
+        got = dequantize(t.data, t.tensor_type).reshape(value.shape)
+        want = value.float().numpy()
+        if t.tensor_type.name == "F16":
+            want = want.astype(np.float16).astype(np.float32)
+        elif t.tensor_type.name == "F32":
+            pass
+        else:
+            problems.append(f"{t.name}: type {t.tensor_type.name} not compared")
+            continue
+        compared += 1
+        if got.tobytes() != np.ascontiguousarray(want).tobytes():
+            problems.append(f"{t.name}: values differ (max {float(np.abs(got - want).max())})")
+    emit({"compared": compared, "tensors": len(tensors), "problems": problems, "alpha": meta.get("adapter.lora.alpha")})
 
 
 def tiny(family, out, rope_factor, qpas):
@@ -192,6 +246,8 @@ if __name__ == "__main__":
     elif cmd == "tiny":
         tiny(sys.argv[2], sys.argv[3], sys.argv[4] if len(sys.argv) > 4 else "", sys.argv[5] if len(sys.argv) > 5 else "")
     elif cmd == "adapter":
-        adapter(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+        adapter(sys.argv[2], sys.argv[3], int(sys.argv[4]), len(sys.argv) > 5 and sys.argv[5] == "rslora")
+    elif cmd == "lora":
+        lora(*sys.argv[2:6])
     else:
         sys.exit(f"unknown command {cmd}")

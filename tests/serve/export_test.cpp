@@ -118,6 +118,49 @@ TEST_CASE("export: tiny models of each family with a merged adapter load in tran
   }
 }
 
+TEST_CASE("export --adapter-only: a LoRA GGUF with PEFT's tensors under the converter's names", "[serve][export]") {
+  if (!testing::ReferenceStackAvailable()) return testing::Skip("no .venv: the reference stack is missing");
+  const std::string cli = testing::CliPath();
+  // Qwen2 untied with LoRA, Gemma 3 with rsLoRA (its alpha is written as alpha · √r).
+  for (const std::string family : {"qwen2", "gemma3_text"}) {
+    INFO("family " << family);
+    const std::string dir = testing::TempDir("export_lora_" + family);
+    REQUIRE(testing::RunReference("export_ref.py", {"tiny", family, dir + "/model"}).exit_code == 0);
+    REQUIRE(testing::RunReference("export_ref.py", {"adapter", dir + "/model", dir + "/adapter", "4",
+                                                    family == "qwen2" ? "lora" : "rslora"}).exit_code == 0);
+    for (const std::string type : {"f32", "f16"}) {
+      const std::string out = absl::StrCat(dir, "/adapter-", type, ".gguf");
+      const auto r = testing::RunCommand(absl::StrCat(cli, " export --model ", Q(dir + "/model"), " --adapter ",
+                                                      Q(dir + "/adapter"), " --adapter-only --type ", type, " --output ",
+                                                      Q(out), " 2>&1"));
+      INFO(r.out);
+      REQUIRE(r.exit_code == 0);
+      CHECK_THAT(r.out, Catch::Contains("LoRA adapter, 28 tensors"));
+      const auto ref = testing::RunReference(
+          "export_ref.py", {"lora", dir + "/adapter", out, family == "qwen2" ? "qwen2" : "gemma3", "2"});
+      INFO(ref.out);
+      REQUIRE(ref.exit_code == 0);
+      const json got = testing::LastJsonLine(ref.out);
+      INFO(got.dump());
+      CHECK(got["problems"].empty());
+      CHECK(got["compared"] == 28);  // lora_A and lora_B of 7 projections × 2 layers
+      CHECK(got["tensors"] == 28);
+      std::printf("export --adapter-only %s %s: 28 tensors equal PEFT's (in %s), adapter.lora.alpha %s\n",
+                  family.c_str(), type.c_str(), type.c_str(), got["alpha"].dump().c_str());
+    }
+    // Refusals before anything is written.
+    const auto no_adapter = testing::RunCommand(absl::StrCat(cli, " export --model ", Q(dir + "/model"),
+                                                             " --adapter-only --output ", Q(dir + "/x.gguf"), " 2>&1"));
+    CHECK(no_adapter.exit_code == 2);
+    CHECK_THAT(no_adapter.out, Catch::Contains("--adapter-only needs --adapter DIR"));
+    const auto q4 = testing::RunCommand(absl::StrCat(cli, " export --model ", Q(dir + "/model"), " --adapter ",
+                                                     Q(dir + "/adapter"), " --adapter-only --type q4_0 --output ",
+                                                     Q(dir + "/x.gguf"), " 2>&1"));
+    CHECK(q4.exit_code == 2);
+    CHECK_FALSE(IsRegularFile(dir + "/x.gguf"));
+  }
+}
+
 TEST_CASE("export: what a GGUF cannot state is refused before anything is written", "[serve][export]") {
   if (!testing::ReferenceStackAvailable()) return testing::Skip("no .venv: the reference stack is missing");
   const std::string cli = testing::CliPath();

@@ -87,4 +87,16 @@ struct ExportReport {
 absl::StatusOr<ExportReport> ExportGguf(const model::Decoder& model, const GgufVocabulary& vocabulary,
                                         absl::string_view path, const ExportOptions& options);
 
+/// The adapters of `model` (unmerged LoRA on its projections) as a LoRA adapter GGUF for
+/// llama.cpp's `--lora` (what convert_lora_to_gguf.py writes): general.type "adapter",
+/// adapter.type "lora", adapter.lora.alpha, the architecture's keys, and for each adapted projection
+/// `<its GGUF name>.lora_a` (r, in) and `.lora_b` (out, r). llama.cpp scales each by alpha / r, so
+/// alpha is written as scaling · r (rsLoRA's alpha / √r becomes alpha · √r), which must be the same
+/// for every adapter. Types f32, f16, bf16, q8_0 (rows that are not whole blocks of 32 fall back to
+/// f16). Refused, naming the reason: no adapters, DoRA (llama.cpp has no magnitude vector), merged
+/// adapters, adapters on the vision tower, scalings that one alpha cannot state, a family with no
+/// GGUF architecture.
+absl::StatusOr<ExportReport> ExportLoraGguf(const model::Decoder& model, absl::string_view path,
+                                            const ExportOptions& options);
+
 }  // namespace llmtrain::serve
