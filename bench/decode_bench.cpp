@@ -9,8 +9,10 @@
 //   packed x8 8 prompts decoded together (tokens/s of all rows)
 //   packed bf16  packed with a bfloat16 KV cache (--kv-cache bf16)
 //   reference transformers on the same GGUF, float32 (bench/model_bench_ref.py's decode)
+//   llama.cpp the same GGUF through llama-cpp-python (bench/decode_bench_llama.py), when
+//             scripts/build-llama-cpp has built .venv-llama/
 // Each round times every side once, in turn, so the machine's drift hits all alike; medians are
-// compared. llama.cpp is not compared: llama-cpp-python is not installed here (docs/benchmarks.md).
+// compared.
 //
 //   build/bin/decode_bench [--decode=32] [--rounds=5] [--trace=FILE]
 //
@@ -20,6 +22,8 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/grad_mode.h>
 #include <torch/csrc/autograd/profiler_legacy.h>
+
+#include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
@@ -69,6 +73,12 @@ int main(int argc, char** argv) {
   bench::ReferenceProcess reference;
   const bool ref_started = reference.Start({LLMTRAIN_PYTHON, std::string(LLMTRAIN_SOURCE_DIR) + "/bench/model_bench_ref.py",
                                             gguf, "16", std::to_string(threads)});
+  const std::string llama_python = std::string(LLMTRAIN_SOURCE_DIR) + "/.venv-llama/bin/python";
+  bench::ReferenceProcess llama;
+  const bool llama_started =
+      ::access(llama_python.c_str(), X_OK) == 0 &&
+      llama.Start({llama_python, std::string(LLMTRAIN_SOURCE_DIR) + "/bench/decode_bench_llama.py", gguf,
+                   std::to_string(threads)});
 
   struct Side {
     std::string name;
@@ -158,12 +168,18 @@ int main(int argc, char** argv) {
   const nlohmann::json ready = ref_started ? reference.Ask("") : nlohmann::json();
   const bool have_ref = ready.is_object() && ready.value("ready", false);
   if (!have_ref) std::printf("reference (transformers) failed to start: %s\n", ready.dump().c_str());
-  std::vector<double> ref_tps;
+  const nlohmann::json llama_ready = llama_started ? llama.Ask("") : nlohmann::json();
+  const bool have_llama = llama_ready.is_object() && llama_ready.value("ready", false);
+  std::vector<double> ref_tps, llama_tps;
   for (int64_t round = 0; round < rounds; ++round) {
     for (Side& side : sides) side.tps.push_back(run(side, decode));
     if (have_ref) {
       const nlohmann::json r = reference.Ask(absl::StrCat("decode ", decode));
       ref_tps.push_back(r.value("n", 0) / std::max(1e-9, r.value("s", 1.0)));
+    }
+    if (have_llama) {
+      const nlohmann::json r = llama.Ask(absl::StrCat("decode ", decode));
+      llama_tps.push_back(r.value("n", 0) / std::max(1e-9, r.value("s", 1.0)));
     }
   }
 
@@ -182,6 +198,13 @@ int main(int argc, char** argv) {
     std::printf("\n");
   }
   if (have_ref) std::printf("reference  %7.1f tok/s  (transformers float32, eager attention)\n", ref);
-  std::printf("llama.cpp: not run (llama-cpp-python is not installed; docs/benchmarks.md)\n");
+  if (have_llama) {
+    const double lc = bench::Median(llama_tps);
+    std::printf("llama.cpp  %7.1f tok/s  (llama-cpp-python %s, %d threads, the same GGUF); packed / llama.cpp %.2fx\n",
+                lc, llama_ready.value("llama_cpp", std::string("?")).c_str(), llama_ready.value("threads", 0),
+                bench::Median(sides[1].tps) / lc);
+  } else {
+    std::printf("llama.cpp: not run (.venv-llama is missing: scripts/build-llama-cpp builds it)\n");
+  }
   return 0;
 }

@@ -377,17 +377,26 @@ at::Tensor DecoderState::Attention(const LayerWeights& l, int64_t index, const a
   at::Tensor o;
   {  // scores, softmax and the weighted sum: the projections are timed on their own
     RECORD_FUNCTION("llmtrain::attention_core", std::vector<c10::IValue>());
-    if (H != K) {  // GQA: query head h reads kv head h / (H / K) (transformers repeat_kv)
+    // GQA: query head h reads kv head h / G, G = H / K. Without a cache, as transformers' repeat_kv
+    // (the keys copied per query head, the products it computes, bit for bit); with one
+    // (generation), each kv head's G query heads are one matrix against its keys, which copies
+    // nothing: a decoding step's attention is mostly that copy otherwise.
+    const bool grouped = H != K && cache != nullptr;
+    if (H != K && !grouped) {
       k = k.unsqueeze(2).expand({B, K, H / K, S, D}).reshape({B, H, S, D});
       v = v.unsqueeze(2).expand({B, K, H / K, S, D}).reshape({B, H, S, D});
     }
-    at::Tensor s = at::matmul(q, k.transpose(2, 3)) * spec.attn_scale;  // (B, H, T, S)
+    at::Tensor s = grouped ? at::matmul(q.reshape({B, K, (H / K) * T, D}), k.transpose(2, 3)).view({B, H, T, S})
+                           : at::matmul(q, k.transpose(2, 3));
+    s = s * spec.attn_scale;  // (B, H, T, S)
     if (spec.attn_softcap) {  // Gemma 2: cap · tanh(s / cap), before the mask
       s = at::tanh(s / *spec.attn_softcap) * *spec.attn_softcap;
     }
     s = s + mask;
     const at::Tensor p = at::softmax(s, -1, at::kFloat).to(q.scalar_type());
-    o = at::matmul(p, v).transpose(1, 2).reshape({B, T, H * D});
+    o = grouped ? at::matmul(p.reshape({B, K, (H / K) * T, S}), v).view({B, H, T, D})
+                : at::matmul(p, v);
+    o = o.transpose(1, 2).reshape({B, T, H * D});
   }
   return l.proj[3]->Forward(o);
 }
