@@ -26,7 +26,7 @@ def decode(n):
     llm.eval(prompt)
     made = 0
     for _ in range(n):
-        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))  # greedy, whatever the token is
+        token = int(np.argmax(llm.eval_logits[-1]))  # greedy, whatever the token is (the last logits)
         llm.eval([token])
         made += 1
     return made

@@ -60,7 +60,7 @@ def main():
             llm.eval(ids)
             theirs = []
             while len(theirs) < opts.tokens:
-                token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+                token = int(np.argmax(llm.eval_logits[-1]))  # the last position's logits
                 theirs.append(token)
                 if llama_cpp.llama_vocab_is_eog(vocab, token):
                     break
