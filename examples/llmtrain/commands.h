@@ -34,6 +34,7 @@ int RunPreprocessImages(const std::vector<std::string>& args);
 int RunMakeVlm(const std::vector<std::string>& args);
 int RunEval(const std::vector<std::string>& args);
 int RunMakeTask(const std::vector<std::string>& args);
+int RunServe(const std::vector<std::string>& args);
 
 /// Model options shared by `forward` and `generate`:
 ///   --load-in-4bit          quantize the projections to NF4 (blocks of 64, double quantization)
@@ -54,6 +55,10 @@ struct ModelFlags {
 /// when it does not resize).
 absl::StatusOr<data::ImageOptions> ModelImageOptions(const std::string& model_path, tokenizer::Tokenizer* tokenizer,
                                                      const model::Decoder& model);
+
+/// The value of --kv-cache: "f32", "bf16" or "f16" as a dtype; InvalidArgument naming the option
+/// otherwise.
+absl::StatusOr<c10::ScalarType> ParseKvCacheDtype(const std::string& value);
 
 /// The lines of help for ModelFlags.
 inline constexpr char kModelFlagsHelp[] =

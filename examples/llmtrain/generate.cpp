@@ -100,11 +100,9 @@ int RunGenerate(const std::vector<std::string>& args) {
     } else if (a == "--seed") {
       ok = absl::SimpleAtoi(v, &options.seed);
     } else if (a == "--kv-cache") {
-      if (v == "f32" || v == "bf16" || v == "f16") {
-        options.kv_cache_dtype = v == "f32" ? at::kFloat : v == "bf16" ? at::kBFloat16 : at::kHalf;
-      } else {
-        return Fail("generate", absl::StrCat("--kv-cache: \"", v, "\" is not f32, bf16 or f16"), 2);
-      }
+      auto parsed = ParseKvCacheDtype(v);
+      if (!parsed.ok()) return Fail("generate", std::string(parsed.status().message()), 2);
+      options.kv_cache_dtype = *parsed;
     } else if (a == "--dtype") {
       auto parsed = DtypeFromUserName(v);
       if (!parsed.ok()) return Fail("generate", std::string(parsed.status().message()), 2);

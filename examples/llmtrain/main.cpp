@@ -51,6 +51,9 @@ constexpr char kUsage[] =
     "         [--load-in-4bit] [--vocab FILE.gguf] [--name NAME]\n"
     "                             the model with its adapter merged as a GGUF (llama.cpp,\n"
     "                             Ollama)\n"
+    "  serve --model PATH [--adapter NAME=DIR ...] [--port 8000] [--max-batch 16]\n"
+    "                             an OpenAI-compatible HTTP server (completions, chat, streaming)\n"
+    "                             batching concurrent requests, one LoRA adapter per request\n"
     "  plan --spec FILE [--set path=value ...] [--world-size N] [--gpu-memory 24GiB]\n"
     "       [--model-config config.json] [--json]\n"
     "                             the memory per process the run will need, and whether it fits\n"
@@ -102,6 +105,7 @@ int main(int argc, char** argv) {
   if (command == "quantize") return llmtrain::cli::RunQuantize(args);
   if (command == "merge") return llmtrain::cli::RunMerge(args);
   if (command == "export") return llmtrain::cli::RunExport(args);
+  if (command == "serve") return llmtrain::cli::RunServe(args);
   if (command == "plan") return llmtrain::cli::RunPlan(args);
   if (command == "spec") return llmtrain::cli::RunSpecCommand(args);
   if (command == "train") return llmtrain::cli::RunTrain(args);

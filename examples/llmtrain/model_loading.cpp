@@ -60,6 +60,13 @@ absl::StatusOr<std::unique_ptr<model::Decoder>> ModelFlags::Load(const std::stri
   return model;
 }
 
+absl::StatusOr<c10::ScalarType> ParseKvCacheDtype(const std::string& value) {
+  if (value == "f32") return c10::ScalarType::Float;
+  if (value == "bf16") return c10::ScalarType::BFloat16;
+  if (value == "f16") return c10::ScalarType::Half;
+  return absl::InvalidArgumentError(absl::StrCat("--kv-cache: \"", value, "\" is not f32, bf16 or f16"));
+}
+
 absl::StatusOr<data::ImageOptions> ModelImageOptions(const std::string& model_path, tokenizer::Tokenizer* tokenizer,
                                                      const model::Decoder& model) {
   LLMTRAIN_ASSIGN_OR_RETURN(data::ImageOptions options,

@@ -57,6 +57,7 @@
 #include "llmtrain/train/report.h"
 #include "llmtrain/train/tensorboard.h"
 #include "llmtrain/train/trainer.h"
+#include "llmtrain/serve/engine.h"
 #include "llmtrain/serve/export.h"
 #include "llmtrain/spec/build.h"
 #include "llmtrain/spec/memory_plan.h"

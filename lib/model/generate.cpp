@@ -11,11 +11,9 @@
 #include "llmtrain/core/status.h"
 
 namespace llmtrain::model {
-namespace {
 
-// One next-token choice from float32 logits (V) after `history` (prompt + output so far).
-int64_t ChooseToken(at::Tensor logits, const std::vector<int64_t>& history,
-                    const GenerationOptions& options, std::mt19937_64& rng) {
+int64_t ChooseNextToken(at::Tensor logits, const std::vector<int64_t>& history, const GenerationOptions& options,
+                        std::mt19937_64& rng) {
   if (options.repetition_penalty != 1.0 && !history.empty()) {
     // transformers RepetitionPenaltyLogitsProcessor: negative scores × p, positive ÷ p.
     std::vector<int64_t> unique(history);
@@ -48,8 +46,6 @@ int64_t ChooseToken(at::Tensor logits, const std::vector<int64_t>& history,
   const int64_t chosen = (cdf < u * cdf[-1].item<double>()).sum().item<int64_t>();
   return std::min<int64_t>(chosen, probs.size(0) - 1);
 }
-
-}  // namespace
 
 absl::Status Validate(const GenerationOptions& o) {
   if (o.max_new_tokens < 1) {
@@ -97,7 +93,7 @@ absl::StatusOr<std::vector<int64_t>> Generate(const Decoder& model, const std::v
     while (static_cast<int64_t>(output.size()) < options.max_new_tokens) {
       // The choice runs on the CPU (V floats), wherever the model computes.
       const at::Tensor last = logits.squeeze(0).to(at::kCPU, at::kFloat);
-      const int64_t token = ChooseToken(last.clone(), history, options, rng);
+      const int64_t token = ChooseNextToken(last.clone(), history, options, rng);
       output.push_back(token);
       history.push_back(token);
       if (options.on_token) options.on_token(token);
@@ -112,9 +108,6 @@ absl::StatusOr<std::vector<int64_t>> Generate(const Decoder& model, const std::v
   return output;
 }
 
-namespace {
-
-// Keeps only the rows `keep` (int64 indices) of a cache: finished sequences leave the batch.
 void KeepRows(KvCache* cache, const at::Tensor& keep) {
   for (at::Tensor& t : cache->k) {
     if (t.defined()) t = t.index_select(0, keep);
@@ -126,7 +119,68 @@ void KeepRows(KvCache* cache, const at::Tensor& keep) {
   cache->next_position = cache->next_position.index_select(0, keep);
 }
 
+namespace {
+
+// `t` (B, K, n, D) left-padded with zeros to length `n` on dim 2.
+at::Tensor PadLeft(const at::Tensor& t, int64_t n) {
+  if (!t.defined() || t.size(2) >= n) return t;
+  return at::cat({at::zeros({t.size(0), t.size(1), n - t.size(2), t.size(3)}, t.options()), t}, 2);
+}
+
 }  // namespace
+
+absl::Status AppendRows(KvCache* into, KvCache rows) {
+  if (rows.length() == 0) return absl::OkStatus();
+  if (into->length() == 0) {
+    *into = std::move(rows);
+    return absl::OkStatus();
+  }
+  if (into->k.size() != rows.k.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("AppendRows: caches of ", into->k.size(), " and ", rows.k.size(),
+                                                   " layers"));
+  }
+  const int64_t length = std::max(into->length(), rows.length());
+  for (size_t l = 0; l < into->k.size(); ++l) {
+    at::Tensor& a = into->k[l];
+    const at::Tensor& b = rows.k[l];
+    if (a.defined() != b.defined() ||
+        (a.defined() && (a.size(1) != b.size(1) || a.size(3) != b.size(3) || a.scalar_type() != b.scalar_type()))) {
+      return absl::InvalidArgumentError(absl::StrCat("AppendRows: layer ", l, "'s keys differ in shape or dtype"));
+    }
+    if (!a.defined()) continue;
+    // A full layer holds `length` keys after padding; a sliding one min(length, W − 1), which is
+    // the longer of the two (a cache past W − 1 holds exactly W − 1).
+    const int64_t n = std::max(a.size(2), b.size(2));
+    a = at::cat({PadLeft(a, n), PadLeft(b, n)}, 0);
+    into->v[l] = at::cat({PadLeft(into->v[l], n), PadLeft(rows.v[l], n)}, 0);
+  }
+  auto pad_mask = [&](const at::Tensor& m) {
+    if (m.size(1) == length) return m;
+    return at::cat({at::zeros({m.size(0), length - m.size(1)}, m.options()), m}, 1);
+  };
+  into->mask = at::cat({pad_mask(into->mask), pad_mask(rows.mask)}, 0);
+  into->next_position = at::cat({into->next_position, rows.next_position}, 0);
+  return absl::OkStatus();
+}
+
+void DropLeadingPadding(KvCache* cache) {
+  if (cache->length() == 0) return;
+  // The first column where any row holds a token.
+  const at::Tensor any = cache->mask.ne(0).any(0).to(at::kCPU);
+  const int64_t length = cache->length();
+  int64_t first = 0;
+  const bool* used = any.data_ptr<bool>();
+  while (first < length && !used[first]) ++first;
+  if (first == 0 || first == length) return;
+  const int64_t kept = length - first;
+  cache->mask = cache->mask.slice(1, first).contiguous();
+  for (size_t l = 0; l < cache->k.size(); ++l) {
+    if (!cache->k[l].defined()) continue;
+    const int64_t n = std::min<int64_t>(cache->k[l].size(2), kept);
+    cache->k[l] = cache->k[l].slice(2, cache->k[l].size(2) - n).contiguous();
+    cache->v[l] = cache->v[l].slice(2, cache->v[l].size(2) - n).contiguous();
+  }
+}
 
 absl::StatusOr<std::vector<std::vector<int64_t>>> GenerateBatch(const Decoder& model,
                                                                const std::vector<std::vector<int64_t>>& prompts,
@@ -182,7 +236,7 @@ absl::StatusOr<std::vector<std::vector<int64_t>>> GenerateBatch(const Decoder& m
       std::vector<int64_t> next, kept_rows, still_live;
       for (size_t row = 0; row < live.size(); ++row) {
         const size_t p = static_cast<size_t>(live[row]);
-        const int64_t token = ChooseToken(last[static_cast<int64_t>(row)].clone(), histories[p], options, rngs[p]);
+        const int64_t token = ChooseNextToken(last[static_cast<int64_t>(row)].clone(), histories[p], options, rngs[p]);
         outputs[p].push_back(token);
         histories[p].push_back(token);
         const bool done = std::find(eos.begin(), eos.end(), token) != eos.end() ||

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <functional>
 #include <optional>
+#include <random>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -59,5 +60,28 @@ absl::StatusOr<std::vector<std::vector<int64_t>>> GenerateBatch(const Decoder& m
                                                                const std::vector<std::vector<int64_t>>& prompts,
                                                                const GenerationOptions& options,
                                                                const std::vector<at::Tensor>& pixel_values = {});
+
+/// One next-token choice from a row of float32 CPU logits (V), after `history` (prompt and output
+/// so far), as Generate makes it: repetition penalty, then greedy when temperature is 0, else
+/// temperature, top-k, top-p and a draw from `rng`. Changes `logits` in place. What a serving
+/// loop (serve/engine.h) uses to sample each row of a batch with its own options.
+int64_t ChooseNextToken(at::Tensor logits, const std::vector<int64_t>& history, const GenerationOptions& options,
+                        std::mt19937_64& rng);
+
+// Continuous batching: the rows of a KvCache are sequences that join and leave between steps.
+
+/// Keeps only the rows `keep` (int64 indices, in the cache's device) of `cache`, in that order.
+void KeepRows(KvCache* cache, const at::Tensor& keep);
+
+/// Appends the rows of `rows` (another cache of the same model, prefilled separately) after those
+/// of `into`. The shorter of the two is left-padded (keys and values zero under mask 0) to the
+/// other's length, so every row's next token stays in the last column; a sliding-window layer
+/// keeps the last min(length, W − 1) keys, as Forward does. An empty `into` becomes `rows`.
+/// InvalidArgument when the caches do not come from the same model (layers, heads, dtype).
+absl::Status AppendRows(KvCache* into, KvCache rows);
+
+/// Drops the leading columns that are padding in every row (left by rows that have left the
+/// batch), so the cache stays as long as its longest live row. Changes nothing the rows compute.
+void DropLeadingPadding(KvCache* cache);
 
 }  // namespace llmtrain::model
