@@ -1,5 +1,5 @@
 // llmtrain export --model PATH [--adapter DIR] [--load-in-4bit] --output OUT.gguf
-//                 [--type f32|f16|bf16|q8_0|q4_0] [--vocab FILE.gguf] [--name NAME] [--adapter-only]
+//                 [--type f32|f16|bf16|q8_0|q4_0|q4_k_m] [--vocab FILE.gguf] [--name NAME] [--adapter-only]
 // A model, with its adapter merged, as a GGUF for llama.cpp and Ollama, or the adapter alone as a
 // LoRA GGUF for llama.cpp's --lora (serve/export.h).
 #include <cstdio>
@@ -22,13 +22,14 @@ namespace llmtrain::cli {
 namespace {
 
 constexpr char kHelp[] =
-    "usage: llmtrain export --model PATH --output OUT.gguf [--type f32|f16|bf16|q8_0|q4_0]\n"
+    "usage: llmtrain export --model PATH --output OUT.gguf [--type f32|f16|bf16|q8_0|q4_0|q4_k_m]\n"
     "                       [--adapter DIR] [--load-in-4bit] [--vocab FILE.gguf] [--name NAME]\n"
     "                       [--adapter-only]\n"
     "  Writes the model, with the adapter merged, as a GGUF that llama.cpp, Ollama and\n"
     "  transformers (gguf_file=) load: llama.cpp's architecture keys and tensor names, the\n"
     "  vocabulary and chat template. --type (default f16): the 2-D weights' type; q8_0 and q4_0\n"
-    "  round as gguf.quants.quantize; norms and biases stay f32.\n"
+    "  round as gguf.quants.quantize; q4_k_m is llama-quantize's Q4_K_M (its Q4_K/Q6_K mix by tensor\n"
+    "  and layer, its k-quant rounding); norms and biases stay f32.\n"
     "  The vocabulary: --vocab's (a GGUF), else the model's own GGUF's, else the model folder's\n"
     "  tokenizer.json (byte-level BPE: Qwen).\n"
     "  --load-in-4bit: merge into the NF4 base the adapter was trained on (QLoRA), as merge does.\n"

@@ -403,4 +403,303 @@ absl::StatusOr<std::vector<uint8_t>> QuantizeQ4_0(absl::Span<const float> values
   return out;
 }
 
+absl::StatusOr<std::vector<uint8_t>> QuantizeQ5_0(absl::Span<const float> values) {
+  if (values.size() % 32 != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("Q5_0 needs a multiple of 32 values, found ", values.size()));
+  }
+  std::vector<uint8_t> out(values.size() / 32 * 22);
+  for (size_t b = 0; b < values.size() / 32; ++b) {
+    const float* x = values.data() + 32 * b;
+    uint8_t* o = out.data() + 22 * b;
+    // As Q4_0 with 5 bits: d = (the value of largest magnitude, the first of ties) / -16,
+    // q = min(31, trunc(x / d + 16.5)); the fifth bits of the 32 values go to qh.
+    int imax = 0;
+    for (int j = 1; j < 32; ++j) {
+      if (std::fabs(x[j]) > std::fabs(x[imax])) imax = j;
+    }
+    const float d = x[imax] / -16.0f;
+    const float id = d == 0.0f ? 0.0f : 1.0f / d;
+    const uint16_t d16 = ::llmtrain::detail::FloatToF16(d);
+    std::memcpy(o, &d16, 2);
+    uint8_t q[32];
+    for (int j = 0; j < 32; ++j) {
+      const float t = std::trunc(x[j] * id + 16.5f);
+      q[j] = static_cast<uint8_t>(std::min(31.0f, std::max(0.0f, t)));
+    }
+    uint32_t qh = 0;
+    for (int j = 0; j < 16; ++j) {
+      o[6 + j] = static_cast<uint8_t>((q[j] & 0x0F) | ((q[j + 16] & 0x0F) << 4));
+      qh |= static_cast<uint32_t>((q[j] >> 4) & 1) << j;
+      qh |= static_cast<uint32_t>((q[j + 16] >> 4) & 1) << (j + 16);
+    }
+    std::memcpy(o + 2, &qh, 4);
+  }
+  return out;
+}
+
+namespace {
+
+// The k-quants below follow ggml's reference quantizers (quantize_row_q4_K_ref,
+// quantize_row_q6_K_ref in ggml-quants.c, which llama.cpp's quantize uses without an importance
+// matrix) operation for operation in float32: the same sums in the same order, no fused
+// multiply-adds (this file is built with -ffp-contract=off), the same rounding.
+
+constexpr int kQK = 256;  // values per k-quant super-block
+
+// Round to nearest, ties to even, through the float adder: x + 1.5·2^23 puts the integer in the
+// low mantissa bits (ggml's nearest_int; |x| < 2^22).
+inline int NearestInt(float x) {
+  const float v = x + 12582912.0f;
+  int32_t i = 0;
+  std::memcpy(&i, &v, 4);
+  return (i & 0x007fffff) - 0x00400000;
+}
+
+// Scale and min of one group of `n` values as levels 0..nmax: the weighted least-squares fit
+// over 21 candidate scales (ggml's make_qkx2_quants with rmin -1, rdelta 0.1, 20 steps, squared
+// error). Returns the scale; *the_min is −min (≥ 0).
+float FitScaleMin(int n, int nmax, const float* x, const float* w, uint8_t* L, float* the_min, uint8_t* aux) {
+  float min = x[0], max = x[0];
+  float sum_w = w[0];
+  float sum_x = sum_w * x[0];
+  for (int i = 1; i < n; ++i) {
+    if (x[i] < min) min = x[i];
+    if (x[i] > max) max = x[i];
+    sum_w += w[i];
+    sum_x += w[i] * x[i];
+  }
+  if (min > 0) min = 0;
+  if (max == min) {
+    for (int i = 0; i < n; ++i) L[i] = 0;
+    *the_min = -min;
+    return 0.0f;
+  }
+  float iscale = static_cast<float>(nmax) / (max - min);
+  float scale = 1 / iscale;
+  float best_error = 0;
+  for (int i = 0; i < n; ++i) {
+    const int l = NearestInt(iscale * (x[i] - min));
+    L[i] = static_cast<uint8_t>(std::max(0, std::min(nmax, l)));
+    float diff = scale * L[i] + min - x[i];
+    diff = diff * diff;
+    best_error += w[i] * diff;
+  }
+  constexpr float kRmin = -1.0f, kRdelta = 0.1f;
+  constexpr int kSteps = 20;
+  for (int is = 0; is <= kSteps; ++is) {
+    iscale = (kRmin + kRdelta * static_cast<float>(is) + static_cast<float>(nmax)) / (max - min);
+    float sum_l = 0, sum_l2 = 0, sum_xl = 0;
+    for (int i = 0; i < n; ++i) {
+      int l = NearestInt(iscale * (x[i] - min));
+      l = std::max(0, std::min(nmax, l));
+      aux[i] = static_cast<uint8_t>(l);
+      const float fl = static_cast<float>(l);
+      sum_l += w[i] * fl;
+      sum_l2 += w[i] * fl * fl;
+      sum_xl += w[i] * fl * x[i];
+    }
+    const float D = sum_w * sum_l2 - sum_l * sum_l;
+    if (D > 0) {
+      float this_scale = (sum_w * sum_xl - sum_x * sum_l) / D;
+      float this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D;
+      if (this_min > 0) {
+        this_min = 0;
+        this_scale = sum_xl / sum_l2;
+      }
+      float cur_error = 0;
+      for (int i = 0; i < n; ++i) {
+        float diff = this_scale * aux[i] + this_min - x[i];
+        diff = diff * diff;
+        cur_error += w[i] * diff;
+      }
+      if (cur_error < best_error) {
+        for (int i = 0; i < n; ++i) L[i] = aux[i];
+        best_error = cur_error;
+        scale = this_scale;
+        min = this_min;
+      }
+    }
+  }
+  *the_min = -min;
+  return scale;
+}
+
+// A symmetric scale for one group of `n` values as levels −nmax..nmax−1 (stored + nmax): the
+// x²-weighted least-squares fit over 19 candidate scales (ggml's make_qx_quants, rmse_type 1).
+float FitSymmetricScale(int n, int nmax, const float* x, int8_t* L) {
+  float max = 0, amax = 0;
+  for (int i = 0; i < n; ++i) {
+    const float ax = std::fabs(x[i]);
+    if (ax > amax) {
+      amax = ax;
+      max = x[i];
+    }
+  }
+  if (amax < 1e-15f) {
+    for (int i = 0; i < n; ++i) L[i] = 0;
+    return 0.0f;
+  }
+  const float fnmax = static_cast<float>(nmax);
+  float iscale = static_cast<float>(-nmax) / max;
+  float sumlx = 0, suml2 = 0;
+  for (int i = 0; i < n; ++i) {
+    int l = NearestInt(iscale * x[i]);
+    l = std::max(-nmax, std::min(nmax - 1, l));
+    L[i] = static_cast<int8_t>(l + nmax);
+    const float w = x[i] * x[i];
+    const float fl = static_cast<float>(l);
+    sumlx += w * x[i] * fl;
+    suml2 += w * fl * fl;
+  }
+  float scale = suml2 != 0.0f ? sumlx / suml2 : 0.0f;
+  float best = scale * sumlx;
+  for (int is = -9; is <= 9; ++is) {
+    if (is == 0) continue;
+    iscale = -(fnmax + 0.1f * static_cast<float>(is)) / max;
+    sumlx = suml2 = 0;
+    for (int i = 0; i < n; ++i) {
+      int l = NearestInt(iscale * x[i]);
+      l = std::max(-nmax, std::min(nmax - 1, l));
+      const float w = x[i] * x[i];
+      const float fl = static_cast<float>(l);
+      sumlx += w * x[i] * fl;
+      suml2 += w * fl * fl;
+    }
+    if (suml2 > 0 && sumlx * sumlx > best * suml2) {
+      for (int i = 0; i < n; ++i) {
+        const int l = NearestInt(iscale * x[i]);
+        L[i] = static_cast<int8_t>(nmax + std::max(-nmax, std::min(nmax - 1, l)));
+      }
+      scale = sumlx / suml2;
+      best = scale * sumlx;
+    }
+  }
+  return scale;
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<uint8_t>> QuantizeQ4_K(absl::Span<const float> values) {
+  if (values.size() % kQK != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("Q4_K needs a multiple of 256 values, found ", values.size()));
+  }
+  // Block: d, dmin (f16), 12 bytes of 6-bit scales and mins for the 8 groups of 32, 128 bytes of
+  // 4-bit levels (group pairs interleaved by nibble).
+  std::vector<uint8_t> out(values.size() / kQK * 144);
+  uint8_t L[kQK], aux[32];
+  float weights[32], mins[8], scales[8];
+  for (size_t b = 0; b < values.size() / kQK; ++b) {
+    const float* x = values.data() + kQK * b;
+    uint8_t* o = out.data() + 144 * b;
+    uint8_t* packed_scales = o + 4;
+    float max_scale = 0, max_min = 0;
+    for (int j = 0; j < 8; ++j) {
+      float sum_x2 = 0;
+      for (int l = 0; l < 32; ++l) sum_x2 += x[32 * j + l] * x[32 * j + l];
+      const float av_x = std::sqrt(sum_x2 / 32);
+      for (int l = 0; l < 32; ++l) weights[l] = av_x + std::fabs(x[32 * j + l]);
+      scales[j] = FitScaleMin(32, 15, x + 32 * j, weights, L + 32 * j, &mins[j], aux);
+      if (scales[j] > max_scale) max_scale = scales[j];
+      if (mins[j] > max_min) max_min = mins[j];
+    }
+    const float inv_scale = max_scale > 0 ? 63.0f / max_scale : 0.0f;
+    const float inv_min = max_min > 0 ? 63.0f / max_min : 0.0f;
+    std::memset(packed_scales, 0, 12);
+    for (int j = 0; j < 8; ++j) {
+      const uint8_t ls = std::min<uint8_t>(63, static_cast<uint8_t>(NearestInt(inv_scale * scales[j])));
+      const uint8_t lm = std::min<uint8_t>(63, static_cast<uint8_t>(NearestInt(inv_min * mins[j])));
+      if (j < 4) {
+        packed_scales[j] = ls;
+        packed_scales[j + 4] = lm;
+      } else {
+        packed_scales[j + 4] = static_cast<uint8_t>((ls & 0xF) | ((lm & 0xF) << 4));
+        packed_scales[j - 4] |= static_cast<uint8_t>((ls >> 4) << 6);
+        packed_scales[j] |= static_cast<uint8_t>((lm >> 4) << 6);
+      }
+    }
+    const uint16_t d16 = ::llmtrain::detail::FloatToF16(max_scale / 63.0f);
+    const uint16_t dmin16 = ::llmtrain::detail::FloatToF16(max_min / 63.0f);
+    std::memcpy(o, &d16, 2);
+    std::memcpy(o + 2, &dmin16, 2);
+    // The levels again against the rounded scales (a group whose scale rounds to 0 keeps the fit's).
+    for (int j = 0; j < 8; ++j) {
+      uint8_t sc = 0, m = 0;
+      if (j < 4) {
+        sc = packed_scales[j] & 63;
+        m = packed_scales[j + 4] & 63;
+      } else {
+        sc = static_cast<uint8_t>((packed_scales[j + 4] & 0xF) | ((packed_scales[j - 4] >> 6) << 4));
+        m = static_cast<uint8_t>((packed_scales[j + 4] >> 4) | ((packed_scales[j] >> 6) << 4));
+      }
+      const float d = F16ToFloat(d16) * sc;
+      if (d == 0.0f) continue;
+      const float dm = F16ToFloat(dmin16) * m;
+      for (int i = 0; i < 32; ++i) {
+        const int l = NearestInt((x[32 * j + i] + dm) / d);
+        L[32 * j + i] = static_cast<uint8_t>(std::max(0, std::min(15, l)));
+      }
+    }
+    uint8_t* q = o + 16;
+    for (int j = 0; j < kQK; j += 64) {
+      for (int l = 0; l < 32; ++l) q[l] = static_cast<uint8_t>(L[j + l] | (L[j + l + 32] << 4));
+      q += 32;
+    }
+  }
+  return out;
+}
+
+absl::StatusOr<std::vector<uint8_t>> QuantizeQ6_K(absl::Span<const float> values) {
+  if (values.size() % kQK != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("Q6_K needs a multiple of 256 values, found ", values.size()));
+  }
+  // Block: 128 bytes of low 4 bits, 64 of high 2 bits, 16 int8 scales (groups of 16), d (f16).
+  std::vector<uint8_t> out(values.size() / kQK * 210);
+  int8_t L[kQK];
+  float scales[16];
+  for (size_t b = 0; b < values.size() / kQK; ++b) {
+    const float* x = values.data() + kQK * b;
+    uint8_t* o = out.data() + 210 * b;
+    uint8_t* ql = o;
+    uint8_t* qh = o + 128;
+    int8_t* sc = reinterpret_cast<int8_t*>(o + 192);
+    float max_scale = 0, max_abs_scale = 0;
+    for (int ib = 0; ib < 16; ++ib) {
+      scales[ib] = FitSymmetricScale(16, 32, x + 16 * ib, L + 16 * ib);
+      const float abs_scale = std::fabs(scales[ib]);
+      if (abs_scale > max_abs_scale) {
+        max_abs_scale = abs_scale;
+        max_scale = scales[ib];
+      }
+    }
+    if (max_abs_scale < 1e-15f) continue;  // all zero: the block stays zero bytes (d = 0)
+    const float iscale = -128.0f / max_scale;
+    const uint16_t d16 = ::llmtrain::detail::FloatToF16(1 / iscale);
+    std::memcpy(o + 208, &d16, 2);
+    for (int ib = 0; ib < 16; ++ib) sc[ib] = static_cast<int8_t>(std::min(127, NearestInt(iscale * scales[ib])));
+    for (int j = 0; j < 16; ++j) {
+      const float d = F16ToFloat(d16) * sc[j];
+      if (d == 0.0f) continue;
+      for (int i = 0; i < 16; ++i) {
+        int l = NearestInt(x[16 * j + i] / d);
+        l = std::max(-32, std::min(31, l));
+        L[16 * j + i] = static_cast<int8_t>(l + 32);
+      }
+    }
+    for (int j = 0; j < kQK; j += 128) {
+      for (int l = 0; l < 32; ++l) {
+        const uint8_t q1 = L[j + l + 0] & 0xF, q2 = L[j + l + 32] & 0xF;
+        const uint8_t q3 = L[j + l + 64] & 0xF, q4 = L[j + l + 96] & 0xF;
+        ql[l + 0] = static_cast<uint8_t>(q1 | (q3 << 4));
+        ql[l + 32] = static_cast<uint8_t>(q2 | (q4 << 4));
+        qh[l] = static_cast<uint8_t>((L[j + l] >> 4) | ((L[j + l + 32] >> 4) << 2) | ((L[j + l + 64] >> 4) << 4) |
+                                     ((L[j + l + 96] >> 4) << 6));
+      }
+      ql += 64;
+      qh += 32;
+    }
+  }
+  return out;
+}
+
 }  // namespace llmtrain::io

@@ -118,21 +118,28 @@ absl::StatusOr<std::vector<uint8_t>> EncodeGgufTensor(GgmlType type, const std::
       break;
     }
     case GgmlType::kQ8_0:
-    case GgmlType::kQ4_0: {
-      if (!shape.empty() && shape.back() % 32 != 0) {
-        return absl::InvalidArgumentError(absl::StrCat(GgmlTypeName(type),
-                                                       " needs a row length that is a multiple of 32, found ",
-                                                       shape.back()));
+    case GgmlType::kQ4_0:
+    case GgmlType::kQ5_0:
+    case GgmlType::kQ4_K:
+    case GgmlType::kQ6_K: {
+      const int64_t block = type == GgmlType::kQ4_K || type == GgmlType::kQ6_K ? 256 : 32;
+      if (!shape.empty() && shape.back() % block != 0) {
+        return absl::InvalidArgumentError(absl::StrCat(GgmlTypeName(type), " needs a row length that is a multiple of ",
+                                                       block, ", found ", shape.back()));
       }
-      auto q = type == GgmlType::kQ8_0 ? QuantizeQ8_0(values) : QuantizeQ4_0(values);
+      auto q = type == GgmlType::kQ8_0   ? QuantizeQ8_0(values)
+               : type == GgmlType::kQ4_0 ? QuantizeQ4_0(values)
+               : type == GgmlType::kQ5_0 ? QuantizeQ5_0(values)
+               : type == GgmlType::kQ4_K ? QuantizeQ4_K(values)
+                                         : QuantizeQ6_K(values);
       if (!q.ok()) return q.status();
       bytes = *std::move(q);
       break;
     }
     default:
       return absl::UnimplementedError(absl::StrCat("writing ", GgmlTypeName(type),
-                                                   " from floats (F32, F16, BF16, Q8_0 and Q4_0 are "
-                                                   "supported; use AddRawTensor for others)"));
+                                                   " from floats (F32, F16, BF16, Q8_0, Q4_0, Q5_0, Q4_K and Q6_K "
+                                                   "are supported; use AddRawTensor for others)"));
   }
   return bytes;
 }

@@ -55,6 +55,7 @@ uint32_t FileType(ExportType type) {
     case ExportType::kF16: return 1;
     case ExportType::kQ4_0: return 2;
     case ExportType::kQ8_0: return 7;
+    case ExportType::kQ4_K_M: return 15;
     case ExportType::kBF16: return 32;
   }
   return 0;
@@ -67,8 +68,32 @@ io::GgmlType WeightType(ExportType type) {
     case ExportType::kBF16: return io::GgmlType::kBF16;
     case ExportType::kQ8_0: return io::GgmlType::kQ8_0;
     case ExportType::kQ4_0: return io::GgmlType::kQ4_0;
+    case ExportType::kQ4_K_M: return io::GgmlType::kQ4_K;
   }
   return io::GgmlType::kF32;
+}
+
+// llama.cpp's Q4_K_M mix (llama-quant.cpp, without an importance matrix) for one 2-D weight of
+// `n_layers`: Q6_K for the output (or the token embedding when it is tied to the output), and
+// for attn_v and ffn_down of the layers use_more_bits picks (the first and last eighth, and every
+// third between); Q4_K for the rest. A row that is not whole super-blocks of 256 falls back to
+// Q5_0 (for Q4_K) or Q8_0 (for Q6_K), or F16 when not whole blocks of 32 either.
+io::GgmlType Q4KMType(const std::string& gguf_name, int64_t row_length, int64_t layer, int64_t n_layers, bool tied) {
+  const auto use_more_bits = [](int64_t i, int64_t n) { return i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2; };
+  io::GgmlType type = io::GgmlType::kQ4_K;
+  if (gguf_name == "output.weight" || (tied && gguf_name == "token_embd.weight")) {
+    type = row_length % 256 != 0 ? io::GgmlType::kQ8_0 : io::GgmlType::kQ6_K;
+  } else if (gguf_name == "token_embd.weight") {
+    type = io::GgmlType::kQ4_K;
+  } else if (absl::StrContains(gguf_name, "attn_v.weight") || absl::StrContains(gguf_name, "ffn_down")) {
+    if (use_more_bits(layer, n_layers)) type = io::GgmlType::kQ6_K;
+  }
+  if (row_length % 256 != 0) {
+    if (type == io::GgmlType::kQ4_K) type = io::GgmlType::kQ5_0;
+    if (type == io::GgmlType::kQ6_K) type = io::GgmlType::kQ8_0;
+    if (row_length % 32 != 0) type = io::GgmlType::kF16;
+  }
+  return type;
 }
 
 // The architecture keys of `config`, as llama.cpp's converter writes them (docs/formats.md §2.8).
@@ -156,10 +181,12 @@ std::vector<std::string> ComputationDifferences(const model::FamilySpec& a, cons
 }  // namespace
 
 absl::StatusOr<ExportType> ParseExportType(absl::string_view name) {
-  for (ExportType t : {ExportType::kF32, ExportType::kF16, ExportType::kBF16, ExportType::kQ8_0, ExportType::kQ4_0}) {
+  for (ExportType t : {ExportType::kF32, ExportType::kF16, ExportType::kBF16, ExportType::kQ8_0, ExportType::kQ4_0,
+                       ExportType::kQ4_K_M}) {
     if (ExportTypeName(t) == name) return t;
   }
-  return absl::InvalidArgumentError(absl::StrCat("--type: \"", name, "\" is not one of f32, f16, bf16, q8_0, q4_0"));
+  return absl::InvalidArgumentError(
+      absl::StrCat("--type: \"", name, "\" is not one of f32, f16, bf16, q8_0, q4_0, q4_k_m"));
 }
 
 absl::string_view ExportTypeName(ExportType type) {
@@ -169,6 +196,7 @@ absl::string_view ExportTypeName(ExportType type) {
     case ExportType::kBF16: return "bf16";
     case ExportType::kQ8_0: return "q8_0";
     case ExportType::kQ4_0: return "q4_0";
+    case ExportType::kQ4_K_M: return "q4_k_m";
   }
   return "?";
 }
@@ -258,8 +286,14 @@ absl::StatusOr<ExportReport> ExportGguf(const model::Decoder& model, const GgufV
   if (!options.name.empty()) w.AddString("general.name", options.name);
   for (auto& [key, value] : ArchitectureKeys(arch, text)) w.Add(key, value);
   w.AddUint32("general.file_type", FileType(options.type));
-  if (options.type == ExportType::kQ8_0 || options.type == ExportType::kQ4_0) {
+  if (options.type == ExportType::kQ8_0 || options.type == ExportType::kQ4_0 || options.type == ExportType::kQ4_K_M) {
     w.AddUint32("general.quantization_version", 2);
+  }
+  // llama.cpp gives Qwen2's 80-layer models (its 70B type) Q5_K attn_v in Q4_K_M, a type this
+  // exporter does not write.
+  if (options.type == ExportType::kQ4_K_M && arch == "qwen2" && text.num_hidden_layers == 80) {
+    return absl::UnimplementedError(absl::StrCat(path, ": --type q4_k_m of an 80-layer Qwen2 needs Q5_K attn_v "
+                                                 "(llama.cpp's 70B rule), which is not written; use q8_0"));
   }
   int64_t n_tokens = -1;
   for (const auto& [key, value] : vocabulary.metadata) {
@@ -315,7 +349,8 @@ absl::StatusOr<ExportReport> ExportGguf(const model::Decoder& model, const GgufV
   std::set<std::string> projections;
   for (const std::string& name : model.LinearNames()) projections.insert(name + ".weight");
   const io::GgmlType weight_type = WeightType(options.type);
-  const auto add = [&](const model::WeightName& row, const std::string& hf, const std::string& gguf) -> absl::Status {
+  const auto add = [&](const model::WeightName& row, const std::string& hf, const std::string& gguf,
+                       int64_t layer) -> absl::Status {
     std::vector<int64_t> shape;
     std::function<at::Tensor()> get;
     if (projections.count(hf)) {
@@ -331,6 +366,9 @@ absl::StatusOr<ExportReport> ExportGguf(const model::Decoder& model, const GgufV
       get = [t] { return t; };
     }
     io::GgmlType type = shape.size() >= 2 ? weight_type : io::GgmlType::kF32;
+    if (options.type == ExportType::kQ4_K_M && shape.size() >= 2) {
+      type = Q4KMType(gguf, shape.back(), layer, text.num_hidden_layers, spec.tied_embeddings);
+    }
     // llama.cpp's converter: a quantized type whose blocks do not fit the rows falls back to F16.
     if ((type == io::GgmlType::kQ8_0 || type == io::GgmlType::kQ4_0) && shape.back() % 32 != 0) type = io::GgmlType::kF16;
     const double offset = model::IsNormRole(row.role) ? spec.gguf_norm_offset : 0.0;
@@ -351,13 +389,14 @@ absl::StatusOr<ExportReport> ExportGguf(const model::Decoder& model, const GgufV
   for (const model::WeightName& row : spec.weights) {
     if (row.role == Role::kLmHead && spec.tied_embeddings) continue;
     if (absl::StrContains(row.hf, "{i}")) continue;
-    LLMTRAIN_RETURN_IF_ERROR(add(row, row.hf, row.gguf));
+    LLMTRAIN_RETURN_IF_ERROR(add(row, row.hf, row.gguf, -1));
   }
   for (int64_t i = 0; i < text.num_hidden_layers; ++i) {
     for (const model::WeightName& row : spec.weights) {
       if (!absl::StrContains(row.hf, "{i}")) continue;
       const std::string n = absl::StrCat(i);
-      LLMTRAIN_RETURN_IF_ERROR(add(row, absl::StrReplaceAll(row.hf, {{"{i}", n}}), absl::StrReplaceAll(row.gguf, {{"{i}", n}})));
+      LLMTRAIN_RETURN_IF_ERROR(
+          add(row, absl::StrReplaceAll(row.hf, {{"{i}", n}}), absl::StrReplaceAll(row.gguf, {{"{i}", n}}), i));
     }
   }
   // Everything else must be the vision tower's (llama.cpp writes it to a separate mmproj file).
@@ -383,8 +422,9 @@ absl::StatusOr<ExportReport> ExportLoraGguf(const model::Decoder& model, absl::s
   const std::string path(path_view);
   const auto adapters = lora::Adapters(model);
   if (adapters.empty()) return absl::FailedPreconditionError("the model has no LoRA adapters to export");
-  if (options.type == ExportType::kQ4_0) {
-    return absl::InvalidArgumentError("--type q4_0: an adapter GGUF is f32, f16, bf16 or q8_0 (llama.cpp's converter)");
+  if (options.type == ExportType::kQ4_0 || options.type == ExportType::kQ4_K_M) {
+    return absl::InvalidArgumentError(absl::StrCat("--type ", ExportTypeName(options.type),
+                                                   ": an adapter GGUF is f32, f16, bf16 or q8_0 (llama.cpp's converter)"));
   }
   const io::TextConfig& text = model.config().text;
   const io::FamilyInfo* family = io::FindFamily(text.model_type);

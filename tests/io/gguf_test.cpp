@@ -140,7 +140,7 @@ TEST_CASE("gguf: files we write load in gguf-py unchanged", "[io][gguf][referenc
   std::vector<io::TensorToWrite> values;
   for (auto [name, type] : {std::pair{"f32", io::GgmlType::kF32}, std::pair{"f16", io::GgmlType::kF16},
                             std::pair{"bf16", io::GgmlType::kBF16}, std::pair{"q8_0", io::GgmlType::kQ8_0},
-                            std::pair{"q4_0", io::GgmlType::kQ4_0}}) {
+                            std::pair{"q4_0", io::GgmlType::kQ4_0}, std::pair{"q5_0", io::GgmlType::kQ5_0}}) {
     REQUIRE(w.AddTensor(name, type, {4, 64}, x).ok());
     values.push_back({name, Dtype::kF32, {4, 64},
                       absl::Span<const uint8_t>(reinterpret_cast<const uint8_t*>(x.data()), x.size() * 4)});
@@ -148,13 +148,27 @@ TEST_CASE("gguf: files we write load in gguf-py unchanged", "[io][gguf][referenc
   // 2 Mi random values for each quantizer: no rounding of gguf's escapes on few edge cases.
   std::vector<float> big(512 * 4096);
   for (float& v : big) v = normal(rng);
-  for (auto [name, type] : {std::pair{"q8_0_big", io::GgmlType::kQ8_0}, std::pair{"q4_0_big", io::GgmlType::kQ4_0}}) {
+  // Rows that take the quantizers' special cases: all zeros, a constant, values too small for a
+  // scale (Q6_K's 1e-15), all positive (Q4_K's min clamped to 0), one outlier, and steps.
+  for (int64_t c = 0; c < 4096; ++c) {
+    big[c] = 0.0f;
+    big[4096 + c] = 0.25f;
+    big[2 * 4096 + c] = 1e-20f * normal(rng);
+    big[3 * 4096 + c] = std::fabs(normal(rng)) + 0.5f;
+    big[4 * 4096 + c] = c % 97 == 0 ? 40.0f : 0.01f * normal(rng);
+    big[5 * 4096 + c] = static_cast<float>(c % 16) - 7.0f;
+  }
+  for (auto [name, type] : {std::pair{"q8_0_big", io::GgmlType::kQ8_0}, std::pair{"q4_0_big", io::GgmlType::kQ4_0},
+                            std::pair{"q5_0_big", io::GgmlType::kQ5_0}, std::pair{"q4_k_big", io::GgmlType::kQ4_K},
+                            std::pair{"q6_k_big", io::GgmlType::kQ6_K}}) {
     REQUIRE(w.AddTensor(name, type, {512, 4096}, big).ok());
     values.push_back({name, Dtype::kF32, {512, 4096},
                       absl::Span<const uint8_t>(reinterpret_cast<const uint8_t*>(big.data()), big.size() * 4)});
   }
   CHECK(!w.AddTensor("q8_0_bad", io::GgmlType::kQ8_0, {2, 10}, absl::MakeConstSpan(x.data(), 20)).ok());
-  CHECK(w.AddTensor("q4_k", io::GgmlType::kQ4_K, {4, 64}, x).code() == absl::StatusCode::kUnimplemented);
+  CHECK(!w.AddTensor("q4_k_bad", io::GgmlType::kQ4_K, {4, 64}, x).ok());  // rows of 64: not whole super-blocks
+  CHECK(w.AddTensor("q5_k", io::GgmlType::kQ5_K, {1, 256}, absl::MakeConstSpan(big.data(), 256)).code() ==
+        absl::StatusCode::kUnimplemented);
   const std::string path = dir + "/ours.gguf";
   REQUIRE(w.Write(path).ok());
   REQUIRE(io::WriteSafetensors(dir + "/values.safetensors", values).ok());
@@ -167,10 +181,13 @@ TEST_CASE("gguf: files we write load in gguf-py unchanged", "[io][gguf][referenc
   CHECK(result["metadata"]["test.i64"] == json::parse(R"([["INT64"], -5])"));
   CHECK(result["metadata"]["test.strings"] == json::parse(R"([["ARRAY", "STRING"], ["<pad>", "", "héllo"]])"));
   CHECK(result["tensors"]["q8_0"] == json::parse(R"(["Q8_0", [4, 64]])"));
+  // Q4_K and Q6_K against llama.cpp's quantizer, the rest against gguf's.
+  CHECK(result["checked"]["ggml"] == json::parse(R"(["q4_k_big", "q6_k_big"])"));
+  CHECK(result["checked"]["gguf"].size() == 9);
   // And our reader reads our file back the same.
   auto back = io::GgufFile::Open(path);
   REQUIRE(back.ok());
-  CHECK((*back)->tensors().size() == 7);
+  CHECK((*back)->tensors().size() == 11);
   std::vector<float> f32(x.size());
   REQUIRE(io::DequantizeTensor(**back, *(*back)->FindTensor("f32"), absl::MakeSpan(f32)).ok());
   CHECK(std::memcmp(f32.data(), x.data(), x.size() * 4) == 0);

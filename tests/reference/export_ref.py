@@ -6,8 +6,9 @@ quantizers on the values of an f32 export.
   export_ref.py compare IDS_JSON REF_DIR REF_GGUF|- F32_GGUF [GGUF...]
       transformers' logits of the reference (a folder, or a GGUF in it) and of each exported GGUF
       on the same ids: the worst |difference| / max |reference logit| per file; each file's
-      tensors read and dequantized by the gguf package; Q8_0/Q4_0 tensors re-quantized from the
-      f32 export's values
+      tensors read and dequantized by the gguf package; Q8_0/Q4_0/Q5_0 tensors re-quantized from
+      the f32 export's values by gguf, Q4_K/Q6_K by llama.cpp's quantizer (libggml-base); with a
+      REF_GGUF, the tensors whose type differs from the reference file's ("mix_differs")
   export_ref.py tokens REF_DIR REF_GGUF|- FILE.gguf TEXT
       AutoTokenizer's ids of TEXT from the reference and from the exported file's vocabulary
   export_ref.py read FILE.gguf
@@ -32,6 +33,7 @@ from gguf.quants import dequantize, quantize
 from safetensors.torch import save_file
 
 from common import emit
+import gguf_ref
 
 
 def logits(model_dir, gguf_name, ids_json, out):
@@ -86,27 +88,51 @@ def compare(ids_json, ref_dir, ref_gguf, f32_gguf, others):
     ref = model_logits(ref_dir, ref_gguf, ids)
     scale = ref.abs().max().item()
     f32_tensors = {t.name: t for t in GGUFReader(f32_gguf).tensors}
+    # The reference file's type of each tensor (a llama-quantize output such as the real 270M's
+    # Q4_K_M): what an export of the same mix must choose.
+    ref_types = {}
+    if ref_gguf != "-":
+        ref_types = {t.name: t.tensor_type.name for t in GGUFReader(os.path.join(ref_dir, ref_gguf)).tensors}
     files = {}
     for path in [f32_gguf] + others:
         reader = GGUFReader(path)
-        types, finite, requantized, requant_problems = {}, True, 0, []
+        types, finite, requantized, requant_problems, mix_differs = {}, True, 0, [], []
         for t in reader.tensors:
             types[t.tensor_type.name] = types.get(t.tensor_type.name, 0) + 1
             finite = finite and bool(np.isfinite(dequantize(t.data, t.tensor_type)).all())
-            if t.tensor_type.name in ("Q8_0", "Q4_0"):
-                source = np.asarray(f32_tensors[t.name].data, dtype=np.float32)
-                want = quantize(source.reshape(np.asarray(t.data).shape[0], -1), t.tensor_type)
+            if ref_types and ref_types.get(t.name) != t.tensor_type.name:
+                mix_differs.append(f"{t.name}: {t.tensor_type.name}, reference {ref_types.get(t.name)}")
+            problem = requantize_problem(f32_tensors[t.name], t)
+            if problem is not None:
                 requantized += 1
-                if want.tobytes() != np.asarray(t.data).tobytes():
-                    requant_problems.append(t.name)
+                if problem:
+                    requant_problems.append(problem)
         got = model_logits(os.path.dirname(path), os.path.basename(path), ids)
         same_argmax = bool((got.argmax(-1) == ref.argmax(-1)).all())
         files[os.path.basename(path)] = {
             "rel": (got - ref).abs().max().item() / scale, "types": types, "finite": finite,
             "tensors": len(reader.tensors), "requantized": requantized, "requant_problems": requant_problems,
-            "same_argmax": same_argmax,
+            "same_argmax": same_argmax, "mix_differs": mix_differs,
             "architecture": bytes(reader.fields["general.architecture"].parts[-1]).decode()}
     emit({"files": files, "scale": scale})
+
+
+def requantize_problem(source, t):
+    """None when `t` is not a quantized type; else "" when its bytes equal the reference quantizer's
+    on the f32 export's values (`source`), or a line naming the tensor. Q8_0, Q4_0, Q5_0: gguf's
+    quantize; Q4_K, Q6_K: llama.cpp's (ggml_quantize_chunk of libggml-base, gguf_ref.ggml_library)."""
+    name = t.tensor_type.name
+    if name not in ("Q8_0", "Q4_0", "Q5_0", "Q4_K", "Q6_K"):
+        return None
+    values = np.asarray(source.data, dtype=np.float32).reshape(np.asarray(t.data).shape[0], -1)
+    if name in ("Q4_K", "Q6_K"):
+        lib = gguf_ref.ggml_library()
+        if lib is None:
+            return f"{t.name}: no libggml-base to quantize {name} with (scripts/build-ggml-reference)"
+        want = gguf_ref.ggml_quantize(lib, values, t.tensor_type)
+    else:
+        want = quantize(values, t.tensor_type)
+    return "" if want.tobytes() == np.asarray(t.data).tobytes() else f"{t.name}: {name} bytes differ"
 
 
 def tokens(ref_dir, ref_gguf, path, text):
@@ -121,14 +147,12 @@ def requant(f32_path, quantized_path):
     f32 = {t.name: t for t in GGUFReader(f32_path).tensors}
     compared, problems = 0, []
     for t in GGUFReader(quantized_path).tensors:
-        if t.tensor_type.name not in ("Q8_0", "Q4_0"):
+        problem = requantize_problem(f32[t.name], t)
+        if problem is None:
             continue
-        source = f32[t.name]
-        values = np.asarray(source.data, dtype=np.float32).reshape(np.asarray(t.data).shape[0], -1)
-        want = quantize(values, t.tensor_type)
         compared += 1
-        if want.tobytes() != np.asarray(t.data).tobytes():
-            problems.append(t.name)
+        if problem:
+            problems.append(problem)
     emit({"compared": compared, "problems": problems})
 
 

@@ -6,12 +6,16 @@
       Prints {"metadata": {key: [type, value]}, "tensors": {name: [type, shape]}}.
   gguf_ref.py read OURS.gguf VALUES.safetensors
       Reads a file written by llmtrain with GGUFReader; checks every tensor's bytes equal
-      gguf.quants.quantize(values) for its type, and prints metadata and tensors as above.
+      gguf.quants.quantize(values) for its type, or for Q4_K and Q6_K (which gguf cannot quantize)
+      llama.cpp's own quantizer (ggml_quantize_chunk of libggml-base, see ggml_library), and prints
+      metadata and tensors as above, with the tensors each reference checked.
   gguf_ref.py check_convert FILE.gguf CONVERTED.safetensors
       Compares llmtrain's `convert` output with gguf.quants.dequantize, tensor by tensor, bit by bit.
   gguf_ref.py describe FILE.gguf
       Prints {"n_metadata": n, "tensors": {name: [type, row-major shape]}} as GGUFReader sees them.
 """
+import ctypes
+import os
 import sys
 
 import numpy as np
@@ -25,6 +29,33 @@ from common import emit
 # Byte offsets of the f16 scale fields in one block: random bytes there could be NaN/inf.
 F16_FIELDS = {T.Q8_0: [0], T.Q4_0: [0], T.Q4_1: [0, 2], T.Q5_0: [0], T.Q5_1: [0, 2],
               T.Q4_K: [0, 2], T.Q5_K: [0, 2], T.Q6_K: [208]}
+
+
+def ggml_library():
+    """ggml's base library as scripts/build-ggml-reference builds it from the pinned llama-cpp-python
+    sdist (llama.cpp's sources): .venv/ggml/libggml-base.so, or $LLMTRAIN_GGML_BASE. None if absent."""
+    path = os.environ.get("LLMTRAIN_GGML_BASE") or os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), "..", "..", ".venv", "ggml", "libggml-base.so")
+    if not os.path.exists(path):
+        return None
+    lib = ctypes.CDLL(path)
+    lib.ggml_quantize_chunk.restype = ctypes.c_size_t
+    lib.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                                        ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
+    return lib
+
+
+def ggml_quantize(lib, values, qtype):
+    """llama.cpp's quantization of float32 `values` (rows × n) to `qtype` without an importance
+    matrix: ggml_quantize_chunk, which llama-quantize calls (ggml's reference quantizers)."""
+    values = np.ascontiguousarray(values, dtype=np.float32)
+    n = values.shape[-1]
+    rows = values.size // n
+    block_elems, block_bytes = GGML_QUANT_SIZES[qtype]
+    out = np.zeros(rows * (n // block_elems) * block_bytes, dtype=np.uint8)
+    written = lib.ggml_quantize_chunk(int(qtype), values.ctypes.data, out.ctypes.data, 0, rows, n, None)
+    assert written == out.size, (written, out.size)
+    return out
 
 
 def random_blocks(rng, qtype, rows, ne0):
@@ -108,16 +139,35 @@ def read(path, values_path):
     reader = GGUFReader(path)
     values = load_file(values_path)
     problems = []
+    checked = {"gguf": [], "ggml": []}
+    lib = None
     for t in reader.tensors:
         if t.name not in values:
             problems.append(f"{t.name}: no values given")
             continue
-        want = quantize(values[t.name], t.tensor_type)
         got = np.asarray(t.data)
+        if t.tensor_type in (T.Q4_K, T.Q6_K):
+            lib = lib or ggml_library()
+            if lib is None:
+                problems.append(f"{t.name}: no libggml-base to quantize {t.tensor_type.name} with "
+                                "(scripts/build-ggml-reference)")
+                continue
+            want = ggml_quantize(lib, values[t.name], t.tensor_type)
+            checked["ggml"].append(t.name)
+            if want.tobytes() != got.tobytes():
+                blocks = GGML_QUANT_SIZES[t.tensor_type][1]
+                a = want.reshape(-1, blocks)
+                b = got.reshape(-1, blocks)
+                differ = int((a != b).any(axis=1).sum())
+                problems.append(f"{t.name}: {differ} of {a.shape[0]} blocks differ from llama.cpp's "
+                                f"{t.tensor_type.name} quantizer")
+            continue
+        want = quantize(values[t.name], t.tensor_type)
+        checked["gguf"].append(t.name)
         if want.tobytes() != got.tobytes():
             problems.append(f"{t.name}: bytes differ from gguf.quants.quantize as {t.tensor_type.name}")
     meta, tensors = describe(reader)
-    emit({"ok": not problems, "problems": problems, "metadata": meta, "tensors": tensors})
+    emit({"ok": not problems, "problems": problems, "checked": checked, "metadata": meta, "tensors": tensors})
 
 
 def check_convert(gguf_path, converted_path):

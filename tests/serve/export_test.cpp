@@ -193,7 +193,7 @@ TEST_CASE("export: what a GGUF cannot state is refused before anything is writte
   const auto type = testing::RunCommand(absl::StrCat(cli, " export --model ", Q(dir + "/scaled"), " --type q5_k --output ",
                                                      Q(dir + "/x.gguf"), " 2>&1"));
   CHECK(type.exit_code == 2);
-  CHECK_THAT(type.out, Catch::Contains("--type: \"q5_k\" is not one of f32, f16, bf16, q8_0, q4_0"));
+  CHECK_THAT(type.out, Catch::Contains("--type: \"q5_k\" is not one of f32, f16, bf16, q8_0, q4_0, q4_k_m"));
 }
 
 std::string RealModel() { return std::string(LLMTRAIN_SOURCE_DIR) + "/.venv/models/gemma-3-270m-q4_k_m.gguf"; }
@@ -203,7 +203,7 @@ TEST_CASE("export: the real Gemma 3 270M from its GGUF, in transformers", "[serv
   const std::string cli = testing::CliPath();
   const std::string dir = testing::TempDir("export_270m");
   std::vector<std::string> files;
-  for (const std::string type : {"f32", "f16", "bf16", "q8_0"}) {
+  for (const std::string type : {"f32", "f16", "bf16", "q8_0", "q4_k_m"}) {
     const std::string out = absl::StrCat(dir, "/", type, "/gemma-3-270m-", type, ".gguf");
     const auto r = testing::RunCommand(absl::StrCat("mkdir -p ", Q(dir + "/" + type), " && ", cli, " export --model ",
                                                     Q(RealModel()), " --type ", type, " --output ", Q(out), " 2>&1"));
@@ -231,13 +231,23 @@ TEST_CASE("export: the real Gemma 3 270M from its GGUF, in transformers", "[serv
   CHECK(f["gemma-3-270m-bf16.gguf"]["rel"].get<double>() <= 5e-2);
   CHECK(f["gemma-3-270m-q8_0.gguf"]["rel"].get<double>() <= 5e-2);
   CHECK(f["gemma-3-270m-q8_0.gguf"]["requantized"].get<int>() > 0);
+  // q4_k_m: llama-quantize's choice of type for each of the 236 tensors (the original file is its
+  // Q4_K_M output), and every quantized tensor's bytes equal llama.cpp's (Q4_K, Q6_K) or gguf's
+  // (Q5_0, Q8_0) quantizer on the f32 export's values.
+  const json& k = f["gemma-3-270m-q4_k_m.gguf"];
+  CHECK(k["mix_differs"].empty());
+  CHECK(k["types"] == json::parse(R"({"F32": 109, "Q4_K": 27, "Q5_0": 81, "Q6_K": 9, "Q8_0": 10})"));
+  CHECK(k["requantized"].get<int>() == 127);
+  // Measured 1.05e-3: most blocks of values that were Q4_K_M already quantize back as they were.
+  CHECK(k["rel"].get<double>() <= 1e-2);
   // The vocabulary goes along unchanged: transformers' tokenizer from the export encodes as the
   // original's.
   CheckTokens(model_dir, model_name, files[0]);
-  std::printf("export: Gemma 3 270M: f32 %.2e, f16 %.2e, bf16 %.2e, q8_0 %.2e (max |Δlogit| / max |logit| against "
-              "transformers on the original Q4_K_M GGUF)\n",
+  std::printf("export: Gemma 3 270M: f32 %.2e, f16 %.2e, bf16 %.2e, q8_0 %.2e, q4_k_m %.2e (max |Δlogit| / max "
+              "|logit| against transformers on the original Q4_K_M GGUF)\n",
               f["gemma-3-270m-f32.gguf"]["rel"].get<double>(), f["gemma-3-270m-f16.gguf"]["rel"].get<double>(),
-              f["gemma-3-270m-bf16.gguf"]["rel"].get<double>(), f["gemma-3-270m-q8_0.gguf"]["rel"].get<double>());
+              f["gemma-3-270m-bf16.gguf"]["rel"].get<double>(), f["gemma-3-270m-q8_0.gguf"]["rel"].get<double>(),
+              k["rel"].get<double>());
 }
 
 }  // namespace

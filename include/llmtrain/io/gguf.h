@@ -203,9 +203,22 @@ absl::StatusOr<std::vector<uint8_t>> QuantizeQ8_0(absl::Span<const float> values
 /// + 8.5)), in float32. `values.size()` must be a multiple of 32.
 absl::StatusOr<std::vector<uint8_t>> QuantizeQ4_0(absl::Span<const float> values);
 
+/// Quantizes float32 values to Q5_0 blocks as `gguf.quants.quantize` does: per block of 32,
+/// d = (the value of largest magnitude, the first of ties) / -16, q = min(31, trunc(x / d + 16.5)).
+absl::StatusOr<std::vector<uint8_t>> QuantizeQ5_0(absl::Span<const float> values);
+/// Quantizes float32 values to Q4_K super-blocks of 256 as llama.cpp's quantize does without an
+/// importance matrix (ggml's quantize_row_q4_K_ref, operation for operation in float32): per
+/// group of 32 a weighted least-squares scale and min, rounded to 6 bits of the super-block's.
+absl::StatusOr<std::vector<uint8_t>> QuantizeQ4_K(absl::Span<const float> values);
+/// Quantizes float32 values to Q6_K super-blocks of 256 as llama.cpp's quantize does without an
+/// importance matrix (ggml's quantize_row_q6_K_ref): per group of 16 a symmetric 6-bit fit, its
+/// scale as an int8 of the super-block's.
+absl::StatusOr<std::vector<uint8_t>> QuantizeQ6_K(absl::Span<const float> values);
+
 /// The bytes of float32 `values` (row-major `shape`) in `type`: F32, F16, BF16 (rounded to
-/// nearest even), Q8_0 or Q4_0 (as gguf.quants.quantize). InvalidArgument when the shape's row
-/// is not whole blocks; Unimplemented for other types.
+/// nearest even), Q8_0, Q4_0 or Q5_0 (as gguf.quants.quantize), Q4_K or Q6_K (as llama.cpp's
+/// quantize). InvalidArgument when the shape's row is not whole blocks; Unimplemented for other
+/// types.
 absl::StatusOr<std::vector<uint8_t>> EncodeGgufTensor(GgmlType type, const std::vector<int64_t>& shape,
                                                       absl::Span<const float> values);
 

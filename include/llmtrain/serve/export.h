@@ -11,7 +11,10 @@
 //
 // Types (llama.cpp's --outtype names): f32, f16, bf16 and q8_0, q4_0. The quantized types apply to
 // the 2-D weights whose rows are whole blocks of 32 (the others stay f32, as llama.cpp keeps
-// norms and biases); q8_0 and q4_0 round as gguf.quants.quantize does, byte for byte.
+// norms and biases); q8_0 and q4_0 round as gguf.quants.quantize does, byte for byte. q4_k_m is
+// llama-quantize's Q4_K_M (without an importance matrix): its mix of Q4_K and Q6_K by tensor and
+// layer, Q5_0 / Q8_0 for rows that are not whole super-blocks of 256, and ggml's k-quant rounding
+// (io::QuantizeQ4_K, QuantizeQ6_K).
 //
 //   LLMTRAIN_ASSIGN_OR_RETURN(auto vocab, serve::GgufVocabularyFromGguf(*source_gguf));
 //   serve::ExportOptions options{.type = serve::ExportType::kQ8_0};
@@ -38,9 +41,9 @@ class Tokenizer;
 
 namespace llmtrain::serve {
 
-enum class ExportType { kF32, kF16, kBF16, kQ8_0, kQ4_0 };
+enum class ExportType { kF32, kF16, kBF16, kQ8_0, kQ4_0, kQ4_K_M };
 
-/// "f32", "f16", "bf16", "q8_0", "q4_0" (InvalidArgument lists them for anything else).
+/// "f32", "f16", "bf16", "q8_0", "q4_0", "q4_k_m" (InvalidArgument lists them for anything else).
 absl::StatusOr<ExportType> ParseExportType(absl::string_view name);
 absl::string_view ExportTypeName(ExportType type);
 
