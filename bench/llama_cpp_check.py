@@ -49,8 +49,9 @@ def main():
         lines = "".join(json.dumps([{"role": "user", "content": q}]) + "\n" for q in QUESTIONS)
         prompts = [json.loads(line) for line in run([CLI, "tokenize", "--tokenizer", export, "--chat",
                                                       "--add-generation-prompt"], lines).splitlines()]
+        # logits_all: llama-cpp-python 0.3.36 fills eval_logits (Llama.scores) only with it.
         llm = llama_cpp.Llama(model_path=export, n_ctx=512, n_threads=opts.threads, n_threads_batch=opts.threads,
-                              verbose=False)
+                              logits_all=True, verbose=False)
         vocab = llama_cpp.llama_model_get_vocab(llm.model)
         equal = 0
         for question, ids in zip(QUESTIONS, prompts):
