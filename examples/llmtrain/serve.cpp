@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdio>
 #include <ctime>
@@ -191,6 +192,8 @@ class Server {
       return e;
     };
     if (!body.is_object()) return bad("body", "expected a JSON object");
+    // A field given as null is a field not given (OpenAI's API accepts null for the optional ones).
+    auto given = [&](const char* key) { return body.contains(key) && !body[key].is_null(); };
     auto number = [&](const char* key, double* out) -> std::optional<ApiError> {
       if (!body.contains(key) || body[key].is_null()) return std::nullopt;
       if (!body[key].is_number()) return bad(key, "expected a number");
@@ -209,9 +212,9 @@ class Server {
     if (chat) {
       if (auto e = integer("max_completion_tokens", &p->max_tokens)) return e;
     }
-    if (body.contains("max_tokens") || body.contains("max_completion_tokens")) {
+    if (given("max_tokens") || (chat && given("max_completion_tokens"))) {
       if (p->max_tokens < 1) {
-        return bad(body.contains("max_tokens") ? "max_tokens" : "max_completion_tokens",
+        return bad(given("max_tokens") ? "max_tokens" : "max_completion_tokens",
                    absl::StrCat("expected an integer ≥ 1, found ", p->max_tokens));
       }
     }
@@ -265,26 +268,22 @@ class Server {
       }
     }
     // What the engine cannot do is refused rather than ignored.
-    if (body.contains("n") && !(body["n"].is_number_integer() && body["n"].get<int64_t>() == 1)) {
+    if (given("n") && !(body["n"].is_number_integer() && body["n"].get<int64_t>() == 1)) {
       return bad("n", "only n = 1 is served; send several requests (they are batched together)");
     }
-    if (body.contains("best_of") && !(body["best_of"].is_number_integer() && body["best_of"].get<int64_t>() == 1)) {
+    if (given("best_of") && !(body["best_of"].is_number_integer() && body["best_of"].get<int64_t>() == 1)) {
       return bad("best_of", "only best_of = 1 is served");
     }
-    if (body.contains("echo") && !(body["echo"].is_boolean() && !body["echo"].get<bool>())) {
+    if (given("echo") && !(body["echo"].is_boolean() && !body["echo"].get<bool>())) {
       return bad("echo", "echo is not served");
     }
     for (const char* key : {"presence_penalty", "frequency_penalty"}) {
-      if (body.contains(key) && !(body[key].is_number() && body[key].get<double>() == 0.0)) {
+      if (given(key) && !(body[key].is_number() && body[key].get<double>() == 0.0)) {
         return bad(key, "not served (only 0)");
       }
     }
-    if (body.contains("logit_bias") && !(body["logit_bias"].is_null() || body["logit_bias"].empty())) {
-      return bad("logit_bias", "not served");
-    }
-    if (body.contains("tools") && !(body["tools"].is_null() || body["tools"].empty())) {
-      return bad("tools", "tool calls are not served");
-    }
+    if (given("logit_bias") && !body["logit_bias"].empty()) return bad("logit_bias", "not served");
+    if (given("tools") && !body["tools"].empty()) return bad("tools", "tool calls are not served");
     // The prompt, tokenized as `llmtrain generate` does (--prompt, or --chat for messages).
     std::lock_guard<std::mutex> lock(tok_mu_);
     if (chat) {
@@ -421,7 +420,7 @@ class Server {
     const int64_t prompt_tokens = static_cast<int64_t>(p.prompt.size());
     const int64_t context = engine_->max_context();
     if (p.max_tokens < 0) p.max_tokens = chat ? context - prompt_tokens : 16;
-    if (prompt_tokens + std::max<int64_t>(p.max_tokens, 1) > context) {
+    if (p.max_tokens > context || prompt_tokens > context - std::max<int64_t>(p.max_tokens, 1)) {
       ApiError e;
       e.param = chat ? "messages" : "prompt";
       e.code = "context_length_exceeded";
@@ -718,16 +717,23 @@ int RunServe(const std::vector<std::string>& args) {
                host.c_str(), bound, absl::StrJoin(names, ", ").c_str(), static_cast<long long>(options.max_batch),
                static_cast<long long>(context));
   std::fflush(stderr);
-  std::atomic<bool> signalled{false};
+  std::atomic<bool> signalled{false}, listen_returned{false};
   std::thread signal_thread([&] {
     int sig = 0;
     sigwait(&stop_signals, &sig);
+    if (listen_returned) return;  // the wake-up below, not a user's signal
     signalled = true;
     std::fprintf(stderr, "llmtrain serve: %s, stopping\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
     server.Shutdown();  // the HTTP threads waiting on requests return first, then the pool stops
-    http.stop();
+    // httplib's stop() does nothing before listen has started: a signal that came during the
+    // start-up is repeated until listen returns.
+    while (!listen_returned) {
+      http.stop();
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
   });
   const bool served = http.listen_after_bind();
+  listen_returned = true;
   // Stopped otherwise than by a signal: wake the signal thread (SIGTERM is blocked everywhere, so
   // it is taken by sigwait) so that it can end.
   if (!signalled) kill(getpid(), SIGTERM);

@@ -141,25 +141,35 @@ absl::Status AppendRows(KvCache* into, KvCache rows) {
   }
   const int64_t length = std::max(into->length(), rows.length());
   for (size_t l = 0; l < into->k.size(); ++l) {
-    at::Tensor& a = into->k[l];
+    const at::Tensor& a = into->k[l];
     const at::Tensor& b = rows.k[l];
     if (a.defined() != b.defined() ||
         (a.defined() && (a.size(1) != b.size(1) || a.size(3) != b.size(3) || a.scalar_type() != b.scalar_type()))) {
       return absl::InvalidArgumentError(absl::StrCat("AppendRows: layer ", l, "'s keys differ in shape or dtype"));
     }
+  }
+  // Everything is built aside and committed at the end: a failure (out of memory) leaves `into`
+  // as it was.
+  std::vector<at::Tensor> k(into->k.size()), v(into->v.size());
+  for (size_t l = 0; l < into->k.size(); ++l) {
+    const at::Tensor& a = into->k[l];
     if (!a.defined()) continue;
     // A full layer holds `length` keys after padding; a sliding one min(length, W − 1), which is
     // the longer of the two (a cache past W − 1 holds exactly W − 1).
-    const int64_t n = std::max(a.size(2), b.size(2));
-    a = at::cat({PadLeft(a, n), PadLeft(b, n)}, 0);
-    into->v[l] = at::cat({PadLeft(into->v[l], n), PadLeft(rows.v[l], n)}, 0);
+    const int64_t n = std::max(a.size(2), rows.k[l].size(2));
+    k[l] = at::cat({PadLeft(a, n), PadLeft(rows.k[l], n)}, 0);
+    v[l] = at::cat({PadLeft(into->v[l], n), PadLeft(rows.v[l], n)}, 0);
   }
   auto pad_mask = [&](const at::Tensor& m) {
     if (m.size(1) == length) return m;
     return at::cat({at::zeros({m.size(0), length - m.size(1)}, m.options()), m}, 1);
   };
-  into->mask = at::cat({pad_mask(into->mask), pad_mask(rows.mask)}, 0);
-  into->next_position = at::cat({into->next_position, rows.next_position}, 0);
+  at::Tensor mask = at::cat({pad_mask(into->mask), pad_mask(rows.mask)}, 0);
+  at::Tensor next_position = at::cat({into->next_position, rows.next_position}, 0);
+  into->k = std::move(k);
+  into->v = std::move(v);
+  into->mask = std::move(mask);
+  into->next_position = std::move(next_position);
   return absl::OkStatus();
 }
 

@@ -58,8 +58,10 @@ struct AdapterFactors {
 };
 
 // A frozen base projection and every served adapter's factors for it; each row of x gets the
-// base plus its own adapter's term, computed as lora::LoraLinear computes it (so a request on
-// adapter k alone gives what the model with that adapter loaded gives).
+// base plus its own adapter's term. A batch of one adapter computes it as lora::LoraLinear does
+// (so a request on adapter k alone gives what the model with that adapter loaded gives); a mixed
+// batch adds each term in the result's dtype, which is the same for a float32 model and rounds the
+// term first for a bf16 one.
 class MultiLoraLinear final : public model::Linear {
  public:
   MultiLoraLinear(std::shared_ptr<model::Linear> base, std::shared_ptr<const Routing> routing,
@@ -175,8 +177,10 @@ struct Engine::Impl {
     for (const Sequence& s : rows) row_adapter.push_back(s.adapter);
     routing->Set(row_adapter, static_cast<int64_t>(adapter_names.size()), model->device());
   }
-  void Count(FinishReason reason) {
+  // Counts the end before on_finish runs, so whoever on_finish wakes sees it in stats().
+  void Count(FinishReason reason, bool was_running) {
     std::lock_guard<std::mutex> lock(mu);
+    if (was_running) stats.running = std::max<int64_t>(0, stats.running - 1);
     if (reason == FinishReason::kCancelled) {
       ++stats.cancelled;
     } else if (reason == FinishReason::kError) {
@@ -185,8 +189,14 @@ struct Engine::Impl {
       ++stats.finished;
     }
   }
+  // Ends a request that has not joined the batch (waiting, or its prefill failed).
   void End(Sequence& s, FinishReason reason, const absl::Status& status = absl::OkStatus()) {
-    Count(reason);
+    Count(reason, /*was_running=*/false);
+    Finish(s.request, reason, status);
+  }
+  // Ends a row of the batch.
+  void EndRow(Sequence& s, FinishReason reason, const absl::Status& status = absl::OkStatus()) {
+    Count(reason, /*was_running=*/true);
     Finish(s.request, reason, status);
   }
 };
@@ -302,7 +312,7 @@ absl::StatusOr<uint64_t> Engine::Submit(Request request) {
     return absl::InvalidArgumentError(absl::StrCat("top_logprobs: expected 0 to 20, found ", request.top_logprobs));
   }
   const int64_t prompt_tokens = static_cast<int64_t>(request.prompt.size());
-  if (prompt_tokens + request.max_new_tokens > impl.max_context) {
+  if (request.max_new_tokens > impl.max_context || prompt_tokens > impl.max_context - request.max_new_tokens) {
     return absl::InvalidArgumentError(absl::StrCat("the context is ", impl.max_context, " tokens; the prompt has ",
                                                    prompt_tokens, " and max_new_tokens asks for ",
                                                    request.max_new_tokens, " more"));
@@ -379,9 +389,12 @@ void Engine::Impl::Prefill(std::vector<Sequence>* fresh, std::vector<Sequence>* 
   rows.dtype = options.kv_cache_dtype;
   SetRouting(*fresh);
   const at::Tensor fresh_logits = model->LastLogits(prompt_ids, prompt_mask, &rows);  // (B, V)
+  // Nothing of the running batch changes until both succeed (AppendRows leaves the cache as it
+  // was when it fails).
+  at::Tensor all_logits = logits->defined() ? at::cat({*logits, fresh_logits}, 0) : fresh_logits;
   const absl::Status appended = model::AppendRows(cache, std::move(rows));
   TORCH_CHECK(appended.ok(), std::string(appended.message()));
-  *logits = logits->defined() ? at::cat({*logits, fresh_logits}, 0) : fresh_logits;
+  *logits = std::move(all_logits);
   for (Sequence& s : *fresh) live->push_back(std::move(s));
   fresh->clear();
 }
@@ -421,26 +434,43 @@ void Engine::Impl::Run() {
       stats.running = static_cast<int64_t>(live.size());
     }
     if (live.empty()) continue;
-    // Choose each row's token on the CPU (V floats per row), with the row's own options.
-    const at::Tensor last = logits.to(at::kCPU, at::kFloat).contiguous();  // (rows, V)
-    const at::Tensor log_probs = last.log_softmax(-1);
+    // Choose each row's token on the CPU (V floats per row), with the row's own options. The copy
+    // is where an asynchronous device error of the forward surfaces: it ends the batch, not the
+    // engine.
+    at::Tensor last, log_probs;  // (rows, V)
+    try {
+      last = logits.to(at::kCPU, at::kFloat).contiguous();
+      log_probs = last.log_softmax(-1);
+    } catch (...) {
+      const absl::Status status = StatusFromCurrentException("serve: logits");
+      for (Sequence& s : live) EndRow(s, FinishReason::kError, status);
+      live.clear();
+      cache = model::KvCache();
+      logits = at::Tensor();
+      continue;
+    }
     std::vector<int64_t> keep, next;
     std::vector<Sequence> still;
     for (size_t row = 0; row < live.size(); ++row) {
       Sequence& s = live[row];
       if (cancels.count(s.id) != 0) {
-        End(s, FinishReason::kCancelled);
+        EndRow(s, FinishReason::kCancelled);
         continue;
       }
       const int64_t r = static_cast<int64_t>(row);
       TokenEvent event;
-      event.id = model::ChooseNextToken(last[r].clone(), s.history, s.sampling, s.rng);
-      event.logprob = log_probs[r][event.id].item<float>();
-      if (s.request.top_logprobs > 0) {
-        auto [values, indices] = log_probs[r].topk(s.request.top_logprobs);
-        for (int64_t j = 0; j < values.size(0); ++j) {
-          event.top.emplace_back(indices[j].item<int64_t>(), values[j].item<float>());
+      try {
+        event.id = model::ChooseNextToken(last[r].clone(), s.history, s.sampling, s.rng);
+        event.logprob = log_probs[r][event.id].item<float>();
+        if (s.request.top_logprobs > 0) {
+          auto [values, indices] = log_probs[r].topk(s.request.top_logprobs);
+          for (int64_t j = 0; j < values.size(0); ++j) {
+            event.top.emplace_back(indices[j].item<int64_t>(), values[j].item<float>());
+          }
         }
+      } catch (...) {
+        EndRow(s, FinishReason::kError, StatusFromCurrentException("serve: sampling"));  // its row leaves
+        continue;
       }
       s.history.push_back(event.id);
       ++s.generated;
@@ -454,11 +484,11 @@ void Engine::Impl::Run() {
       }
       const std::vector<int64_t>& eos = s.request.eos_token_ids;
       if (!go || std::find(eos.begin(), eos.end(), event.id) != eos.end()) {
-        End(s, FinishReason::kStop);
+        EndRow(s, FinishReason::kStop);
         continue;
       }
       if (s.generated >= s.request.max_new_tokens || static_cast<int64_t>(s.history.size()) >= max_context) {
-        End(s, FinishReason::kLength);
+        EndRow(s, FinishReason::kLength);
         continue;
       }
       keep.push_back(r);
@@ -488,7 +518,7 @@ void Engine::Impl::Run() {
       stats.largest_batch = std::max<int64_t>(stats.largest_batch, static_cast<int64_t>(live.size()));
     } catch (...) {
       const absl::Status status = StatusFromCurrentException("serve: decode step");
-      for (Sequence& s : live) End(s, FinishReason::kError, status);
+      for (Sequence& s : live) EndRow(s, FinishReason::kError, status);
       live.clear();
       cache = model::KvCache();
       logits = at::Tensor();
@@ -502,7 +532,7 @@ void Engine::Impl::Run() {
     for (Sequence& s : cancelled_waiting) rest.push_back(std::move(s));
     cancelled_waiting.clear();
   }
-  for (Sequence& s : live) End(s, FinishReason::kCancelled);
+  for (Sequence& s : live) EndRow(s, FinishReason::kCancelled);
   for (Sequence& s : rest) End(s, FinishReason::kCancelled);
 }
 

@@ -80,7 +80,8 @@ struct Request {
   /// Each new token, on the engine's thread, as soon as it is chosen; false ends the request
   /// after this token with kStop. Null: no callback.
   std::function<bool(const TokenEvent&)> on_token;
-  /// Called once, last, on the engine's thread (or on Submit's caller when the engine is gone).
+  /// Called once, last, on the engine's thread, for every request Submit accepted (a refused one
+  /// gets Submit's error instead).
   std::function<void(FinishReason, const absl::Status&)> on_finish;
 };
 
