@@ -15,7 +15,7 @@ import llama_cpp
 import numpy as np
 
 path, threads = sys.argv[1], int(sys.argv[2])
-# logits_all: llama-cpp-python 0.3.36 fills eval_logits (Llama.scores) only with it; it costs the
+# logits_all: llama-cpp-python 0.3.36 fills Llama.scores only with it; it costs the
 # prompt's logits once, not the timed decode steps (one token each).
 llm = llama_cpp.Llama(model_path=path, n_ctx=256, n_batch=64, n_threads=threads, n_threads_batch=threads,
                       logits_all=True, verbose=False)
@@ -28,7 +28,7 @@ def decode(n):
     llm.eval(prompt)
     made = 0
     for _ in range(n):
-        token = int(np.argmax(llm.eval_logits[-1]))  # greedy, whatever the token is (the last logits)
+        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))  # greedy, whatever the token is (the last logits)
         llm.eval([token])
         made += 1
     return made

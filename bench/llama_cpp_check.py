@@ -49,7 +49,8 @@ def main():
         lines = "".join(json.dumps([{"role": "user", "content": q}]) + "\n" for q in QUESTIONS)
         prompts = [json.loads(line) for line in run([CLI, "tokenize", "--tokenizer", export, "--chat",
                                                       "--add-generation-prompt"], lines).splitlines()]
-        # logits_all: llama-cpp-python 0.3.36 fills eval_logits (Llama.scores) only with it.
+        # logits_all: llama-cpp-python 0.3.36 fills Llama.scores only with it. The last position's
+        # row is read from that array: eval_logits copies every position's row to Python lists.
         llm = llama_cpp.Llama(model_path=export, n_ctx=512, n_threads=opts.threads, n_threads_batch=opts.threads,
                               logits_all=True, verbose=False)
         vocab = llama_cpp.llama_model_get_vocab(llm.model)
@@ -61,7 +62,7 @@ def main():
             llm.eval(ids)
             theirs = []
             while len(theirs) < opts.tokens:
-                token = int(np.argmax(llm.eval_logits[-1]))  # the last position's logits
+                token = int(np.argmax(llm.scores[llm.n_tokens - 1]))  # the last position's logits
                 theirs.append(token)
                 if llama_cpp.llama_vocab_is_eog(vocab, token):
                     break
