@@ -12,6 +12,10 @@
 #include "kernels/kernels_cuda.h"
 #endif
 
+#ifndef _OPENMP
+#error "at::parallel_for needs -fopenmp here, or it runs on one thread (LLMTRAIN_PARALLEL_SOURCES in CMakeLists.txt)"
+#endif
+
 namespace llmtrain::kernels {
 
 void Dequantize4bit(const at::Tensor& packed, const at::Tensor& scales, const at::Tensor& code, int64_t blocksize,

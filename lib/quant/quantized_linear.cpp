@@ -37,6 +37,10 @@
 #include "quant/quant4_cuda.h"
 #endif
 
+#ifndef _OPENMP
+#error "at::parallel_for needs -fopenmp here, or it runs on one thread (LLMTRAIN_PARALLEL_SOURCES in CMakeLists.txt)"
+#endif
+
 namespace llmtrain::quant {
 namespace {
 
