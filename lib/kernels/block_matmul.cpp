@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #ifndef _OPENMP
@@ -589,9 +590,18 @@ I16Rows RoundRowsI16(const float* x, int64_t m, int64_t cols, std::vector<int16_
   for (int64_t c = 0; c < chunks; ++c) {
     const float* v = x + 32 * c;
     float amax = 0.0f;
-    for (int k = 0; k < 32; ++k) amax = std::max(amax, std::fabs(v[k]));
-    const float inv = amax > 0.0f ? 32767.0f / amax : 0.0f;
+    bool finite = true;
+    for (int k = 0; k < 32; ++k) {
+      amax = std::max(amax, std::fabs(v[k]));
+      finite = finite && std::isfinite(v[k]);
+    }
     int16_t* out = q.data() + 32 * c;
+    if (!finite) {  // codes 0 and a NaN scale: every output these 32 reach is NaN
+      std::fill_n(out, 32, int16_t{0});
+      scale[static_cast<size_t>(c)] = std::numeric_limits<float>::quiet_NaN();
+      continue;
+    }
+    const float inv = amax > 0.0f ? 32767.0f / amax : 0.0f;
     for (int k = 0; k < 32; ++k) {
       out[k] = static_cast<int16_t>(std::clamp(std::nearbyint(v[k] * inv), -32767.0f, 32767.0f));
     }

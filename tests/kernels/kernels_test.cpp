@@ -9,8 +9,10 @@
 
 #include <atomic>
 #include <catch2/catch.hpp>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <limits>
 #include <mutex>
 #include <set>
 #include <thread>
@@ -315,6 +317,31 @@ TEST_CASE("BlockMatmul on GGUF blocks equals x · dequantized(W)ᵀ on every ISA
         if (w.HasDotRowI16()) CHECK(err > 1e-8);
       } else {
         CHECK(err <= 1e-5);
+      }
+    }
+  }
+}
+
+TEST_CASE("BlockMatmul: a NaN or an infinity in the input is not rounded away on any ISA", "[kernels]") {
+  const int64_t rows = 8, cols = 256;
+  for (const io::GgmlType type : {io::GgmlType::kQ5_0, io::GgmlType::kQ6_K, io::GgmlType::kQ8_0}) {
+    const std::vector<uint8_t> blocks = testing::RandomGgufBlocks(type, rows, cols, 3);
+    const kernels::GgufRowDecoder w(type, blocks.data(), rows, cols);
+    for (const float bad : {std::nanf(""), std::numeric_limits<float>::infinity()}) {
+      std::vector<float> x(2 * cols, 0.5f);
+      x[cols + 37] = bad;  // the second input row only
+      for (const kernels::DotIsa isa : {kernels::DotIsa::kPlain, kernels::DotIsa::kAvx512, kernels::DotIsa::kAvx512I16}) {
+        if (isa == kernels::DotIsa::kAvx512 && !__builtin_cpu_supports("avx512f")) continue;
+        if (isa == kernels::DotIsa::kAvx512I16 && !(__builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("f16c"))) {
+          continue;
+        }
+        std::vector<float> y(2 * rows, 0.0f);
+        kernels::BlockMatmul(w, x.data(), 2, y.data(), isa);
+        INFO(io::GgmlTypeName(type) << " isa " << static_cast<int>(isa) << " input " << bad);
+        for (int64_t r = 0; r < rows; ++r) {
+          CHECK(std::isfinite(y[r]));             // the clean row
+          CHECK_FALSE(std::isfinite(y[rows + r]));  // NaN or ±inf, never a finite number
+        }
       }
     }
   }

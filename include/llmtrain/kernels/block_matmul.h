@@ -28,7 +28,8 @@ enum class DotIsa { kAuto, kPlain, kAvx2, kAvx512, kAvx512I16 };
 
 /// Input rows rounded to 16-bit integers, for the kAvx512I16 products. For each row and each 32
 /// columns c: scale = max|x_c| / 32767 and q_c = round(x_c / scale), so |x_c − q_c · scale| ≤
-/// scale / 2, about 2⁻¹⁶ of those 32 values' largest magnitude.
+/// scale / 2, about 2⁻¹⁶ of those 32 values' largest magnitude. 32 values holding an infinity or
+/// a NaN get codes 0 and a NaN scale, so every output they reach is NaN.
 struct I16Rows {
   const int16_t* q = nullptr;    ///< (m, cols)
   const float* scale = nullptr;  ///< (m, cols / 32)
