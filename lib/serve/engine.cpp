@@ -404,6 +404,15 @@ void Engine::Impl::Run() {
   std::vector<Sequence> live;  // row r of `cache` and `logits` is live[r]
   model::KvCache cache;
   at::Tensor logits;           // (rows, V): the next token's logits of each live row
+  // The current exception ends every live row with its error and empties the batch (the engine
+  // goes on with the next requests).
+  const auto fail_batch = [&](const char* where) {
+    const absl::Status status = StatusFromCurrentException(where);
+    for (Sequence& s : live) EndRow(s, FinishReason::kError, status);
+    live.clear();
+    cache = model::KvCache();
+    logits = at::Tensor();
+  };
   for (;;) {
     std::vector<Sequence> fresh, dropped;
     std::unordered_set<uint64_t> cancels;
@@ -442,11 +451,7 @@ void Engine::Impl::Run() {
       last = logits.to(at::kCPU, at::kFloat).contiguous();
       log_probs = last.log_softmax(-1);
     } catch (...) {
-      const absl::Status status = StatusFromCurrentException("serve: logits");
-      for (Sequence& s : live) EndRow(s, FinishReason::kError, status);
-      live.clear();
-      cache = model::KvCache();
-      logits = at::Tensor();
+      fail_batch("serve: logits");
       continue;
     }
     std::vector<int64_t> keep, next;
@@ -517,11 +522,7 @@ void Engine::Impl::Run() {
       ++stats.steps;
       stats.largest_batch = std::max<int64_t>(stats.largest_batch, static_cast<int64_t>(live.size()));
     } catch (...) {
-      const absl::Status status = StatusFromCurrentException("serve: decode step");
-      for (Sequence& s : live) EndRow(s, FinishReason::kError, status);
-      live.clear();
-      cache = model::KvCache();
-      logits = at::Tensor();
+      fail_batch("serve: decode step");
     }
   }
   // Shutting down: whatever has not ended is cancelled.
