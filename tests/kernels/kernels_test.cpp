@@ -310,7 +310,7 @@ TEST_CASE("BlockMatmul on GGUF blocks equals x · dequantized(W)ᵀ on every ISA
       INFO(io::GgmlTypeName(type) << " m " << m << " isa " << static_cast<int>(isa) << " rel " << err);
       if (isa == kernels::DotIsa::kAvx512I16) {
         // Within the rounding bound (plus float32 rounding), and the rounding is really there for
-        // the types with an int16 path: the result is not the float32 one.
+        // the types with an int16 path: the result differs from the exact product.
         const double over = (diff - rounding - 1e-5 * scale).max().item<double>();
         INFO("worst excess over the bound " << over << ", bound at most " << rounding.max().item<double>() / scale);
         CHECK(over <= 0.0);
