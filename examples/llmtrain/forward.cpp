@@ -35,24 +35,28 @@ absl::Status Forward(const std::string& model_path, const std::string& in, const
   if (ids_info == nullptr || ids_info->dtype != Dtype::kI64 || ids_info->shape.size() != 2) {
     return absl::InvalidArgumentError(absl::StrCat(in, ": expected a tensor \"input_ids\" of I64 [B, T]"));
   }
-  const at::Tensor ids = io::TensorView(*inputs, *ids_info);
+  // Each input is copied out of the mapped file into its own allocation: a view into the mapping
+  // lies wherever the file put it, and oneMKL's float32 kernels may round differently for
+  // differently aligned operands (on some CPUs), so the logits would depend on the file's layout.
+  const auto read = [&](const io::TensorInfo& info) { return io::TensorView(*inputs, info).clone(); };
+  const at::Tensor ids = read(*ids_info);
   at::Tensor mask;
   if (const io::TensorInfo* m = inputs->Find("attention_mask")) {
     if (m->dtype != Dtype::kI64) {
       return absl::InvalidArgumentError(absl::StrCat(in, ": attention_mask must be I64"));
     }
-    mask = io::TensorView(*inputs, *m);
+    mask = read(*m);
   }
   model::ImageInputs images;
   if (const io::TensorInfo* p = inputs->Find("pixel_values")) {
     if (p->dtype != Dtype::kF32 || p->shape.size() != 4) {
       return absl::InvalidArgumentError(absl::StrCat(in, ": pixel_values must be F32 [N, 3, S, S]"));
     }
-    images.pixel_values = io::TensorView(*inputs, *p);
+    images.pixel_values = read(*p);
   }
   if (const io::TensorInfo* t = inputs->Find("token_type_ids")) {
     if (t->dtype != Dtype::kI64) return absl::InvalidArgumentError(absl::StrCat(in, ": token_type_ids must be I64"));
-    images.token_type_ids = io::TensorView(*inputs, *t);
+    images.token_type_ids = read(*t);
   }
   const absl::Status ok = model->CheckInputs(ids, mask, images);
   if (!ok.ok()) return Annotate(ok, in);
