@@ -56,16 +56,29 @@ at::Tensor GgufLinearState::Matmul(const at::Tensor& x2) const {
     return y;
   }
   RECORD_FUNCTION("llmtrain::gguf_tile_matmul", std::vector<c10::IValue>());
+  // Where fewer rows would round x to int16 (kernels::I16Rows), the tiles multiply that same
+  // rounding of x, so that a row's output does not depend on how many rows share the call (a
+  // decoding batch of 16, a prompt prefilled with others) beyond float32 summation order.
+  at::Tensor x_used = x2;
+  if (kernels::BestDotIsa() == kernels::DotIsa::kAvx512I16 && decoder.HasDotRowI16()) {
+    std::vector<int16_t> q;
+    std::vector<float> scale;
+    kernels::RoundRowsI16(x2.data_ptr<float>(), M, in, q, scale);
+    x_used = at::from_blob(q.data(), {M, in / 32, 32}, at::kShort)
+                 .to(at::kFloat)
+                 .mul_(at::from_blob(scale.data(), {M, in / 32, 1}, at::kFloat))
+                 .view({M, in});
+  }
   const int64_t tile = TileRows();
   at::Tensor w = at::empty({tile, in}, x2.options());
   for (int64_t r0 = 0; r0 < out; r0 += tile) {
     const int64_t rows = std::min(tile, out - r0);
     kernels::DecodeRows(decoder, r0, r0 + rows, w.data_ptr<float>());
     if (rows == out) {
-      at::mm_out(y, x2, w.t());
+      at::mm_out(y, x_used, w.t());
     } else {
       at::Tensor y_cols = y.narrow(1, r0, rows);
-      at::mm_out(y_cols, x2, w.narrow(0, 0, rows).t());
+      at::mm_out(y_cols, x_used, w.narrow(0, 0, rows).t());
     }
   }
   return y;

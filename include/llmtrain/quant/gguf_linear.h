@@ -7,7 +7,11 @@
 // rows (a prompt's prefill) tiles of rows are decoded to float32 on all cores and multiplied by a
 // GEMM. Either way the weight's values are exactly gguf's dequantization, and the products are
 // float32 (an input in another dtype is widened and the result rounded back), so the layer agrees
-// with a DenseLinear over the dequantized weight to float32 summation order. Backward gives the
+// with a DenseLinear over the dequantized weight to float32 summation order. The exception: where
+// kernels::BestDotIsa() is kAvx512I16 and the type has that path (Q5_0, Q6_K), both paths multiply
+// x rounded to int16 per 32 columns (kernels::I16Rows, about 2⁻¹⁶ of the 32 values' largest), so
+// that a row's output still does not depend on the number of rows in the call (a decoding batch,
+// a prompt prefilled with others) beyond float32 summation order. Backward gives the
 // input's gradient through the frozen weight (tile by tile); the weight gets none. CPU only: a
 // CUDA input is refused (load without packed decoding to run on a GPU).
 //
