@@ -610,20 +610,34 @@ I16Rows RoundRowsI16(const float* x, int64_t m, int64_t cols, std::vector<int16_
   return I16Rows{q.data(), scale.data(), m, cols};
 }
 
+bool RoundsInputI16(const RowDecoder& w, DotIsa isa) {
+  if (isa == DotIsa::kAuto) isa = BestDotIsa();
+  return isa == DotIsa::kAvx512I16 && w.HasDotRowI16();
+}
+
+void RoundedRowsI16(const float* x, int64_t m, int64_t cols, float* out) {
+  thread_local std::vector<int16_t> q;
+  thread_local std::vector<float> scale;
+  const I16Rows rounded = RoundRowsI16(x, m, cols, q, scale);
+  for (int64_t c = 0; c < m * (cols / 32); ++c) {
+    const float s = rounded.scale[c];
+    for (int64_t k = 0; k < 32; ++k) out[32 * c + k] = static_cast<float>(rounded.q[32 * c + k]) * s;
+  }
+}
+
 void BlockMatmul(const RowDecoder& w, const float* x, int64_t m, float* y, DotIsa isa) {
   if (isa == DotIsa::kAuto) isa = BestDotIsa();
   TORCH_CHECK(CpuHas(isa), "BlockMatmul: this CPU lacks the requested instruction set");
-  if (isa == DotIsa::kAvx512I16) {
-    if (w.HasDotRowI16() && w.rows() > 0 && m > 0) {
-      thread_local std::vector<int16_t> q;
-      thread_local std::vector<float> scale;
-      const I16Rows rounded = RoundRowsI16(x, m, w.cols(), q, scale);
-      const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, w.cols()));
-      at::parallel_for(0, w.rows(), grain, [&](int64_t r0, int64_t r1) { w.DotRowsI16(r0, r1, rounded, y); });
-      return;
-    }
-    isa = DotIsa::kAvx512;
+  if (RoundsInputI16(w, isa)) {
+    if (w.rows() == 0 || m == 0) return;
+    thread_local std::vector<int16_t> q;
+    thread_local std::vector<float> scale;
+    const I16Rows rounded = RoundRowsI16(x, m, w.cols(), q, scale);
+    const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, w.cols()));
+    at::parallel_for(0, w.rows(), grain, [&](int64_t r0, int64_t r1) { w.DotRowsI16(r0, r1, rounded, y); });
+    return;
   }
+  if (isa == DotIsa::kAvx512I16) isa = DotIsa::kAvx512;
   const DotsFn dots = FindDots(isa);
   if (w.HasDotRow(isa)) {  // straight from the packed rows
     const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, w.cols()));

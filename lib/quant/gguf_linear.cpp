@@ -60,14 +60,9 @@ at::Tensor GgufLinearState::Matmul(const at::Tensor& x2) const {
   // rounding of x, so that a row's output does not depend on how many rows share the call (a
   // decoding batch of 16, a prompt prefilled with others) beyond float32 summation order.
   at::Tensor x_used = x2;
-  if (kernels::BestDotIsa() == kernels::DotIsa::kAvx512I16 && decoder.HasDotRowI16()) {
-    std::vector<int16_t> q;
-    std::vector<float> scale;
-    kernels::RoundRowsI16(x2.data_ptr<float>(), M, in, q, scale);
-    x_used = at::from_blob(q.data(), {M, in / 32, 32}, at::kShort)
-                 .to(at::kFloat)
-                 .mul_(at::from_blob(scale.data(), {M, in / 32, 1}, at::kFloat))
-                 .view({M, in});
+  if (kernels::RoundsInputI16(decoder)) {
+    x_used = at::empty({M, in}, x2.options());
+    kernels::RoundedRowsI16(x2.data_ptr<float>(), M, in, x_used.data_ptr<float>());
   }
   const int64_t tile = TileRows();
   at::Tensor w = at::empty({tile, in}, x2.options());

@@ -241,8 +241,7 @@ TEST_CASE("quant: GgufLinear over GGUF blocks equals a dense linear over gguf's 
         const double y_scale = y_ref.abs().max().item<double>();
         at::Tensor fwd_err = (y.detach().to(at::kDouble) - y_ref.detach()).abs();
         const int64_t rows = x.numel() / c.in;
-        if (dtype == at::kFloat && kernels::BestDotIsa() == kernels::DotIsa::kAvx512I16 &&
-            kernels::GgufRowDecoder(c.type, raw.data(), c.out, c.in).HasDotRowI16()) {
+        if (dtype == at::kFloat && kernels::RoundsInputI16(kernels::GgufRowDecoder(c.type, raw.data(), c.out, c.in))) {
           // Both paths round x to int16 per 32 columns (kernels::I16Rows): each output may move by
           // Σ_c |W[r][c]| · (max |x| of c's 32) / 65534 more; measured here beyond that bound.
           const at::Tensor chunk_max = x.detach().to(at::kDouble).reshape({rows, c.in / 32, 32}).abs().amax(2);

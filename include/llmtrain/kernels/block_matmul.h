@@ -97,6 +97,17 @@ DotIsa BestDotIsa();
 /// (resized here) and returns the view of them.
 I16Rows RoundRowsI16(const float* x, int64_t m, int64_t cols, std::vector<int16_t>& q, std::vector<float>& scale);
 
+/// Whether BlockMatmul(w, ..., isa) multiplies x rounded to int16 (I16Rows) rather than x itself:
+/// isa (kAuto: BestDotIsa()) is kAvx512I16 and w.HasDotRowI16(). A product that multiplies by w
+/// some other way (a GEMM over decoded tiles) and must give each row what BlockMatmul gives it
+/// multiplies RoundedRowsI16's x instead where this holds.
+bool RoundsInputI16(const RowDecoder& w, DotIsa isa = DotIsa::kAuto);
+
+/// out (m, cols) = x rounded as I16Rows describes and taken back to float32 (q · scale, one
+/// float32 rounding each): the values BlockMatmul's kAvx512I16 products multiply. cols is a
+/// multiple of 32; out may not alias x.
+void RoundedRowsI16(const float* x, int64_t m, int64_t cols, float* out);
+
 /// y (m, rows) = x (m, cols) · Wᵀ, float32, row-major and contiguous (x_stride = cols,
 /// y_stride = rows). Rows of W are split over the intra-op threads (one thread when called
 /// inside a parallel region). Each output is Σ over pieces of a float32 dot product: the
