@@ -616,8 +616,9 @@ bool RoundsInputI16(const RowDecoder& w, DotIsa isa) {
 }
 
 void RoundedRowsI16(const float* x, int64_t m, int64_t cols, float* out) {
-  thread_local std::vector<int16_t> q;
-  thread_local std::vector<float> scale;
+  // Not thread_local as in BlockMatmul: a prefill's m is unbounded, and its rows are not kept.
+  std::vector<int16_t> q;
+  std::vector<float> scale;
   const I16Rows rounded = RoundRowsI16(x, m, cols, q, scale);
   for (int64_t c = 0; c < m * (cols / 32); ++c) {
     const float s = rounded.scale[c];
