@@ -406,20 +406,38 @@ TEST_CASE("kernels: the CUDA RmsNorm, RoPE and Dequantize4bit agree with the CPU
     const kernels::RopeTables t = kernels::MakeRopeTables(positions, kernels::RopeInverseFrequencies(32, 1e4), dtype);
     CHECK(at::equal(kernels::ApplyRope(q.cuda(), t.cos.cuda(), t.sin.cuda()).cpu(), kernels::ApplyRope(q, t.cos, t.sin)));
   }
-  // 4-bit dequantization: the same product and rounding, so equal, on aligned and odd ranges.
-  quant::Quant4Options q4;
-  q4.double_quant = true;
-  auto q = quant::Quantize4bit(at::randn({33, 128}), q4);
-  REQUIRE(q.ok());
-  const at::Tensor scales = quant::BlockScales(q->state), code = q->state.code.to(at::kFloat).contiguous();
-  for (const auto& [begin, count] : std::vector<std::pair<int64_t, int64_t>>{{0, 4224}, {16, 1024}, {3, 777}}) {
-    for (const at::ScalarType dtype : {at::kFloat, at::kBFloat16, at::kHalf}) {
-      INFO("elements [" << begin << ", " << begin + count << ") as " << dtype);
-      at::Tensor cpu = at::empty({count}, dtype);
-      kernels::Dequantize4bit(q->packed, scales, code, q4.blocksize, begin, cpu);
-      at::Tensor gpu = at::empty({count}, at::TensorOptions().dtype(dtype).device(at::kCUDA));
-      kernels::Dequantize4bit(q->packed.cuda(), scales.cuda(), code.cuda(), q4.blocksize, begin, gpu);
-      CHECK(at::equal(gpu.cpu(), cpu));
+  // 4-bit dequantization: the same product and rounding, so equal. NF4 and FP4, with and without
+  // double quantization (the float32 block scales come from BlockScales either way), into f32,
+  // bf16 and f16, on aligned and odd ranges, and on 4,224 blocks of 64 (many thread blocks).
+  for (const quant::QuantType type : {quant::QuantType::kNf4, quant::QuantType::kFp4}) {
+    for (const bool nested : {false, true}) {
+      quant::Quant4Options q4;
+      q4.type = type;
+      q4.double_quant = nested;
+      at::Tensor w = at::randn({33 * 64, 128});
+      w.narrow(0, 3, 1).zero_();  // two all-zero blocks
+      // A NaN block (without double quantization: with it, a NaN scale spoils its 256 blocks' group).
+      if (!nested) w.view({-1})[70000] = std::numeric_limits<float>::quiet_NaN();
+      auto q = quant::Quantize4bit(w, q4);
+      REQUIRE(q.ok());
+      const at::Tensor scales = quant::BlockScales(q->state), code = q->state.code.to(at::kFloat).contiguous();
+      for (const auto& [begin, count] : std::vector<std::pair<int64_t, int64_t>>{
+               {0, 4224}, {16, 1024}, {3, 777}, {0, w.numel()}, {65, w.numel() - 130}}) {
+        for (const at::ScalarType dtype : {at::kFloat, at::kBFloat16, at::kHalf}) {
+          INFO((type == quant::QuantType::kNf4 ? "NF4" : "FP4") << (nested ? " double-quantized" : "")
+                                                                << ", elements [" << begin << ", " << begin + count
+                                                                << ") as " << dtype);
+          at::Tensor cpu = at::empty({count}, dtype);
+          kernels::Dequantize4bit(q->packed, scales, code, q4.blocksize, begin, cpu);
+          at::Tensor gpu = at::empty({count}, at::TensorOptions().dtype(dtype).device(at::kCUDA));
+          kernels::Dequantize4bit(q->packed.cuda(), scales.cuda(), code.cuda(), q4.blocksize, begin, gpu);
+          // NaN payloads may differ (the GPU's conversions make them canonical): NaN where the
+          // CPU has NaN, the same bits everywhere else.
+          const at::Tensor g = gpu.cpu();
+          CHECK(at::equal(g.isnan(), cpu.isnan()));
+          CHECK(at::equal(g.masked_fill(g.isnan(), 0), cpu.masked_fill(cpu.isnan(), 0)));
+        }
+      }
     }
   }
 }

@@ -337,39 +337,54 @@ TEST_CASE("quant: QuantizedLinear under autocast computes in bf16", "[quant]") {
 }
 
 // Where a GPU exists: the CUDA path (our dequantization kernel + cuBLASLt, or the fused kernel for
-// small bf16 batches) against the CPU path on the same quantized weights.
+// small bf16 batches) against the CPU path on the same quantized weights: NF4 and FP4, with and
+// without double quantization (the GPU dequantizes the nested scales itself), float32, bfloat16
+// and float16. 2100 × 4096 needs several of the CUDA path's 16 MiB weight tiles (1,024 rows in
+// float32, 2,048 in 16 bits) and 1000 × 4096 many of the fused kernel's tiles.
+// Bounds, relative to the largest output: float32 1e-5 (sums of 4,096 products in another order);
+// bfloat16 2e-2 and float16 2.5e-3, about 2.5 units in the last place of the largest value (each
+// side rounds its output once, after float32 sums in different orders).
 TEST_CASE("quant: QuantizedLinear on CUDA equals the CPU path", "[quant][cuda]") {
   if (!at::hasCUDA()) {
     testing::Skip("no CUDA device: the CUDA QuantizedLinear was not run (it is compiled and linked)");
     return;
   }
   struct Shape { int64_t out, in; };
-  double worst[2] = {0, 0};  // float32, bfloat16: max |gpu − cpu| / max |cpu|
-  for (const Shape shape : {Shape{64, 64}, Shape{300, 256}, Shape{1000, 4096}, Shape{5, 33}}) {
-    for (const c10::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
-      for (const int64_t m : {1, 8, 100}) {
-        INFO("shape " << shape.out << "x" << shape.in << " dtype " << c10::toString(dtype) << " M " << m);
-        auto q = quant::Quantize4bit((at::randn({shape.out, shape.in}) * 0.05).to(dtype), {quant::QuantType::kNf4, 64, true});
-        REQUIRE(q.ok());
-        const quant::QuantizedLinear layer(*q);
-        const at::Tensor x = at::randn({m, shape.in}).to(dtype);
-        const at::Tensor cpu = quant::detail::MatmulNoGrad(layer, x).to(at::kFloat);
-        const at::Tensor gpu = quant::detail::MatmulNoGrad(layer, x.cuda()).cpu().to(at::kFloat);
-        const double tol = dtype == at::kFloat ? 1e-5 : 2e-2;
-        const double rel = (gpu - cpu).abs().max().item<double>() / cpu.abs().max().item<double>();
-        CHECK(rel <= tol);
-        const at::Tensor g = at::randn({m, shape.out}).to(dtype);
-        const at::Tensor cpu_g = quant::detail::MatmulTransposedNoGrad(layer, g).to(at::kFloat);
-        const at::Tensor gpu_g = quant::detail::MatmulTransposedNoGrad(layer, g.cuda()).cpu().to(at::kFloat);
-        const double rel_g = (gpu_g - cpu_g).abs().max().item<double>() / cpu_g.abs().max().item<double>();
-        CHECK(rel_g <= tol);
-        double& w = worst[dtype == at::kFloat ? 0 : 1];
-        w = std::max({w, rel, rel_g});
+  const std::vector<c10::ScalarType> dtypes = {at::kFloat, at::kBFloat16, at::kHalf};
+  std::map<c10::ScalarType, double> worst;  // max |gpu − cpu| / max |cpu|
+  int cases = 0;
+  for (const Shape shape : {Shape{64, 64}, Shape{300, 256}, Shape{1000, 4096}, Shape{2100, 4096}, Shape{5, 33}}) {
+    for (const quant::QuantType type : {quant::QuantType::kNf4, quant::QuantType::kFp4}) {
+      for (const bool nested : {false, true}) {
+        for (const c10::ScalarType dtype : dtypes) {
+          auto q = quant::Quantize4bit((at::randn({shape.out, shape.in}) * 0.05).to(dtype), {type, 64, nested});
+          REQUIRE(q.ok());
+          const quant::QuantizedLinear layer(*q);
+          for (const int64_t m : {1, 8, 100}) {
+            INFO("shape " << shape.out << "x" << shape.in << (type == quant::QuantType::kNf4 ? " NF4" : " FP4")
+                          << (nested ? " double-quantized" : "") << " dtype " << c10::toString(dtype) << " M " << m);
+            const at::Tensor x = at::randn({m, shape.in}).to(dtype);
+            const at::Tensor cpu = quant::detail::MatmulNoGrad(layer, x).to(at::kFloat);
+            const at::Tensor gpu = quant::detail::MatmulNoGrad(layer, x.cuda()).cpu().to(at::kFloat);
+            const double tol = dtype == at::kFloat ? 1e-5 : dtype == at::kBFloat16 ? 2e-2 : 2.5e-3;
+            const double rel = (gpu - cpu).abs().max().item<double>() / cpu.abs().max().item<double>();
+            CHECK(rel <= tol);
+            const at::Tensor g = at::randn({m, shape.out}).to(dtype);
+            const at::Tensor cpu_g = quant::detail::MatmulTransposedNoGrad(layer, g).to(at::kFloat);
+            const at::Tensor gpu_g = quant::detail::MatmulTransposedNoGrad(layer, g.cuda()).cpu().to(at::kFloat);
+            const double rel_g = (gpu_g - cpu_g).abs().max().item<double>() / cpu_g.abs().max().item<double>();
+            CHECK(rel_g <= tol);
+            worst[dtype] = std::max({worst[dtype], rel, rel_g});
+            ++cases;
+          }
+        }
       }
     }
   }
-  std::printf("quant: QuantizedLinear CUDA vs CPU, forward and input gradient, 4 shapes × M 1/8/100: worst "
-              "max-abs error relative to the largest value %.2e (float32), %.2e (bfloat16)\n", worst[0], worst[1]);
+  std::printf("quant: QuantizedLinear CUDA vs CPU, forward and input gradient, %d cases (5 shapes, NF4/FP4, "
+              "double quantization or not, M 1/8/100): worst max-abs error relative to the largest value "
+              "%.2e (float32), %.2e (bfloat16), %.2e (float16)\n",
+              cases, worst[at::kFloat], worst[at::kBFloat16], worst[at::kHalf]);
 }
 
 // Quantize4bitShare on `world` threads standing in for processes (the sum is a barrier over
