@@ -374,6 +374,29 @@ absl::StatusOr<std::vector<uint8_t>> QuantizeQ8_0(absl::Span<const float> values
   return out;
 }
 
+namespace {
+
+// The block scale and quants of Q4_0 (half = 8) and Q5_0 (half = 16), as gguf-py computes them:
+// the signed value of largest magnitude (numpy argmax: the first of ties), d = it / -half and
+// id = 1 / d in float32; q = trunc(x · id + half + 0.5) clipped to [0, 2 · half − 1]. Writes the
+// 32 quants to `q` and returns d as float16 bits.
+uint16_t ZeroPointBlock(const float* x, int half, uint8_t q[32]) {
+  int imax = 0;
+  for (int j = 1; j < 32; ++j) {
+    if (std::fabs(x[j]) > std::fabs(x[imax])) imax = j;
+  }
+  const float d = x[imax] / -static_cast<float>(half);
+  const float id = d == 0.0f ? 0.0f : 1.0f / d;
+  const float offset = static_cast<float>(half) + 0.5f, top = static_cast<float>(2 * half - 1);
+  for (int j = 0; j < 32; ++j) {
+    const float t = std::trunc(x[j] * id + offset);
+    q[j] = static_cast<uint8_t>(std::min(top, std::max(0.0f, t)));
+  }
+  return ::llmtrain::detail::FloatToF16(d);
+}
+
+}  // namespace
+
 absl::StatusOr<std::vector<uint8_t>> QuantizeQ4_0(absl::Span<const float> values) {
   if (values.size() % 32 != 0) {
     return absl::InvalidArgumentError(
@@ -381,23 +404,10 @@ absl::StatusOr<std::vector<uint8_t>> QuantizeQ4_0(absl::Span<const float> values
   }
   std::vector<uint8_t> out(values.size() / 32 * 18);
   for (size_t b = 0; b < values.size() / 32; ++b) {
-    const float* x = values.data() + 32 * b;
     uint8_t* o = out.data() + 18 * b;
-    // gguf-py: the signed value of largest magnitude (numpy argmax: the first of ties), d = it /
-    // -8 and id = 1 / d in float32; q = trunc(x · id + 8.5) as uint8, clipped to 15.
-    int imax = 0;
-    for (int j = 1; j < 32; ++j) {
-      if (std::fabs(x[j]) > std::fabs(x[imax])) imax = j;
-    }
-    const float d = x[imax] / -8.0f;
-    const float id = d == 0.0f ? 0.0f : 1.0f / d;
-    const uint16_t d16 = ::llmtrain::detail::FloatToF16(d);
-    std::memcpy(o, &d16, 2);
     uint8_t q[32];
-    for (int j = 0; j < 32; ++j) {
-      const float t = std::trunc(x[j] * id + 8.5f);
-      q[j] = static_cast<uint8_t>(std::min(15.0f, std::max(0.0f, t)));
-    }
+    const uint16_t d16 = ZeroPointBlock(values.data() + 32 * b, 8, q);
+    std::memcpy(o, &d16, 2);
     for (int j = 0; j < 16; ++j) o[2 + j] = static_cast<uint8_t>(q[j] | (q[j + 16] << 4));
   }
   return out;
@@ -410,23 +420,11 @@ absl::StatusOr<std::vector<uint8_t>> QuantizeQ5_0(absl::Span<const float> values
   }
   std::vector<uint8_t> out(values.size() / 32 * 22);
   for (size_t b = 0; b < values.size() / 32; ++b) {
-    const float* x = values.data() + 32 * b;
     uint8_t* o = out.data() + 22 * b;
-    // As Q4_0 with 5 bits: d = (the value of largest magnitude, the first of ties) / -16,
-    // q = min(31, trunc(x / d + 16.5)); the fifth bits of the 32 values go to qh.
-    int imax = 0;
-    for (int j = 1; j < 32; ++j) {
-      if (std::fabs(x[j]) > std::fabs(x[imax])) imax = j;
-    }
-    const float d = x[imax] / -16.0f;
-    const float id = d == 0.0f ? 0.0f : 1.0f / d;
-    const uint16_t d16 = ::llmtrain::detail::FloatToF16(d);
-    std::memcpy(o, &d16, 2);
     uint8_t q[32];
-    for (int j = 0; j < 32; ++j) {
-      const float t = std::trunc(x[j] * id + 16.5f);
-      q[j] = static_cast<uint8_t>(std::min(31.0f, std::max(0.0f, t)));
-    }
+    const uint16_t d16 = ZeroPointBlock(values.data() + 32 * b, 16, q);
+    std::memcpy(o, &d16, 2);
+    // The low four bits in pairs as Q4_0; the fifth bits of the 32 values go to qh.
     uint32_t qh = 0;
     for (int j = 0; j < 16; ++j) {
       o[6 + j] = static_cast<uint8_t>((q[j] & 0x0F) | ((q[j + 16] & 0x0F) << 4));
