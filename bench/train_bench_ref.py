@@ -1,6 +1,6 @@
-"""Reference side of bench/train_bench: transformers + PEFT + bitsandbytes QLoRA training steps on
-the CPU (NF4, double quantization, float32 compute, LoRA on all linear layers, AdamW), on the same
-GGUF, batch, sequence length, rank and threads as ours.
+"""Reference side of bench/train_bench (on the CPU) and of scripts/device-check's speed part (on a
+GPU): transformers + PEFT + bitsandbytes QLoRA training steps (NF4, double quantization, LoRA on
+all linear layers, AdamW) on the same model, batch, sequence length, rank and threads as ours.
 Usage: train_bench_ref.py MODEL BATCH SEQ RANK THREADS [f32|bf16|autocast] [cpu|cuda] [ckpt]
 MODEL is a .gguf file or an HF model folder. LoRA stays float32. On cuda (scripts/device-check)
 the model is on GPU 0 with attention "sdpa" (transformers' default there; "eager" on the CPU),
@@ -35,6 +35,8 @@ bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_
                          bnb_4bit_compute_dtype=torch.bfloat16 if mode == "autocast" else compute)
 # transformers refuses quantization_config together with gguf_file: the GGUF is converted to an HF
 # folder once (next to it, in the git-ignored .venv/models), then loaded 4-bit from there.
+if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
+    sys.exit(f"{path}: an HF model folder needs a config.json")
 hf_dir = path if os.path.isdir(path) else os.path.join(os.path.dirname(os.path.abspath(path)), "gemma-3-270m-hf-f32")
 if not os.path.isfile(os.path.join(hf_dir, "config.json")):
     dense = AutoModelForCausalLM.from_pretrained(os.path.dirname(os.path.abspath(path)),
