@@ -9,7 +9,8 @@
 
 namespace llmtrain::io::detail {
 
-/// True for the types the CUDA path handles: Q8_0, Q4_0, Q4_K, Q5_K, Q6_K.
+/// True for the types the CUDA path handles: F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K,
+/// Q6_K (gguf_quants_device.cuh).
 bool CanDequantizeCuda(GgmlType type);
 
 /// Dequantizes `n_blocks` blocks from device memory `src` into device memory `dst` (float32) on

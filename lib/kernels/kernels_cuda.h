@@ -8,6 +8,8 @@
 #include <cstdint>
 #include <string>
 
+#include "llmtrain/io/gguf.h"
+
 namespace llmtrain::kernels::detail {
 
 /// Element types of the `dtype` arguments.
@@ -29,6 +31,17 @@ std::string RopeCuda(const void* x, const void* cos, const void* sin, void* y, i
 std::string Dequantize4bitCuda(const uint8_t* packed, const float* scales, const float* code16,
                                int64_t begin, int64_t count, int64_t blocksize, int out_dtype, void* out,
                                void* stream);
+
+/// Rows of x one launch of GgufMatvecCuda multiplies together (larger M is done in chunks).
+constexpr int kGgufMatvecMaxRows = 16;
+
+/// y(M, out) = x(M, in) · Wᵀ for W (out, in) stored as GGUF blocks of `type` (row after row, each
+/// row in / block_elems blocks), x and y float32 and contiguous. Every weight is gguf's
+/// dequantization bit for bit (io/gguf_quants_device.cuh); the products are float32 multiply-adds
+/// summed per warp. For decoding (small M): each output row reads its blocks once per 16 rows of x.
+/// Types: those io::detail::CanDequantizeCuda accepts.
+std::string GgufMatvecCuda(io::GgmlType type, const uint8_t* blocks, int64_t out, int64_t in, const float* x,
+                           int64_t M, float* y, void* stream);
 
 /// Free and total bytes of CUDA device `device` (cudaMemGetInfo; creates its context).
 std::string DeviceMemoryCuda(int device, int64_t* free_bytes, int64_t* total_bytes);

@@ -4,9 +4,11 @@
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
 #include <ATen/record_function.h>
+#include <c10/core/DeviceGuard.h>
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <algorithm>
+#include <optional>
 #include <vector>
 
 #include "absl/strings/ascii.h"
@@ -14,6 +16,13 @@
 #include "llmtrain/core/status.h"
 #include "llmtrain/kernels/block_matmul.h"
 #include "llmtrain/quant/quantized_linear.h"
+
+#if LLMTRAIN_WITH_CUDA
+#include <c10/cuda/CUDAStream.h>
+
+#include "io/gguf_quants_cuda.h"
+#include "kernels/kernels_cuda.h"
+#endif
 
 namespace llmtrain::quant {
 
@@ -26,7 +35,7 @@ struct GgufLinearState {
   // the storage under the same tensor, so no pointer into it is kept).
   kernels::GgufRowDecoder Decoder() const {
     TORCH_CHECK(blocks.device().is_cpu(), "GgufLinear: the blocks are on ", blocks.device().str(),
-                ": a layer over GGUF blocks computes on the CPU (load without packed decoding for a GPU)");
+                ": a layer over GGUF blocks computes on the CPU or on CUDA");
     return kernels::GgufRowDecoder(type, blocks.data_ptr<uint8_t>(), out, in);
   }
   // Output rows per GEMM tile: about 16 MiB of float32, whole multiples of 16 rows.
@@ -34,10 +43,18 @@ struct GgufLinearState {
     const int64_t rows = std::max<int64_t>(16, (int64_t{16} << 20) / (4 * in) / 16 * 16);
     return std::min(rows, out);
   }
-  // y (M, out) = x (M, in) · Wᵀ, float32.
+  // y (M, out) = x (M, in) · Wᵀ, float32, on the blocks' device.
   at::Tensor Matmul(const at::Tensor& x2) const;
-  // grad_x (M, in) = grad_y (M, out) · W, float32.
+  // grad_x (M, in) = grad_y (M, out) · W, float32, on the blocks' device.
   at::Tensor MatmulTransposed(const at::Tensor& g2) const;
+  // Both take, on CUDA, the fused products (MatvecCuda) for fewer than kLargeRows rows, else tiles
+  // of rows decoded to float32 on the device (DecodeRowsCuda) and multiplied by cuBLAS.
+  void DecodeTile(int64_t r0, int64_t rows, at::Tensor& w) const;
+  // The blocks' CUDA device (refusing a type without CUDA kernels), or none on the CPU.
+  std::optional<c10::Device> OnDevice() const;
+  bool CudaType() const;
+  void DecodeRowsCuda(int64_t r0, int64_t rows, at::Tensor& w) const;
+  void MatvecCuda(const at::Tensor& x2, at::Tensor& y) const;
 
   io::GgmlType type;
   at::Tensor blocks;  // uint8, contiguous
@@ -45,22 +62,36 @@ struct GgufLinearState {
   std::string kind;
 };
 
+// Decodes weight rows [r0, r0 + rows) into the float32 tile w, on the blocks' device.
+void GgufLinearState::DecodeTile(int64_t r0, int64_t rows, at::Tensor& w) const {
+  if (blocks.is_cuda()) {
+    DecodeRowsCuda(r0, rows, w);
+  } else {
+    kernels::DecodeRows(Decoder(), r0, r0 + rows, w.data_ptr<float>());
+  }
+}
+
 at::Tensor GgufLinearState::Matmul(const at::Tensor& x2) const {
-  const kernels::GgufRowDecoder decoder = Decoder();
+  const c10::OptionalDeviceGuard device_guard(OnDevice());
   const int64_t M = x2.size(0);
   at::Tensor y = at::empty({M, out}, x2.options());
   if (M == 0) return y;
   if (M < GgufLinear::kLargeRows) {
-    RECORD_FUNCTION("llmtrain::gguf_block_matmul", std::vector<c10::IValue>());
-    kernels::BlockMatmul(decoder, x2.data_ptr<float>(), M, y.data_ptr<float>());
+    if (blocks.is_cuda()) {
+      RECORD_FUNCTION("llmtrain::gguf_matvec_cuda", std::vector<c10::IValue>());
+      MatvecCuda(x2, y);
+    } else {
+      RECORD_FUNCTION("llmtrain::gguf_block_matmul", std::vector<c10::IValue>());
+      kernels::BlockMatmul(Decoder(), x2.data_ptr<float>(), M, y.data_ptr<float>());
+    }
     return y;
   }
   RECORD_FUNCTION("llmtrain::gguf_tile_matmul", std::vector<c10::IValue>());
-  // Where fewer rows would round x to int16 (kernels::I16Rows), the tiles multiply that same
-  // rounding of x, so that a row's output does not depend on how many rows share the call (a
-  // decoding batch of 16, a prompt prefilled with others) beyond float32 summation order.
+  // Where fewer rows would round x to int16 on this CPU (kernels::I16Rows), the tiles multiply
+  // that same rounding of x, so that a row's output does not depend on how many rows share the
+  // call (a decoding batch of 16, a prompt prefilled with others) beyond float32 summation order.
   at::Tensor x_used = x2;
-  if (kernels::RoundsInputI16(decoder)) {
+  if (!blocks.is_cuda() && kernels::RoundsInputI16(Decoder())) {
     x_used = at::empty({M, in}, x2.options());
     kernels::RoundedRowsI16(x2.data_ptr<float>(), M, in, x_used.data_ptr<float>());
   }
@@ -68,7 +99,7 @@ at::Tensor GgufLinearState::Matmul(const at::Tensor& x2) const {
   at::Tensor w = at::empty({tile, in}, x2.options());
   for (int64_t r0 = 0; r0 < out; r0 += tile) {
     const int64_t rows = std::min(tile, out - r0);
-    kernels::DecodeRows(decoder, r0, r0 + rows, w.data_ptr<float>());
+    DecodeTile(r0, rows, w);
     if (rows == out) {
       at::mm_out(y, x_used, w.t());
     } else {
@@ -80,18 +111,52 @@ at::Tensor GgufLinearState::Matmul(const at::Tensor& x2) const {
 }
 
 at::Tensor GgufLinearState::MatmulTransposed(const at::Tensor& g2) const {
-  const kernels::GgufRowDecoder decoder = Decoder();
-  const int64_t M = g2.size(0);
-  at::Tensor gx = at::zeros({M, in}, g2.options());
+  const c10::OptionalDeviceGuard device_guard(OnDevice());
+  at::Tensor gx = at::zeros({g2.size(0), in}, g2.options());
   const int64_t tile = TileRows();
   at::Tensor w = at::empty({tile, in}, g2.options());
   for (int64_t r0 = 0; r0 < out; r0 += tile) {
     const int64_t rows = std::min(tile, out - r0);
-    kernels::DecodeRows(decoder, r0, r0 + rows, w.data_ptr<float>());
+    DecodeTile(r0, rows, w);
     gx.addmm_(g2.narrow(1, r0, rows), w.narrow(0, 0, rows));
   }
   return gx;
 }
+
+std::optional<c10::Device> GgufLinearState::OnDevice() const {
+  if (!blocks.is_cuda()) return std::nullopt;
+  TORCH_CHECK(CudaType(), "GgufLinear: ", kind,
+              " blocks have no CUDA path (F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K and Q6_K have)");
+  return blocks.device();
+}
+
+#if LLMTRAIN_WITH_CUDA
+bool GgufLinearState::CudaType() const { return io::detail::CanDequantizeCuda(type); }
+
+void GgufLinearState::DecodeRowsCuda(int64_t r0, int64_t rows, at::Tensor& w) const {
+  const auto traits = io::GetGgmlTypeTraits(static_cast<uint32_t>(type));
+  const int64_t row_blocks = in / traits->block_elems;
+  const std::string error = io::detail::DequantizeCuda(
+      type, blocks.data_ptr<uint8_t>() + r0 * row_blocks * traits->block_bytes, w.data_ptr<float>(),
+      rows * row_blocks, c10::cuda::getCurrentCUDAStream(blocks.device().index()).stream());
+  TORCH_CHECK(error.empty(), "GgufLinear (CUDA, ", kind, "): ", error);
+}
+
+void GgufLinearState::MatvecCuda(const at::Tensor& x2, at::Tensor& y) const {
+  const std::string error = kernels::detail::GgufMatvecCuda(
+      type, blocks.data_ptr<uint8_t>(), out, in, x2.data_ptr<float>(), x2.size(0), y.data_ptr<float>(),
+      c10::cuda::getCurrentCUDAStream(blocks.device().index()).stream());
+  TORCH_CHECK(error.empty(), "GgufLinear (CUDA, ", kind, "): ", error);
+}
+#else
+bool GgufLinearState::CudaType() const { return false; }
+void GgufLinearState::DecodeRowsCuda(int64_t, int64_t, at::Tensor&) const {
+  TORCH_CHECK(false, "GgufLinear: this llmtrain build has no CUDA support");
+}
+void GgufLinearState::MatvecCuda(const at::Tensor&, at::Tensor&) const {
+  TORCH_CHECK(false, "GgufLinear: this llmtrain build has no CUDA support");
+}
+#endif
 }  // namespace detail
 
 namespace {
@@ -137,8 +202,8 @@ GgufLinear::GgufLinear(io::GgmlType type, at::Tensor blocks, int64_t out, int64_
 GgufLinear::~GgufLinear() = default;
 
 at::Tensor GgufLinear::Forward(const at::Tensor& x) const {
-  TORCH_CHECK(x.device().is_cpu(), "GgufLinear: ", x.device().str(),
-              " input: a layer over GGUF blocks computes on the CPU (load without packed decoding for a GPU)");
+  TORCH_CHECK(x.device() == impl_->blocks.device(), "GgufLinear: the input is on ", x.device().str(),
+              ", the blocks on ", impl_->blocks.device().str(), " (Decoder::MoveTo moves them)");
   TORCH_CHECK(x.size(-1) == in_features(), "GgufLinear: input has ", x.size(-1), " features, the layer ",
               in_features());
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
@@ -154,8 +219,14 @@ int64_t GgufLinear::in_features() const { return impl_->in; }
 int64_t GgufLinear::out_features() const { return impl_->out; }
 
 at::Tensor GgufLinear::DenseWeight(c10::ScalarType dtype) const {
-  // On the blocks' device (a moved model merges there), decoded on the CPU.
+  // On the blocks' device (a moved model merges there), decoded there.
   const at::Tensor& blocks = impl_->blocks;
+  if (blocks.is_cuda() && impl_->CudaType()) {
+    const c10::OptionalDeviceGuard device_guard(impl_->OnDevice());
+    at::Tensor w = at::empty({out_features(), in_features()}, blocks.options().dtype(at::kFloat));
+    impl_->DecodeRowsCuda(0, out_features(), w);
+    return w.to(dtype);
+  }
   const at::Tensor cpu_blocks = blocks.device().is_cpu() ? blocks : blocks.cpu();
   const kernels::GgufRowDecoder decoder(impl_->type, cpu_blocks.data_ptr<uint8_t>(), impl_->out, impl_->in);
   at::Tensor w = at::empty({out_features(), in_features()}, at::kFloat);

@@ -293,8 +293,8 @@ TEST_CASE("gguf: the real Gemma 3 270M Q4_K_M file", "[io][gguf][reference]") {
 
 // Every block type the CPU path decodes, on the GPU: random blocks (finite half-precision scales,
 // random quants) written with GgufWriter, loaded onto CUDA and compared bit for bit with the CPU
-// dequantization. Q8_0, Q4_0, Q4_K, Q5_K and Q6_K run our kernels; the others take the CPU path
-// and are copied (LoadGgufTensorTo). 1,536 rows of 512 values: thousands of thread blocks.
+// dequantization. All but F32 run our kernels (io/gguf_quants_device.cuh); F32 is read on the CPU
+// and copied (LoadGgufTensorTo). 1,536 rows of 512 values: thousands of thread blocks.
 TEST_CASE("gguf: every block type loads onto CUDA bit-identically to the CPU path", "[io][gguf][cuda]") {
   if (!at::hasCUDA()) {
     testing::Skip("no CUDA device: the CUDA GGUF dequantization was not run (it is compiled and linked)");

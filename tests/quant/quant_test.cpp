@@ -206,6 +206,18 @@ TEST_CASE("quant: QuantizedLinear forward and input gradient equal a dense linea
               "input gradient rel err %.2e (summation order only)\n", n, worst_fwd, worst_bwd);
 }
 
+// GGUF blocks as a 1-D uint8 tensor, and gguf's dequantization of them as (rows, cols) float32.
+at::Tensor BytesTensor(const std::vector<uint8_t>& raw) {
+  at::Tensor blocks = at::empty({static_cast<int64_t>(raw.size())}, at::kByte);
+  std::memcpy(blocks.data_ptr(), raw.data(), raw.size());
+  return blocks;
+}
+at::Tensor Dequantized(io::GgmlType type, const std::vector<uint8_t>& raw, int64_t rows, int64_t cols) {
+  at::Tensor dense = at::empty({rows, cols}, at::kFloat);
+  REQUIRE(io::Dequantize(type, raw, absl::MakeSpan(dense.data_ptr<float>(), dense.numel())).ok());
+  return dense;
+}
+
 TEST_CASE("quant: GgufLinear over GGUF blocks equals a dense linear over gguf's dequantization", "[quant]") {
   struct Case { io::GgmlType type; int64_t out, in; };
   // The 270M's types; 1,100 × 4,096 takes two 16 MiB GEMM tiles at 32 rows.
@@ -214,12 +226,9 @@ TEST_CASE("quant: GgufLinear over GGUF blocks equals a dense linear over gguf's 
   double worst_fwd = 0, worst_bwd = 0, worst_batch = 0;
   for (const Case& c : cases) {
     const std::vector<uint8_t> raw = testing::RandomGgufBlocks(c.type, c.out, c.in, 3);
-    at::Tensor blocks = at::empty({static_cast<int64_t>(raw.size())}, at::kByte);
-    std::memcpy(blocks.data_ptr(), raw.data(), raw.size());
     const at::Tensor bias = at::randn({c.out});
-    const quant::GgufLinear layer(c.type, blocks, c.out, c.in, bias);
-    at::Tensor dense = at::empty({c.out, c.in}, at::kFloat);
-    REQUIRE(io::Dequantize(c.type, raw, absl::MakeSpan(dense.data_ptr<float>(), dense.numel())).ok());
+    const quant::GgufLinear layer(c.type, BytesTensor(raw), c.out, c.in, bias);
+    const at::Tensor dense = Dequantized(c.type, raw, c.out, c.in);
     CHECK(at::equal(layer.DenseWeight(at::kFloat), dense));
     CHECK(layer.StorageBytes() == static_cast<int64_t>(raw.size()));
     CHECK(model::StoredBytes(layer) == static_cast<int64_t>(raw.size()) + c.out * 4);
@@ -281,9 +290,7 @@ TEST_CASE("quant: GgufLinear over GGUF blocks equals a dense linear over gguf's 
   // storage under the same tensor) computes from the new memory.
   {
     const std::vector<uint8_t> raw = testing::RandomGgufBlocks(io::GgmlType::kQ4_K, 8, 256, 5);
-    at::Tensor blocks = at::empty({static_cast<int64_t>(raw.size())}, at::kByte);
-    std::memcpy(blocks.data_ptr(), raw.data(), raw.size());
-    const quant::GgufLinear layer(io::GgmlType::kQ4_K, blocks, 8, 256);
+    const quant::GgufLinear layer(io::GgmlType::kQ4_K, BytesTensor(raw), 8, 256);
     const at::Tensor x = at::randn({2, 256});
     const at::Tensor before = layer.Forward(x);
     std::vector<at::Tensor> frozen;
@@ -387,6 +394,75 @@ TEST_CASE("quant: QuantizedLinear on CUDA equals the CPU path", "[quant][cuda]")
               "double quantization or not, M 1/8/100): worst max-abs error relative to the largest value "
               "%.2e (float32), %.2e (bfloat16), %.2e (float16)\n",
               cases, worst[at::kFloat], worst[at::kBFloat16], worst[at::kHalf]);
+}
+
+// GgufLinear with its blocks on the GPU (as Decoder::MoveTo leaves them): the fused products for
+// fewer than kLargeRows rows, decoded tiles and cuBLAS above, and the input gradient, against
+// float64 over the CPU's dequantization of the same blocks; DenseWeight bit for bit.
+TEST_CASE("quant: GgufLinear on CUDA equals a dense linear over gguf's dequantization", "[quant][cuda]") {
+  if (!at::hasCUDA()) {
+    testing::Skip("no CUDA device: the CUDA GgufLinear was not run (it is compiled and linked)");
+    return;
+  }
+  struct Case { io::GgmlType type; int64_t out, in; };
+  // Every type the device decodes; 1,100 × 4,096 Q8_0 takes two 16 MiB tiles at 16+ rows.
+  const Case cases[] = {{io::GgmlType::kF16, 40, 96},    {io::GgmlType::kBF16, 33, 64},
+                        {io::GgmlType::kQ8_0, 1100, 4096}, {io::GgmlType::kQ4_0, 70, 640},
+                        {io::GgmlType::kQ4_1, 65, 320},    {io::GgmlType::kQ5_0, 70, 640},
+                        {io::GgmlType::kQ5_1, 31, 160},    {io::GgmlType::kQ4_K, 96, 512},
+                        {io::GgmlType::kQ5_K, 50, 768},    {io::GgmlType::kQ6_K, 33, 768}};
+  double worst_fwd = 0, worst_bwd = 0;
+  int checked = 0;
+  for (const Case& c : cases) {
+    const std::vector<uint8_t> raw = testing::RandomGgufBlocks(c.type, c.out, c.in, 11);
+    const at::Tensor bias = at::randn({c.out});
+    const quant::GgufLinear layer(c.type, BytesTensor(raw), c.out, c.in, bias);
+    const at::Tensor dense = Dequantized(c.type, raw, c.out, c.in);
+    // Move the layer's tensors the way Decoder::MoveTo does: new storage under the same tensors.
+    std::vector<at::Tensor> frozen;
+    layer.AppendFrozen(&frozen);
+    for (at::Tensor& t : frozen) t.set_data(t.cuda());
+    REQUIRE(frozen[0].is_cuda());
+    INFO(io::GgmlTypeName(c.type));
+    const at::Tensor on_gpu = layer.DenseWeight(at::kFloat);
+    CHECK(on_gpu.is_cuda());
+    CHECK(at::equal(on_gpu.cpu().view(at::kInt), dense.view(at::kInt)));
+    for (const int64_t m : {1, 3, 4, 5, 15, 16, 17, 40}) {
+      for (const c10::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
+        INFO("rows " << m << " dtype " << c10::toString(dtype));
+        const at::Tensor x = at::randn({m, c.in}).to(dtype);
+        const at::Tensor x_gpu = x.cuda().requires_grad_(true);
+        const at::Tensor y = layer.Forward(x_gpu);
+        CHECK(y.is_cuda());
+        CHECK(y.scalar_type() == dtype);
+        const at::Tensor x_ref = x.to(at::kDouble).requires_grad_(true);
+        const at::Tensor y_ref = at::linear(x_ref, dense.to(at::kDouble), bias.to(at::kDouble));
+        const at::Tensor g = at::randn(y.sizes()).to(dtype);
+        y.backward(g.cuda());
+        y_ref.backward(g.to(at::kDouble));
+        // float32 products (FMAs, warp sums or cuBLAS without TF32) against float64; bfloat16 adds
+        // its rounding of the output and gradient.
+        const double tol = dtype == at::kFloat ? 1e-5 : 1e-2;
+        const double fwd = (y.detach().cpu().to(at::kDouble) - y_ref.detach()).abs().max().item<double>() /
+                           y_ref.abs().max().item<double>();
+        const double bwd = (x_gpu.grad().cpu().to(at::kDouble) - x_ref.grad()).abs().max().item<double>() /
+                           x_ref.grad().abs().max().item<double>();
+        CHECK(fwd <= tol);
+        CHECK(bwd <= tol);
+        if (dtype == at::kFloat) {
+          worst_fwd = std::max(worst_fwd, fwd);
+          worst_bwd = std::max(worst_bwd, bwd);
+        }
+        ++checked;
+      }
+    }
+    // An input on another device than the blocks is refused by name.
+    CHECK_THROWS_WITH(layer.Forward(at::randn({1, c.in})), Catch::Contains("the blocks on cuda"));
+  }
+  std::printf("quant: GgufLinear on CUDA (F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K; 1 to 40 rows), "
+              "%d cases: float32 forward rel err %.2e, input gradient %.2e against float64 over gguf's "
+              "dequantization; DenseWeight on the GPU bit for bit\n",
+              checked, worst_fwd, worst_bwd);
 }
 
 // Quantize4bitShare on `world` threads standing in for processes (the sum is a barrier over

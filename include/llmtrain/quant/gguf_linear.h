@@ -12,8 +12,13 @@
 // x rounded to int16 per 32 columns (kernels::I16Rows, about 2⁻¹⁶ of the 32 values' largest), so
 // that a row's output still does not depend on the number of rows in the call (a decoding batch,
 // a prompt prefilled with others) beyond float32 summation order. Backward gives the
-// input's gradient through the frozen weight (tile by tile); the weight gets none. CPU only: a
-// CUDA input is refused (load without packed decoding to run on a GPU).
+// input's gradient through the frozen weight (tile by tile); the weight gets none.
+//
+// On CUDA (the blocks moved there, e.g. by Decoder::MoveTo, and the input on the same device) the
+// types F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K and Q6_K compute there: fewer than
+// kLargeRows rows take a fused kernel (one warp per output row decodes each value, bit for bit
+// gguf's, and multiply-adds it into every input row's sum), more take tiles decoded to float32 on
+// the device and cuBLAS. x is never rounded to int16 there. Other types are refused on CUDA by name.
 //
 //   model::DecoderOptions options;
 //   options.linear_factory = quant::PackedLinearFactory(std::nullopt);
