@@ -14,8 +14,13 @@
 // Each round times every side once, in turn, so the machine's drift hits all alike; medians are
 // compared.
 //
-//   build/bin/decode_bench [--decode=32] [--rounds=5] [--trace=FILE]
+//   build/bin/decode_bench [--decode=32] [--rounds=5] [--trace=FILE] [--model=GGUF] [--device=cuda[:N]]
 //
+// --model: another GGUF (default: the real 270M from PyPI). --device=cuda moves our sides to the
+// GPU (GgufLinear's CUDA kernels, QuantizedLinear's for nf4) and leaves transformers and
+// llama.cpp out. Before timing, the packed side follows the float32 side for `decode` steps on
+// one prompt (the float32 side's greedy token fed to both): the worst logit difference relative
+// to the row's largest, and how many argmaxes differ, are printed.
 // --trace writes a Chrome trace (ATen ops, our kernels' RECORD_FUNCTION ranges) of the packed side
 // decoding 8 tokens, to see where a step's time goes.
 #include <ATen/ATen.h>
@@ -28,6 +33,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -61,22 +67,35 @@ double WeightBytesPerToken(const model::Decoder& m) {
 
 int main(int argc, char** argv) {
   int64_t decode = 32, rounds = 5;
-  std::string trace;
+  std::string trace, device_name = "cpu";
+  std::string gguf = std::string(LLMTRAIN_SOURCE_DIR) + "/.venv/models/gemma-3-270m-q4_k_m.gguf";
   for (int i = 1; i < argc; ++i) {
     if (std::strncmp(argv[i], "--trace=", 8) == 0) trace = argv[i] + 8;
+    if (std::strncmp(argv[i], "--model=", 8) == 0) gguf = argv[i] + 8;
+    if (std::strncmp(argv[i], "--device=", 9) == 0) device_name = argv[i] + 9;
     if (std::strncmp(argv[i], "--decode=", 9) == 0) decode = std::max<int64_t>(1, std::atoll(argv[i] + 9));
     if (std::strncmp(argv[i], "--rounds=", 9) == 0) rounds = std::max<int64_t>(1, std::atoll(argv[i] + 9));
   }
+  std::optional<c10::Device> parsed_device;
+  try {
+    parsed_device.emplace(device_name);
+  } catch (const c10::Error&) {
+  }
+  if (!parsed_device || (!parsed_device->is_cpu() && !parsed_device->is_cuda())) {
+    std::fprintf(stderr, "--device=%s: expected cpu, cuda or cuda:N\n", device_name.c_str());
+    return 2;
+  }
+  const c10::Device device = *parsed_device;
+  const bool on_cpu = device.is_cpu();
   const int threads = NumThreads();
   at::set_num_threads(threads);
-  const std::string gguf = std::string(LLMTRAIN_SOURCE_DIR) + "/.venv/models/gemma-3-270m-q4_k_m.gguf";
   bench::ReferenceProcess reference;
-  const bool ref_started = reference.Start({LLMTRAIN_PYTHON, std::string(LLMTRAIN_SOURCE_DIR) + "/bench/model_bench_ref.py",
-                                            gguf, "16", std::to_string(threads)});
+  const bool ref_started = on_cpu && reference.Start({LLMTRAIN_PYTHON, std::string(LLMTRAIN_SOURCE_DIR) +
+                                                      "/bench/model_bench_ref.py", gguf, "16", std::to_string(threads)});
   const std::string llama_python = std::string(LLMTRAIN_SOURCE_DIR) + "/.venv-llama/bin/python";
   bench::ReferenceProcess llama;
   const bool llama_started =
-      ::access(llama_python.c_str(), X_OK) == 0 &&
+      on_cpu && ::access(llama_python.c_str(), X_OK) == 0 &&
       llama.Start({llama_python, std::string(LLMTRAIN_SOURCE_DIR) + "/bench/decode_bench_llama.py", gguf,
                    std::to_string(threads)});
 
@@ -91,8 +110,10 @@ int main(int argc, char** argv) {
   const auto load = [&](const std::string& name, model::DecoderOptions options, int64_t batch,
                         std::optional<c10::ScalarType> cache) {
     auto m = model::Decoder::Load(gguf, options);
-    if (!m.ok()) {
-      std::fprintf(stderr, "%s: %s\n", name.c_str(), std::string(m.status().message()).c_str());
+    absl::Status moved = m.ok() && !on_cpu ? (*m)->MoveTo(device) : absl::OkStatus();
+    if (!m.ok() || !moved.ok()) {
+      std::fprintf(stderr, "%s: %s\n", name.c_str(),
+                   std::string(m.ok() ? moved.message() : m.status().message()).c_str());
       std::exit(1);
     }
     sides.push_back({name, *std::move(m), batch, cache, {}});
@@ -135,6 +156,28 @@ int main(int argc, char** argv) {
     return tokens / Seconds(start);
   };
   for (Side& side : sides) run(side, 4);  // warm-up
+  {
+    // Lockstep on prompts[0]: both sides get the float32 side's greedy token at every step.
+    at::NoGradGuard no_grad;
+    const model::Decoder& dense = *sides[0].model;
+    model::KvCache dense_cache, packed_cache;
+    const at::Tensor ids = at::tensor(prompts[0], at::kLong).view({1, -1}).to(device);
+    at::Tensor ld = dense.LastLogits(ids, at::ones_like(ids), &dense_cache).to(at::kCPU, at::kFloat);
+    at::Tensor lp = packed_model.LastLogits(ids, at::ones_like(ids), &packed_cache).to(at::kCPU, at::kFloat);
+    double worst = 0;
+    int64_t differ = 0;
+    for (int64_t step = 0; step < decode; ++step) {
+      worst = std::max(worst, ((lp - ld).abs().amax(-1) / ld.abs().amax(-1)).max().item<double>());
+      const at::Tensor next = ld.argmax(-1);
+      differ += lp.argmax(-1).ne(next).sum().item<int64_t>();
+      const at::Tensor step_ids = next.view({1, 1}).to(device);
+      ld = dense.LastLogits(step_ids, at::ones_like(step_ids), &dense_cache).to(at::kCPU, at::kFloat);
+      lp = packed_model.LastLogits(step_ids, at::ones_like(step_ids), &packed_cache).to(at::kCPU, at::kFloat);
+    }
+    std::printf("packed vs float32 on %s, %lld steps in lockstep: worst logit difference %.3e of the row's largest, "
+                "%lld argmaxes differ\n", device.str().c_str(), static_cast<long long>(decode), worst,
+                static_cast<long long>(differ));
+  }
   if (std::getenv("DECODE_BREAKDOWN") != nullptr) {  // one step's products, layer by layer
     at::NoGradGuard no_grad;
     for (int side : {0, 1, 2}) {
@@ -142,19 +185,23 @@ int main(int argc, char** argv) {
       double total = 0;
       for (const std::string& name : m.LinearNames()) {
         const auto layer = m.linear(name);
-        const at::Tensor x = at::randn({1, 1, layer->in_features()});
-        layer->Forward(x);
+        const at::Tensor x = at::randn({1, 1, layer->in_features()}).to(device);
+        layer->Forward(x).cpu();
         const auto start = Clock::now();
-        for (int k = 0; k < 10; ++k) layer->Forward(x);
+        at::Tensor y;
+        for (int k = 0; k < 10; ++k) y = layer->Forward(x);
+        y.cpu();  // waits for the device's queue
         total += Seconds(start) / 10;
       }
-      const at::Tensor h = at::randn({1, m.config().text.hidden_size});
+      const at::Tensor h = at::randn({1, m.config().text.hidden_size}).to(device);
       double head = 0;
       {
         const auto start = Clock::now();
+        at::Tensor y;
         for (int k = 0; k < 10; ++k) {
-          if (m.head_layer() != nullptr) m.head_layer()->Forward(h); else at::linear(h, m.lm_head());
+          y = m.head_layer() != nullptr ? m.head_layer()->Forward(h) : at::linear(h, m.lm_head());
         }
+        y.cpu();
         head = Seconds(start) / 10;
       }
       std::printf("breakdown %-8s projections %.2f ms  head %.2f ms\n", sides[side].name.c_str(), total * 1e3, head * 1e3);
@@ -167,7 +214,7 @@ int main(int argc, char** argv) {
 
   const nlohmann::json ready = ref_started ? reference.Ask("") : nlohmann::json();
   const bool have_ref = ready.is_object() && ready.value("ready", false);
-  if (!have_ref) std::printf("reference (transformers) failed to start: %s\n", ready.dump().c_str());
+  if (!have_ref && on_cpu) std::printf("reference (transformers) failed to start: %s\n", ready.dump().c_str());
   const nlohmann::json llama_ready = llama_started ? llama.Ask("") : nlohmann::json();
   const bool have_llama = llama_ready.is_object() && llama_ready.value("ready", false);
   std::vector<double> ref_tps, llama_tps;
@@ -183,8 +230,9 @@ int main(int argc, char** argv) {
     }
   }
 
-  std::printf("gemma3 270M GGUF (Q4_K_M), greedy decode of %lld tokens after a 16-token prompt, median of %lld "
-              "alternating rounds\n", static_cast<long long>(decode), static_cast<long long>(rounds));
+  std::printf("%s on %s, greedy decode of %lld tokens after a 16-token prompt, median of %lld alternating rounds\n",
+              gguf.substr(gguf.find_last_of('/') + 1).c_str(), device.str().c_str(), static_cast<long long>(decode),
+              static_cast<long long>(rounds));
   std::printf("threads: ours %d (at::get_num_threads()), reference %d (torch.get_num_threads())\n",
               at::get_num_threads(), ready.value("torch_threads", 0));
   const double f32 = bench::Median(sides[0].tps);
@@ -204,7 +252,8 @@ int main(int argc, char** argv) {
                 lc, llama_ready.value("llama_cpp", std::string("?")).c_str(), llama_ready.value("threads", 0),
                 bench::Median(sides[1].tps) / lc);
   } else {
-    std::printf("llama.cpp: not run (.venv-llama is missing: scripts/build-llama-cpp builds it)\n");
+    std::printf("llama.cpp: not run (%s)\n", on_cpu ? ".venv-llama is missing: scripts/build-llama-cpp builds it"
+                                                  : "the comparison runs on the CPU only");
   }
   return 0;
 }

@@ -66,7 +66,8 @@ inline constexpr char kModelFlagsHelp[] =
     "    --quant-type nf4|fp4 (default nf4), blocks of 64 with double quantization.\n"
     "  --adapter DIR: apply a PEFT LoRA adapter (adapter_config.json + adapter_model.safetensors).\n"
     "  --packed: compute from the packed weights: a GGUF's blocks as stored (its head too), the\n"
-    "    4-bit base with --load-in-4bit. CPU only (docs/decoding.md).\n";
+    "    4-bit base with --load-in-4bit (docs/decoding.md). On CUDA the GGUF types F16, BF16,\n"
+    "    Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K and Q6_K compute there from their blocks.\n";
 
 /// Prints "llmtrain <command>: <message>" to stderr and returns `code`.
 int Fail(const std::string& command, const std::string& message, int code = 1);

@@ -1,10 +1,12 @@
 // llmtrain generate --model PATH (--prompt TEXT | --input-ids JSON) [--chat] [--max-new-tokens N]
 //                   [--temperature T] [--top-k K] [--top-p P] [--repetition-penalty R]
 //                   [--seed S] [--json] [--tokenizer PATH] [--image FILE] [--packed] [--kv-cache DTYPE]
+//                   [--device cpu|cuda[:N]]
 // Streams the new tokens as they are produced; --json prints {"ids": [...], "text": "..."}.
 #include <ATen/ATen.h>
 
 #include <cstdio>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -30,7 +32,7 @@ constexpr char kHelp[] =
     "                         [--max-new-tokens 32] [--temperature 0] [--top-k 0] [--top-p 1]\n"
     "                         [--repetition-penalty 1] [--seed 0] [--dtype f32] [--json]\n"
     "                         [--load-in-4bit] [--packed] [--kv-cache f32|bf16|f16] [--adapter DIR]\n"
-    "                         [--tokenizer PATH] [--image FILE]\n"
+    "                         [--tokenizer PATH] [--image FILE] [--device cpu|cuda[:N]]\n"
     "  --prompt: text, tokenized by the model's tokenizer (BOS added where the model wants it);\n"
     "  --chat wraps it as one user turn of the family's chat template, with the generation prompt.\n"
     "  --input-ids: a JSON array of prompt token ids, e.g. [2, 818, 5279].\n"
@@ -42,7 +44,8 @@ constexpr char kHelp[] =
     "  a run spec's model.tokenizer; e.g. a `llmtrain make-vlm` folder with the 270M GGUF's).\n"
     "  --image FILE (repeatable, with --chat): an image+text model sees the images before the text\n"
     "  of the user turn (Gemma 3's processor: each becomes its tokens, pixels from the model folder's\n"
-    "  preprocessor_config.json or Gemma 3's defaults at the tower's size).\n";
+    "  preprocessor_config.json or Gemma 3's defaults at the tower's size).\n"
+    "  --device: where the model computes (default cpu); the model is loaded, then moved there.\n";
 
 }  // namespace
 
@@ -53,6 +56,7 @@ int RunGenerate(const std::vector<std::string>& args) {
   Dtype dtype = Dtype::kF32;
   ModelFlags flags;
   std::vector<std::string> images;
+  std::optional<c10::Device> device;
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& a = args[i];
     if (a == "--help" || a == "-h") {
@@ -103,6 +107,15 @@ int RunGenerate(const std::vector<std::string>& args) {
       auto parsed = ParseKvCacheDtype(v);
       if (!parsed.ok()) return Fail("generate", std::string(parsed.status().message()), 2);
       options.kv_cache_dtype = *parsed;
+    } else if (a == "--device") {
+      try {
+        device.emplace(v);
+      } catch (const c10::Error&) {
+        return Fail("generate", absl::StrCat("--device: \"", v, "\" is not cpu, cuda or cuda:N"), 2);
+      }
+      if (!device->is_cpu() && !device->is_cuda()) {
+        return Fail("generate", absl::StrCat("--device: \"", v, "\" is not cpu, cuda or cuda:N"), 2);
+      }
     } else if (a == "--dtype") {
       auto parsed = DtypeFromUserName(v);
       if (!parsed.ok()) return Fail("generate", std::string(parsed.status().message()), 2);
@@ -119,9 +132,16 @@ int RunGenerate(const std::vector<std::string>& args) {
   if (chat && !has_prompt) return Fail("generate", "--chat needs --prompt", 2);
   if (!images.empty() && !chat) return Fail("generate", "--image needs --chat (the template places the image)", 2);
   // An image+text prompt needs the model's tokens per image first.
+  const auto load = [&]() -> absl::StatusOr<std::unique_ptr<model::Decoder>> {
+    auto loaded = flags.Load(model_path, dtype);
+    if (loaded.ok() && device.has_value()) {
+      if (absl::Status moved = (*loaded)->MoveTo(*device); !moved.ok()) return moved;
+    }
+    return loaded;
+  };
   absl::StatusOr<std::unique_ptr<model::Decoder>> model = absl::UnknownError("not loaded");
   if (!images.empty()) {
-    model = flags.Load(model_path, dtype);
+    model = load();
     if (!model.ok()) return Fail("generate", std::string(model.status().message()));
     if (!(*model)->has_vision()) return Fail("generate", absl::StrCat(model_path, ": --image: the model has no vision tower"));
   }
@@ -178,7 +198,7 @@ int RunGenerate(const std::vector<std::string>& args) {
   if (absl::Status valid = model::Validate(options); !valid.ok()) {
     return Fail("generate", std::string(valid.message()), 2);
   }
-  if (!model.ok()) model = flags.Load(model_path, dtype);
+  if (!model.ok()) model = load();
   if (!model.ok()) return Fail("generate", std::string(model.status().message()));
   // Text streams as it becomes final (a character split over byte tokens waits for its last
   // byte); without a tokenizer, ids are printed.

@@ -42,6 +42,12 @@ bool SameBytes(const at::Tensor& a, const at::Tensor& b) {
   return std::memcmp(x.data_ptr(), y.data_ptr(), x.nbytes()) == 0;
 }
 
+// max |got − want| / max |want| in float64, got moved to the CPU.
+double RelativeError(const at::Tensor& got, const at::Tensor& want) {
+  const at::Tensor w = want.detach().cpu().to(at::kDouble);
+  return (got.detach().cpu().to(at::kDouble) - w).abs().max().item<double>() / w.abs().max().item<double>();
+}
+
 // Values equal with +0 == −0 (bitsandbytes' own kernels disagree on the sign of FP4's zero).
 bool SameValues(const at::Tensor& a, const at::Tensor& b) {
   return a.sizes() == b.sizes() && a.scalar_type() == b.scalar_type() &&
@@ -186,10 +192,8 @@ TEST_CASE("quant: QuantizedLinear forward and input gradient equal a dense linea
           y.backward(g);
           y_ref.backward(g);
           const double tol = dtype == at::kFloat ? 1e-5 : 2e-2;
-          const double fwd = (y.detach().to(at::kDouble) - y_ref.detach().to(at::kDouble)).abs().max().item<double>() /
-                             y_ref.abs().max().item<double>();
-          const double bwd = (x.grad().to(at::kDouble) - x_ref.grad().to(at::kDouble)).abs().max().item<double>() /
-                             x_ref.grad().abs().max().item<double>();
+          const double fwd = RelativeError(y, y_ref);
+          const double bwd = RelativeError(x.grad(), x_ref.grad());
           CHECK(fwd <= tol);
           CHECK(bwd <= tol);
           if (dtype == at::kFloat) {
@@ -443,10 +447,8 @@ TEST_CASE("quant: GgufLinear on CUDA equals a dense linear over gguf's dequantiz
         // float32 products (FMAs, warp sums or cuBLAS without TF32) against float64; bfloat16 adds
         // its rounding of the output and gradient.
         const double tol = dtype == at::kFloat ? 1e-5 : 1e-2;
-        const double fwd = (y.detach().cpu().to(at::kDouble) - y_ref.detach()).abs().max().item<double>() /
-                           y_ref.abs().max().item<double>();
-        const double bwd = (x_gpu.grad().cpu().to(at::kDouble) - x_ref.grad()).abs().max().item<double>() /
-                           x_ref.grad().abs().max().item<double>();
+        const double fwd = RelativeError(y, y_ref);
+        const double bwd = RelativeError(x_gpu.grad(), x_ref.grad());
         CHECK(fwd <= tol);
         CHECK(bwd <= tol);
         if (dtype == at::kFloat) {
