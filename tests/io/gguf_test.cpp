@@ -6,12 +6,14 @@
 #include <cstring>
 #include <random>
 
+#include "io/gguf_quants_device.cuh"
 #include "io/gguf_quants_impl.h"
 #include "llmtrain/core/atomic_file.h"
 #include "llmtrain/io/gguf.h"
 #include "llmtrain/io/hf_config.h"
 #include "llmtrain/io/safetensors.h"
 #include "llmtrain/io/tensors.h"
+#include "testing/gguf_blocks.h"
 #include "testing/json_util.h"
 #include "testing/reference.h"
 
@@ -288,6 +290,41 @@ TEST_CASE("gguf: the real Gemma 3 270M Q4_K_M file", "[io][gguf][reference]") {
       REQUIRE(gpu.ok());
       CHECK(at::equal(cpu->view(at::kInt), gpu->cpu().view(at::kInt)));
     }
+  }
+}
+
+// The CUDA kernels' per-value decoders (io/gguf_quants_device.cuh), built for the host here (plain
+// float operations where the device uses the _rn intrinsics; this file is compiled with
+// -ffp-contract=off), against the CPU oracle bit for bit: their block offsets, nibble and bit
+// positions and the order of their roundings are what the GPU runs, checked without a GPU.
+TEST_CASE("gguf: the CUDA kernels' value decoders, built for the host, equal io::Dequantize", "[io][gguf]") {
+  const io::GgmlType types[] = {io::GgmlType::kF16,  io::GgmlType::kBF16, io::GgmlType::kQ8_0, io::GgmlType::kQ4_0,
+                                io::GgmlType::kQ4_1, io::GgmlType::kQ5_0, io::GgmlType::kQ5_1, io::GgmlType::kQ4_K,
+                                io::GgmlType::kQ5_K, io::GgmlType::kQ6_K};
+  const int64_t rows = 24, cols = 512;
+  for (const io::GgmlType type : types) {
+    INFO(io::GgmlTypeName(type));
+    const std::vector<uint8_t> raw = testing::RandomGgufBlocks(type, rows, cols, 17);
+    std::vector<float> want(rows * cols), got(rows * cols, -1.0f);
+    REQUIRE(io::Dequantize(type, raw, absl::MakeSpan(want)).ok());
+    const bool visited = io::detail::VisitDeviceType(type, [&](auto t) {
+      using Block = io::detail::DeviceBlock<decltype(t)::value>;
+      const auto traits = io::GetGgmlTypeTraits(static_cast<uint32_t>(type));
+      CHECK(Block::kElems == static_cast<int>(traits->block_elems));
+      CHECK(Block::kBytes == static_cast<int>(traits->block_bytes));
+      for (int64_t i = 0; i < rows * cols; ++i) {
+        got[i] = Block::Value(raw.data() + (i / Block::kElems) * Block::kBytes, static_cast<int>(i % Block::kElems));
+      }
+    });
+    REQUIRE(visited);
+    int64_t differ = 0;
+    for (int64_t i = 0; i < rows * cols; ++i) differ += std::memcmp(&want[i], &got[i], 4) != 0 ? 1 : 0;
+    CHECK(differ == 0);
+  }
+  // The types without device decoders are named as such (the loader and GgufLinear refuse or
+  // fall back for them).
+  for (const io::GgmlType type : {io::GgmlType::kF32, io::GgmlType::kQ8_1, io::GgmlType::kQ2_K, io::GgmlType::kF64}) {
+    CHECK_FALSE(io::detail::VisitDeviceType(type, [](auto) {}));
   }
 }
 
