@@ -31,6 +31,7 @@
 #include "llmtrain/model/decoder.h"
 #include "llmtrain/quant/gguf_linear.h"
 #include "llmtrain/serve/engine.h"
+#include "testing/random_adapters.h"
 
 namespace {
 
@@ -91,20 +92,10 @@ int main(int argc, char** argv) {
   const std::string dir = "/tmp/llmtrain_serve_bench_" + std::to_string(::getpid());
   {
     std::unique_ptr<model::Decoder> m = LoadPacked(gguf);
-    lora::LoraConfig a;
-    a.r = 8;
-    a.alpha = 16;
-    a.target_modules = {"all-linear"};
-    lora::LoraConfig b;
-    b.r = 4;
-    b.alpha = 8;
-    b.target_modules = {"q_proj", "k_proj", "v_proj", "o_proj"};
-    for (auto [name, config] : {std::pair{"a", a}, std::pair{"b", b}}) {
-      if (!lora::InjectLora(m.get(), config).ok()) return 1;
-      at::NoGradGuard no_grad;
-      for (auto& [module, layer] : lora::Adapters(*m)) layer->lora_B().copy_(at::randn(layer->lora_B().sizes()) * 0.04);
-      if (!lora::SaveAdapter(*m, config, dir + "/" + name).ok()) return 1;
-      lora::RemoveAdapters(m.get());
+    const absl::Status saved = testing::SaveRandomAdapters(m.get(), dir, /*rslora_b=*/false);
+    if (!saved.ok()) {
+      std::fprintf(stderr, "serve_bench: %s\n", saved.ToString().c_str());
+      return 1;
     }
   }
   struct Side {

@@ -26,6 +26,7 @@
 #include "llmtrain/serve/engine.h"
 #include "llmtrain/tokenizer/tokenizer.h"
 #include "testing/json_util.h"
+#include "testing/random_adapters.h"
 #include "testing/reference.h"
 
 namespace llmtrain {
@@ -60,26 +61,9 @@ const std::string& AdapterDir() {
   static const std::string dir = [] {
     const std::string d = testing::TempDir("serve_adapters");
     std::unique_ptr<model::Decoder> m = LoadPacked();
-    lora::LoraConfig a;
-    a.r = 8;
-    a.alpha = 16;
-    a.target_modules = {"all-linear"};
-    lora::LoraConfig b;
-    b.r = 4;
-    b.alpha = 8;
-    b.use_rslora = true;
-    b.target_modules = {"q_proj", "k_proj", "v_proj", "o_proj"};
-    int seed = 3;
-    for (auto [name, config] : {std::pair{"a", a}, std::pair{"b", b}}) {
-      at::manual_seed(seed++);
-      REQUIRE(lora::InjectLora(m.get(), config).ok());
-      at::NoGradGuard no_grad;
-      for (auto& [module, layer] : lora::Adapters(*m)) {
-        layer->lora_B().copy_(at::randn(layer->lora_B().sizes()) * 0.04);
-      }
-      REQUIRE(lora::SaveAdapter(*m, config, d + "/" + name).ok());
-      lora::RemoveAdapters(m.get());
-    }
+    const absl::Status saved = testing::SaveRandomAdapters(m.get(), d, /*rslora_b=*/true);
+    INFO(saved.ToString());
+    REQUIRE(saved.ok());
     return d;
   }();
   return dir;
