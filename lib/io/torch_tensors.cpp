@@ -8,6 +8,7 @@
 #include "llmtrain/io/tensors.h"
 
 #if LLMTRAIN_WITH_CUDA
+#include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
 #include "io/gguf_quants_cuda.h"
@@ -140,6 +141,7 @@ absl::StatusOr<at::Tensor> LoadGgufTensorTo(const GgufFile& file, const GgufTens
   if (device.is_cpu()) return LoadGgufTensor(file, tensor);
 #if LLMTRAIN_WITH_CUDA
   if (device.is_cuda() && detail::CanDequantizeCuda(tensor.type)) {
+    const c10::cuda::CUDAGuard device_guard(device);  // the kernel runs on the current device
     const absl::Span<const uint8_t> bytes = file.Data(tensor);
     // Copy the packed bytes (4.5-8.5 bits per weight) and expand them on the device.
     at::Tensor packed = at::empty({static_cast<int64_t>(bytes.size())}, at::kByte);

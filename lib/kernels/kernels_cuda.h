@@ -8,7 +8,9 @@
 #include <cstdint>
 #include <string>
 
-#include "llmtrain/io/gguf.h"
+namespace llmtrain::io {
+enum class GgmlType : uint32_t;  // llmtrain/io/gguf.h
+}  // namespace llmtrain::io
 
 namespace llmtrain::kernels::detail {
 

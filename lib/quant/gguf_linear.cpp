@@ -143,6 +143,11 @@ void GgufLinearState::DecodeRowsCuda(int64_t r0, int64_t rows, at::Tensor& w) co
 }
 
 void GgufLinearState::MatvecCuda(const at::Tensor& x2, at::Tensor& y) const {
+  TORCH_CHECK(x2.scalar_type() == at::kFloat && x2.is_contiguous() && x2.device() == blocks.device() &&
+                  x2.dim() == 2 && x2.size(1) == in && y.scalar_type() == at::kFloat && y.is_contiguous() &&
+                  y.device() == blocks.device() && y.sizes() == at::IntArrayRef({x2.size(0), out}),
+              "GgufLinear (CUDA): the products take contiguous float32 (M, ", in, ") and (M, ", out, ") on ",
+              blocks.device().str());
   const std::string error = kernels::detail::GgufMatvecCuda(
       type, blocks.data_ptr<uint8_t>(), out, in, x2.data_ptr<float>(), x2.size(0), y.data_ptr<float>(),
       c10::cuda::getCurrentCUDAStream(blocks.device().index()).stream());

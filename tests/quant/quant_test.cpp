@@ -408,6 +408,7 @@ TEST_CASE("quant: GgufLinear on CUDA equals a dense linear over gguf's dequantiz
     testing::Skip("no CUDA device: the CUDA GgufLinear was not run (it is compiled and linked)");
     return;
   }
+  const at::NoTF32Guard no_tf32;  // float32 products in cuBLAS too, whatever the environment says
   struct Case { io::GgmlType type; int64_t out, in; };
   // Every type the device decodes; 1,100 × 4,096 Q8_0 takes two 16 MiB tiles at 16+ rows.
   const Case cases[] = {{io::GgmlType::kF16, 40, 96},    {io::GgmlType::kBF16, 33, 64},
@@ -420,7 +421,8 @@ TEST_CASE("quant: GgufLinear on CUDA equals a dense linear over gguf's dequantiz
   for (const Case& c : cases) {
     const std::vector<uint8_t> raw = testing::RandomGgufBlocks(c.type, c.out, c.in, 11);
     const at::Tensor bias = at::randn({c.out});
-    const quant::GgufLinear layer(c.type, BytesTensor(raw), c.out, c.in, bias);
+    // A copy: moving the layer moves its own bias tensor, and the reference keeps this one.
+    const quant::GgufLinear layer(c.type, BytesTensor(raw), c.out, c.in, bias.clone());
     const at::Tensor dense = Dequantized(c.type, raw, c.out, c.in);
     // Move the layer's tensors the way Decoder::MoveTo does: new storage under the same tensors.
     std::vector<at::Tensor> frozen;
